@@ -1,0 +1,1 @@
+"""MIMetric (being written)."""
