@@ -1,2 +1,41 @@
-"""fastsyn: fast, threaded, deterministic SyN registration on top of DIPY."""
+"""fastsyn: fast, threaded, deterministic SyN registration on top of DIPY.
+
+Public API
+----------
+SymmetricDiffeomorphicRegistration
+    DIPY's SyN optimizer plus ``num_threads``, every stage threaded.
+CCMetric, MIMetric
+    Similarity metrics with DIPY's interface (MI is new).
+DiffeomorphicMap
+    DIPY's map whose ``transform``/``transform_inverse`` run on threads.
+patch_dipy
+    Route unchanged DIPY code through fastsyn (reversible).
+fields
+    DIPY's ``vector_fields`` operations with ``num_threads``.
+"""
+
+from fastsyn import fields
+from fastsyn._threads import resolve_num_threads
+from fastsyn.imwarp import DiffeomorphicMap, SymmetricDiffeomorphicRegistration
+from fastsyn.metrics import CCMetric
+from fastsyn.patch import patch_dipy
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "CCMetric",
+    "DiffeomorphicMap",
+    "MIMetric",
+    "SymmetricDiffeomorphicRegistration",
+    "fields",
+    "patch_dipy",
+    "resolve_num_threads",
+]
+
+
+def __getattr__(name):
+    if name == "MIMetric":
+        from fastsyn._mi import MIMetric
+
+        return MIMetric
+    raise AttributeError(f"module 'fastsyn' has no attribute {name!r}")

@@ -1,1 +1,448 @@
-"""placeholder"""
+"""Threaded displacement-field operations with DIPY's names.
+
+Each function mirrors its twin in :mod:`dipy.align.vector_fields` (same
+arguments, same results up to floating-point rounding) and adds
+``num_threads``.  Results are bitwise identical for every thread count.
+Arguments are validated here; the ``_kernels`` extension modules assume
+checked, C-contiguous input.
+"""
+
+from collections import namedtuple
+
+import numpy as np
+
+from fastsyn._kernels import compose as k_compose
+from fastsyn._kernels import gradient as k_gradient
+from fastsyn._kernels import invert as k_invert
+from fastsyn._kernels import smooth as k_smooth
+from fastsyn._kernels import warp as k_warp
+from fastsyn._threads import resolve_num_threads
+from fastsyn._validation import (
+    check_affine,
+    check_field,
+    check_image,
+    check_spacing,
+    flat_affine,
+)
+
+__all__ = [
+    "InversionResult",
+    "compose_vector_fields_2d",
+    "compose_vector_fields_3d",
+    "gaussian_kernel1d",
+    "gaussian_smooth",
+    "image_gradient",
+    "invert_displacement_field",
+    "invert_vector_field_fixed_point_2d",
+    "invert_vector_field_fixed_point_3d",
+    "warp_2d",
+    "warp_2d_nn",
+    "warp_3d",
+    "warp_3d_nn",
+]
+
+InversionResult = namedtuple("InversionResult", ["field", "iterations", "error"])
+
+
+# ---------------------------------------------------------------- composition
+def compose_unchecked(d1, d2, premult_index, premult_disp, time_scaling, comp, nthreads):
+    """Kernel call for checked, C-contiguous, same-dtype fields."""
+    dim = d1.shape[-1]
+    partial = np.zeros((d1.shape[0], 4), dtype=np.float64)
+    ia, ia_none = flat_affine(premult_index, dim)
+    da, da_none = flat_affine(premult_disp, dim)
+    kernel = k_compose.compose_3d if dim == 3 else k_compose.compose_2d
+    kernel(d1, d2, ia, ia_none, da, da_none, float(time_scaling), comp, partial, nthreads)
+    return comp, np.asarray(k_compose.merge_stats(partial), dtype=np.float64)
+
+
+def _compose(dim, d1, d2, premult_index, premult_disp, time_scaling, comp, num_threads):
+    nthreads = resolve_num_threads(num_threads)
+    d1 = check_field("d1", d1, dim=dim)
+    d2 = check_field("d2", d2, dim=dim, dtype=d1.dtype)
+    premult_index = check_affine("premult_index", premult_index, dim)
+    premult_disp = check_affine("premult_disp", premult_disp, dim)
+    if not np.isfinite(time_scaling):
+        raise ValueError(f"time_scaling must be finite, got {time_scaling}")
+    if comp is None:
+        comp = np.zeros_like(d1)
+    else:
+        if not isinstance(comp, np.ndarray) or comp.shape != d1.shape or comp.dtype != d1.dtype:
+            raise ValueError("comp must be an array with the shape and dtype of d1")
+        if not comp.flags.c_contiguous:
+            raise ValueError("comp must be C-contiguous")
+        if np.shares_memory(comp, d2):
+            raise ValueError(
+                "comp must not share memory with d2: d2 values are read while comp "
+                "is written"
+            )
+    return compose_unchecked(d1, d2, premult_index, premult_disp, time_scaling, comp, nthreads)
+
+
+def compose_vector_fields_3d(d1, d2, premult_index, premult_disp, time_scaling,
+                             comp=None, *, num_threads=None):
+    r"""Compose two 3D displacement fields.
+
+    ``comp[i] = d1[i] + t * d2[A i + B d1[i]]`` with trilinear interpolation
+    of ``d2``; voxels whose target falls outside ``d2``'s grid get a zero
+    vector, as in DIPY.
+
+    Parameters
+    ----------
+    d1 : array, shape (S, R, C, 3)
+        First displacement field (float32 or float64).
+    d2 : array, shape (S', R', C', 3)
+        Second displacement field, same dtype as ``d1``.
+    premult_index : array, shape (4, 4) or None
+        The matrix A (None for the identity).
+    premult_disp : array, shape (4, 4) or None
+        The matrix B (None for the identity).
+    time_scaling : float
+        The factor t.
+    comp : array, shape (S, R, C, 3), optional
+        Output buffer; may be ``d1`` itself (in-place update) but must not
+        share memory with ``d2``.
+    num_threads : int or None, optional
+        Threads to use (None: OpenMP default; negative: counts back from
+        the number of CPUs).
+
+    Returns
+    -------
+    comp : array, shape (S, R, C, 3)
+        The composition.
+    stats : array, shape (3,)
+        Maximum norm, root-mean-square norm and the spread of the squared
+        norms of the composed vectors, as DIPY reports them.
+    """
+    return _compose(3, d1, d2, premult_index, premult_disp, time_scaling, comp, num_threads)
+
+
+def compose_vector_fields_2d(d1, d2, premult_index, premult_disp, time_scaling,
+                             comp=None, *, num_threads=None):
+    r"""Compose two 2D displacement fields.
+
+    The 2D twin of :func:`compose_vector_fields_3d` (fields of shape
+    (R, C, 2), affines of shape (3, 3)).
+    """
+    return _compose(2, d1, d2, premult_index, premult_disp, time_scaling, comp, num_threads)
+
+
+# ------------------------------------------------------------------ inversion
+class InversionWorkspace:
+    """Scratch buffers for repeated inversions of same-shaped fields."""
+
+    def __init__(self, shape, dtype):
+        self.q = np.empty(shape, dtype=dtype)
+        self.partial_sum = np.empty(shape[0], dtype=np.float64)
+        self.partial_max = np.empty(shape[0], dtype=np.float64)
+
+    def fits(self, shape, dtype):
+        return self.q.shape == tuple(shape) and self.q.dtype == dtype
+
+
+def invert_unchecked(d, d_world2grid, spacing, max_iter, tol, out, nthreads,
+                     workspace=None):
+    """Invert ``d`` into ``out`` (holding the warm start); checked input."""
+    dim = d.shape[-1]
+    if workspace is None or not workspace.fits(d.shape, d.dtype):
+        workspace = InversionWorkspace(d.shape, d.dtype)
+    w2g, w2g_none = flat_affine(d_world2grid, dim)
+    if dim == 3:
+        iters, error = k_invert.invert_3d(
+            out, d, w2g, w2g_none, spacing[0], spacing[1], spacing[2], int(max_iter),
+            float(tol), workspace.q, workspace.partial_sum, workspace.partial_max, nthreads)
+    else:
+        iters, error = k_invert.invert_2d(
+            out, d, w2g, w2g_none, spacing[0], spacing[1], int(max_iter), float(tol),
+            workspace.q, workspace.partial_sum, workspace.partial_max, nthreads)
+    return InversionResult(out, int(iters), float(error))
+
+
+def invert_displacement_field(d, d_world2grid, spacing, max_iter, tol, *, start=None,
+                              out=None, num_threads=None):
+    r"""Fixed-point inversion of a displacement field (Chen et al., 2008).
+
+    Same algorithm, step rule and stopping rule as DIPY's
+    ``invert_vector_field_fixed_point_{2d,3d}``, with the composition, the
+    residual norms and the update fused into one threaded sweep.
+
+    Parameters
+    ----------
+    d : array, shape (R, C, 2) or (S, R, C, 3)
+        The field to invert (float32 or float64).
+    d_world2grid : array, shape (dim + 1, dim + 1) or None
+        World-to-grid transform of ``d``'s grid.
+    spacing : array, shape (dim,)
+        Voxel size.
+    max_iter : int
+        Maximum number of fixed-point iterations.
+    tol : float
+        Stop when the mean residual norm (in voxels) falls below ``tol``.
+    start : array, optional
+        Initial guess (warm start); zero if None.
+    out : array, optional
+        Output buffer (may be ``start``: the warm start is then updated in
+        place, saving a copy).
+    num_threads : int or None, optional
+        Threads to use.
+
+    Returns
+    -------
+    InversionResult
+        ``(field, iterations, error)``.
+    """
+    nthreads = resolve_num_threads(num_threads)
+    d = check_field("d", d)
+    dim = d.shape[-1]
+    d_world2grid = check_affine("d_world2grid", d_world2grid, dim)
+    spacing = check_spacing("spacing", spacing, dim)
+    if int(max_iter) != max_iter or max_iter < 0:
+        raise ValueError(f"max_iter must be a non-negative integer, got {max_iter}")
+    if not np.isfinite(tol):
+        raise ValueError(f"tol must be finite, got {tol}")
+    if out is None:
+        out = np.zeros_like(d)
+    elif out.shape != d.shape or out.dtype != d.dtype or not out.flags.c_contiguous:
+        raise ValueError("out must be a C-contiguous array with the shape and dtype of d")
+    elif np.shares_memory(out, d):
+        raise ValueError("out must not share memory with d")
+    if start is not None:
+        start = check_field("start", start, dim=dim)
+        if start.shape != d.shape:
+            raise ValueError(f"start must have shape {d.shape}, got {start.shape}")
+        if start is not out:
+            out[...] = start
+    elif out is not None:
+        out[...] = 0
+    return invert_unchecked(d, d_world2grid, spacing, max_iter, tol, out, nthreads)
+
+
+def invert_vector_field_fixed_point_3d(d, d_world2grid, spacing, max_iter, tol,
+                                       start=None, *, num_threads=None):
+    r"""Invert a 3D displacement field; DIPY's signature plus ``num_threads``.
+
+    See :func:`invert_displacement_field` for the parameters.
+
+    Returns
+    -------
+    p : array, shape (S, R, C, 3)
+        The inverse displacement field.
+    """
+    check_field("d", d, dim=3, finite=False)
+    return invert_displacement_field(d, d_world2grid, spacing, max_iter, tol,
+                                     start=start, num_threads=num_threads).field
+
+
+def invert_vector_field_fixed_point_2d(d, d_world2grid, spacing, max_iter, tolerance,
+                                       start=None, *, num_threads=None):
+    r"""Invert a 2D displacement field; DIPY's signature plus ``num_threads``.
+
+    See :func:`invert_displacement_field` for the parameters.
+    """
+    check_field("d", d, dim=2, finite=False)
+    return invert_displacement_field(d, d_world2grid, spacing, max_iter, tolerance,
+                                     start=start, num_threads=num_threads).field
+
+
+# -------------------------------------------------------------------- warping
+_NN_TYPES = (np.float32, np.float64, np.int8, np.uint8, np.int16, np.uint16,
+             np.int32, np.uint32, np.int64, np.uint64)
+
+
+def warp_unchecked(volume, field, affine_idx_in, affine_idx_out, affine_disp,
+                   out_shape, nearest, nthreads):
+    dim = field.shape[-1]
+    out = np.zeros(tuple(int(s) for s in out_shape), dtype=volume.dtype)
+    a_in, a_in_none = flat_affine(affine_idx_in, dim)
+    a_out, a_out_none = flat_affine(affine_idx_out, dim)
+    a_disp, a_disp_none = flat_affine(affine_disp, dim)
+    if dim == 3:
+        kernel = k_warp.warp_3d_nn if nearest else k_warp.warp_3d
+    else:
+        kernel = k_warp.warp_2d_nn if nearest else k_warp.warp_2d
+    kernel(volume, field, a_in, a_in_none, a_out, a_out_none, a_disp, a_disp_none, out,
+           nthreads)
+    return out
+
+
+def _warp(dim, volume, d1, affine_idx_in, affine_idx_out, affine_disp, out_shape,
+          nearest, num_threads):
+    nthreads = resolve_num_threads(num_threads)
+    field = check_field("d1", d1, dim=dim)
+    name = "image" if dim == 2 else "volume"
+    if nearest:
+        volume = check_image(name, volume, dim=dim, numeric=True)
+        if volume.dtype.type not in _NN_TYPES:
+            volume = volume.astype(np.int64 if volume.dtype.kind in "iu" else np.float64)
+    else:
+        volume = check_image(name, volume, dim=dim, finite=False)
+    affine_idx_in = check_affine("affine_idx_in", affine_idx_in, dim)
+    affine_idx_out = check_affine("affine_idx_out", affine_idx_out, dim)
+    affine_disp = check_affine("affine_disp", affine_disp, dim)
+    if out_shape is None:
+        out_shape = field.shape[:dim]
+    out_shape = tuple(int(s) for s in np.asarray(out_shape).ravel())
+    if len(out_shape) != dim or min(out_shape) < 1:
+        raise ValueError(f"out_shape must hold {dim} positive sizes, got {out_shape}")
+    if affine_idx_in is None and out_shape != field.shape[:dim]:
+        raise ValueError(
+            f"out_shape {out_shape} must equal the field's grid {field.shape[:dim]} "
+            "when affine_idx_in is None"
+        )
+    return warp_unchecked(volume, field, affine_idx_in, affine_idx_out, affine_disp,
+                          out_shape, nearest, nthreads)
+
+
+_WARP_DOC = r"""Warp a {dim}D {what} through a displacement field ({interp}).
+
+    ``warped[i] = {what}[C * d1[A i] + B i]``, DIPY's ``{twin}`` plus
+    ``num_threads``.
+
+    Parameters
+    ----------
+    {what} : array, shape {shape}
+        The {what} to warp{dtypes}.
+    d1 : array, shape {fshape}
+        Displacement field (float32 or float64).
+    affine_idx_in, affine_idx_out, affine_disp : array, shape ({n}, {n}) or None
+        The matrices A, B and C (None for the identity).
+    out_shape : sequence of int, optional
+        Sampling grid shape (default: the field's grid).
+    num_threads : int or None, optional
+        Threads to use.
+
+    Returns
+    -------
+    warped : array, shape out_shape
+        The warped {what}, same dtype as the input.
+    """
+
+
+def warp_3d(volume, d1, affine_idx_in=None, affine_idx_out=None, affine_disp=None,
+            out_shape=None, *, num_threads=None):
+    return _warp(3, volume, d1, affine_idx_in, affine_idx_out, affine_disp, out_shape,
+                 False, num_threads)
+
+
+def warp_3d_nn(volume, d1, affine_idx_in=None, affine_idx_out=None, affine_disp=None,
+               out_shape=None, *, num_threads=None):
+    return _warp(3, volume, d1, affine_idx_in, affine_idx_out, affine_disp, out_shape,
+                 True, num_threads)
+
+
+def warp_2d(image, d1, affine_idx_in=None, affine_idx_out=None, affine_disp=None,
+            out_shape=None, *, num_threads=None):
+    return _warp(2, image, d1, affine_idx_in, affine_idx_out, affine_disp, out_shape,
+                 False, num_threads)
+
+
+def warp_2d_nn(image, d1, affine_idx_in=None, affine_idx_out=None, affine_disp=None,
+               out_shape=None, *, num_threads=None):
+    return _warp(2, image, d1, affine_idx_in, affine_idx_out, affine_disp, out_shape,
+                 True, num_threads)
+
+
+for _fn, _dim, _nn in ((warp_3d, 3, False), (warp_3d_nn, 3, True),
+                       (warp_2d, 2, False), (warp_2d_nn, 2, True)):
+    _fn.__doc__ = _WARP_DOC.format(
+        dim=_dim, what="volume" if _dim == 3 else "image",
+        interp="nearest neighbour" if _nn else ("trilinear" if _dim == 3 else "bilinear"),
+        twin=_fn.__name__, shape="(S, R, C)" if _dim == 3 else "(R, C)",
+        fshape="(S', R', C', 3)" if _dim == 3 else "(R', C', 2)", n=_dim + 1,
+        dtypes=" (any numeric type)" if _nn else " (float32 or float64)")
+
+
+# ------------------------------------------------------------------ gradients
+def gradient_unchecked(image, spacing, direction, out, nthreads):
+    dim = image.ndim
+    dflat, dnone = flat_affine(direction, dim)
+    kernel = k_gradient.gradient_3d if dim == 3 else k_gradient.gradient_2d
+    kernel(image, spacing, dflat, dnone, out, nthreads)
+    return out
+
+
+def image_gradient(image, spacing=None, direction=None, *, num_threads=None):
+    r"""Image gradient in physical space, as DIPY's SyN metrics compute it.
+
+    ``numpy.gradient`` of the image, divided by the voxel size and
+    re-oriented by the grid direction, in one threaded pass.
+
+    Parameters
+    ----------
+    image : array, shape (R, C) or (S, R, C)
+        float32 or float64 image.
+    spacing : array, shape (dim,), optional
+        Voxel size (1 if None).
+    direction : array, shape (dim + 1, dim + 1), optional
+        Grid direction (rotation part is applied; None for the identity).
+    num_threads : int or None, optional
+        Threads to use.
+
+    Returns
+    -------
+    grad : array, shape image.shape + (dim,)
+    """
+    nthreads = resolve_num_threads(num_threads)
+    image = check_image("image", image)
+    dim = image.ndim
+    spacing = np.ones(dim) if spacing is None else check_spacing("spacing", spacing, dim)
+    direction = check_affine("direction", direction, dim)
+    out = np.empty(image.shape + (dim,), dtype=image.dtype)
+    return gradient_unchecked(image, spacing, direction, out, nthreads)
+
+
+# ------------------------------------------------------------------ smoothing
+def gaussian_kernel1d(sigma, truncate=4.0):
+    """scipy.ndimage's normalised Gaussian kernel (radius int(truncate*sigma+0.5))."""
+    radius = int(truncate * float(sigma) + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    phi = np.exp(-0.5 / (float(sigma) ** 2) * x * x)
+    return phi / phi.sum()
+
+
+def smooth_unchecked(array, sigma, channels, nthreads):
+    """In-place Gaussian of a checked C-contiguous array (last axis = channels
+    when ``channels > 1``)."""
+    spatial = array.shape[:-1] if channels > 1 else array.shape
+    if sigma > 0:
+        k_smooth.gaussian_filter_(array.reshape(-1), tuple(spatial), channels,
+                                 gaussian_kernel1d(sigma), nthreads)
+    return array
+
+
+def gaussian_smooth(array, sigma, *, vector=False, out=None, num_threads=None):
+    r"""Gaussian smoothing, scipy.ndimage.gaussian_filter(mode="reflect").
+
+    Parameters
+    ----------
+    array : array
+        A 2D/3D image, or with ``vector=True`` a field of shape
+        spatial + (dim,) smoothed per component (as DIPY's metrics do).
+    sigma : float
+        Standard deviation in voxels (kernel truncated at 4 sigma).
+    vector : bool, optional
+        Treat the last axis as vector components.
+    out : array, optional
+        Output buffer (may be ``array`` itself for in-place smoothing).
+    num_threads : int or None, optional
+        Threads to use.
+
+    Returns
+    -------
+    smoothed : array
+    """
+    nthreads = resolve_num_threads(num_threads)
+    if vector:
+        arr = check_field("array", array)
+    else:
+        arr = check_image("array", array)
+    if not np.isfinite(sigma) or sigma < 0:
+        raise ValueError(f"sigma must be a non-negative number, got {sigma}")
+    if out is None:
+        out = arr.copy()
+    elif out is not arr:
+        if out.shape != arr.shape or out.dtype != arr.dtype or not out.flags.c_contiguous:
+            raise ValueError("out must be C-contiguous with the shape and dtype of array")
+        out[...] = arr
+    channels = arr.shape[-1] if vector else 1
+    return smooth_unchecked(out, float(sigma), channels, nthreads)

@@ -1,1 +1,399 @@
-"""placeholder"""
+"""Symmetric diffeomorphic registration (SyN) on fastsyn's threaded kernels.
+
+:class:`SymmetricDiffeomorphicRegistration` has DIPY's signature plus
+``num_threads`` and returns a :class:`dipy.align.imwarp.DiffeomorphicMap`.
+Every stage of an iteration runs on threaded kernels: warping of the images
+towards the reference, the metric (through the metric's own kernels when it
+is a fastsyn metric), the Gaussian smoothing of the steps, the step
+normalisation and composition, and the four fixed-point inversions (updated
+in place with warm starts and shared scratch buffers).  After ``optimize``,
+``stage_times`` holds the wall time spent in each stage.
+
+The methods are written so that :func:`fastsyn.patch_dipy` can install them
+on DIPY's own classes; they never call ``super()``.
+"""
+
+import logging
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import numpy.linalg as npl
+from dipy.align import imwarp as dipy_imwarp
+from dipy.align.imwarp import RegistrationStages, VerbosityLevels
+
+from fastsyn._kernels import compose as k_compose
+from fastsyn._threads import resolve_num_threads
+from fastsyn._validation import check_affine, check_image
+from fastsyn.fields import (
+    InversionWorkspace,
+    compose_unchecked,
+    invert_unchecked,
+    warp_unchecked,
+)
+
+__all__ = ["DiffeomorphicMap", "SymmetricDiffeomorphicRegistration", "STAGES"]
+
+logger = logging.getLogger("fastsyn")
+
+#: Stages reported in ``SymmetricDiffeomorphicRegistration.stage_times``.
+STAGES = ("warping", "metric", "smoothing", "update", "inversion", "other")
+
+_DIPY_SDR = dipy_imwarp.SymmetricDiffeomorphicRegistration
+_DIPY_MAP = dipy_imwarp.DiffeomorphicMap
+# DIPY's own methods, captured before any patching, for the parts fastsyn
+# reuses unchanged (scale spaces, pyramid bookkeeping, final maps).
+_DIPY_SDR_INIT_OPTIMIZER = _DIPY_SDR.__dict__["_init_optimizer"]
+_DIPY_SDR_OPTIMIZE = _DIPY_SDR.__dict__["optimize"]
+_DIPY_MAP_WARP_FUNCTION = _DIPY_MAP.__dict__["_get_warping_function"]
+
+
+def _threads_of(obj):
+    return resolve_num_threads(getattr(obj, "num_threads", None))
+
+
+# ---------------------------------------------------------------- warping map
+def _threaded_warp_function(dim, nearest, nthreads):
+    def warp(volume, d1, affine_idx_in=None, affine_idx_out=None, affine_disp=None,
+             out_shape=None):
+        volume = np.ascontiguousarray(volume)
+        if not nearest and volume.dtype.type not in (np.float32, np.float64):
+            volume = volume.astype(np.float32)
+        elif nearest and volume.dtype.kind == "b":
+            volume = volume.astype(np.uint8)
+        field = np.ascontiguousarray(d1)
+        shape = field.shape[:dim] if out_shape is None else out_shape
+        return warp_unchecked(volume, field, affine_idx_in, affine_idx_out, affine_disp,
+                              np.asarray(shape).ravel(), nearest, nthreads)
+
+    return warp
+
+
+def _get_warping_function(self, interpolation, *, warp_coordinates=False):
+    """DIPY's dispatcher, returning fastsyn's threaded warps for images."""
+    if warp_coordinates or interpolation not in ("linear", "nearest"):
+        return _DIPY_MAP_WARP_FUNCTION(self, interpolation,
+                                       warp_coordinates=warp_coordinates)
+    return _threaded_warp_function(self.dim, interpolation == "nearest",
+                                   _threads_of(self))
+
+
+class DiffeomorphicMap(_DIPY_MAP):
+    """DIPY's :class:`~dipy.align.imwarp.DiffeomorphicMap`, warping on threads.
+
+    Same constructor as DIPY's plus ``num_threads``; ``transform`` and
+    ``transform_inverse`` run on fastsyn's threaded warps.
+    """
+
+    def __init__(self, dim, disp_shape, disp_grid2world=None, domain_shape=None,
+                 domain_grid2world=None, codomain_shape=None, codomain_grid2world=None,
+                 prealign=None, *, num_threads=None):
+        resolve_num_threads(num_threads)
+        _DIPY_MAP.__init__(self, dim, disp_shape, disp_grid2world=disp_grid2world,
+                           domain_shape=domain_shape, domain_grid2world=domain_grid2world,
+                           codomain_shape=codomain_shape,
+                           codomain_grid2world=codomain_grid2world, prealign=prealign)
+        self.num_threads = num_threads
+
+    _get_warping_function = _get_warping_function
+
+    @classmethod
+    def from_dipy(cls, dmap, num_threads=None):
+        """The same map (sharing its fields) as a threaded map."""
+        new = cls.__new__(cls)
+        new.__dict__.update(dmap.__dict__)
+        new.num_threads = num_threads
+        return new
+
+
+# -------------------------------------------------------------- stage timing
+class _StageClock:
+    def __init__(self):
+        self.times = dict.fromkeys(STAGES, 0.0)
+
+    @contextmanager
+    def __call__(self, stage):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[stage] += time.perf_counter() - start
+
+
+def _metric_step(self, clock, forward):
+    """Run the metric's forward/backward step; split out its smoothing time
+    when the metric reports it."""
+    metric = self.metric
+    before = getattr(metric, "smoothing_seconds", 0.0)
+    start = time.perf_counter()
+    step = metric.compute_forward() if forward else metric.compute_backward()
+    elapsed = time.perf_counter() - start
+    smoothing = getattr(metric, "smoothing_seconds", 0.0) - before
+    clock.times["metric"] += elapsed - smoothing
+    clock.times["smoothing"] += smoothing
+    return step
+
+
+def _apply_step(self, field, step, world2grid, spacing, nthreads):
+    """Zero the step's boundary, scale it to unit maximum norm (in voxels)
+    and compose it into ``field`` in place, as DIPY's ``_iterate`` does."""
+    step = np.ascontiguousarray(step, dtype=field.dtype)
+    inv_spacing = np.ascontiguousarray(1.0 / np.asarray(spacing, dtype=np.float64))
+    partial = np.empty(step.shape[0], dtype=np.float64)
+    prepare = k_compose.prepare_step_3d if self.dim == 3 else k_compose.prepare_step_2d
+    nrm = prepare(step, inv_spacing, partial, nthreads)
+    if nrm > 0:
+        # A float64 divisor, as in DIPY, so the division rounds the same way.
+        step /= np.float64(nrm)
+    compose_unchecked(field, step, None, world2grid, self.step_length, field, nthreads)
+
+
+def _invert_models(self, world2grid, spacing, nthreads):
+    """The four warm-started inversions of DIPY's ``__invert_models``, in
+    place, sharing one scratch workspace."""
+    ws = getattr(self, "_inversion_workspace", None)
+    shape, dtype = self.static_to_ref.forward.shape, self.static_to_ref.forward.dtype
+    if ws is None or not ws.fits(shape, dtype):
+        ws = self._inversion_workspace = InversionWorkspace(shape, dtype)
+    spacing = np.asarray(spacing, dtype=np.float64)
+    for dmap in (self.static_to_ref, self.moving_to_ref):
+        dmap.forward = np.ascontiguousarray(dmap.forward, dtype=dtype)
+        dmap.backward = np.ascontiguousarray(dmap.backward, dtype=dtype)
+    for dmap in (self.static_to_ref, self.moving_to_ref):
+        invert_unchecked(dmap.forward, world2grid, spacing, self.inv_iter, self.inv_tol,
+                         dmap.backward, nthreads, ws)
+    for dmap in (self.static_to_ref, self.moving_to_ref):
+        invert_unchecked(dmap.backward, world2grid, spacing, self.inv_iter, self.inv_tol,
+                         dmap.forward, nthreads, ws)
+
+
+def _iterate(self):
+    """One symmetric iteration, DIPY's algorithm on threaded stages.
+
+    Returns the derivative of the energy profile (``np.inf`` until the
+    energy window is full), as DIPY does.
+    """
+    clock = self._stage_clock
+    nthreads = _threads_of(self)
+    level = self.current_level
+    current_moving = self.moving_ss.get_image(level)
+    current_static = self.static_ss.get_image(level)
+    disp_shape = self.static_ss.get_domain_shape(level)
+    disp_grid2world = self.static_ss.get_affine(level)
+    disp_world2grid = self.static_ss.get_affine_inv(level)
+    disp_spacing = self.static_ss.get_spacing(level)
+
+    with clock("warping"):
+        wstatic = self.static_to_ref.transform_inverse(
+            current_static, interpolation="linear", image_world2grid=None,
+            out_shape=disp_shape, out_grid2world=disp_grid2world)
+        wmoving = self.moving_to_ref.transform_inverse(
+            current_moving, interpolation="linear", image_world2grid=None,
+            out_shape=disp_shape, out_grid2world=disp_grid2world)
+
+    with clock("metric"):
+        self.metric.set_moving_image(wmoving, disp_grid2world, disp_spacing,
+                                     self.static_direction)
+        self.metric.use_moving_image_dynamics(current_moving, self.moving_to_ref.inverse())
+        self.metric.set_static_image(wstatic, disp_grid2world, disp_spacing,
+                                     self.static_direction)
+        self.metric.use_static_image_dynamics(current_static, self.static_to_ref.inverse())
+        self.metric.initialize_iteration()
+
+    if self.callback is not None:
+        self.callback(self, RegistrationStages.ITER_START)
+
+    fw_step = _metric_step(self, clock, True)
+    fw_energy = self.metric.get_energy()
+    with clock("update"):
+        _apply_step(self, self.static_to_ref.forward, fw_step, disp_world2grid,
+                    disp_spacing, nthreads)
+    del fw_step
+
+    bw_step = _metric_step(self, clock, False)
+    bw_energy = self.metric.get_energy()
+    with clock("update"):
+        _apply_step(self, self.moving_to_ref.forward, bw_step, disp_world2grid,
+                    disp_spacing, nthreads)
+    del bw_step
+
+    der = np.inf
+    n_iter = len(self.energy_list)
+    if len(self.energy_list) >= self.energy_window:
+        der = self._get_energy_derivative()
+    if self.verbosity >= VerbosityLevels.DIAGNOSE:
+        ch = "-" if np.isnan(der) else der
+        logger.info(f"{n_iter}:\t{fw_energy:.6f}\t{bw_energy:.6f}"
+                    f"\t{(fw_energy + bw_energy):.6f}\t{ch}")
+    self.energy_list.append(fw_energy + bw_energy)
+
+    with clock("inversion"):
+        _invert_models(self, disp_world2grid, disp_spacing, nthreads)
+
+    if self.callback is not None:
+        self.callback(self, RegistrationStages.ITER_END)
+    self.metric.free_iteration()
+    self.iterations_run = getattr(self, "iterations_run", 0) + 1
+    return der
+
+
+def _init_optimizer(self, static, moving, static_grid2world, moving_grid2world, prealign):
+    """DIPY's initialisation; the reference maps then warp on threads."""
+    _DIPY_SDR_INIT_OPTIMIZER(self, static, moving, static_grid2world, moving_grid2world,
+                             prealign)
+    nthreads = getattr(self, "num_threads", None)
+    self.static_to_ref = DiffeomorphicMap.from_dipy(self.static_to_ref, nthreads)
+    self.moving_to_ref = DiffeomorphicMap.from_dipy(self.moving_to_ref, nthreads)
+    self._stage_clock = _StageClock()
+    self._inversion_workspace = None
+    self.iterations_run = 0
+
+
+def _connect_functions(self):
+    """Bind DIPY's attribute names to the threaded kernels."""
+    from fastsyn import fields
+
+    nthreads = getattr(self, "num_threads", None)
+    if self.dim == 2:
+        invert, compose = (fields.invert_vector_field_fixed_point_2d,
+                           fields.compose_vector_fields_2d)
+    else:
+        invert, compose = (fields.invert_vector_field_fixed_point_3d,
+                           fields.compose_vector_fields_3d)
+
+    def invert_vector_field(*args, **kwargs):
+        kwargs.setdefault("num_threads", nthreads)
+        return invert(*args, **kwargs)
+
+    def compose_fields(*args, **kwargs):
+        kwargs.setdefault("num_threads", nthreads)
+        return compose(*args, **kwargs)
+
+    self.invert_vector_field = invert_vector_field
+    self.compose = compose_fields
+
+
+def _validate_inputs(self, static, moving, static_grid2world, moving_grid2world,
+                     prealign):
+    dim = self.dim
+    static = check_image("static", static, dim=dim, dtype=np.float32)
+    moving = check_image("moving", moving, dim=dim, dtype=np.float32)
+    for name, image in (("static", static), ("moving", moving)):
+        if not np.ptp(image) > 0:
+            raise ValueError(f"{name} image is constant: there is nothing to register")
+    check_affine("static_grid2world", static_grid2world, dim, invertible=True)
+    check_affine("moving_grid2world", moving_grid2world, dim, invertible=True)
+    check_affine("prealign", prealign, dim, invertible=True)
+    return static, moving
+
+
+@contextmanager
+def _metric_threads(metric, num_threads):
+    """Let a fastsyn metric with ``num_threads=None`` follow the optimizer."""
+    if hasattr(metric, "num_threads") and metric.num_threads is None:
+        metric.num_threads = num_threads
+        try:
+            yield
+        finally:
+            metric.num_threads = None
+    else:
+        yield
+
+
+class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
+    r"""Symmetric Diffeomorphic Registration (SyN) on threaded kernels.
+
+    DIPY's :class:`~dipy.align.imwarp.SymmetricDiffeomorphicRegistration`
+    with the same parameters and results (up to floating-point rounding), plus
+    ``num_threads``.  Results are bitwise identical for every thread count.
+
+    Parameters
+    ----------
+    metric : SimilarityMetric
+        The metric to optimise (fastsyn's :class:`~fastsyn.CCMetric` or
+        :class:`~fastsyn.MIMetric`, or any DIPY metric).
+    level_iters : list of int, optional
+        Iterations per pyramid level, coarsest first (default [100, 100, 25]).
+    step_length : float, optional
+        Length of the largest update vector at each iteration (voxels).
+    ss_sigma_factor : float, optional
+        Scale-space smoothing factor.
+    opt_tol : float, optional
+        Stop a level when the energy derivative falls below this.
+    inv_iter : int, optional
+        Maximum fixed-point iterations of each field inversion.
+    inv_tol : float, optional
+        Inversion tolerance (mean residual, voxels).
+    callback : callable, optional
+        ``callback(registration, stage)`` called as DIPY does.
+    num_threads : int or None, optional
+        Threads to use (None: OpenMP default, honouring ``OMP_NUM_THREADS``;
+        negative: counts back from the number of CPUs).  A fastsyn metric
+        whose own ``num_threads`` is None follows this value.
+
+    Attributes
+    ----------
+    stage_times : dict
+        After :meth:`optimize`: wall seconds per stage (``warping``,
+        ``metric``, ``smoothing``, ``update``, ``inversion``, ``other``)
+        and ``total``.
+    iterations_run : int
+        Number of SyN iterations performed over all levels.
+    """
+
+    def __init__(self, metric, *, level_iters=None, step_length=0.25,
+                 ss_sigma_factor=0.2, opt_tol=1e-5, inv_iter=20, inv_tol=1e-3,
+                 callback=None, num_threads=None):
+        resolve_num_threads(num_threads)
+        if metric is None:
+            raise ValueError("metric must be a SimilarityMetric, got None")
+        if level_iters is not None and any(int(n) != n or n < 0 for n in level_iters):
+            raise ValueError(f"level_iters must be non-negative integers, got {level_iters}")
+        if int(inv_iter) != inv_iter or inv_iter < 0:
+            raise ValueError(f"inv_iter must be a non-negative integer, got {inv_iter}")
+        _DIPY_SDR.__init__(self, metric, level_iters=level_iters, step_length=step_length,
+                           ss_sigma_factor=ss_sigma_factor, opt_tol=opt_tol,
+                           inv_iter=inv_iter, inv_tol=inv_tol, callback=callback)
+        self.num_threads = num_threads
+        self.stage_times = {}
+        self.iterations_run = 0
+
+    _connect_functions = _connect_functions
+    _init_optimizer = _init_optimizer
+    _iterate = _iterate
+
+    def optimize(self, static, moving, *, static_grid2world=None, moving_grid2world=None,
+                 prealign=None):
+        """Run SyN; DIPY's :meth:`optimize` with validated inputs.
+
+        Parameters
+        ----------
+        static, moving : array, shape (R, C) or (S, R, C)
+            The images (any real dtype; computed in float32 as DIPY does).
+        static_grid2world, moving_grid2world : array, shape (dim+1, dim+1), optional
+            Voxel-to-world transforms.
+        prealign : array, shape (dim+1, dim+1), optional
+            Affine pre-aligning the moving image to the static one.
+
+        Returns
+        -------
+        static_to_moving : DiffeomorphicMap
+            The map taking the moving image to the static one with
+            ``transform`` (a :class:`dipy.align.imwarp.DiffeomorphicMap`
+            whose warps run on fastsyn's threads).
+        """
+        static, moving = _validate_inputs(self, static, moving, static_grid2world,
+                                          moving_grid2world, prealign)
+        start = time.perf_counter()
+        with _metric_threads(self.metric, self.num_threads):
+            result = _DIPY_SDR_OPTIMIZE(self, static, moving,
+                                        static_grid2world=static_grid2world,
+                                        moving_grid2world=moving_grid2world,
+                                        prealign=prealign)
+        total = time.perf_counter() - start
+        times = dict(self._stage_clock.times)
+        times["other"] = max(0.0, total - sum(times[s] for s in STAGES if s != "other"))
+        times["total"] = total
+        self.stage_times = times
+        self.static_to_moving = DiffeomorphicMap.from_dipy(result, self.num_threads)
+        return self.static_to_moving

@@ -1,1 +1,128 @@
-"""placeholder"""
+"""Similarity metrics for SyN, threaded, with DIPY's interfaces.
+
+:class:`CCMetric` is a drop-in for :class:`dipy.align.metrics.CCMetric`: the
+same constructor (plus ``num_threads``), the same methods and the same update
+fields up to floating-point rounding.  The cross-correlation factors, the
+forward and backward steps and the Gaussian smoothing of the steps run on
+fastsyn's kernels; the image gradients are computed on the fly inside the
+step kernel instead of being stored as two extra volumes.
+
+:class:`MIMetric` (Mutual Information) lives in :mod:`fastsyn._mi` and is
+re-exported here.
+"""
+
+import time
+
+import numpy as np
+from dipy.align import metrics as dipy_metrics
+
+from fastsyn._kernels import cc as k_cc
+from fastsyn._threads import resolve_num_threads
+from fastsyn._validation import flat_affine
+from fastsyn.fields import smooth_unchecked
+
+__all__ = ["CCMetric", "MIMetric"]
+
+
+class CCMetric(dipy_metrics.CCMetric):
+    """Normalised cross-correlation metric for SyN, threaded.
+
+    Parameters
+    ----------
+    dim : int
+        Image dimension (2 or 3).
+    sigma_diff : float, optional
+        Standard deviation (voxels) of the Gaussian that smooths each update
+        field.
+    radius : int, optional
+        Radius of the square (cubic) neighbourhood of the local correlation.
+    num_threads : int or None, optional
+        Threads to use (None: OpenMP default, honouring ``OMP_NUM_THREADS``;
+        negative: counts back from the number of CPUs).  Results are the
+        same for every value.
+    """
+
+    def __init__(self, dim, *, sigma_diff=2.0, radius=4, num_threads=None):
+        if dim not in (2, 3):
+            raise ValueError(f"dim must be 2 or 3, got {dim}")
+        if int(radius) != radius or radius < 1:
+            raise ValueError(f"radius must be a positive integer, got {radius}")
+        if not np.isfinite(sigma_diff) or sigma_diff < 0:
+            raise ValueError(f"sigma_diff must be a non-negative number, got {sigma_diff}")
+        resolve_num_threads(num_threads)
+        super().__init__(dim, sigma_diff=sigma_diff, radius=int(radius))
+        self.num_threads = num_threads
+        self.smoothing_seconds = 0.0
+
+    def _threads(self):
+        return resolve_num_threads(self.num_threads)
+
+    def initialize_iteration(self):
+        """Compute the local correlation factors for the current images."""
+        min_size = self.radius * 2 + 1
+        for name, image in (("Static", self.static_image), ("Moving", self.moving_image)):
+            if any(size < min_size for size in image.shape):
+                raise ValueError(
+                    f"{name} image size is too small. Each image dimension should be "
+                    f"larger than 2 * radius + 1 ({min_size}). Decrease CCMetric radius "
+                    f"({self.radius}) or increase your image size (shape={image.shape})."
+                )
+        static = np.ascontiguousarray(self.static_image)
+        if static.dtype.type not in (np.float32, np.float64):
+            static = static.astype(np.float32)
+        moving = np.ascontiguousarray(self.moving_image, dtype=static.dtype)
+        if static.shape != moving.shape:
+            raise ValueError(
+                f"static and moving images must share a grid, got {static.shape} "
+                f"and {moving.shape}"
+            )
+        self._static = static
+        self._moving = moving
+        self.factors = np.empty(static.shape + (5,), dtype=static.dtype)
+        kernel = k_cc.cc_factors_3d if self.dim == 3 else k_cc.cc_factors_2d
+        kernel(static, moving, self.radius, self.factors, self._threads())
+
+    def free_iteration(self):
+        """Release the buffers of the iteration."""
+        for name in ("factors", "_static", "_moving"):
+            if hasattr(self, name):
+                delattr(self, name)
+
+    def _step(self, forward):
+        image = self._static if forward else self._moving
+        spacing = self.static_spacing if forward else self.moving_spacing
+        direction = self.static_direction if forward else self.moving_direction
+        spacing = (np.ones(self.dim) if spacing is None
+                   else np.ascontiguousarray(spacing, dtype=np.float64)[: self.dim])
+        dflat, dnone = flat_affine(direction, self.dim)
+        out = np.empty(image.shape + (self.dim,), dtype=image.dtype)
+        energy = np.zeros(image.shape[0], dtype=np.float64)
+        kernel = k_cc.cc_step_3d if self.dim == 3 else k_cc.cc_step_2d
+        nthreads = self._threads()
+        kernel(image, self.factors, self.radius, spacing, dflat, dnone, forward, out,
+               energy, nthreads)
+        start = time.perf_counter()
+        smooth_unchecked(out, float(self.sigma_diff), self.dim, nthreads)
+        self.smoothing_seconds += time.perf_counter() - start
+        # Per-slice partial energies summed in slice order: deterministic.
+        return out, float(energy.sum())
+
+    def compute_forward(self):
+        """Update field moving the moving image towards the static one."""
+        out, self.energy = self._step(True)
+        return out
+
+    def compute_backward(self):
+        """Update field moving the static image towards the moving one."""
+        out, _ = self._step(False)
+        return out
+
+
+def __getattr__(name):
+    # MIMetric is imported lazily so that this module works while the MI
+    # kernel is absent from a partial build.
+    if name == "MIMetric":
+        from fastsyn._mi import MIMetric
+
+        return MIMetric
+    raise AttributeError(name)

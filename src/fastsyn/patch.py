@@ -1,1 +1,112 @@
-"""placeholder"""
+"""Route unchanged DIPY code through fastsyn's kernels.
+
+:func:`patch_dipy` installs fastsyn's implementations on DIPY's own classes
+(``SymmetricDiffeomorphicRegistration``, ``DiffeomorphicMap`` and
+``CCMetric``), so code that imported them before or after the patch runs on
+threads, and puts everything back when undone.
+"""
+
+import threading
+
+from dipy.align import imwarp as dipy_imwarp
+from dipy.align import metrics as dipy_metrics
+
+from fastsyn import imwarp as fs_imwarp
+from fastsyn import metrics as fs_metrics
+from fastsyn._threads import resolve_num_threads
+
+__all__ = ["patch_dipy", "is_patched"]
+
+_MISSING = object()
+_lock = threading.Lock()
+_active = []
+
+
+def _replacements():
+    fs_cc = fs_metrics.CCMetric
+    return {
+        dipy_imwarp.SymmetricDiffeomorphicRegistration: {
+            "_connect_functions": fs_imwarp._connect_functions,
+            "_init_optimizer": fs_imwarp._init_optimizer,
+            "_iterate": fs_imwarp._iterate,
+        },
+        dipy_imwarp.DiffeomorphicMap: {
+            "_get_warping_function": fs_imwarp._get_warping_function,
+        },
+        dipy_metrics.CCMetric: {
+            name: fs_cc.__dict__[name]
+            for name in ("initialize_iteration", "free_iteration", "compute_forward",
+                         "compute_backward", "_step", "_threads")
+        } | {"smoothing_seconds": 0.0},
+    }
+
+
+def is_patched():
+    """Whether DIPY currently runs on fastsyn's kernels."""
+    return bool(_active)
+
+
+class patch_dipy:
+    """Make DIPY's SyN, DiffeomorphicMap and CCMetric run on fastsyn.
+
+    Use as a context manager, or call it and keep the handle to ``undo()``::
+
+        with fastsyn.patch_dipy(num_threads=2):
+            mapping = dipy.align.imwarp.SymmetricDiffeomorphicRegistration(
+                dipy.align.metrics.CCMetric(3), level_iters=[10, 10, 5]
+            ).optimize(static, moving)
+
+        handle = fastsyn.patch_dipy()
+        ...
+        handle.undo()
+
+    Parameters
+    ----------
+    num_threads : int or None, optional
+        Threads used by the patched classes (None: OpenMP default).  An
+        instance's own ``num_threads`` attribute, if set, takes precedence.
+
+    Notes
+    -----
+    Patches nest: the innermost active patch decides the thread count, and
+    DIPY is restored when the last one is undone.  Undo in reverse order.
+    """
+
+    def __init__(self, num_threads=None):
+        resolve_num_threads(num_threads)
+        self.num_threads = num_threads
+        self._saved = None
+        with _lock:
+            self._saved = {}
+            for cls, methods in _replacements().items():
+                saved = self._saved[cls] = {}
+                for name, new in list(methods.items()) + [("num_threads", num_threads)]:
+                    saved[name] = cls.__dict__.get(name, _MISSING)
+                    setattr(cls, name, new)
+            _active.append(self)
+
+    @property
+    def active(self):
+        return self._saved is not None
+
+    def undo(self):
+        """Restore DIPY's classes as they were before this patch."""
+        with _lock:
+            if self._saved is None:
+                return
+            for cls, saved in self._saved.items():
+                for name, old in saved.items():
+                    if old is _MISSING:
+                        if name in cls.__dict__:
+                            delattr(cls, name)
+                    else:
+                        setattr(cls, name, old)
+            self._saved = None
+            _active.remove(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.undo()
+        return False

@@ -149,3 +149,80 @@ def merge_stats(const double[:, ::1] partial):
     mean_sq = s1 / cnt
     var = s2 / cnt - mean_sq * mean_sq
     return sqrt(mx), sqrt(mean_sq), sqrt(var if var > 0 else 0.0)
+
+
+cdef void _prepare_step_slice_3d(floating* step, Py_ssize_t k, Py_ssize_t ns,
+                                 Py_ssize_t nr, Py_ssize_t nc,
+                                 const double* inv_spacing,
+                                 double* slice_max) noexcept nogil:
+    cdef:
+        Py_ssize_t i, j, v
+        double a, b, c, nn, mx = 0
+        int edge_slice = k == 0 or k == ns - 1
+    for i in range(nr):
+        for j in range(nc):
+            v = ((k * nr + i) * nc + j) * 3
+            if edge_slice or i == 0 or i == nr - 1 or j == 0 or j == nc - 1:
+                step[v] = 0
+                step[v + 1] = 0
+                step[v + 2] = 0
+                continue
+            a = step[v] * inv_spacing[0]
+            b = step[v + 1] * inv_spacing[1]
+            c = step[v + 2] * inv_spacing[2]
+            nn = a * a + b * b + c * c
+            if mx < nn:
+                mx = nn
+    slice_max[k] = mx
+
+
+def prepare_step_3d(floating[:, :, :, ::1] step, const double[::1] inv_spacing,
+                    double[::1] slice_max, int num_threads):
+    """Zero the boundary of a SyN step and return its largest norm (voxels)."""
+    cdef:
+        Py_ssize_t k, ns = step.shape[0]
+        double mx = 0
+    with nogil:
+        for k in prange(ns, schedule="static", num_threads=num_threads):
+            _prepare_step_slice_3d(&step[0, 0, 0, 0], k, ns, step.shape[1],
+                                   step.shape[2], &inv_spacing[0], &slice_max[0])
+    for k in range(ns):
+        if mx < slice_max[k]:
+            mx = slice_max[k]
+    return sqrt(mx)
+
+
+cdef void _prepare_step_row_2d(floating* step, Py_ssize_t i, Py_ssize_t nr,
+                               Py_ssize_t nc, const double* inv_spacing,
+                               double* row_max) noexcept nogil:
+    cdef:
+        Py_ssize_t j, v
+        double a, b, nn, mx = 0
+        int edge_row = i == 0 or i == nr - 1
+    for j in range(nc):
+        v = (i * nc + j) * 2
+        if edge_row or j == 0 or j == nc - 1:
+            step[v] = 0
+            step[v + 1] = 0
+            continue
+        a = step[v] * inv_spacing[0]
+        b = step[v + 1] * inv_spacing[1]
+        nn = a * a + b * b
+        if mx < nn:
+            mx = nn
+    row_max[i] = mx
+
+
+def prepare_step_2d(floating[:, :, ::1] step, const double[::1] inv_spacing,
+                    double[::1] row_max, int num_threads):
+    cdef:
+        Py_ssize_t i, nr = step.shape[0]
+        double mx = 0
+    with nogil:
+        for i in prange(nr, schedule="static", num_threads=num_threads):
+            _prepare_step_row_2d(&step[0, 0, 0], i, nr, step.shape[1],
+                                 &inv_spacing[0], &row_max[0])
+    for i in range(nr):
+        if mx < row_max[i]:
+            mx = row_max[i]
+    return sqrt(mx)
