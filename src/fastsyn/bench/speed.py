@@ -1,0 +1,306 @@
+"""``fastsyn bench speed``: stock DIPY against fastsyn, side by side.
+
+Every case is timed for stock DIPY, fastsyn on one thread and fastsyn on all
+threads, interleaved round by round (A, B, C, A, B, C, ...) so that drift of
+a shared machine hits all of them alike; medians and the ratios of medians
+are reported.  Kernels run in this process (peak memory from tracemalloc,
+which sees NumPy's allocations); end-to-end registrations run one per fresh
+subprocess so that their peak resident memory can be compared honestly.
+"""
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main_speed", "make_field", "make_pair", "run_speed"]
+
+IMPLS = ("dipy", "fastsyn-1", "fastsyn-all")
+
+
+# ------------------------------------------------------------------- inputs
+def make_field(shape, *, amplitude=3.0, seed=0, dtype=np.float32):
+    """A smooth random displacement field (deterministic)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    dim = len(shape)
+    coarse = [max(2, s // 8) for s in shape]
+    field = np.empty(tuple(shape) + (dim,), dtype=np.float64)
+    for c in range(dim):
+        comp = ndimage.zoom(rng.standard_normal(coarse), [s / k for s, k in zip(shape, coarse)],
+                            order=3)[tuple(slice(0, s) for s in shape)]
+        field[..., c] = comp * (amplitude / (np.abs(comp).max() + 1e-12))
+    return np.ascontiguousarray(field.astype(dtype))
+
+
+def make_pair(size=128, *, seed=0):
+    """A ~size³ T1 pair from nilearn's MNI152 template and a smooth warp.
+
+    Returns static, moving (float32) and the grid-to-world affine.
+    """
+    from nilearn.datasets import load_mni152_template
+    from scipy import ndimage
+
+    template = load_mni152_template(resolution=1)
+    data = np.asarray(template.get_fdata(), dtype=np.float32)
+    nz = np.argwhere(data > 0)
+    lo, hi = nz.min(0), nz.max(0) + 1
+    data = data[tuple(slice(a, b) for a, b in zip(lo, hi))]
+    zoom = size / max(data.shape)
+    static = ndimage.zoom(data, zoom, order=1).astype(np.float32)
+    disp = make_field(static.shape, amplitude=3.0, seed=seed, dtype=np.float64)
+    grid = np.indices(static.shape, dtype=np.float64)
+    coords = grid + np.moveaxis(disp, -1, 0)
+    moving = ndimage.map_coordinates(static, coords, order=1).astype(np.float32)
+    affine = np.diag([1.0 / zoom] * 3 + [1.0])
+    return static, moving, affine
+
+
+# ------------------------------------------------------------------ kernels
+def _kernel_cases(size):
+    import dipy.align.vector_fields as vfu
+
+    from fastsyn import fields
+
+    shape = (size, size, size)
+    field = make_field(shape, amplitude=4.0, seed=1)
+    other = make_field(shape, amplitude=4.0, seed=2)
+    image = np.ascontiguousarray(field[..., 0] * 10)
+    w2g, spacing = np.eye(4), np.ones(3)
+    eye = np.eye(4)
+    out_shape = np.array(shape, dtype=np.int32)
+    label = f"{size}^3 float32"
+    return {
+        f"compose {label}": (
+            lambda: vfu.compose_vector_fields_3d(field, other, None, w2g, 1.0, None),
+            lambda t: fields.compose_vector_fields_3d(field, other, None, w2g, 1.0,
+                                                      num_threads=t)),
+        f"invert {label}": (
+            lambda: vfu.invert_vector_field_fixed_point_3d(field, w2g, spacing, 20, 1e-3,
+                                                            None),
+            lambda t: fields.invert_vector_field_fixed_point_3d(field, w2g, spacing, 20,
+                                                                1e-3, num_threads=t)),
+        f"warp linear {label}": (
+            lambda: vfu.warp_3d(image, field, eye, eye, eye, out_shape),
+            lambda t: fields.warp_3d(image, field, eye, eye, eye, out_shape, num_threads=t)),
+    }
+
+
+def _time_once(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _peak_mb(fn):
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+# --------------------------------------------------------------- end to end
+def _syn_worker(impl, threads, size, levels, metric):
+    """Run one registration; print a JSON line with time and peak RSS."""
+    static, moving, affine = make_pair(size)
+    import dipy.align.imwarp as dipy_imwarp
+    from dipy.align.metrics import CCMetric as DipyCC
+
+    import fastsyn
+
+    if impl == "dipy":
+        if metric != "cc":
+            raise SystemExit("stock DIPY has no MI metric for SyN")
+        sdr = dipy_imwarp.SymmetricDiffeomorphicRegistration(DipyCC(3, radius=4),
+                                                             level_iters=list(levels))
+    else:
+        m = fastsyn.CCMetric(3, radius=4) if metric == "cc" else fastsyn.MIMetric(3)
+        sdr = fastsyn.SymmetricDiffeomorphicRegistration(m, level_iters=list(levels),
+                                                         num_threads=threads)
+    sdr.verbosity = 0
+    start = time.perf_counter()
+    mapping = sdr.optimize(static, moving, static_grid2world=affine,
+                           moving_grid2world=affine)
+    seconds = time.perf_counter() - start
+    warped = mapping.transform(moving)
+    a = static - static.mean()
+    b = warped - warped.mean()
+    ncc = float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(json.dumps({"seconds": seconds, "peak_mem_mb": peak, "ncc": ncc,
+                      "stage_times": getattr(sdr, "stage_times", None)}))
+
+
+def _run_worker(impl, threads, size, levels, metric):
+    cmd = [sys.executable, "-m", "fastsyn.bench.speed", "--worker", impl, str(threads),
+           str(size), ",".join(map(str, levels)), metric]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{impl} worker failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------- main
+def _environment(all_threads):
+    import dipy
+
+    import fastsyn
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads_all": all_threads,
+            "python": platform.python_version(), "numpy": np.__version__,
+            "dipy": dipy.__version__, "fastsyn": fastsyn.__version__}
+
+
+def _summary(samples):
+    arr = np.asarray(samples)
+    return float(np.median(arr)), float(arr.min()), float(arr.max())
+
+
+def run_speed(*, size=128, syn_size=None, levels=(20, 20, 10), repeat=3, threads=None,
+              metrics=("cc",), include_syn=True, log=print):
+    """Measure kernels and end-to-end SyN; returns the speed JSON dict."""
+    from fastsyn._threads import resolve_num_threads
+
+    all_threads = resolve_num_threads(threads)
+    syn_size = syn_size or size
+    impl_threads = {"dipy": 1, "fastsyn-1": 1, "fastsyn-all": all_threads}
+    rows, ratios = [], []
+
+    def record(case, samples, peaks, extra=None):
+        for impl, times in samples.items():
+            med, lo, hi = _summary(times)
+            row = {"case": case, "impl": "dipy" if impl == "dipy" else "fastsyn",
+                   "threads": impl_threads[impl], "median_s": med, "min_s": lo, "max_s": hi,
+                   "peak_mem_mb": peaks.get(impl)}
+            if extra and impl in extra:
+                row.update(extra[impl])
+            rows.append(row)
+        base = np.median(samples["dipy"]) if "dipy" in samples else None
+        serial = np.median(samples["fastsyn-1"])
+        for impl in ("fastsyn-1", "fastsyn-all"):
+            if base is not None:
+                ratios.append({"case": case, "impl": "fastsyn", "threads": impl_threads[impl],
+                               "baseline": "dipy",
+                               "speedup": float(base / np.median(samples[impl]))})
+        ratios.append({"case": case, "impl": "fastsyn", "threads": all_threads,
+                       "baseline": "fastsyn-1",
+                       "speedup": float(serial / np.median(samples["fastsyn-all"]))})
+
+    for case, (stock, ours) in _kernel_cases(size).items():
+        log(f"  {case} ...")
+        fns = {"dipy": stock, "fastsyn-1": lambda: ours(1),
+               "fastsyn-all": lambda: ours(all_threads)}
+        for fn in fns.values():  # warm-up (first touch, imports)
+            fn()
+        samples = {impl: [] for impl in fns}
+        for _ in range(repeat):
+            for impl, fn in fns.items():
+                samples[impl].append(_time_once(fn))
+        peaks = {impl: _peak_mb(fn) for impl, fn in fns.items()}
+        record(case, samples, peaks)
+
+    if include_syn:
+        for metric in metrics:
+            case = (f"SyN {metric.upper()} {syn_size}^3 levels "
+                    f"{'/'.join(map(str, levels))}")
+            impls = IMPLS if metric == "cc" else IMPLS[1:]
+            samples = {impl: [] for impl in impls}
+            peaks, extra = {}, {}
+            for r in range(repeat):
+                for impl in impls:
+                    log(f"  {case}: {impl} (round {r + 1}/{repeat}) ...")
+                    out = _run_worker("dipy" if impl == "dipy" else "fastsyn",
+                                      impl_threads[impl], syn_size, levels, metric)
+                    samples[impl].append(out["seconds"])
+                    peaks[impl] = max(peaks.get(impl, 0.0), out["peak_mem_mb"])
+                    extra[impl] = {"ncc": out["ncc"], "stage_times": out["stage_times"]}
+            record(case, samples, peaks, extra)
+    return {"environment": _environment(all_threads), "rows": rows, "ratios": ratios}
+
+
+def format_speed(result):
+    """The speed table as text."""
+    lines = [f"{'case':<38} {'impl':<8} {'thr':>3} {'median s':>9} {'min':>8} {'max':>8} "
+             f"{'peak MB':>8} {'vs dipy':>8}"]
+    base = {r["case"]: r["median_s"] for r in result["rows"] if r["impl"] == "dipy"}
+    for r in result["rows"]:
+        ratio = base.get(r["case"])
+        ratio = f"{ratio / r['median_s']:7.2f}x" if ratio else "       -"
+        peak = f"{r['peak_mem_mb']:8.1f}" if r.get("peak_mem_mb") is not None else "       -"
+        lines.append(f"{r['case']:<38} {r['impl']:<8} {r['threads']:>3} {r['median_s']:9.3f} "
+                     f"{r['min_s']:8.3f} {r['max_s']:8.3f} {peak} {ratio}")
+    lines.append("")
+    lines.append("serial / threaded (fastsyn):")
+    for q in result["ratios"]:
+        if q["baseline"] == "fastsyn-1":
+            lines.append(f"  {q['case']:<38} {q['threads']} threads: {q['speedup']:.2f}x")
+    return "\n".join(lines)
+
+
+def main_speed(args):
+    """Entry point of ``fastsyn bench speed`` (argparse namespace)."""
+    size = 64 if getattr(args, "quick", False) else args.size
+    levels = tuple(int(v) for v in str(getattr(args, "levels", "20,20,10")).split(","))
+    if getattr(args, "quick", False):
+        levels = (4, 4, 2)
+    threads = getattr(args, "threads", None)
+    threads = None if threads in (None, "all") else int(str(threads).split(",")[-1])
+    metrics = tuple(str(getattr(args, "metric", "cc") or "cc").split(","))
+    print(f"fastsyn bench speed: kernels at {size}^3, SyN at {size}^3 "
+          f"levels {levels}, {args.repeat} interleaved rounds", flush=True)
+    result = run_speed(size=size, levels=levels, repeat=args.repeat, threads=threads,
+                       metrics=metrics, include_syn=not getattr(args, "no_syn", False),
+                       log=lambda msg: print(msg, flush=True))
+    print(format_speed(result))
+    if getattr(args, "out", None):
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+        print(f"wrote {out}")
+    return result
+
+
+def _cli(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m fastsyn.bench.speed",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", nargs=5, metavar=("IMPL", "THREADS", "SIZE", "LEVELS",
+                                                      "METRIC"), help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--threads", default=None)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--levels", default="20,20,10")
+    parser.add_argument("--metric", default="cc")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-syn", action="store_true")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    if args.worker:
+        impl, threads, size, levels, metric = args.worker
+        _syn_worker(impl, int(threads), int(size), tuple(map(int, levels.split(","))), metric)
+        return
+    main_speed(args)
+
+
+if __name__ == "__main__":
+    _cli()
