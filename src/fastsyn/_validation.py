@@ -116,11 +116,15 @@ def check_spacing(name, spacing, dim):
 
 
 _IDENTITY_FLAT = {2: np.zeros(6), 3: np.zeros(12)}
+_IDENTITY_ROWS = {d: np.eye(d + 1)[:d] for d in (2, 3)}
 
 
 def flat_affine(matrix, dim):
     """Kernel form of an affine: (first ``dim`` rows flattened, is_none)."""
     if matrix is None:
         return _IDENTITY_FLAT[dim], True
-    arr = np.asarray(matrix, dtype=np.float64)
-    return np.ascontiguousarray(arr[:dim, : dim + 1]).ravel(), False
+    arr = np.ascontiguousarray(np.asarray(matrix, dtype=np.float64)[:dim, : dim + 1])
+    # The identity is skipped in the kernels: exact, since 1*x + 0*y + 0 == x.
+    if np.array_equal(arr, _IDENTITY_ROWS[dim]):
+        return _IDENTITY_FLAT[dim], True
+    return arr.ravel(), False

@@ -9,6 +9,12 @@
 from cython cimport floating
 from libc.math cimport floor
 
+
+cdef inline Py_ssize_t ifloor(double x) noexcept nogil:
+    # floor for x > -2: truncation, minus one for negative non-integers.
+    cdef Py_ssize_t t = <Py_ssize_t>x
+    return t - (x < t)
+
 ctypedef fused number:
     float
     double
@@ -89,9 +95,9 @@ cdef inline int interp_vector_3d(const floating* f, Py_ssize_t ns, Py_ssize_t nr
     out[2] = 0
     if not (-1 < dk < ns and -1 < di < nr and -1 < dj < nc):
         return 0
-    k = <Py_ssize_t>floor(dk)
-    i = <Py_ssize_t>floor(di)
-    j = <Py_ssize_t>floor(dj)
+    k = ifloor(dk)
+    i = ifloor(di)
+    j = ifloor(dj)
     ck = dk - k
     ci = di - i
     cj = dj - j
@@ -204,8 +210,8 @@ cdef inline int interp_vector_2d(const floating* f, Py_ssize_t nr, Py_ssize_t nc
     out[1] = 0
     if not (-1 < di < nr and -1 < dj < nc):
         return 0
-    i = <Py_ssize_t>floor(di)
-    j = <Py_ssize_t>floor(dj)
+    i = ifloor(di)
+    j = ifloor(dj)
     ci = di - i
     cj = dj - j
     ai = 1 - ci
@@ -249,9 +255,9 @@ cdef inline int interp_scalar_3d(const floating* f, Py_ssize_t ns, Py_ssize_t nr
     out[0] = 0
     if not (-1 < dk < ns and -1 < di < nr and -1 < dj < nc):
         return 0
-    k = <Py_ssize_t>floor(dk)
-    i = <Py_ssize_t>floor(di)
-    j = <Py_ssize_t>floor(dj)
+    k = ifloor(dk)
+    i = ifloor(di)
+    j = ifloor(dj)
     ck = dk - k
     ci = di - i
     cj = dj - j
@@ -310,8 +316,8 @@ cdef inline int interp_scalar_2d(const floating* f, Py_ssize_t nr, Py_ssize_t nc
     out[0] = 0
     if not (-1 < di < nr and -1 < dj < nc):
         return 0
-    i = <Py_ssize_t>floor(di)
-    j = <Py_ssize_t>floor(dj)
+    i = ifloor(di)
+    j = ifloor(dj)
     ci = di - i
     cj = dj - j
     ai = 1 - ci
