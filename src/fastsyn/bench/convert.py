@@ -1,0 +1,321 @@
+"""Converters from public datasets, as distributed, to fastsyn's folder layout.
+
+Every converter writes ``DST/<subject>/<modality>.nii.gz``,
+``DST/<subject>/labels.nii.gz`` and ``DST/<subject>/mask.nii.gz`` plus the
+stamp ``DST/dataset.json``, one subject at a time (each written into a
+temporary folder and renamed into place, so an interrupted run never leaves a
+half-written subject), and returns the :class:`~fastsyn.bench.datasets.Dataset`.
+
+Supported sources
+-----------------
+LPBA40
+    ``LPBA40/delineation_space/S01/S01.delineation.skullstripped.{hdr,img}``
+    (or ``.img.gz``) and ``S01.delineation.structure.label.{hdr,img}``.
+    Grid, spacing, affine and label dtype are kept; labels 181 and 182 are
+    dropped (set to 0); mask = nonzero voxels of the skull-stripped image;
+    modality ``t1``.
+MRBrainS18
+    ``training/<id>/pre/{FLAIR,IR,T1}.nii.gz`` and ``training/<id>/segm.nii.gz``.
+    Every modality is skull-stripped with ``segm > 0``; labels = segm;
+    mask = ``segm > 0``; modalities ``flair``, ``ir``, ``t1``.
+OASIS (neurite layout)
+    ``<subject>/aligned_norm.nii.gz`` and ``<subject>/aligned_seg35.nii.gz``;
+    modality ``t1``; mask = nonzero voxels of ``aligned_norm``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["convert_lpba40", "convert_mrbrains18", "convert_oasis", "CONVERTERS"]
+
+#: LPBA40 labels removed by the converter (cerebellum and brainstem).
+LPBA40_DROPPED = (181, 182)
+#: MRBrainS18 modalities: output name -> file name in ``pre/``.
+MRBRAINS18_MODALITIES = {"flair": "FLAIR", "ir": "IR", "t1": "T1"}
+
+
+# --------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------
+
+
+def _existing(*paths):
+    for p in paths:
+        if p.exists():
+            return p
+    return None
+
+
+def _load_analyze(folder: Path, stem: str):
+    """Load an Analyze (or NIfTI pair) image whose header and data may differ in compression."""
+    import nibabel as nib
+
+    hdr = _existing(folder / f"{stem}.hdr", folder / f"{stem}.hdr.gz")
+    img = _existing(folder / f"{stem}.img", folder / f"{stem}.img.gz")
+    if hdr is None or img is None:
+        raise FileNotFoundError(
+            f"{folder}: expected {stem}.hdr and {stem}.img (or .img.gz); "
+            f"found header={hdr}, image={img}"
+        )
+    klass = type(nib.load(str(hdr)))  # sniffs the header only; data stay lazy
+    file_map = klass.filespec_to_file_map(str(hdr))
+    file_map["image"].filename = str(img)
+    return klass.from_file_map(file_map)
+
+
+def _array(img, path, *, integer=False):
+    """Data of an image in its on-disk dtype when possible, squeezed to 3D."""
+    data = np.asanyarray(img.dataobj)
+    disk = img.get_data_dtype()
+    if data.dtype != disk:
+        if np.issubdtype(disk, np.integer) and np.array_equal(data, np.round(data)):
+            data = data.astype(disk)
+        elif integer:
+            raise ValueError(f"{path}: label map is not integer-valued after scaling")
+        else:
+            data = data.astype(np.float32)
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"{path}: expected a 3D image, got shape {img.shape}")
+    if integer and not np.issubdtype(data.dtype, np.integer):
+        if not np.array_equal(data, np.round(data)):
+            raise ValueError(f"{path}: label map is not integer-valued (dtype {data.dtype})")
+    return data
+
+
+def _load_nifti(path: Path, *, integer=False):
+    import nibabel as nib
+
+    if not path.exists():
+        raise FileNotFoundError(f"file not found: {path}")
+    img = nib.load(str(path))
+    return _array(img, path, integer=integer), img.affine.copy()
+
+
+def _write_subject(dst: Path, name: str, images: dict, labels, mask, affine) -> None:
+    """Write one subject atomically (temporary folder, then rename)."""
+    from .datasets import _save_nifti
+
+    tmp = Path(tempfile.mkdtemp(dir=dst, prefix=f".tmp-{name}-"))
+    try:
+        for modality, data in images.items():
+            _save_nifti(data, affine, tmp / f"{modality}.nii.gz")
+        _save_nifti(labels, affine, tmp / "labels.nii.gz")
+        _save_nifti(np.asarray(mask, dtype=np.uint8), affine, tmp / "mask.nii.gz")
+        final = dst / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_same_grid(name, ref_shape, ref_affine, what, shape, affine):
+    if tuple(shape) != tuple(ref_shape):
+        raise ValueError(f"subject {name!r}: {what} shape {tuple(shape)} differs from {tuple(ref_shape)}")
+    if not np.allclose(affine, ref_affine, atol=1e-3):
+        raise ValueError(f"subject {name!r}: {what} affine differs from the label map's")
+
+
+def _prepare(src, dst, what):
+    src = Path(src).expanduser()
+    dst = Path(dst).expanduser()
+    if not src.exists():
+        raise FileNotFoundError(f"{what} source folder not found: {src}")
+    if not src.is_dir():
+        raise ValueError(f"{what} source {src} is not a folder")
+    if dst.exists() and not dst.is_dir():
+        raise ValueError(f"destination {dst} exists and is not a folder")
+    if dst.resolve() == src.resolve():
+        raise ValueError("destination must differ from the source folder")
+    return src, dst
+
+
+def _run(items, dst, name, modalities, convert_one, progress, desc):
+    from tqdm.auto import tqdm
+
+    from .datasets import load_dataset, write_dataset_stamp
+
+    dst.mkdir(parents=True, exist_ok=True)
+    done = []
+    for subject, args in tqdm(items, desc=desc, unit="subject", disable=not progress):
+        convert_one(subject, *args)
+        done.append(subject)
+    write_dataset_stamp(dst, name, modalities, done, source=desc)
+    return load_dataset(dst, check=False)
+
+
+def _select(found: dict, subjects, what, src):
+    if not found:
+        raise FileNotFoundError(f"no {what} subjects found under {src}")
+    if subjects is None:
+        return sorted(found.items())
+    missing = [s for s in subjects if s not in found]
+    if missing:
+        raise ValueError(f"{what}: subjects not found under {src}: {missing}")
+    return [(s, found[s]) for s in subjects]
+
+
+# --------------------------------------------------------------------------
+# LPBA40
+# --------------------------------------------------------------------------
+
+
+def convert_lpba40(src, dst, *, subjects=None, progress=True):
+    """Convert LPBA40 (delineation space, Analyze) to the folder layout.
+
+    Parameters
+    ----------
+    src : str or pathlib.Path
+        The ``LPBA40`` folder (holding ``delineation_space/``) or the
+        ``delineation_space`` folder itself.
+    dst : str or pathlib.Path
+        Output folder (created).
+    subjects : sequence of str, optional
+        Only these subjects (e.g. ``["S01", "S02"]``).
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    Dataset
+
+    Raises
+    ------
+    FileNotFoundError
+        If the source or a subject's files are missing.
+    ValueError
+        If a subject's images disagree in shape or affine, or labels are not integers.
+    """
+    src, dst = _prepare(src, dst, "LPBA40")
+    base = src / "delineation_space" if (src / "delineation_space").is_dir() else src
+    found = {}
+    for d in sorted(p for p in base.iterdir() if p.is_dir()):
+        stem = f"{d.name}.delineation.skullstripped"
+        if _existing(d / f"{stem}.hdr", d / f"{stem}.hdr.gz"):
+            found[d.name] = (d,)
+    items = _select(found, subjects, "LPBA40", base)
+
+    def one(name, folder):
+        img = _load_analyze(folder, f"{name}.delineation.skullstripped")
+        lab = _load_analyze(folder, f"{name}.delineation.structure.label")
+        t1 = _array(img, folder / name)
+        labels = _array(lab, folder / f"{name}.delineation.structure.label", integer=True)
+        _check_same_grid(name, labels.shape, lab.affine, "skull-stripped image", t1.shape, img.affine)
+        labels = labels.copy()
+        labels[np.isin(labels, LPBA40_DROPPED)] = 0
+        _write_subject(dst, name, {"t1": t1}, labels, t1 != 0, lab.affine)
+
+    return _run(items, dst, "lpba40", ["t1"], one, progress, "LPBA40")
+
+
+# --------------------------------------------------------------------------
+# MRBrainS18
+# --------------------------------------------------------------------------
+
+
+def convert_mrbrains18(src, dst, *, subjects=None, progress=True):
+    """Convert MRBrainS18 training data to the folder layout.
+
+    Parameters
+    ----------
+    src : str or pathlib.Path
+        The folder holding ``training/`` or the ``training`` folder itself.
+    dst : str or pathlib.Path
+        Output folder (created).
+    subjects : sequence of str, optional
+        Only these subject ids.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    Dataset
+        Modalities ``flair``, ``ir``, ``t1``, each skull-stripped with ``segm > 0``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the source, a ``segm.nii.gz`` or a modality file is missing.
+    ValueError
+        If shapes or affines disagree, or segm is not integer-valued.
+    """
+    src, dst = _prepare(src, dst, "MRBrainS18")
+    base = src / "training" if (src / "training").is_dir() else src
+    found = {
+        d.name: (d,)
+        for d in sorted(p for p in base.iterdir() if p.is_dir())
+        if (d / "segm.nii.gz").exists() or (d / "pre").is_dir()
+    }
+    items = _select(found, subjects, "MRBrainS18", base)
+
+    def one(name, folder):
+        segm, affine = _load_nifti(folder / "segm.nii.gz", integer=True)
+        brain = segm > 0
+        images = {}
+        for modality, fname in MRBRAINS18_MODALITIES.items():
+            data, aff = _load_nifti(folder / "pre" / f"{fname}.nii.gz")
+            _check_same_grid(name, segm.shape, affine, f"pre/{fname}.nii.gz", data.shape, aff)
+            images[modality] = np.where(brain, data, 0).astype(data.dtype)
+        _write_subject(dst, name, images, segm, brain, affine)
+
+    return _run(items, dst, "mrbrains18", list(MRBRAINS18_MODALITIES), one, progress, "MRBrainS18")
+
+
+# --------------------------------------------------------------------------
+# OASIS (neurite layout)
+# --------------------------------------------------------------------------
+
+
+def convert_oasis(src, dst, *, subjects=None, progress=True):
+    """Convert OASIS in the neurite layout to the folder layout.
+
+    Parameters
+    ----------
+    src : str or pathlib.Path
+        Folder of ``<subject>/aligned_norm.nii.gz`` + ``aligned_seg35.nii.gz``.
+    dst : str or pathlib.Path
+        Output folder (created).
+    subjects : sequence of str, optional
+        Only these subjects.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    Dataset
+
+    Raises
+    ------
+    FileNotFoundError
+        If the source or a subject's files are missing.
+    ValueError
+        If shapes or affines disagree or labels are not integer-valued.
+    """
+    src, dst = _prepare(src, dst, "OASIS")
+    found = {
+        d.name: (d,)
+        for d in sorted(p for p in src.iterdir() if p.is_dir())
+        if (d / "aligned_norm.nii.gz").exists() or (d / "aligned_seg35.nii.gz").exists()
+    }
+    items = _select(found, subjects, "OASIS", src)
+
+    def one(name, folder):
+        t1, aff_img = _load_nifti(folder / "aligned_norm.nii.gz")
+        labels, affine = _load_nifti(folder / "aligned_seg35.nii.gz", integer=True)
+        _check_same_grid(name, labels.shape, affine, "aligned_norm.nii.gz", t1.shape, aff_img)
+        _write_subject(dst, name, {"t1": t1}, labels, t1 != 0, affine)
+
+    return _run(items, dst, "oasis", ["t1"], one, progress, "OASIS")
+
+
+#: Converters by dataset name, for the command line (``fastsyn prepare NAME SRC DST``).
+CONVERTERS = {"lpba40": convert_lpba40, "mrbrains18": convert_mrbrains18, "oasis": convert_oasis}
