@@ -1,0 +1,477 @@
+"""Cohort runs: prealign, register with each method, evaluate, store.
+
+:func:`run_benchmark` turns a dataset into pairs, and each pair into one task:
+prealign it (cached, see :mod:`fastsyn.bench.prealign`), evaluate the
+prealigned pair as the pseudo-method ``Baseline``, then run and evaluate every
+requested method, writing one record per (dataset, pair, method,
+configuration) to a :class:`~fastsyn.bench.store.ResultStore`. Finished records
+are skipped on a rerun; a failure is recorded with its error and the run goes
+on.
+
+Tasks run in this process (one worker), in a local process pool (several
+workers, with ``workers * threads <= cores``) or on a Dask cluster
+(``dask="local"`` starts a ``LocalCluster``; any other string is a scheduler
+address; a ``distributed.Client`` is used as is). Tasks are plain dictionaries
+of file paths and options, so they travel to any worker that sees the same
+files.
+"""
+
+import logging
+import os
+import socket
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+from .store import ResultStore, make_key
+
+__all__ = ["run_benchmark", "run_pair", "available_cores", "BASELINE"]
+
+BASELINE = "baseline"
+_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def available_cores():
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _subject_files(dataset, name, truth_field):
+    subjects = dataset.subjects
+    subj = None
+    if isinstance(subjects, dict):
+        subj = subjects.get(name)
+    else:
+        subj = next((s for s in subjects if s.name == name), None)
+    if subj is None:
+        raise KeyError(f"dataset {dataset.name!r} has no subject {name!r}")
+    truth = getattr(subj, truth_field, None)
+    return {
+        "images": {k: str(v) for k, v in subj.images.items()},
+        "labels": str(subj.labels),
+        "mask": str(subj.mask) if getattr(subj, "mask", None) else None,
+        "truth": str(truth) if truth else None,
+    }
+
+
+def _pair_dict(pair):
+    return {"id": pair.id, "fixed": pair.fixed, "moving": pair.moving,
+            "fixed_modality": pair.fixed_modality,
+            "moving_modality": pair.moving_modality}
+
+
+def _baseline_config(task):
+    return {"method": BASELINE, "data": task["data"], "prealign": dict(task["prealign"])}
+
+
+def _task_keys(task):
+    keys = [(BASELINE, make_key(task["dataset"], task["pair"]["id"], BASELINE,
+                                _baseline_config(task)))]
+    for m in task["methods"]:
+        keys.append((m["name"], make_key(task["dataset"], task["pair"]["id"],
+                                         m["name"], m["config"])))
+    return keys
+
+
+def _base_record(task, method, label, config):
+    p = task["pair"]
+    return {"dataset": task["dataset"], "pair": p["id"], "method": method,
+            "label": label, "config": config, "fixed": p["fixed"],
+            "moving": p["moving"], "fixed_modality": p["fixed_modality"],
+            "moving_modality": p["moving_modality"], "host": socket.gethostname()}
+
+
+def _error_text(exc):
+    tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    return f"{type(exc).__name__}: {exc}\n" + "".join(tb[-6:])
+
+
+def run_pair(task):
+    """Run one task: prealign, Baseline, every method; store each record.
+
+    Parameters
+    ----------
+    task : dict
+        Built by :func:`run_benchmark`: dataset name, pair, subject files,
+        methods (name, options, config, label), metric, levels, threads,
+        results and cache folders, prealignment options.
+
+    Returns
+    -------
+    list of dict
+        The records written by this call (finished records already in the
+        store are not rerun and not returned).
+    """
+    from .evaluate import evaluate_pair
+    from .methods import get_method
+    from .prealign import prealign_pair
+
+    logging.getLogger("dipy").setLevel(logging.WARNING)
+    store = ResultStore(task["results_dir"])
+    pending = [(name, key) for name, key in _task_keys(task) if not store.has(key)]
+    if not pending:
+        return []
+    by_name = {m["name"]: m for m in task["methods"]}
+    written = []
+
+    def put(record):
+        store.put(record)
+        written.append(record)
+
+    def error_record(name, exc_text):
+        if name == BASELINE:
+            rec = _base_record(task, BASELINE, "Baseline",
+                               _baseline_config(task))
+        else:
+            m = by_name[name]
+            rec = _base_record(task, name, m["label"], m["config"])
+        rec.update(status="error", error=exc_text)
+        put(rec)
+
+    fx, mv, p = task["fixed_files"], task["moving_files"], task["pair"]
+    try:
+        pre = prealign_pair(
+            fx["images"][p["fixed_modality"]], mv["images"][p["moving_modality"]],
+            mv["labels"], task["cache_dir"], fixed_labels=fx["labels"],
+            pair_id=p["id"], fixed_mask=fx["mask"], moving_mask=mv["mask"],
+            fixed_truth_to_template=fx["truth"],
+            moving_truth_from_template=mv["truth"], **task["prealign"])
+        data = pre.load()
+    except Exception as exc:  # recorded, the run goes on
+        text = "prealignment failed: " + _error_text(exc)
+        for name, _ in pending:
+            error_record(name, text)
+        return written
+
+    common = {"prealign_dir": str(pre.cache_dir), "rigid": pre.rigid.tolist()}
+    for name, _key in pending:
+        try:
+            if name == BASELINE:
+                metrics = evaluate_pair(data["fixed"], data["moving"],
+                                        data["fixed_labels"], data["moving_labels"],
+                                        data["mask"], displacement=None,
+                                        affine=data["affine"],
+                                        true_displacement=data["truth"])
+                rec = _base_record(task, BASELINE, "Baseline",
+                                   _baseline_config(task))
+                rec.update(status="ok", metrics=metrics, seconds=None,
+                           threads=None, peak_mem_mb=None, **common)
+                put(rec)
+                continue
+            m = by_name[name]
+            method = get_method(name, **m["options"])
+            res = method.run(data["fixed"], data["moving"], data["affine"],
+                             data["affine"], data["moving_labels"],
+                             metric=task["metric"], levels=task["levels"],
+                             threads=m["config"]["threads"])
+            metrics = evaluate_pair(data["fixed"], res.warped, data["fixed_labels"],
+                                    res.warped_labels, data["mask"],
+                                    displacement=res.displacement,
+                                    affine=data["affine"],
+                                    true_displacement=data["truth"])
+            rec = _base_record(task, name, m["label"], m["config"])
+            rec.update(status="ok", metrics=metrics, seconds=res.seconds,
+                       threads=res.threads, peak_mem_mb=res.peak_mem_mb,
+                       extra=res.extra, has_displacement=res.displacement is not None,
+                       **common)
+            put(rec)
+        except Exception as exc:  # recorded, the run goes on
+            error_record(name, _error_text(exc))
+    return written
+
+
+def _resolve_methods(methods, metric, warn):
+    from .methods import get_method
+
+    if isinstance(methods, str):
+        methods = [m for m in methods.split(",") if m.strip()]
+    if not methods:
+        raise ValueError("methods must name at least one method")
+    specs, unavailable, seen = [], {}, set()
+    for m in methods:
+        method = get_method(m)
+        if method.name in seen:
+            continue
+        seen.add(method.name)
+        ok, reason = method.available(metric)
+        if not ok:
+            unavailable[method.name] = reason
+            warn(f"method {method.name!r} skipped: {reason}")
+            continue
+        specs.append({"name": method.name, "options": dict(method.options),
+                      "label": method.label, "config": None, "_method": method})
+    return specs, unavailable
+
+
+def _parse_levels(levels):
+    if isinstance(levels, str):
+        try:
+            levels = [int(v) for v in levels.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"levels must be comma-separated integers, got {levels!r}")
+    levels = list(levels)
+    if not levels or any(not isinstance(v, int) or v < 0 for v in levels):
+        raise ValueError(f"levels must be a non-empty list of integers >= 0, got {levels!r}")
+    return levels
+
+
+class _ThreadEnv:
+    """Set thread-count variables while worker processes are started."""
+
+    def __init__(self, threads):
+        self.values = {"OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": "1",
+                       "MKL_NUM_THREADS": "1"}
+
+    def __enter__(self):
+        self.saved = {k: os.environ.get(k) for k in self.values}
+        os.environ.update(self.values)
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        return False
+
+
+def run_benchmark(dataset, methods, metric, *, modalities=None, sample=None, seed=0,
+                  threads=1, levels=(20, 20, 10), results_dir, workers=None, dask=None,
+                  progress=True, resolution=2.0, cache_dir=None, prealign_options=None):
+    """Run a cohort benchmark and store its records.
+
+    Parameters
+    ----------
+    dataset : str, Path or Dataset
+        A dataset name (``embedded-mono``, ``embedded-multi``), a folder in the
+        layout of :mod:`fastsyn.bench.datasets`, or a loaded ``Dataset``.
+    methods : str or sequence
+        Method names (``fastsyn``, ``dipy``, ``ants``, ``greedy``) or
+        :class:`~fastsyn.bench.methods.Method` objects; a comma-separated
+        string is accepted. Unavailable methods are skipped with a warning and
+        listed in the result.
+    metric : {"cc", "mi"}
+        Similarity metric for every method.
+    modalities : sequence of str, optional
+        Modalities to pair (multimodal datasets).
+    sample : int, optional
+        Number of pairs drawn reproducibly with ``seed``; all pairs when omitted.
+    seed : int
+        Seed of the pair sample.
+    threads : int
+        Threads per registration.
+    levels : sequence of int
+        Iterations per pyramid level, coarsest first.
+    results_dir : str or Path
+        Folder of the results store; the prealignment cache goes to
+        ``results_dir/prealign/<dataset>`` unless ``cache_dir`` is given.
+    workers : int, optional
+        Concurrent pairs. Default: ``cores // threads``. ``workers * threads``
+        is capped at the available cores for local pools.
+    dask : None, "local", str or distributed.Client
+        Run tasks on Dask instead of a local pool.
+    progress : bool
+        Show a tqdm progress bar.
+    resolution : float
+        Voxel size (mm) for the embedded cohorts when ``dataset`` is a name.
+    cache_dir : str or Path, optional
+        Folder for dataset building and prealignment caches.
+    prealign_options : dict, optional
+        ``level_iters``, ``sigmas``, ``factors``, ``nbins`` of the rigid
+        prealignment.
+
+    Returns
+    -------
+    dict
+        ``dataset``, ``pairs`` (number of pairs), ``ran`` (records written),
+        ``ok``, ``errors``, ``skipped`` (pairs already finished),
+        ``unavailable`` (method -> reason), ``results_dir``.
+    """
+    if metric not in ("cc", "mi"):
+        raise ValueError(f"metric must be 'cc' or 'mi', got {metric!r}")
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if results_dir is None:
+        raise ValueError("results_dir is required")
+    levels = _parse_levels(levels)
+    if isinstance(modalities, str):
+        modalities = [m.strip() for m in modalities.split(",") if m.strip()]
+
+    from tqdm.auto import tqdm
+
+    def warn(msg):
+        if progress:
+            tqdm.write(f"warning: {msg}")
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+    store = ResultStore(results_dir)
+    results_dir = store.root.resolve()
+
+    if isinstance(dataset, (str, Path)):
+        from .datasets import load_dataset
+        dataset = load_dataset(str(dataset), cache_dir=cache_dir, resolution=resolution)
+    from .pairs import make_pairs
+    pairs = make_pairs(dataset, modalities, sample=sample, seed=seed)
+    if not pairs:
+        raise ValueError(f"dataset {dataset.name!r} gives no pairs")
+
+    from .prealign import DEFAULT_FACTORS, DEFAULT_LEVEL_ITERS, DEFAULT_SIGMAS
+
+    pre_opts = {"level_iters": list(DEFAULT_LEVEL_ITERS), "sigmas": list(DEFAULT_SIGMAS),
+                "factors": list(DEFAULT_FACTORS), "nbins": 32}
+    unknown = set(prealign_options or {}) - set(pre_opts)
+    if unknown:
+        raise ValueError(f"unknown prealign_options {sorted(unknown)}; known: {sorted(pre_opts)}")
+    pre_opts.update(prealign_options or {})
+    # the data version (e.g. embedded-mono-2mm vs -1mm) is part of every key
+    data_tag = Path(dataset.root).name if getattr(dataset, "root", None) else dataset.name
+    specs, unavailable = _resolve_methods(methods, metric, warn)
+    for s in specs:
+        cfg = s.pop("_method").configuration(metric, levels, threads)
+        cfg.update(data=data_tag, prealign=pre_opts)
+        s["config"] = cfg
+    cache = Path(cache_dir) / "prealign" if cache_dir else results_dir / "prealign"
+    cache = (cache / dataset.name).resolve()
+
+    tasks = []
+    for pair in pairs:
+        tasks.append({
+            "dataset": dataset.name, "pair": _pair_dict(pair),
+            "fixed_files": _subject_files(dataset, pair.fixed, "truth_to_template"),
+            "moving_files": _subject_files(dataset, pair.moving, "truth_from_template"),
+            "methods": specs, "metric": metric, "levels": levels,
+            "results_dir": str(results_dir), "cache_dir": str(cache),
+            "prealign": pre_opts, "data": data_tag,
+        })
+    todo = [t for t in tasks if not all(store.has(k) for _, k in _task_keys(t))]
+    summary = {"dataset": dataset.name, "pairs": len(tasks),
+               "skipped": len(tasks) - len(todo), "ran": 0, "ok": 0, "errors": 0,
+               "unavailable": unavailable, "results_dir": str(results_dir)}
+    if not todo:
+        return summary
+
+    def account(records):
+        for rec in records:
+            summary["ran"] += 1
+            summary["ok" if rec["status"] == "ok" else "errors"] += 1
+
+    def fail_task(task, exc):
+        # the worker itself died: record every missing result of the pair
+        text = "worker failed: " + _error_text(exc)
+        recs = []
+        for name, key in _task_keys(task):
+            if store.has(key):
+                continue
+            if name == BASELINE:
+                rec = _base_record(task, BASELINE, "Baseline",
+                                   _baseline_config(task))
+            else:
+                m = next(m for m in task["methods"] if m["name"] == name)
+                rec = _base_record(task, name, m["label"], m["config"])
+            rec.update(status="error", error=text)
+            store.put(rec)
+            recs.append(rec)
+        return recs
+
+    bar = tqdm(total=len(todo), disable=not progress, unit="pair",
+               desc=f"{dataset.name} [{metric}]")
+    try:
+        if dask is not None:
+            _run_dask(todo, dask, workers, store, account, fail_task, bar)
+        else:
+            cores = available_cores()
+            if workers is None:
+                workers = max(1, cores // threads)
+            if workers * threads > cores:
+                capped = max(1, cores // threads)
+                if capped != workers:
+                    warn(f"workers x threads = {workers * threads} exceeds the "
+                         f"{cores} available cores; using {capped} worker(s)")
+                workers = capped
+            workers = min(workers, len(todo))
+            if workers == 1:
+                for task in todo:
+                    account(run_pair(task))
+                    bar.update(1)
+            else:
+                _run_pool(todo, workers, threads, account, fail_task, bar)
+    finally:
+        bar.close()
+    return summary
+
+
+def _run_pool(todo, workers, threads, account, fail_task, bar):
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ctx = mp.get_context("spawn")  # OpenMP runtimes are not fork-safe
+    with _ThreadEnv(threads):
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        futures = {pool.submit(run_pair, t): t for t in todo}
+    try:
+        for fut in as_completed(futures):
+            try:
+                account(fut.result())
+            except Exception as exc:
+                account(fail_task(futures[fut], exc))
+            bar.update(1)
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _run_dask(todo, dask, workers, store, account, fail_task, bar):
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError as exc:
+        raise RuntimeError(
+            "Dask execution needs the 'distributed' package "
+            "(pip install dask distributed)") from exc
+    own = []
+    if isinstance(dask, Client):
+        client = dask
+    elif isinstance(dask, LocalCluster):
+        client = Client(dask)
+        own.append(client)
+    elif dask == "local":
+        n = workers or max(1, available_cores())
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster)
+        own += [client, cluster]
+    elif isinstance(dask, str) and dask:
+        client = Client(dask)
+        own.append(client)
+    else:
+        raise ValueError(
+            f"dask must be 'local', a scheduler address or a Client, got {dask!r}")
+    try:
+        futures = client.map(run_pair, todo, pure=False)
+        index = {f.key: t for f, t in zip(futures, todo)}
+        try:
+            for fut in as_completed(futures):
+                try:
+                    records = fut.result()
+                    # workers may not share our file system: keep a local copy
+                    for rec in records:
+                        local = store.get(make_key(rec["dataset"], rec["pair"],
+                                                   rec["method"], rec["config"]))
+                        if local is None or local.get("status") != rec["status"]:
+                            store.put(rec)
+                    account(records)
+                except Exception as exc:
+                    account(fail_task(index[fut.key], exc))
+                bar.update(1)
+        except KeyboardInterrupt:
+            client.cancel(futures)
+            raise
+    finally:
+        for obj in own:
+            obj.close()
