@@ -1,0 +1,177 @@
+"""Converters, each run on tiny files written in the source layout by the test."""
+
+import gzip
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from fastsyn.bench.datasets import (
+    CONVERTERS,
+    convert_lpba40,
+    convert_mrbrains18,
+    convert_oasis,
+    load_dataset,
+)
+
+SHAPE = (7, 8, 6)
+
+
+def _volume(seed, lo=0, hi=200, dtype=np.int16):
+    rng = np.random.default_rng(seed)
+    vol = rng.integers(lo, hi, SHAPE).astype(dtype)
+    vol[:1] = 0  # some background
+    return vol
+
+
+def _labels(seed, values, dtype):
+    rng = np.random.default_rng(seed)
+    lab = rng.choice(np.asarray(values), SHAPE).astype(dtype)
+    lab[:1] = 0
+    return lab
+
+
+def _write_analyze(data, path_hdr, zooms, gzip_img=False):
+    img = nib.AnalyzeImage(data, None)
+    img.header.set_zooms(zooms)
+    nib.save(img, str(path_hdr))
+    if gzip_img:
+        raw = path_hdr.with_suffix(".img")
+        with open(raw, "rb") as fin, gzip.open(str(raw) + ".gz", "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+        raw.unlink()
+
+
+@pytest.fixture
+def lpba40_src(tmp_path):
+    root = tmp_path / "LPBA40" / "delineation_space"
+    for i, gz in ((1, False), (2, True)):
+        name = f"S{i:02d}"
+        d = root / name
+        d.mkdir(parents=True)
+        _write_analyze(_volume(i), d / f"{name}.delineation.skullstripped.hdr", (0.9, 1.1, 1.5), gz)
+        _write_analyze(
+            _labels(10 + i, [0, 21, 22, 181, 182], np.uint8),
+            d / f"{name}.delineation.structure.label.hdr",
+            (0.9, 1.1, 1.5),
+            gz,
+        )
+    return tmp_path / "LPBA40"
+
+
+def test_lpba40(lpba40_src, tmp_path):
+    dst = tmp_path / "out"
+    ds = convert_lpba40(lpba40_src, dst, progress=False)
+    assert ds.names == ["S01", "S02"] and ds.modalities == ["t1"] and not ds.multimodal
+    for s in ds.subjects:
+        d = lpba40_src / "delineation_space" / s.name
+        src_img = nib.load(str(d / f"{s.name}.delineation.skullstripped.hdr"))
+        lab_src = _labels(10 + int(s.name[1:]), [0, 21, 22, 181, 182], np.uint8)
+        t1 = nib.load(str(s.images["t1"]))
+        lab = nib.load(str(s.labels))
+        mask = nib.load(str(s.mask))
+        # Grid, spacing, affine and label dtype kept.
+        assert t1.shape == lab.shape == mask.shape == SHAPE
+        np.testing.assert_allclose(t1.affine, src_img.affine)
+        np.testing.assert_allclose(lab.header.get_zooms(), (0.9, 1.1, 1.5), rtol=1e-6)
+        assert lab.get_data_dtype() == np.uint8
+        labels = np.asanyarray(lab.dataobj)
+        assert not np.isin(labels, [181, 182]).any()
+        keep = np.isin(lab_src, [21, 22])
+        assert np.array_equal(labels[keep], lab_src[keep])
+        assert np.all(labels[~keep] == 0)
+        vol = _volume(int(s.name[1:]))
+        assert np.array_equal(np.asanyarray(t1.dataobj), vol)
+        assert np.array_equal(np.asanyarray(mask.dataobj) > 0, vol != 0)
+    # Reloading the output as a folder dataset works and validates.
+    again = load_dataset(dst)
+    assert again.name == "lpba40" and again.names == ["S01", "S02"]
+    # Only some subjects; the delineation_space folder accepted directly.
+    part = convert_lpba40(lpba40_src / "delineation_space", tmp_path / "part", subjects=["S02"],
+                          progress=False)
+    assert part.names == ["S02"]
+
+
+def test_lpba40_errors(lpba40_src, tmp_path):
+    with pytest.raises(FileNotFoundError):
+        convert_lpba40(tmp_path / "missing", tmp_path / "o1", progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no LPBA40 subjects"):
+        convert_lpba40(tmp_path / "empty", tmp_path / "o2", progress=False)
+    with pytest.raises(ValueError, match="S09"):
+        convert_lpba40(lpba40_src, tmp_path / "o3", subjects=["S09"], progress=False)
+    (lpba40_src / "delineation_space" / "S01" / "S01.delineation.structure.label.img").unlink()
+    with pytest.raises(FileNotFoundError, match="structure.label"):
+        convert_lpba40(lpba40_src, tmp_path / "o4", progress=False)
+
+
+def _nifti(data, path, affine=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    aff = np.diag([0.96, 0.96, 3.0, 1.0]) if affine is None else affine
+    nib.save(nib.Nifti1Image(data, aff), str(path))
+
+
+@pytest.fixture
+def mrbrains_src(tmp_path):
+    root = tmp_path / "MRBrainS18"
+    for k, sid in enumerate(("1", "4")):
+        d = root / "training" / sid
+        for j, fname in enumerate(("FLAIR", "IR", "T1")):
+            _nifti(_volume(100 * k + j, 1, 500, np.float32), d / "pre" / f"{fname}.nii.gz")
+        _nifti(_labels(7 + k, [0, 1, 2, 3, 5, 10], np.uint8), d / "segm.nii.gz")
+    return root
+
+
+def test_mrbrains18(mrbrains_src, tmp_path):
+    ds = convert_mrbrains18(mrbrains_src, tmp_path / "out", progress=False)
+    assert ds.names == ["1", "4"]
+    assert ds.modalities == ["flair", "ir", "t1"] and ds.multimodal
+    for k, s in enumerate(ds.subjects):
+        segm = _labels(7 + k, [0, 1, 2, 3, 5, 10], np.uint8)
+        lab = nib.load(str(s.labels))
+        assert lab.get_data_dtype() == np.uint8
+        assert np.array_equal(np.asanyarray(lab.dataobj), segm)
+        assert np.array_equal(np.asanyarray(nib.load(str(s.mask)).dataobj) > 0, segm > 0)
+        for j, m in enumerate(("flair", "ir", "t1")):
+            img = np.asanyarray(nib.load(str(s.images[m])).dataobj)
+            src = _volume(100 * k + j, 1, 500, np.float32)
+            assert np.array_equal(img[segm > 0], src[segm > 0])
+            assert np.all(img[segm == 0] == 0)  # skull-stripped with segm > 0
+
+
+def test_mrbrains18_errors(mrbrains_src, tmp_path):
+    (mrbrains_src / "training" / "4" / "pre" / "IR.nii.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="IR.nii.gz"):
+        convert_mrbrains18(mrbrains_src, tmp_path / "o1", progress=False)
+    _nifti(np.zeros((5, 5, 5), np.float32), mrbrains_src / "training" / "4" / "pre" / "IR.nii.gz")
+    with pytest.raises(ValueError, match="shape"):
+        convert_mrbrains18(mrbrains_src, tmp_path / "o2", progress=False)
+    _nifti(np.full(SHAPE, 1.5, np.float32), mrbrains_src / "training" / "1" / "segm.nii.gz")
+    with pytest.raises(ValueError, match="integer"):
+        convert_mrbrains18(mrbrains_src, tmp_path / "o3", subjects=["1"], progress=False)
+
+
+def test_oasis(tmp_path):
+    src = tmp_path / "neurite-oasis"
+    aff = np.array([[-1.0, 0, 0, 80], [0, 0, 1, -100], [0, -1, 0, 90], [0, 0, 0, 1]])
+    for k, name in enumerate(("OASIS_OAS1_0001_MR1", "OASIS_OAS1_0002_MR1")):
+        _nifti(_volume(50 + k, 0, 255, np.float32), src / name / "aligned_norm.nii.gz", aff)
+        _nifti(_labels(60 + k, [0, 2, 3, 4, 41], np.int16), src / name / "aligned_seg35.nii.gz", aff)
+    (src / "README").write_text("not a subject")
+    ds = convert_oasis(src, tmp_path / "out", progress=False)
+    assert ds.names == ["OASIS_OAS1_0001_MR1", "OASIS_OAS1_0002_MR1"] and ds.modalities == ["t1"]
+    s = ds.subjects[0]
+    lab = nib.load(str(s.labels))
+    np.testing.assert_allclose(lab.affine, aff)
+    assert lab.get_data_dtype() == np.int16
+    assert np.array_equal(np.asanyarray(lab.dataobj), _labels(60, [0, 2, 3, 4, 41], np.int16))
+    assert np.array_equal(np.asanyarray(nib.load(str(s.images["t1"])).dataobj),
+                          _volume(50, 0, 255, np.float32))
+    (src / "OASIS_OAS1_0002_MR1" / "aligned_seg35.nii.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="aligned_seg35"):
+        convert_oasis(src, tmp_path / "out2", progress=False)
+
+
+def test_registry():
+    assert set(CONVERTERS) == {"lpba40", "mrbrains18", "oasis"}
