@@ -323,6 +323,9 @@ def _register_fixture(pair, metric):
 
 @pytest.mark.parametrize("name", ["pair3d_multimodal", "pair3d_inverted"])
 def test_mi_syn_on_multimodal_fixtures(name):
+    # Measured (levels 10/10/5): multimodal Dice 0.69 -> 0.79 with MI
+    # (CC 0.32); inverted 0.78 -> 0.85 with MI (CC 0.26).  The margins
+    # (0.03) are well below those gains, to stay robust across machines.
     from dipy.align.metrics import CCMetric
 
     pair = load_pair(name)

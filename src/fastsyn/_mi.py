@@ -280,12 +280,12 @@ class MIMetric(SimilarityMetric):
         if transformation is None:
             warped = level_mask
         else:
-            # The optimizer made the current image with
-            # transformation.inverse().transform_inverse(original, ...) onto
-            # the common grid; the mask follows the same path.
-            warped = transformation.inverse().transform_inverse(
-                level_mask, interpolation="nearest", image_world2grid=None,
-                out_shape=np.shape(current), out_grid2world=grid2world)
+            # ``transformation`` produced the current image from the original
+            # one on the common grid; the mask follows the same path.
+            warped = transformation.transform(
+                level_mask.astype(np.int32), interpolation="nearest",
+                image_world2grid=None, out_shape=np.shape(current),
+                out_grid2world=grid2world)
         self._warped_mask[side] = np.asarray(warped)
 
     # ---------------------------------------------------------- iteration

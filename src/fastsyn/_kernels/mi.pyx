@@ -25,26 +25,24 @@
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport floor
 from libc.stdlib cimport free, malloc
 
 from fastsyn._kernels._interp cimport (Affine2, Affine3, affine2_from,
-                                       affine3_from, physical_gradient_2d,
-                                       physical_gradient_3d)
+                                       affine2_vector, affine3_from,
+                                       affine3_vector, central_diff)
 
 
-cdef inline int _window(floating v, floating lo, floating scale,
-                        Py_ssize_t nbins, floating* w, floating* d,
-                        Py_ssize_t* first) noexcept nogil:
-    """Cubic B-spline weights (w) and their derivatives (d) of one sample.
+cdef inline int _coord(floating v, floating lo, floating scale,
+                       Py_ssize_t nbins, Py_ssize_t* first,
+                       floating* frac) noexcept nogil:
+    """Lowest bin reached by a sample and its fractional offset.
 
-    ``first`` receives the lowest bin reached.  Returns 0 when the intensity
-    was clamped (its derivative is then zero), 1 otherwise.
+    Returns 0 when the intensity was clamped (its derivative is then zero),
+    1 otherwise.
     """
     cdef:
         floating c = <floating>1 + (v - lo) * scale
         floating cmax = <floating>(nbins - 2)
-        floating f, g, f2, g2
         Py_ssize_t i0
         int inside = 1
     if not (c >= 1):          # also catches NaN
@@ -53,23 +51,47 @@ cdef inline int _window(floating v, floating lo, floating scale,
     elif c > cmax:
         c = cmax
         inside = 0
-    i0 = <Py_ssize_t>floor(c)
+    i0 = <Py_ssize_t>c           # c >= 1: truncation is floor, without a libm call
     if i0 > nbins - 3:
         i0 = nbins - 3
-    f = c - i0
-    g = 1 - f
-    f2 = f * f
-    g2 = g * g
     first[0] = i0 - 1
-    w[0] = g2 * g / 6
-    w[1] = <floating>(2.0 / 3.0) - f2 + f2 * f / 2
-    w[2] = <floating>(2.0 / 3.0) - g2 + g2 * g / 2
-    w[3] = f2 * f / 6
-    d[0] = -g2 / 2
-    d[1] = <floating>1.5 * f2 - 2 * f
-    d[2] = 2 * g - <floating>1.5 * g2
-    d[3] = f2 / 2
+    frac[0] = c - i0
     return inside
+
+
+cdef inline void _bspline(floating f, floating* w) noexcept nogil:
+    """Cubic B-spline weights of the 4 bins reached at fraction ``f``."""
+    cdef:
+        floating g = 1 - f, f2 = f * f, g2 = g * g
+        floating sixth = <floating>(1.0 / 6.0), two3 = <floating>(2.0 / 3.0)
+        floating half = <floating>0.5
+    w[0] = g2 * g * sixth
+    w[1] = two3 - f2 + f2 * f * half
+    w[2] = two3 - g2 + g2 * g * half
+    w[3] = f2 * f * sixth
+
+
+cdef inline void _bspline_deriv(floating f, floating* d) noexcept nogil:
+    """Derivatives of the weights of ``_bspline`` with respect to ``f``."""
+    cdef:
+        floating g = 1 - f
+        floating half = <floating>0.5, three2 = <floating>1.5, two = <floating>2
+    d[0] = -(g * g * half)
+    d[1] = three2 * f * f - two * f
+    d[2] = two * g - three2 * g * g
+    d[3] = f * f * half
+
+
+cdef inline void _flush(double* part, Py_ssize_t nbins, Py_ssize_t fs,
+                        Py_ssize_t fm, double* acc) noexcept nogil:
+    cdef:
+        Py_ssize_t k, l
+        double* row
+    for k in range(4):
+        row = part + (fs + k) * nbins + fm
+        for l in range(4):
+            row[l] += acc[4 * k + l]
+            acc[4 * k + l] = 0
 
 
 cdef void _hist_chunk(const floating* S, const floating* M,
@@ -77,29 +99,45 @@ cdef void _hist_chunk(const floating* S, const floating* M,
                       Py_ssize_t v1, double s_lo, double s_scale, double m_lo,
                       double m_scale, Py_ssize_t nbins, double* part,
                       double* count) noexcept nogil:
+    """Partial histogram of voxels [v0, v1).
+
+    Neighbouring voxels of a smooth image mostly reach the same 4 x 4 block
+    of bins: their products are summed in a local block that is added to the
+    table only when the block moves, which saves most of the table traffic.
+    """
     cdef:
-        Py_ssize_t v, k, l, fs, fm, b
-        floating ws[4]
-        floating wm[4]
-        floating dummy[4]
+        Py_ssize_t v, k, l, fs, fm, b, cur_s = -1, cur_m = -1
+        double ws[4]
+        double wm[4]
         floating sl = <floating>s_lo, ss = <floating>s_scale
         floating ml = <floating>m_lo, ms = <floating>m_scale
-        floating a
+        floating f
+        double acc[16]
         double n = 0
-        double* row
     for b in range(nbins * nbins):
         part[b] = 0
+    for b in range(16):
+        acc[b] = 0
     for v in range(v0, v1):
         if not use_none and not (use[v] & 2):
             continue
-        _window(S[v], sl, ss, nbins, ws, dummy, &fs)
-        _window(M[v], ml, ms, nbins, wm, dummy, &fm)
+        # Coordinates in the images' precision (as the step computes them),
+        # windows and products in double (fewer conversions, exact sums).
+        _coord(S[v], sl, ss, nbins, &fs, &f)
+        _bspline(<double>f, ws)
+        _coord(M[v], ml, ms, nbins, &fm, &f)
+        _bspline(<double>f, wm)
+        if fs != cur_s or fm != cur_m:
+            if cur_s >= 0:
+                _flush(part, nbins, cur_s, cur_m, acc)
+            cur_s = fs
+            cur_m = fm
         for k in range(4):
-            row = part + (fs + k) * nbins + fm
-            a = ws[k]
             for l in range(4):
-                row[l] += a * wm[l]
+                acc[4 * k + l] += ws[k] * wm[l]
         n += 1
+    if cur_s >= 0:
+        _flush(part, nbins, cur_s, cur_m, acc)
     count[0] = n
 
 
@@ -175,30 +213,37 @@ cdef inline floating _dmi(const floating* W, Py_ssize_t nbins, floating vs,
     """Sum of W over the 16 reached bins times the windows' product, with the
     derivative window on the static side (forward) or the moving side."""
     cdef:
-        floating ws[4]
-        floating ds[4]
-        floating wm[4]
-        floating dm[4]
-        floating acc = 0, r
-        const floating* row
-        Py_ssize_t fs, fm, k
+        floating ra[4]    # static-side (row) coefficients
+        floating cb[4]    # moving-side (column) coefficients
+        floating f, t0, t1, t2, t3
+        const floating* r0
+        const floating* r1
+        const floating* r2
+        const floating* r3
+        Py_ssize_t fs, fm
     if forward:
-        if not _window(vs, sl, ss, nbins, ws, ds, &fs):
+        if not _coord(vs, sl, ss, nbins, &fs, &f):
             return 0
-        _window(vm, ml, ms, nbins, wm, dm, &fm)
-        for k in range(4):
-            row = W + (fs + k) * nbins + fm
-            r = row[0] * wm[0] + row[1] * wm[1] + row[2] * wm[2] + row[3] * wm[3]
-            acc = acc + ds[k] * r
+        _bspline_deriv(f, ra)
+        _coord(vm, ml, ms, nbins, &fm, &f)
+        _bspline(f, cb)
     else:
-        if not _window(vm, ml, ms, nbins, wm, dm, &fm):
+        if not _coord(vm, ml, ms, nbins, &fm, &f):
             return 0
-        _window(vs, sl, ss, nbins, ws, ds, &fs)
-        for k in range(4):
-            row = W + (fs + k) * nbins + fm
-            r = row[0] * dm[0] + row[1] * dm[1] + row[2] * dm[2] + row[3] * dm[3]
-            acc = acc + ws[k] * r
-    return acc
+        _bspline_deriv(f, cb)
+        _coord(vs, sl, ss, nbins, &fs, &f)
+        _bspline(f, ra)
+    # Combine the 4 rows column-wise first (4 independent, vectorisable
+    # sums), then the columns.
+    r0 = W + fs * nbins + fm
+    r1 = r0 + nbins
+    r2 = r1 + nbins
+    r3 = r2 + nbins
+    t0 = ra[0] * r0[0] + ra[1] * r1[0] + ra[2] * r2[0] + ra[3] * r3[0]
+    t1 = ra[0] * r0[1] + ra[1] * r1[1] + ra[2] * r2[1] + ra[3] * r3[1]
+    t2 = ra[0] * r0[2] + ra[1] * r1[2] + ra[2] * r2[2] + ra[3] * r3[2]
+    t3 = ra[0] * r0[3] + ra[1] * r1[3] + ra[2] * r2[3] + ra[3] * r3[3]
+    return (cb[0] * t0 + cb[1] * t1) + (cb[2] * t2 + cb[3] * t3)
 
 
 cdef void _step_slice_3d(const floating* S, const floating* M,
@@ -214,7 +259,13 @@ cdef void _step_slice_3d(const floating* S, const floating* M,
         floating ml = <floating>m_lo, ms = <floating>m_scale
         floating fac = <floating>factor, t
         floating g[3]
+        double y[3]
         const floating* img = S if forward else M
+        # numpy.gradient times the inverse spacing (a product instead of
+        # DIPY's division: MI has no stock twin to match to the last bit).
+        floating inv0 = <floating>(1.0 / spacing[0])
+        floating inv1 = <floating>(1.0 / spacing[1])
+        floating inv2 = <floating>(1.0 / spacing[2])
     for r in range(nr):
         for c in range(nc):
             v = (s * nr + r) * nc + c
@@ -226,7 +277,14 @@ cdef void _step_slice_3d(const floating* S, const floating* M,
                 out[3 * v + 1] = 0
                 out[3 * v + 2] = 0
                 continue
-            physical_gradient_3d(img, ns, nr, nc, s, r, c, spacing, direction, g)
+            g[0] = central_diff(img, v, s, ns, nr * nc) * inv0
+            g[1] = central_diff(img, v, r, nr, nc) * inv1
+            g[2] = central_diff(img, v, c, nc, 1) * inv2
+            if not direction.none:
+                affine3_vector(direction, g[0], g[1], g[2], y)
+                g[0] = <floating>y[0]
+                g[1] = <floating>y[1]
+                g[2] = <floating>y[2]
             out[3 * v] = t * g[0]
             out[3 * v + 1] = t * g[1]
             out[3 * v + 2] = t * g[2]
@@ -273,7 +331,10 @@ cdef void _step_row_2d(const floating* S, const floating* M,
         floating ml = <floating>m_lo, ms = <floating>m_scale
         floating fac = <floating>factor, t
         floating g[2]
+        double y[2]
         const floating* img = S if forward else M
+        floating inv0 = <floating>(1.0 / spacing[0])
+        floating inv1 = <floating>(1.0 / spacing[1])
     for c in range(nc):
         v = r * nc + c
         t = 0
@@ -283,7 +344,12 @@ cdef void _step_row_2d(const floating* S, const floating* M,
             out[2 * v] = 0
             out[2 * v + 1] = 0
             continue
-        physical_gradient_2d(img, nr, nc, r, c, spacing, direction, g)
+        g[0] = central_diff(img, v, r, nr, nc) * inv0
+        g[1] = central_diff(img, v, c, nc, 1) * inv1
+        if not direction.none:
+            affine2_vector(direction, g[0], g[1], y)
+            g[0] = <floating>y[0]
+            g[1] = <floating>y[1]
         out[2 * v] = t * g[0]
         out[2 * v + 1] = t * g[1]
 
