@@ -122,7 +122,7 @@ class LabelDice:
         self.pair = load_fixture(pair)
         if method == "fastsyn_mi":
             try:
-                fastsyn.MIMetric
+                _ = fastsyn.MIMetric
             except (AttributeError, ImportError) as exc:
                 raise NotImplementedError(f"MIMetric unavailable: {exc}") from exc
 

@@ -36,8 +36,16 @@ from scipy import ndimage
 import fastsyn
 from fastsyn import fields
 
-from . import ALL, THREADS, kernel_shapes, median_time, nthreads_of, shape_of
-from . import smooth_field, smooth_image
+from . import (
+    ALL,
+    THREADS,
+    kernel_shapes,
+    median_time,
+    nthreads_of,
+    shape_of,
+    smooth_field,
+    smooth_image,
+)
 
 KERNELS = ["compose", "invert", "warp", "warp_nn", "smooth", "gradient", "cc_factors",
            "cc_steps"]

@@ -66,12 +66,13 @@ def _git_commit(start=None):
     start = Path(start or Path(__file__).resolve().parent)
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=start, capture_output=True,
-                             text=True, timeout=10)
+                             text=True, timeout=10, check=False)
         if out.returncode != 0:
             return None
         commit = out.stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=start, capture_output=True, text=True, timeout=10)
+                               cwd=start, capture_output=True, text=True, timeout=10,
+                               check=False)
         return {"commit": commit, "dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
         return None
@@ -719,19 +720,20 @@ def _section_profile(profile, plt):
                f"({_e(shape)}), metric {_e(str(profile.get('metric', '')).upper())}, levels "
                f"{_e('/'.join(map(str, profile.get('levels') or [])))}; fastsyn on "
                f"{_e(profile.get('threads'))} thread(s), stock DIPY serial.</p>")
+    def cells(run, stage):
+        if run is None:
+            return ["–", "–"]
+        if stage == "total":
+            return [_fmt(run["total_s"], 3), "100%"]
+        return [_fmt(run["stage_times"].get(stage), 3),
+                _fmt(100 * run["share"].get(stage, 0.0), 1, "%")]
+
     rows = []
-    for stage in list(STAGES) + ["total"]:
-        def cells(run):
-            if run is None:
-                return ["–", "–"]
-            if stage == "total":
-                return [_fmt(run["total_s"], 3), "100%"]
-            return [_fmt(run["stage_times"].get(stage), 3),
-                    _fmt(100 * run["share"].get(stage, 0.0), 1, "%")]
+    for stage in [*STAGES, "total"]:
         sp = (profile.get("speedup") or {}).get(stage)
-        row = [f"<b>{stage}</b>" if stage == "total" else _e(stage)] + cells(fast)
+        row = [f"<b>{stage}</b>" if stage == "total" else _e(stage), *cells(fast, stage)]
         if stock is not None:
-            row += cells(stock) + ["–" if not sp else f"{sp:.2f}×"]
+            row += [*cells(stock, stage), "–" if not sp else f"{sp:.2f}×"]
         rows.append(row)
     headers = ["Stage", "fastsyn (s)", "share"]
     if stock is not None:
@@ -800,9 +802,9 @@ def _headline_cards(speed, kernel_rows, headline, profile):
             cards.append((f"{q['speedup']:.2f}×",
                           f"{q['case']}: fastsyn {q['threads']} thr vs stock DIPY"))
     if not cards and profile and (profile.get("speedup") or {}).get("total"):
-        cards.append((f"{profile['speedup']['total']:.2f}×",
-                      f"SyN {str(profile.get('metric', '')).upper()} on "
-                      f"{profile.get('pair')}: fastsyn vs stock DIPY (profile)"))
+        label = (f"SyN {str(profile.get('metric', '')).upper()} on "
+                 f"{profile.get('pair')}: fastsyn vs stock DIPY (profile)")
+        cards.append((f"{profile['speedup']['total']:.2f}×", label))
     if kernel_rows:
         ok = sum(1 for r in kernel_rows if r["bitwise_equal"])
         cards.append((f"{ok}/{len(kernel_rows)}", "kernels bitwise equal, serial vs threaded"))
