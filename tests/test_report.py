@@ -255,7 +255,7 @@ def test_profile_registration_small_pair(tmp_path):
 
     args = Args()
     args.pair, args.fixed, args.moving = str(fixture), None, None
-    args.metric, args.threads, args.out, args.levels = "cc", 2, str(out), "4,2"
+    args.metric, args.threads, args.out, args.levels = "cc", 1, str(out), "4,2"
     assert main_profile(args) == 0
     result = json.loads(out.read_text())
     assert result["stages"] == list(STAGES)
