@@ -233,7 +233,11 @@ def build_parser():
     bs.add_argument("--threads", default=None, metavar="T1,T2,...")
     bs.add_argument("--repeat", type=_positive_int, default=3)
     bs.add_argument("--levels", default="20,20,10")
-    bs.add_argument("--metric", default="cc")
+    bs.add_argument("--metric", default="cc,mi")
+    bs.add_argument("--external", default=None,
+                    help="tools timed alongside (default: ants,greedy when installed)")
+    bs.add_argument("--ants-cc", action="store_true",
+                    help="also time ANTs with CC (many minutes at 128^3)")
     bs.add_argument("--no-syn", action="store_true", help="kernels only")
     bs.add_argument("--out", default=None, metavar="FILE.json")
     bs.add_argument("--quick", action="store_true")
@@ -256,6 +260,10 @@ def build_parser():
     rp.add_argument("--profile", default=None, metavar="FILE")
     rp.add_argument("--out", required=True, metavar="reports/")
     rp.set_defaults(func=_hook("report", "main_report"))
+
+    from .demo import add_parser as add_demo_parser
+
+    add_demo_parser(sub)
     return p
 
 

@@ -175,31 +175,62 @@ def _summary(samples):
     return float(np.median(arr)), float(arr.min()), float(arr.max())
 
 
+def _external_run(name, metric, levels, threads, pair):
+    """One ANTs / greedy registration through the harness's adapters."""
+    from fastsyn.bench.methods import get_method
+
+    static, moving, affine = pair
+    labels = np.zeros(moving.shape, dtype=np.int32)
+    result = get_method(name).run(static, moving, affine, affine, labels, metric=metric,
+                                  levels=levels, threads=threads)
+    a = static - static.mean()
+    b = result.warped - result.warped.mean()
+    ncc = float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+    return {"seconds": result.seconds, "peak_mem_mb": result.peak_mem_mb, "ncc": ncc}
+
+
+def available_external(names=("ants", "greedy")):
+    """The external tools (ANTs, greedy) that are installed."""
+    try:
+        from fastsyn.bench.methods import get_method
+    except ImportError:  # pragma: no cover - partial install
+        return ()
+    return tuple(n for n in names if get_method(n).available()[0])
+
+
 def run_speed(*, size=128, syn_size=None, levels=(20, 20, 10), repeat=3, threads=None,
-              metrics=("cc",), include_syn=True, log=print):
-    """Measure kernels and end-to-end SyN; returns the speed JSON dict."""
+              metrics=("cc",), include_syn=True, external=(), ants_cc=False, log=print):
+    """Measure kernels and end-to-end SyN; returns the speed JSON dict.
+
+    ``external`` names tools (``"ants"``, ``"greedy"``) timed in the same
+    interleaved rounds as the end-to-end runs, on all threads.  ANTs with CC
+    is skipped unless ``ants_cc`` (it takes many minutes at 128^3).
+    """
     from fastsyn._threads import resolve_num_threads
 
     all_threads = resolve_num_threads(threads)
     syn_size = syn_size or size
-    impl_threads = {"dipy": 1, "fastsyn-1": 1, "fastsyn-all": all_threads}
+    impl_threads = {"dipy": 1, "fastsyn-1": 1, "fastsyn-all": all_threads,
+                    "ants": all_threads, "greedy": all_threads}
     rows, ratios = [], []
 
     def record(case, samples, peaks, extra=None):
         for impl, times in samples.items():
             med, lo, hi = _summary(times)
-            row = {"case": case, "impl": "dipy" if impl == "dipy" else "fastsyn",
+            row = {"case": case, "impl": impl.split("-")[0],
                    "threads": impl_threads[impl], "median_s": med, "min_s": lo, "max_s": hi,
                    "peak_mem_mb": peaks.get(impl)}
             if extra and impl in extra:
                 row.update(extra[impl])
             rows.append(row)
-        base = np.median(samples["dipy"]) if "dipy" in samples else None
         serial = np.median(samples["fastsyn-1"])
-        for impl in ("fastsyn-1", "fastsyn-all"):
-            if base is not None:
+        for baseline in ("dipy", "ants", "greedy"):
+            if baseline not in samples:
+                continue
+            base = np.median(samples[baseline])
+            for impl in ("fastsyn-1", "fastsyn-all"):
                 ratios.append({"case": case, "impl": "fastsyn", "threads": impl_threads[impl],
-                               "baseline": "dipy",
+                               "baseline": baseline,
                                "speedup": float(base / np.median(samples[impl]))})
         ratios.append({"case": case, "impl": "fastsyn", "threads": all_threads,
                        "baseline": "fastsyn-1",
@@ -222,14 +253,20 @@ def run_speed(*, size=128, syn_size=None, levels=(20, 20, 10), repeat=3, threads
         for metric in metrics:
             case = (f"SyN {metric.upper()} {syn_size}^3 levels "
                     f"{'/'.join(map(str, levels))}")
-            impls = IMPLS if metric == "cc" else IMPLS[1:]
+            impls = list(IMPLS if metric == "cc" else IMPLS[1:])
+            impls += [name for name in external if name != "ants" or metric != "cc" or ants_cc]
+            pair = make_pair(syn_size) if set(impls) & {"ants", "greedy"} else None
             samples = {impl: [] for impl in impls}
             peaks, extra = {}, {}
             for r in range(repeat):
                 for impl in impls:
                     log(f"  {case}: {impl} (round {r + 1}/{repeat}) ...")
-                    out = _run_worker("dipy" if impl == "dipy" else "fastsyn",
-                                      impl_threads[impl], syn_size, levels, metric)
+                    if impl in ("ants", "greedy"):
+                        out = _external_run(impl, metric, levels, all_threads, pair)
+                        out["stage_times"] = None
+                    else:
+                        out = _run_worker("dipy" if impl == "dipy" else "fastsyn",
+                                          impl_threads[impl], syn_size, levels, metric)
                     samples[impl].append(out["seconds"])
                     peaks[impl] = max(peaks.get(impl, 0.0), out["peak_mem_mb"])
                     extra[impl] = {"ncc": out["ncc"], "stage_times": out["stage_times"]}
@@ -249,10 +286,10 @@ def format_speed(result):
         lines.append(f"{r['case']:<38} {r['impl']:<8} {r['threads']:>3} {r['median_s']:9.3f} "
                      f"{r['min_s']:8.3f} {r['max_s']:8.3f} {peak} {ratio}")
     lines.append("")
-    lines.append("serial / threaded (fastsyn):")
+    lines.append("speed-ups of fastsyn (ratio of medians, same run):")
     for q in result["ratios"]:
-        if q["baseline"] == "fastsyn-1":
-            lines.append(f"  {q['case']:<38} {q['threads']} threads: {q['speedup']:.2f}x")
+        lines.append(f"  {q['case']:<38} {q['threads']:>2} threads vs {q['baseline']:<9} "
+                     f"{q['speedup']:6.2f}x")
     return "\n".join(lines)
 
 
@@ -264,11 +301,15 @@ def main_speed(args):
         levels = (4, 4, 2)
     threads = getattr(args, "threads", None)
     threads = None if threads in (None, "all") else int(str(threads).split(",")[-1])
-    metrics = tuple(str(getattr(args, "metric", "cc") or "cc").split(","))
+    metrics = tuple(str(getattr(args, "metric", None) or "cc,mi").split(","))
+    external = getattr(args, "external", None)
+    external = (available_external() if external is None
+                else tuple(n for n in external.split(",") if n))
     print(f"fastsyn bench speed: kernels at {size}^3, SyN at {size}^3 "
           f"levels {levels}, {args.repeat} interleaved rounds", flush=True)
     result = run_speed(size=size, levels=levels, repeat=args.repeat, threads=threads,
                        metrics=metrics, include_syn=not getattr(args, "no_syn", False),
+                       external=external, ants_cc=getattr(args, "ants_cc", False),
                        log=lambda msg: print(msg, flush=True))
     print(format_speed(result))
     if getattr(args, "out", None):
@@ -290,7 +331,10 @@ def _cli(argv=None):
     parser.add_argument("--threads", default=None)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--levels", default="20,20,10")
-    parser.add_argument("--metric", default="cc")
+    parser.add_argument("--metric", default="cc,mi")
+    parser.add_argument("--external", default=None,
+                        help="tools timed alongside (default: ants,greedy when installed)")
+    parser.add_argument("--ants-cc", action="store_true")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-syn", action="store_true")
     parser.add_argument("--out", default=None)
