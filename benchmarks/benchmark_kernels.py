@@ -375,8 +375,11 @@ class KernelThreads:
     track_speedup_threads.unit = "x"
 
     def track_max_abs_diff_threads(self, kernel, shape, dtype):
+        from fastsyn.fields import parallel_grain
+
         serial = _copy(self.case.run_fastsyn(1))
-        threaded = _copy(self.case.run_fastsyn(-1))
+        with parallel_grain(1):  # small shapes would otherwise run on one thread
+            threaded = _copy(self.case.run_fastsyn(-1))
         return max_abs_diff(serial, threaded)
 
     track_max_abs_diff_threads.unit = "abs diff"

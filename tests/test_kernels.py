@@ -207,3 +207,15 @@ def test_cc_flat_windows_are_exactly_zero():
     metric.initialize_iteration()
     assert np.all(metric.factors[:, :, 19, 2:] == 0)
     assert np.isfinite(metric.compute_forward()).all()
+
+
+def test_parallel_grain_changes_threads_not_results():
+    d = smooth_field((30, 31, 29), np.float32, seed=13)
+    w2g, sp = np.eye(4), np.ones(3)
+    default = fields.invert_displacement_field(d, w2g, sp, 20, 1e-3, num_threads=3)
+    with fields.parallel_grain(10**9):  # forces one thread
+        single = fields.invert_displacement_field(d, w2g, sp, 20, 1e-3, num_threads=3)
+    assert np.array_equal(default.field, single.field)
+    with pytest.raises(ValueError, match="voxels_per_thread"):
+        with fields.parallel_grain(0):
+            pass

@@ -8,9 +8,11 @@ checked, C-contiguous input.
 """
 
 from collections import namedtuple
+from contextlib import contextmanager
 
 import numpy as np
 
+from fastsyn._kernels import cc as k_cc
 from fastsyn._kernels import compose as k_compose
 from fastsyn._kernels import gradient as k_gradient
 from fastsyn._kernels import invert as k_invert
@@ -35,6 +37,7 @@ __all__ = [
     "invert_displacement_field",
     "invert_vector_field_fixed_point_2d",
     "invert_vector_field_fixed_point_3d",
+    "parallel_grain",
     "warp_2d",
     "warp_2d_nn",
     "warp_3d",
@@ -42,6 +45,39 @@ __all__ = [
 ]
 
 InversionResult = namedtuple("InversionResult", ["field", "iterations", "error"])
+
+
+# -------------------------------------------------------------------- threads
+def _kernel_modules():
+    modules = [k_cc, k_compose, k_gradient, k_invert, k_smooth, k_warp]
+    try:
+        from fastsyn._kernels import mi as k_mi
+    except ImportError:  # pragma: no cover - partial build
+        pass
+    else:
+        modules.append(k_mi)
+    return modules
+
+
+@contextmanager
+def parallel_grain(voxels_per_thread):
+    """Temporarily change how many voxels a thread needs before kernels split
+    work (default 32768, or the ``FASTSYN_GRAIN`` environment variable).
+
+    Kernels use fewer threads than asked on small inputs because a parallel
+    region costs a barrier.  Results never depend on it; equivalence checks
+    set it to 1 so that small inputs really run on several threads.
+    """
+    if int(voxels_per_thread) != voxels_per_thread or voxels_per_thread < 1:
+        raise ValueError(f"voxels_per_thread must be a positive integer, got "
+                         f"{voxels_per_thread!r}")
+    modules = _kernel_modules()
+    old = [m.set_grain(int(voxels_per_thread)) for m in modules]
+    try:
+        yield
+    finally:
+        for m, value in zip(modules, old):
+            m.set_grain(value)
 
 
 # ---------------------------------------------------------------- composition

@@ -8,12 +8,23 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 
-from fastsyn._kernels._interp cimport (Affine2, Affine3, affine2_from,
+from fastsyn._kernels._interp cimport (effective_threads, grain_from_env, Affine2, Affine3, affine2_from,
                                        affine2_point, affine2_vector,
                                        affine3_from, affine3_point,
                                        affine3_vector, interp_vector_2d,
                                        interp_vector_3d)
 
+
+
+cdef Py_ssize_t _GRAIN = grain_from_env()
+
+
+def set_grain(Py_ssize_t grain):
+    """Set the voxels-per-thread threshold of this module; returns the old one."""
+    global _GRAIN
+    old = _GRAIN
+    _GRAIN = grain if grain > 0 else 1
+    return old
 
 cdef void _compose_slice_3d(const floating* d1, const floating* d2,
                             Py_ssize_t k, Py_ssize_t nr1, Py_ssize_t nc1,
@@ -67,6 +78,7 @@ def compose_3d(const floating[:, :, :, ::1] d1, const floating[:, :, :, ::1] d2,
         Py_ssize_t k, ns1 = d1.shape[0]
         Affine3 ia = affine3_from(index_aff, index_none)
         Affine3 da = affine3_from(disp_aff, disp_none)
+    num_threads = effective_threads(num_threads, d1.shape[0] * d1.shape[1] * d1.shape[2], _GRAIN)
     with nogil:
         for k in prange(ns1, schedule="static", num_threads=num_threads):
             _compose_slice_3d(&d1[0, 0, 0, 0], &d2[0, 0, 0, 0], k,
@@ -121,6 +133,7 @@ def compose_2d(const floating[:, :, ::1] d1, const floating[:, :, ::1] d2,
         Py_ssize_t i, nr1 = d1.shape[0]
         Affine2 ia = affine2_from(index_aff, index_none)
         Affine2 da = affine2_from(disp_aff, disp_none)
+    num_threads = effective_threads(num_threads, d1.shape[0] * d1.shape[1], _GRAIN)
     with nogil:
         for i in prange(nr1, schedule="static", num_threads=num_threads):
             _compose_row_2d(&d1[0, 0, 0], &d2[0, 0, 0], i, d1.shape[1],
@@ -182,6 +195,7 @@ def prepare_step_3d(floating[:, :, :, ::1] step, const double[::1] inv_spacing,
     cdef:
         Py_ssize_t k, ns = step.shape[0]
         double mx = 0
+    num_threads = effective_threads(num_threads, step.shape[0] * step.shape[1] * step.shape[2], _GRAIN)
     with nogil:
         for k in prange(ns, schedule="static", num_threads=num_threads):
             _prepare_step_slice_3d(&step[0, 0, 0, 0], k, ns, step.shape[1],
@@ -218,6 +232,7 @@ def prepare_step_2d(floating[:, :, ::1] step, const double[::1] inv_spacing,
     cdef:
         Py_ssize_t i, nr = step.shape[0]
         double mx = 0
+    num_threads = effective_threads(num_threads, step.shape[0] * step.shape[1], _GRAIN)
     with nogil:
         for i in prange(nr, schedule="static", num_threads=num_threads):
             _prepare_step_row_2d(&step[0, 0, 0], i, nr, step.shape[1],
