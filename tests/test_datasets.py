@@ -7,6 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import FIXTURES, fixture_manifest, load_pair
 
 from fastsyn.bench import synth
 from fastsyn.bench.datasets import (
@@ -19,8 +20,6 @@ from fastsyn.bench.datasets import (
     load_displacement,
     true_displacement,
 )
-
-from conftest import FIXTURES, fixture_manifest, load_pair
 
 RES = 6.0  # coarse grid keeps the embedded-cohort tests fast
 

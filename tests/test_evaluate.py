@@ -3,8 +3,15 @@
 import numpy as np
 import pytest
 
-from fastsyn.bench.evaluate import (evaluate_pair, jacobian_determinant, jacobian_stats,
-                                    label_overlap, ncc, nmi, target_error)
+from fastsyn.bench.evaluate import (
+    evaluate_pair,
+    jacobian_determinant,
+    jacobian_stats,
+    label_overlap,
+    ncc,
+    nmi,
+    target_error,
+)
 
 
 def _image(seed=0, shape=(12, 13, 14)):

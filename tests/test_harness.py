@@ -185,9 +185,9 @@ def test_prealignment_is_cached_and_consistent(tiny, tmp_path):
 
 
 def test_true_displacement_composes_both_subjects():
-    from fastsyn.bench.prealign import _true_displacement
-
     import tempfile
+
+    from fastsyn.bench.prealign import _true_displacement
     shape = (5, 6, 7)
     aff = np.diag([2.0, 2.0, 2.0, 1.0])
     with tempfile.TemporaryDirectory() as tmp:

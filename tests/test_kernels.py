@@ -1,7 +1,6 @@
 """Every kernel: bitwise equal across thread counts, and equal to its DIPY /
 NumPy / SciPy twin within a stated floating-point tolerance."""
 
-import dipy.align.crosscorr as dipy_cc
 import dipy.align.vector_fields as vfu
 import numpy as np
 import pytest

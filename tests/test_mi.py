@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from conftest import load_pair, smooth_image
 from scipy import ndimage
 
-from conftest import load_pair, smooth_image
 from fastsyn._mi import MIMetric, mi_from_histogram
 
 

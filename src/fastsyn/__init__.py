@@ -17,7 +17,7 @@ fields
 from fastsyn import fields
 from fastsyn._threads import resolve_num_threads
 from fastsyn.imwarp import DiffeomorphicMap, SymmetricDiffeomorphicRegistration
-from fastsyn.metrics import CCMetric
+from fastsyn.metrics import CCMetric, MIMetric
 from fastsyn.patch import patch_dipy
 
 __version__ = "0.1.0"
@@ -32,10 +32,3 @@ __all__ = [
     "resolve_num_threads",
 ]
 
-
-def __getattr__(name):
-    if name == "MIMetric":
-        from fastsyn._mi import MIMetric
-
-        return MIMetric
-    raise AttributeError(f"module 'fastsyn' has no attribute {name!r}")

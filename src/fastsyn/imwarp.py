@@ -18,7 +18,6 @@ import time
 from contextlib import contextmanager
 
 import numpy as np
-import numpy.linalg as npl
 from dipy.align import imwarp as dipy_imwarp
 from dipy.align.imwarp import RegistrationStages, VerbosityLevels
 

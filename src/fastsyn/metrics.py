@@ -7,8 +7,8 @@ forward and backward steps and the Gaussian smoothing of the steps run on
 fastsyn's kernels; the image gradients are computed on the fly inside the
 step kernel instead of being stored as two extra volumes.
 
-:class:`MIMetric` (Mutual Information) lives in :mod:`fastsyn._mi` and is
-re-exported here.
+:class:`MIMetric` (Mutual Information, new to SyN) lives in :mod:`fastsyn._mi`
+and is re-exported here.
 """
 
 import time
@@ -17,6 +17,7 @@ import numpy as np
 from dipy.align import metrics as dipy_metrics
 
 from fastsyn._kernels import cc as k_cc
+from fastsyn._mi import MIMetric
 from fastsyn._threads import resolve_num_threads
 from fastsyn._validation import flat_affine
 from fastsyn.fields import smooth_unchecked
@@ -117,12 +118,3 @@ class CCMetric(dipy_metrics.CCMetric):
         out, _ = self._step(False)
         return out
 
-
-def __getattr__(name):
-    # MIMetric is imported lazily so that this module works while the MI
-    # kernel is absent from a partial build.
-    if name == "MIMetric":
-        from fastsyn._mi import MIMetric
-
-        return MIMetric
-    raise AttributeError(name)

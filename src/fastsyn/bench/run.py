@@ -19,7 +19,6 @@ files.
 import logging
 import os
 import socket
-import time
 import traceback
 import warnings
 from pathlib import Path

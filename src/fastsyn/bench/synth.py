@@ -724,7 +724,7 @@ def random_deformation(
     world = corners @ affine[:ndim, :ndim].T + affine[:ndim, ndim]
     lo = world.min(0) - 2 * control_spacing
     hi = world.max(0) + 2 * control_spacing
-    cshape = tuple(int(np.ceil((h - l) / control_spacing)) + 1 for l, h in zip(lo, hi))
+    cshape = tuple(int(np.ceil((h - a) / control_spacing)) + 1 for a, h in zip(lo, hi))
     caff = np.eye(ndim + 1)
     caff[:ndim, :ndim] *= control_spacing
     caff[:ndim, ndim] = lo
