@@ -38,6 +38,7 @@ __all__ = [
     "invert_vector_field_fixed_point_2d",
     "invert_vector_field_fixed_point_3d",
     "parallel_grain",
+    "resample_displacement_field",
     "warp_2d",
     "warp_2d_nn",
     "warp_3d",
@@ -161,6 +162,47 @@ def compose_vector_fields_2d(d1, d2, premult_index, premult_disp, time_scaling,
     (R, C, 2), affines of shape (3, 3)).
     """
     return _compose(2, d1, d2, premult_index, premult_disp, time_scaling, comp, num_threads)
+
+
+def resample_unchecked(field, factors, out_shape, nthreads):
+    dim = field.shape[-1]
+    out = np.zeros(tuple(int(s) for s in out_shape) + (dim,), dtype=field.dtype)
+    factors = np.ascontiguousarray(factors, dtype=np.float64)
+    kernel = k_compose.resample_3d if dim == 3 else k_compose.resample_2d
+    kernel(field, factors, out, nthreads)
+    return out
+
+
+def resample_displacement_field(field, factors, out_shape, *, num_threads=None):
+    r"""Resample a displacement field: ``out[i] = field[diag(factors) i]``.
+
+    DIPY's ``resample_displacement_field_{2d,3d}`` (used when the pyramid
+    moves to a finer level) plus ``num_threads``; linear interpolation with
+    DIPY's zero-padded border.
+
+    Parameters
+    ----------
+    field : array, shape (R, C, 2) or (S, R, C, 3)
+        The field (float32 or float64).
+    factors : array, shape (dim,)
+        Scale from the output grid to ``field``'s grid.
+    out_shape : sequence of int
+        Output grid shape.
+    num_threads : int or None, optional
+        Threads to use.
+
+    Returns
+    -------
+    resampled : array, shape out_shape + (dim,)
+    """
+    nthreads = resolve_num_threads(num_threads)
+    field = check_field("field", field)
+    dim = field.shape[-1]
+    factors = check_spacing("factors", factors, dim)
+    out_shape = tuple(int(s) for s in np.asarray(out_shape).ravel())
+    if len(out_shape) != dim or min(out_shape) < 1:
+        raise ValueError(f"out_shape must hold {dim} positive sizes, got {out_shape}")
+    return resample_unchecked(field, factors, out_shape, nthreads)
 
 
 # ------------------------------------------------------------------ inversion

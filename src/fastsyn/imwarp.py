@@ -18,6 +18,7 @@ import time
 from contextlib import contextmanager
 
 import numpy as np
+import numpy.linalg as npl
 from dipy.align import imwarp as dipy_imwarp
 from dipy.align.imwarp import RegistrationStages, VerbosityLevels
 
@@ -28,6 +29,7 @@ from fastsyn.fields import (
     InversionWorkspace,
     compose_unchecked,
     invert_unchecked,
+    resample_unchecked,
     warp_unchecked,
 )
 
@@ -77,16 +79,57 @@ def _get_warping_function(self, interpolation, *, warp_coordinates=False):
                                    _threads_of(self))
 
 
+def _contiguous_pair(a, b):
+    a = np.ascontiguousarray(a)
+    return a, np.ascontiguousarray(b, dtype=a.dtype)
+
+
+def expand_fields(self, expand_factors, new_shape):
+    """DIPY's pyramid step (resample both fields to ``new_shape``), threaded."""
+    nthreads = _threads_of(self)
+    forward, backward = _contiguous_pair(self.forward, self.backward)
+    factors = np.asarray(expand_factors, dtype=np.float64)
+    self.forward = resample_unchecked(forward, factors, new_shape, nthreads)
+    self.backward = resample_unchecked(backward, factors, new_shape, nthreads)
+    grid2world = dipy_imwarp.mult_aff(self.disp_grid2world, np.diag(np.append(factors, 1)))
+    self.disp_shape = new_shape
+    self.disp_grid2world = grid2world
+    self.disp_world2grid = npl.inv(grid2world)
+
+
+def compute_inversion_error(self):
+    """DIPY's residual of backward∘forward and its statistics, threaded."""
+    backward, forward = _contiguous_pair(self.backward, self.forward)
+    return compose_unchecked(backward, forward, None, self.disp_world2grid, 1.0,
+                             np.zeros_like(backward), _threads_of(self))
+
+
+def warp_endomorphism(self, phi):
+    """DIPY's composition of two maps on the same grid, threaded."""
+    nthreads = _threads_of(self)
+    d1, d2 = _contiguous_pair(self.get_forward_field(), phi.get_forward_field())
+    d1_inv, d2_inv = _contiguous_pair(self.get_backward_field(), phi.get_backward_field())
+    w2g = self.disp_world2grid
+    forward, _ = compose_unchecked(d1, d2, None, w2g, 1.0, np.zeros_like(d1), nthreads)
+    backward, _ = compose_unchecked(d2_inv, d1_inv, None, w2g, 1.0, np.zeros_like(d2_inv),
+                                    nthreads)
+    composition = self.shallow_copy()
+    composition.forward = forward
+    composition.backward = backward
+    return composition
+
+
 class DiffeomorphicMap(_DIPY_MAP):
     """DIPY's :class:`~dipy.align.imwarp.DiffeomorphicMap`, warping on threads.
 
-    Same constructor as DIPY's plus ``num_threads``; ``transform`` and
-    ``transform_inverse`` run on fastsyn's threaded warps.
+    Same constructor as DIPY's plus ``num_threads``; ``transform``,
+    ``transform_inverse``, ``expand_fields``, ``compute_inversion_error`` and
+    ``warp_endomorphism`` run on fastsyn's threaded kernels.
     """
 
-    def __init__(self, dim, disp_shape, disp_grid2world=None, domain_shape=None,
+    def __init__(self, dim, disp_shape, *, disp_grid2world=None, domain_shape=None,
                  domain_grid2world=None, codomain_shape=None, codomain_grid2world=None,
-                 prealign=None, *, num_threads=None):
+                 prealign=None, num_threads=None):
         resolve_num_threads(num_threads)
         _DIPY_MAP.__init__(self, dim, disp_shape, disp_grid2world=disp_grid2world,
                            domain_shape=domain_shape, domain_grid2world=domain_grid2world,
@@ -95,6 +138,9 @@ class DiffeomorphicMap(_DIPY_MAP):
         self.num_threads = num_threads
 
     _get_warping_function = _get_warping_function
+    expand_fields = expand_fields
+    compute_inversion_error = compute_inversion_error
+    warp_endomorphism = warp_endomorphism
 
     @classmethod
     def from_dipy(cls, dmap, num_threads=None):

@@ -32,6 +32,9 @@ def _replacements():
         },
         dipy_imwarp.DiffeomorphicMap: {
             "_get_warping_function": fs_imwarp._get_warping_function,
+            "expand_fields": fs_imwarp.expand_fields,
+            "compute_inversion_error": fs_imwarp.compute_inversion_error,
+            "warp_endomorphism": fs_imwarp.warp_endomorphism,
         },
         dipy_metrics.CCMetric: {
             name: fs_cc.__dict__[name]

@@ -241,3 +241,56 @@ def prepare_step_2d(floating[:, :, ::1] step, const double[::1] inv_spacing,
         if mx < row_max[i]:
             mx = row_max[i]
     return sqrt(mx)
+
+
+cdef void _resample_slice_3d(const floating* field, Py_ssize_t ns, Py_ssize_t nr,
+                             Py_ssize_t nc, Py_ssize_t k, Py_ssize_t onr,
+                             Py_ssize_t onc, const double* factors,
+                             floating* out) noexcept nogil:
+    cdef:
+        Py_ssize_t i, j, v
+        double val[3]
+    for i in range(onr):
+        for j in range(onc):
+            # DIPY keeps the zero-padded partial sum near the border.
+            interp_vector_3d(field, ns, nr, nc, k * factors[0], i * factors[1],
+                             j * factors[2], val)
+            v = ((k * onr + i) * onc + j) * 3
+            out[v] = <floating>val[0]
+            out[v + 1] = <floating>val[1]
+            out[v + 2] = <floating>val[2]
+
+
+def resample_3d(const floating[:, :, :, ::1] field, const double[::1] factors,
+                floating[:, :, :, ::1] out, int num_threads):
+    """out[x] = field[diag(factors) x] (a pyramid level change)."""
+    cdef Py_ssize_t k
+    num_threads = effective_threads(num_threads, out.shape[0] * out.shape[1] * out.shape[2], _GRAIN)
+    with nogil:
+        for k in prange(out.shape[0], schedule="static", num_threads=num_threads):
+            _resample_slice_3d(&field[0, 0, 0, 0], field.shape[0], field.shape[1],
+                               field.shape[2], k, out.shape[1], out.shape[2],
+                               &factors[0], &out[0, 0, 0, 0])
+
+
+cdef void _resample_row_2d(const floating* field, Py_ssize_t nr, Py_ssize_t nc,
+                           Py_ssize_t i, Py_ssize_t onc, const double* factors,
+                           floating* out) noexcept nogil:
+    cdef:
+        Py_ssize_t j, v
+        double val[2]
+    for j in range(onc):
+        interp_vector_2d(field, nr, nc, i * factors[0], j * factors[1], val)
+        v = (i * onc + j) * 2
+        out[v] = <floating>val[0]
+        out[v + 1] = <floating>val[1]
+
+
+def resample_2d(const floating[:, :, ::1] field, const double[::1] factors,
+                floating[:, :, ::1] out, int num_threads):
+    cdef Py_ssize_t i
+    num_threads = effective_threads(num_threads, out.shape[0] * out.shape[1], _GRAIN)
+    with nogil:
+        for i in prange(out.shape[0], schedule="static", num_threads=num_threads):
+            _resample_row_2d(&field[0, 0, 0], field.shape[0], field.shape[1], i,
+                             out.shape[1], &factors[0], &out[0, 0, 0])
