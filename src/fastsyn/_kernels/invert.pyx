@@ -37,6 +37,36 @@ cdef inline double _step_factor(double mag, double maxlen,
     return epsilon
 
 
+cdef inline void _compose_voxel_3d(floating* p, floating* q, const floating* d,
+                                   Py_ssize_t v, Py_ssize_t k, Py_ssize_t i,
+                                   Py_ssize_t j, Py_ssize_t ns, Py_ssize_t nr,
+                                   Py_ssize_t nc, const Affine3* w2g,
+                                   int diagonal) noexcept nogil:
+    cdef:
+        double dv[3]
+        double val[3]
+    if diagonal:
+        dv[0] = w2g.m[0] * p[v]
+        dv[1] = w2g.m[5] * p[v + 1]
+        dv[2] = w2g.m[10] * p[v + 2]
+    else:
+        affine3_vector(w2g, p[v], p[v + 1], p[v + 2], dv)
+    if interp_vector_3d(d, ns, nr, nc, k + dv[0], i + dv[1], j + dv[2], val):
+        q[v] = <floating>(val[0] + p[v])
+        q[v + 1] = <floating>(val[1] + p[v + 1])
+        q[v + 2] = <floating>(val[2] + p[v + 2])
+    else:
+        q[v] = 0
+        q[v + 1] = 0
+        q[v + 2] = 0
+
+
+cdef inline double _norm(const floating* q, Py_ssize_t v, double inv_s0,
+                         double inv_s1, double inv_s2) noexcept nogil:
+    cdef double a = q[v] * inv_s0, b = q[v + 1] * inv_s1, c = q[v + 2] * inv_s2
+    return sqrt(a * a + b * b + c * c)
+
+
 cdef void _sweep_slice_3d(floating* p, floating* q, const floating* d,
                           Py_ssize_t k, Py_ssize_t ns, Py_ssize_t nr, Py_ssize_t nc,
                           const Affine3* w2g, double inv_s0, double inv_s1,
@@ -44,39 +74,44 @@ cdef void _sweep_slice_3d(floating* p, floating* q, const floating* d,
                           double maxlen, double epsilon,
                           double* slice_sum, double* slice_max) noexcept nogil:
     cdef:
-        Py_ssize_t i, j, v
-        double dv[3]
-        double val[3]
-        double a, b, c, mag, f, total = 0, mx = 0
-    for i in range(nr):
-        for j in range(nc):
-            v = ((k * nr + i) * nc + j) * 3
-            if do_update:
-                a = q[v] * inv_s0
-                b = q[v + 1] * inv_s1
-                c = q[v + 2] * inv_s2
-                f = _step_factor(sqrt(a * a + b * b + c * c), maxlen, epsilon)
+        Py_ssize_t i, j, v, base = k * nr * nc * 3
+        double mag, f, total = 0, mx = 0
+        # An axis-aligned grid (the usual case) needs 3 products, not 9.
+        int diagonal = (not w2g.none and w2g.m[1] == 0 and w2g.m[2] == 0
+                        and w2g.m[4] == 0 and w2g.m[6] == 0 and w2g.m[8] == 0
+                        and w2g.m[9] == 0)
+    # The three sweep kinds get their own loops so that no test is left in
+    # the inner loop.
+    if do_update and do_compose:
+        for i in range(nr):
+            for j in range(nc):
+                v = base + (i * nc + j) * 3
+                f = _step_factor(_norm(q, v, inv_s0, inv_s1, inv_s2), maxlen, epsilon)
                 p[v] = <floating>(p[v] - f * q[v])
                 p[v + 1] = <floating>(p[v + 1] - f * q[v + 1])
                 p[v + 2] = <floating>(p[v + 2] - f * q[v + 2])
-            if do_compose:
-                affine3_vector(w2g, p[v], p[v + 1], p[v + 2], dv)
-                if interp_vector_3d(d, ns, nr, nc, k + dv[0], i + dv[1],
-                                    j + dv[2], val):
-                    q[v] = <floating>(val[0] + p[v])
-                    q[v + 1] = <floating>(val[1] + p[v + 1])
-                    q[v + 2] = <floating>(val[2] + p[v + 2])
-                else:
-                    q[v] = 0
-                    q[v + 1] = 0
-                    q[v + 2] = 0
-                a = q[v] * inv_s0
-                b = q[v + 1] * inv_s1
-                c = q[v + 2] * inv_s2
-                mag = sqrt(a * a + b * b + c * c)
+                _compose_voxel_3d(p, q, d, v, k, i, j, ns, nr, nc, w2g, diagonal)
+                mag = _norm(q, v, inv_s0, inv_s1, inv_s2)
                 total += mag
                 if mx < mag:
                     mx = mag
+    elif do_compose:
+        for i in range(nr):
+            for j in range(nc):
+                v = base + (i * nc + j) * 3
+                _compose_voxel_3d(p, q, d, v, k, i, j, ns, nr, nc, w2g, diagonal)
+                mag = _norm(q, v, inv_s0, inv_s1, inv_s2)
+                total += mag
+                if mx < mag:
+                    mx = mag
+    else:
+        for i in range(nr):
+            for j in range(nc):
+                v = base + (i * nc + j) * 3
+                f = _step_factor(_norm(q, v, inv_s0, inv_s1, inv_s2), maxlen, epsilon)
+                p[v] = <floating>(p[v] - f * q[v])
+                p[v + 1] = <floating>(p[v + 1] - f * q[v + 1])
+                p[v + 2] = <floating>(p[v + 2] - f * q[v + 2])
     slice_sum[k] = total
     slice_max[k] = mx
 
