@@ -67,6 +67,15 @@ cdef inline double _norm(const floating* q, Py_ssize_t v, double inv_s0,
     return sqrt(a * a + b * b + c * c)
 
 
+cdef inline void _update_voxel_3d(floating* p, const floating* q, Py_ssize_t v,
+                                  double inv_s0, double inv_s1, double inv_s2,
+                                  double maxlen, double epsilon) noexcept nogil:
+    cdef double f = _step_factor(_norm(q, v, inv_s0, inv_s1, inv_s2), maxlen, epsilon)
+    p[v] = <floating>(p[v] - f * q[v])
+    p[v + 1] = <floating>(p[v + 1] - f * q[v + 1])
+    p[v + 2] = <floating>(p[v + 2] - f * q[v + 2])
+
+
 cdef void _sweep_slice_3d(floating* p, floating* q, const floating* d,
                           Py_ssize_t k, Py_ssize_t ns, Py_ssize_t nr, Py_ssize_t nc,
                           const Affine3* w2g, double inv_s0, double inv_s1,
@@ -75,7 +84,7 @@ cdef void _sweep_slice_3d(floating* p, floating* q, const floating* d,
                           double* slice_sum, double* slice_max) noexcept nogil:
     cdef:
         Py_ssize_t i, j, v, base = k * nr * nc * 3
-        double mag, f, total = 0, mx = 0
+        double mag, total = 0, mx = 0
         # An axis-aligned grid (the usual case) needs 3 products, not 9.
         int diagonal = (not w2g.none and w2g.m[1] == 0 and w2g.m[2] == 0
                         and w2g.m[4] == 0 and w2g.m[6] == 0 and w2g.m[8] == 0
@@ -86,10 +95,7 @@ cdef void _sweep_slice_3d(floating* p, floating* q, const floating* d,
         for i in range(nr):
             for j in range(nc):
                 v = base + (i * nc + j) * 3
-                f = _step_factor(_norm(q, v, inv_s0, inv_s1, inv_s2), maxlen, epsilon)
-                p[v] = <floating>(p[v] - f * q[v])
-                p[v + 1] = <floating>(p[v + 1] - f * q[v + 1])
-                p[v + 2] = <floating>(p[v + 2] - f * q[v + 2])
+                _update_voxel_3d(p, q, v, inv_s0, inv_s1, inv_s2, maxlen, epsilon)
                 _compose_voxel_3d(p, q, d, v, k, i, j, ns, nr, nc, w2g, diagonal)
                 mag = _norm(q, v, inv_s0, inv_s1, inv_s2)
                 total += mag
@@ -108,10 +114,7 @@ cdef void _sweep_slice_3d(floating* p, floating* q, const floating* d,
         for i in range(nr):
             for j in range(nc):
                 v = base + (i * nc + j) * 3
-                f = _step_factor(_norm(q, v, inv_s0, inv_s1, inv_s2), maxlen, epsilon)
-                p[v] = <floating>(p[v] - f * q[v])
-                p[v + 1] = <floating>(p[v + 1] - f * q[v + 1])
-                p[v + 2] = <floating>(p[v + 2] - f * q[v + 2])
+                _update_voxel_3d(p, q, v, inv_s0, inv_s1, inv_s2, maxlen, epsilon)
     slice_sum[k] = total
     slice_max[k] = mx
 
