@@ -59,9 +59,12 @@ def test_matches_stock_dipy(name):
     dim = pair["static"].ndim
     sdr, ours = register(pair, fastsyn.SymmetricDiffeomorphicRegistration,
                          fastsyn.CCMetric(dim), num_threads=2)
-    _, stock = register(pair, dipy_imwarp.SymmetricDiffeomorphicRegistration,
-                        DipyCCMetric(dim))
+    stock_sdr, stock = register(pair, dipy_imwarp.SymmetricDiffeomorphicRegistration,
+                                DipyCCMetric(dim))
     assert isinstance(ours, dipy_imwarp.DiffeomorphicMap)
+    # Same stopping decisions: as many iterations as DIPY, level by level.
+    assert sdr.iterations_run == len(sdr.full_energy_profile)
+    assert len(sdr.full_energy_profile) == len(stock_sdr.full_energy_profile)
     ncc_ours, dice_ours = quality(pair, ours)
     ncc_stock, dice_stock = quality(pair, stock)
     ncc_before = ncc(pair["static"], pair["moving"], pair["static_mask"].astype(bool))
@@ -73,9 +76,11 @@ def test_matches_stock_dipy(name):
     assert np.abs(ours.forward - stock.forward).max() < 1e-2
     assert set(sdr.stage_times) >= {"warping", "metric", "smoothing", "update",
                                     "inversion", "other", "total"}
-    assert sdr.stage_times["inversion"] > 0
-    assert sum(v for k, v in sdr.stage_times.items() if k != "total") == pytest.approx(
-        sdr.stage_times["total"], rel=1e-6)
+    # Every iteration stage was timed, and the timed stages (not the
+    # remainder "other") account for most of the run.
+    stages = ("warping", "metric", "smoothing", "update", "inversion")
+    assert all(sdr.stage_times[s] > 0 for s in stages)
+    assert sum(sdr.stage_times[s] for s in stages) > 0.5 * sdr.stage_times["total"]
 
 
 def test_patch_dipy_routes_and_undoes():

@@ -237,7 +237,7 @@ def invert_unchecked(d, d_world2grid, spacing, max_iter, tol, out, nthreads,
 
 
 def invert_displacement_field(d, d_world2grid, spacing, max_iter, tol, *, start=None,
-                              out=None, num_threads=None):
+                              out=None, num_threads=None, dim=None):
     r"""Fixed-point inversion of a displacement field (Chen et al., 2008).
 
     Same algorithm, step rule and stopping rule as DIPY's
@@ -263,6 +263,8 @@ def invert_displacement_field(d, d_world2grid, spacing, max_iter, tol, *, start=
         place, saving a copy).
     num_threads : int or None, optional
         Threads to use.
+    dim : {2, 3}, optional
+        Require a field of this dimension.
 
     Returns
     -------
@@ -270,7 +272,7 @@ def invert_displacement_field(d, d_world2grid, spacing, max_iter, tol, *, start=
         ``(field, iterations, error)``.
     """
     nthreads = resolve_num_threads(num_threads)
-    d = check_field("d", d)
+    d = check_field("d", d, dim=dim)
     dim = d.shape[-1]
     d_world2grid = check_affine("d_world2grid", d_world2grid, dim)
     spacing = check_spacing("spacing", spacing, dim)
@@ -278,20 +280,21 @@ def invert_displacement_field(d, d_world2grid, spacing, max_iter, tol, *, start=
         raise ValueError(f"max_iter must be a non-negative integer, got {max_iter}")
     if not np.isfinite(tol):
         raise ValueError(f"tol must be finite, got {tol}")
-    if out is None:
-        out = np.zeros_like(d)
-    elif out.shape != d.shape or out.dtype != d.dtype or not out.flags.c_contiguous:
-        raise ValueError("out must be a C-contiguous array with the shape and dtype of d")
-    elif np.shares_memory(out, d):
-        raise ValueError("out must not share memory with d")
+    if out is not None:
+        if out.shape != d.shape or out.dtype != d.dtype or not out.flags.c_contiguous:
+            raise ValueError("out must be a C-contiguous array with the shape and dtype of d")
+        if np.shares_memory(out, d):
+            raise ValueError("out must not share memory with d")
     if start is not None:
         start = check_field("start", start, dim=dim)
         if start.shape != d.shape:
             raise ValueError(f"start must have shape {d.shape}, got {start.shape}")
-        if start is not out:
-            out[...] = start
-    elif out is not None:
+    if out is None:
+        out = np.zeros_like(d) if start is None else start.astype(d.dtype, copy=True)
+    elif start is None:
         out[...] = 0
+    elif start is not out:
+        out[...] = start
     return invert_unchecked(d, d_world2grid, spacing, max_iter, tol, out, nthreads)
 
 
@@ -306,9 +309,8 @@ def invert_vector_field_fixed_point_3d(d, d_world2grid, spacing, max_iter, tol,
     p : array, shape (S, R, C, 3)
         The inverse displacement field.
     """
-    check_field("d", d, dim=3, finite=False)
     return invert_displacement_field(d, d_world2grid, spacing, max_iter, tol,
-                                     start=start, num_threads=num_threads).field
+                                     start=start, num_threads=num_threads, dim=3).field
 
 
 def invert_vector_field_fixed_point_2d(d, d_world2grid, spacing, max_iter, tolerance,
@@ -317,9 +319,8 @@ def invert_vector_field_fixed_point_2d(d, d_world2grid, spacing, max_iter, toler
 
     See :func:`invert_displacement_field` for the parameters.
     """
-    check_field("d", d, dim=2, finite=False)
     return invert_displacement_field(d, d_world2grid, spacing, max_iter, tolerance,
-                                     start=start, num_threads=num_threads).field
+                                     start=start, num_threads=num_threads, dim=2).field
 
 
 # -------------------------------------------------------------------- warping

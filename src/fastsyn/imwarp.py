@@ -22,6 +22,7 @@ import numpy.linalg as npl
 from dipy.align import imwarp as dipy_imwarp
 from dipy.align.imwarp import RegistrationStages, VerbosityLevels
 
+from fastsyn import fields
 from fastsyn._kernels import compose as k_compose
 from fastsyn._threads import resolve_num_threads
 from fastsyn._validation import check_affine, check_image
@@ -297,8 +298,6 @@ def _init_optimizer(self, static, moving, static_grid2world, moving_grid2world, 
 
 def _connect_functions(self):
     """Bind DIPY's attribute names to the threaded kernels."""
-    from fastsyn import fields
-
     nthreads = getattr(self, "num_threads", None)
     if self.dim == 2:
         invert, compose = (fields.invert_vector_field_fixed_point_2d,
