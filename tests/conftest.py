@@ -1,15 +1,22 @@
 """Shared test helpers: the fixture pairs and random smooth fields."""
 
 import json
-import os
 from pathlib import Path
-
-# Kernels skip threads below 32768 voxels per thread (it does not change
-# results, only speed); force real threads so the equality tests can fail.
-os.environ.setdefault("FASTSYN_GRAIN", "1")
 
 import numpy as np
 import pytest
+
+from fastsyn._threads import parallel_grain
+
+
+@pytest.fixture(autouse=True)
+def _real_threads():
+    """Split even tiny inputs across threads, so that every 1-vs-N-threads
+    equality test really compares serial and threaded runs (the default grain
+    would run the small test inputs on one thread). Set here, never from the
+    caller's environment."""
+    with parallel_grain(1):
+        yield
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 

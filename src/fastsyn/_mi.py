@@ -26,7 +26,7 @@ import numpy as np
 from dipy.align.metrics import SimilarityMetric
 
 from fastsyn._kernels import mi as k_mi
-from fastsyn._threads import resolve_num_threads
+from fastsyn._threads import effective_threads, resolve_num_threads
 from fastsyn._validation import flat_affine
 from fastsyn.fields import smooth_unchecked
 
@@ -289,8 +289,8 @@ class MIMetric(SimilarityMetric):
         self._warped_mask[side] = np.asarray(warped)
 
     # ---------------------------------------------------------- iteration
-    def _threads(self):
-        return resolve_num_threads(self.num_threads)
+    def _threads(self, work):
+        return effective_threads(resolve_num_threads(self.num_threads), work)
 
     def _range(self, side, source, level_mask):
         """Clip range of one image, cached per source array."""
@@ -414,7 +414,7 @@ class MIMetric(SimilarityMetric):
 
         flags = self._use_flags(shape)
         self._flags = flags
-        nthreads = self._threads()
+        nthreads = self._threads(static.size)
         chunk = (shape[1] * shape[2] if self.dim == 3
                  else _ROWS_PER_CHUNK * shape[1])
         hist = np.empty((self.nbins, self.nbins), dtype=np.float64)
@@ -453,7 +453,7 @@ class MIMetric(SimilarityMetric):
         out = np.empty(static.shape + (self.dim,), dtype=static.dtype)
         flags = self._flags
         kernel = k_mi.mi_step_3d if self.dim == 3 else k_mi.mi_step_2d
-        nthreads = self._threads()
+        nthreads = self._threads(static.size)
         kernel(static, moving, _DUMMY_USE if flags is None else flags.reshape(-1),
                flags is None, self._s_lo, self._s_scale, self._m_lo, self._m_scale,
                self._weights, factor, forward, spacing, dflat, dnone, out, nthreads)

@@ -8,7 +8,6 @@ checked, C-contiguous input.
 """
 
 from collections import namedtuple
-from contextlib import contextmanager
 
 import numpy as np
 
@@ -18,7 +17,7 @@ from fastsyn._kernels import gradient as k_gradient
 from fastsyn._kernels import invert as k_invert
 from fastsyn._kernels import smooth as k_smooth
 from fastsyn._kernels import warp as k_warp
-from fastsyn._threads import resolve_num_threads
+from fastsyn._threads import effective_threads, parallel_grain, resolve_num_threads
 from fastsyn._validation import (
     check_affine,
     check_field,
@@ -48,39 +47,6 @@ __all__ = [
 InversionResult = namedtuple("InversionResult", ["field", "iterations", "error"])
 
 
-# -------------------------------------------------------------------- threads
-def _kernel_modules():
-    modules = [k_cc, k_compose, k_gradient, k_invert, k_smooth, k_warp]
-    try:
-        from fastsyn._kernels import mi as k_mi
-    except ImportError:  # pragma: no cover - partial build
-        pass
-    else:
-        modules.append(k_mi)
-    return modules
-
-
-@contextmanager
-def parallel_grain(voxels_per_thread):
-    """Temporarily change how many voxels a thread needs before kernels split
-    work (default 32768, or the ``FASTSYN_GRAIN`` environment variable).
-
-    Kernels use fewer threads than asked on small inputs because a parallel
-    region costs a barrier.  Results never depend on it; equivalence checks
-    set it to 1 so that small inputs really run on several threads.
-    """
-    if int(voxels_per_thread) != voxels_per_thread or voxels_per_thread < 1:
-        raise ValueError(f"voxels_per_thread must be a positive integer, got "
-                         f"{voxels_per_thread!r}")
-    modules = _kernel_modules()
-    old = [m.set_grain(int(voxels_per_thread)) for m in modules]
-    try:
-        yield
-    finally:
-        for m, value in zip(modules, old):
-            m.set_grain(value)
-
-
 # ---------------------------------------------------------------- composition
 def compose_unchecked(d1, d2, premult_index, premult_disp, time_scaling, comp, nthreads):
     """Kernel call for checked, C-contiguous, same-dtype fields."""
@@ -89,7 +55,8 @@ def compose_unchecked(d1, d2, premult_index, premult_disp, time_scaling, comp, n
     ia, ia_none = flat_affine(premult_index, dim)
     da, da_none = flat_affine(premult_disp, dim)
     kernel = k_compose.compose_3d if dim == 3 else k_compose.compose_2d
-    kernel(d1, d2, ia, ia_none, da, da_none, float(time_scaling), comp, partial, nthreads)
+    kernel(d1, d2, ia, ia_none, da, da_none, float(time_scaling), comp, partial,
+           effective_threads(nthreads, d1.size // dim))
     return comp, np.asarray(k_compose.merge_stats(partial), dtype=np.float64)
 
 
@@ -169,7 +136,7 @@ def resample_unchecked(field, factors, out_shape, nthreads):
     out = np.zeros(tuple(int(s) for s in out_shape) + (dim,), dtype=field.dtype)
     factors = np.ascontiguousarray(factors, dtype=np.float64)
     kernel = k_compose.resample_3d if dim == 3 else k_compose.resample_2d
-    kernel(field, factors, out, nthreads)
+    kernel(field, factors, out, effective_threads(nthreads, out.size // dim))
     return out
 
 
@@ -225,6 +192,7 @@ def invert_unchecked(d, d_world2grid, spacing, max_iter, tol, out, nthreads,
     if workspace is None or not workspace.fits(d.shape, d.dtype):
         workspace = InversionWorkspace(d.shape, d.dtype)
     w2g, w2g_none = flat_affine(d_world2grid, dim)
+    nthreads = effective_threads(nthreads, d.size // dim)
     if dim == 3:
         iters, error = k_invert.invert_3d(
             out, d, w2g, w2g_none, spacing[0], spacing[1], spacing[2], int(max_iter),
@@ -340,7 +308,7 @@ def warp_unchecked(volume, field, affine_idx_in, affine_idx_out, affine_disp,
     else:
         kernel = k_warp.warp_2d_nn if nearest else k_warp.warp_2d
     kernel(volume, field, a_in, a_in_none, a_out, a_out_none, a_disp, a_disp_none, out,
-           nthreads)
+           effective_threads(nthreads, out.size))
     return out
 
 
@@ -436,7 +404,7 @@ def gradient_unchecked(image, spacing, direction, out, nthreads):
     dim = image.ndim
     dflat, dnone = flat_affine(direction, dim)
     kernel = k_gradient.gradient_3d if dim == 3 else k_gradient.gradient_2d
-    kernel(image, spacing, dflat, dnone, out, nthreads)
+    kernel(image, spacing, dflat, dnone, out, effective_threads(nthreads, image.size))
     return out
 
 
@@ -485,7 +453,8 @@ def smooth_unchecked(array, sigma, channels, nthreads):
     spatial = array.shape[:-1] if channels > 1 else array.shape
     if sigma > 0:
         k_smooth.gaussian_filter_(array.reshape(-1), tuple(spatial), channels,
-                                 gaussian_kernel1d(sigma), nthreads)
+                                 gaussian_kernel1d(sigma),
+                                 effective_threads(nthreads, array.size // channels))
     return array
 
 

@@ -24,7 +24,7 @@ from dipy.align.imwarp import RegistrationStages, VerbosityLevels
 
 from fastsyn import fields
 from fastsyn._kernels import compose as k_compose
-from fastsyn._threads import resolve_num_threads
+from fastsyn._threads import effective_threads, resolve_num_threads
 from fastsyn._validation import check_affine, check_image
 from fastsyn.fields import (
     InversionWorkspace,
@@ -180,19 +180,35 @@ def _metric_step(self, clock, forward):
     return step
 
 
-def _apply_step(self, field, step, world2grid, spacing, nthreads):
+def _apply_step(self, field, step, world2grid, spacing, nthreads, direction):
     """Zero the step's boundary, scale it to unit maximum norm (in voxels)
-    and compose it into ``field`` in place, as DIPY's ``_iterate`` does."""
+    and compose it into ``field`` in place, as DIPY's ``_iterate`` does.
+
+    The metric's array is only read (DIPY copies it too): the boundary is
+    zeroed in a buffer owned by the optimizer.
+    """
+    if np.shape(step) != field.shape:
+        raise ValueError(f"the metric's {direction} step has shape {np.shape(step)}, "
+                         f"expected {field.shape}")
     step = np.ascontiguousarray(step, dtype=field.dtype)
+    buf = getattr(self, "_step_buffer", None)
+    if buf is None or buf.shape != field.shape or buf.dtype != field.dtype:
+        buf = self._step_buffer = np.empty_like(field)
     inv_spacing = np.ascontiguousarray(1.0 / np.asarray(spacing, dtype=np.float64))
     partial = np.empty(step.shape[0], dtype=np.float64)
     prepare = k_compose.prepare_step_3d if self.dim == 3 else k_compose.prepare_step_2d
-    nrm = prepare(step, inv_spacing, partial, nthreads)
+    nrm = prepare(step, buf, inv_spacing, partial,
+                  effective_threads(nthreads, step.size // self.dim))
+    if not np.isfinite(nrm):
+        raise FloatingPointError(
+            f"the metric's {direction} step holds NaN or infinite values at level "
+            f"{self.current_level}, iteration {len(self.energy_list)} "
+            "(the metric diverged; check the images and the metric's parameters)")
     # DIPY divides the step by its norm and then composes with step_length;
     # folding 1/nrm into the composition's time scaling saves a full pass
     # (values differ by one rounding of the step).
     scale = self.step_length / nrm if nrm > 0 else self.step_length
-    compose_unchecked(field, step, None, world2grid, scale, field, nthreads)
+    compose_unchecked(field, buf, None, world2grid, scale, field, nthreads)
 
 
 def _invert_models(self, world2grid, spacing, nthreads):
@@ -254,14 +270,14 @@ def _iterate(self):
     fw_energy = self.metric.get_energy()
     with clock("update"):
         _apply_step(self, self.static_to_ref.forward, fw_step, disp_world2grid,
-                    disp_spacing, nthreads)
+                    disp_spacing, nthreads, "forward")
     del fw_step
 
     bw_step = _metric_step(self, clock, False)
     bw_energy = self.metric.get_energy()
     with clock("update"):
         _apply_step(self, self.moving_to_ref.forward, bw_step, disp_world2grid,
-                    disp_spacing, nthreads)
+                    disp_spacing, nthreads, "backward")
     del bw_step
 
     der = np.inf

@@ -18,7 +18,7 @@ from dipy.align import metrics as dipy_metrics
 
 from fastsyn._kernels import cc as k_cc
 from fastsyn._mi import MIMetric
-from fastsyn._threads import resolve_num_threads
+from fastsyn._threads import effective_threads, resolve_num_threads
 from fastsyn._validation import flat_affine
 from fastsyn.fields import smooth_unchecked
 
@@ -55,8 +55,8 @@ class CCMetric(dipy_metrics.CCMetric):
         self.num_threads = num_threads
         self.smoothing_seconds = 0.0
 
-    def _threads(self):
-        return resolve_num_threads(self.num_threads)
+    def _threads(self, work):
+        return effective_threads(resolve_num_threads(self.num_threads), work)
 
     def initialize_iteration(self):
         """Compute the local correlation factors for the current images."""
@@ -81,7 +81,7 @@ class CCMetric(dipy_metrics.CCMetric):
         self._moving = moving
         self.factors = np.empty(static.shape + (5,), dtype=static.dtype)
         kernel = k_cc.cc_factors_3d if self.dim == 3 else k_cc.cc_factors_2d
-        kernel(static, moving, self.radius, self.factors, self._threads())
+        kernel(static, moving, self.radius, self.factors, self._threads(static.size))
 
     def free_iteration(self):
         """Release the buffers of the iteration."""
@@ -99,7 +99,7 @@ class CCMetric(dipy_metrics.CCMetric):
         out = np.empty(image.shape + (self.dim,), dtype=image.dtype)
         energy = np.zeros(image.shape[0], dtype=np.float64)
         kernel = k_cc.cc_step_3d if self.dim == 3 else k_cc.cc_step_2d
-        nthreads = self._threads()
+        nthreads = self._threads(image.size)
         kernel(image, self.factors, self.radius, spacing, dflat, dnone, forward, out,
                energy, nthreads)
         start = time.perf_counter()

@@ -424,28 +424,11 @@ cdef inline void physical_gradient_2d(const floating* img, Py_ssize_t nr,
         g[1] = <floating>y[1]
 
 
-cdef inline Py_ssize_t grain_from_env():
-    """Voxels a thread must have before a parallel region pays for its
-    barrier (32768, or ``FASTSYN_GRAIN``; the tests set 1 to force threads).
-
-    Below it extra threads cost more than they save, and on a busy machine,
-    where a descheduled thread holds up every barrier, far more.
-    """
-    import os
-
-    try:
-        value = int(os.environ.get("FASTSYN_GRAIN", "32768"))
-    except ValueError:
-        value = 32768
-    return value if value > 0 else 1
-
-
-cdef inline int effective_threads(int requested, Py_ssize_t work,
-                                  Py_ssize_t grain) noexcept nogil:
-    """Threads worth using for ``work`` voxels (results do not depend on it)."""
-    cdef Py_ssize_t cap = work // grain
-    if cap < 1:
-        cap = 1
-    if requested < cap:
-        return requested
-    return <int>cap
+cdef inline int chunk_threads(int requested, Py_ssize_t chunks) noexcept nogil:
+    """Never more threads than pieces of work (the wrapper decides the count;
+    results do not depend on it)."""
+    if chunks < 1:
+        return 1
+    if requested > chunks:
+        return <int>chunks
+    return requested

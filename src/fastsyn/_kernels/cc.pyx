@@ -16,20 +16,10 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.stdlib cimport free, malloc
 
-from fastsyn._kernels._interp cimport (effective_threads, grain_from_env, Affine2, Affine3, affine2_from,
+from fastsyn._kernels._interp cimport (chunk_threads, Affine2, Affine3, affine2_from,
                                        affine3_from, physical_gradient_2d,
                                        physical_gradient_3d)
 
-
-cdef Py_ssize_t _GRAIN = grain_from_env()
-
-
-def set_grain(Py_ssize_t grain):
-    """Set the voxels-per-thread threshold of this module; returns the old one."""
-    global _GRAIN
-    old = _GRAIN
-    _GRAIN = grain if grain > 0 else 1
-    return old
 
 cdef enum:
     NQ = 5   # I, I*I, J, J*J, I*J
@@ -154,7 +144,7 @@ def cc_factors_3d(const floating[:, :, ::1] static, const floating[:, :, ::1] mo
     cdef:
         Py_ssize_t ns = static.shape[0], c, nchunks
         int failed = 0
-    num_threads = effective_threads(num_threads, static.shape[0] * static.shape[1] * static.shape[2], _GRAIN)
+    num_threads = chunk_threads(num_threads, static.shape[0] * static.shape[1] * static.shape[2])
     nchunks = num_threads if num_threads < ns else ns
     with nogil:
         for c in prange(nchunks, schedule="static", num_threads=num_threads):
@@ -251,7 +241,7 @@ def cc_step_3d(const floating[:, :, ::1] image, const floating[:, :, :, ::1] fac
     cdef:
         Py_ssize_t s, ns = image.shape[0]
         Affine3 da = affine3_from(direction, direction_none)
-    num_threads = effective_threads(num_threads, image.shape[0] * image.shape[1] * image.shape[2], _GRAIN)
+    num_threads = chunk_threads(num_threads, image.shape[0] * image.shape[1] * image.shape[2])
     with nogil:
         for s in prange(ns, schedule="static", num_threads=num_threads):
             _step_slice_3d(&image[0, 0, 0], &factors[0, 0, 0, 0], ns,
@@ -292,7 +282,7 @@ def cc_step_2d(const floating[:, ::1] image, const floating[:, :, ::1] factors,
     cdef:
         Py_ssize_t r, nr = image.shape[0]
         Affine2 da = affine2_from(direction, direction_none)
-    num_threads = effective_threads(num_threads, image.shape[0] * image.shape[1], _GRAIN)
+    num_threads = chunk_threads(num_threads, image.shape[0] * image.shape[1])
     with nogil:
         for r in prange(nr, schedule="static", num_threads=num_threads):
             _step_row_2d(&image[0, 0], &factors[0, 0, 0], nr, image.shape[1],

@@ -6,25 +6,14 @@
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport sqrt
+from libc.math cimport NAN, sqrt
 
-from fastsyn._kernels._interp cimport (effective_threads, grain_from_env, Affine2, Affine3, affine2_from,
+from fastsyn._kernels._interp cimport (chunk_threads, Affine2, Affine3, affine2_from,
                                        affine2_point, affine2_vector,
                                        affine3_from, affine3_point,
                                        affine3_vector, interp_vector_2d,
                                        interp_vector_3d)
 
-
-
-cdef Py_ssize_t _GRAIN = grain_from_env()
-
-
-def set_grain(Py_ssize_t grain):
-    """Set the voxels-per-thread threshold of this module; returns the old one."""
-    global _GRAIN
-    old = _GRAIN
-    _GRAIN = grain if grain > 0 else 1
-    return old
 
 cdef void _compose_slice_3d(const floating* d1, const floating* d2,
                             Py_ssize_t k, Py_ssize_t nr1, Py_ssize_t nc1,
@@ -78,7 +67,7 @@ def compose_3d(const floating[:, :, :, ::1] d1, const floating[:, :, :, ::1] d2,
         Py_ssize_t k, ns1 = d1.shape[0]
         Affine3 ia = affine3_from(index_aff, index_none)
         Affine3 da = affine3_from(disp_aff, disp_none)
-    num_threads = effective_threads(num_threads, d1.shape[0] * d1.shape[1] * d1.shape[2], _GRAIN)
+    num_threads = chunk_threads(num_threads, d1.shape[0] * d1.shape[1] * d1.shape[2])
     with nogil:
         for k in prange(ns1, schedule="static", num_threads=num_threads):
             _compose_slice_3d(&d1[0, 0, 0, 0], &d2[0, 0, 0, 0], k,
@@ -133,7 +122,7 @@ def compose_2d(const floating[:, :, ::1] d1, const floating[:, :, ::1] d2,
         Py_ssize_t i, nr1 = d1.shape[0]
         Affine2 ia = affine2_from(index_aff, index_none)
         Affine2 da = affine2_from(disp_aff, disp_none)
-    num_threads = effective_threads(num_threads, d1.shape[0] * d1.shape[1], _GRAIN)
+    num_threads = chunk_threads(num_threads, d1.shape[0] * d1.shape[1])
     with nogil:
         for i in prange(nr1, schedule="static", num_threads=num_threads):
             _compose_row_2d(&d1[0, 0, 0], &d2[0, 0, 0], i, d1.shape[1],
@@ -164,82 +153,105 @@ def merge_stats(const double[:, ::1] partial):
     return sqrt(mx), sqrt(mean_sq), sqrt(var if var > 0 else 0.0)
 
 
-cdef void _prepare_step_slice_3d(floating* step, Py_ssize_t k, Py_ssize_t ns,
-                                 Py_ssize_t nr, Py_ssize_t nc,
+cdef void _prepare_step_slice_3d(const floating* step, floating* out, Py_ssize_t k,
+                                 Py_ssize_t ns, Py_ssize_t nr, Py_ssize_t nc,
                                  const double* inv_spacing,
                                  double* slice_max) noexcept nogil:
     cdef:
         Py_ssize_t i, j, v
         double a, b, c, nn, mx = 0
+        int bad = 0
         int edge_slice = k == 0 or k == ns - 1
     for i in range(nr):
         for j in range(nc):
             v = ((k * nr + i) * nc + j) * 3
             if edge_slice or i == 0 or i == nr - 1 or j == 0 or j == nc - 1:
-                step[v] = 0
-                step[v + 1] = 0
-                step[v + 2] = 0
+                out[v] = 0
+                out[v + 1] = 0
+                out[v + 2] = 0
                 continue
+            out[v] = step[v]
+            out[v + 1] = step[v + 1]
+            out[v + 2] = step[v + 2]
             a = step[v] * inv_spacing[0]
             b = step[v + 1] * inv_spacing[1]
             c = step[v + 2] * inv_spacing[2]
             nn = a * a + b * b + c * c
             if mx < nn:
                 mx = nn
-    slice_max[k] = mx
+            elif not (nn <= mx):
+                bad = 1
+    # A NaN never wins a comparison: flag it so the caller sees a diverged step.
+    slice_max[k] = NAN if bad else mx
 
 
-def prepare_step_3d(floating[:, :, :, ::1] step, const double[::1] inv_spacing,
-                    double[::1] slice_max, int num_threads):
-    """Zero the boundary of a SyN step and return its largest norm (voxels)."""
+def prepare_step_3d(const floating[:, :, :, ::1] step, floating[:, :, :, ::1] out,
+                    const double[::1] inv_spacing, double[::1] slice_max, int num_threads):
+    """Copy a SyN step into ``out`` with a zero boundary and return its
+    largest norm (voxels), NaN if an interior value is not finite."""
     cdef:
         Py_ssize_t k, ns = step.shape[0]
         double mx = 0
-    num_threads = effective_threads(num_threads, step.shape[0] * step.shape[1] * step.shape[2], _GRAIN)
+    if (out.shape[0] != ns or out.shape[1] != step.shape[1] or out.shape[2] != step.shape[2]
+            or slice_max.shape[0] < ns):
+        raise ValueError("prepare_step_3d: out and slice_max must match step")
+    num_threads = chunk_threads(num_threads, step.shape[0] * step.shape[1] * step.shape[2])
     with nogil:
         for k in prange(ns, schedule="static", num_threads=num_threads):
-            _prepare_step_slice_3d(&step[0, 0, 0, 0], k, ns, step.shape[1],
-                                   step.shape[2], &inv_spacing[0], &slice_max[0])
+            _prepare_step_slice_3d(&step[0, 0, 0, 0], &out[0, 0, 0, 0], k, ns,
+                                   step.shape[1], step.shape[2], &inv_spacing[0],
+                                   &slice_max[0])
     for k in range(ns):
-        if mx < slice_max[k]:
+        if not (slice_max[k] <= mx):
             mx = slice_max[k]
+            if mx != mx:
+                break
     return sqrt(mx)
 
 
-cdef void _prepare_step_row_2d(floating* step, Py_ssize_t i, Py_ssize_t nr,
-                               Py_ssize_t nc, const double* inv_spacing,
+cdef void _prepare_step_row_2d(const floating* step, floating* out, Py_ssize_t i,
+                               Py_ssize_t nr, Py_ssize_t nc, const double* inv_spacing,
                                double* row_max) noexcept nogil:
     cdef:
         Py_ssize_t j, v
         double a, b, nn, mx = 0
+        int bad = 0
         int edge_row = i == 0 or i == nr - 1
     for j in range(nc):
         v = (i * nc + j) * 2
         if edge_row or j == 0 or j == nc - 1:
-            step[v] = 0
-            step[v + 1] = 0
+            out[v] = 0
+            out[v + 1] = 0
             continue
+        out[v] = step[v]
+        out[v + 1] = step[v + 1]
         a = step[v] * inv_spacing[0]
         b = step[v + 1] * inv_spacing[1]
         nn = a * a + b * b
         if mx < nn:
             mx = nn
-    row_max[i] = mx
+        elif not (nn <= mx):
+            bad = 1
+    row_max[i] = NAN if bad else mx
 
 
-def prepare_step_2d(floating[:, :, ::1] step, const double[::1] inv_spacing,
-                    double[::1] row_max, int num_threads):
+def prepare_step_2d(const floating[:, :, ::1] step, floating[:, :, ::1] out,
+                    const double[::1] inv_spacing, double[::1] row_max, int num_threads):
     cdef:
         Py_ssize_t i, nr = step.shape[0]
         double mx = 0
-    num_threads = effective_threads(num_threads, step.shape[0] * step.shape[1], _GRAIN)
+    if out.shape[0] != nr or out.shape[1] != step.shape[1] or row_max.shape[0] < nr:
+        raise ValueError("prepare_step_2d: out and row_max must match step")
+    num_threads = chunk_threads(num_threads, step.shape[0] * step.shape[1])
     with nogil:
         for i in prange(nr, schedule="static", num_threads=num_threads):
-            _prepare_step_row_2d(&step[0, 0, 0], i, nr, step.shape[1],
+            _prepare_step_row_2d(&step[0, 0, 0], &out[0, 0, 0], i, nr, step.shape[1],
                                  &inv_spacing[0], &row_max[0])
     for i in range(nr):
-        if mx < row_max[i]:
+        if not (row_max[i] <= mx):
             mx = row_max[i]
+            if mx != mx:
+                break
     return sqrt(mx)
 
 
@@ -265,7 +277,7 @@ def resample_3d(const floating[:, :, :, ::1] field, const double[::1] factors,
                 floating[:, :, :, ::1] out, int num_threads):
     """out[x] = field[diag(factors) x] (a pyramid level change)."""
     cdef Py_ssize_t k
-    num_threads = effective_threads(num_threads, out.shape[0] * out.shape[1] * out.shape[2], _GRAIN)
+    num_threads = chunk_threads(num_threads, out.shape[0] * out.shape[1] * out.shape[2])
     with nogil:
         for k in prange(out.shape[0], schedule="static", num_threads=num_threads):
             _resample_slice_3d(&field[0, 0, 0, 0], field.shape[0], field.shape[1],
@@ -289,7 +301,7 @@ cdef void _resample_row_2d(const floating* field, Py_ssize_t nr, Py_ssize_t nc,
 def resample_2d(const floating[:, :, ::1] field, const double[::1] factors,
                 floating[:, :, ::1] out, int num_threads):
     cdef Py_ssize_t i
-    num_threads = effective_threads(num_threads, out.shape[0] * out.shape[1], _GRAIN)
+    num_threads = chunk_threads(num_threads, out.shape[0] * out.shape[1])
     with nogil:
         for i in prange(out.shape[0], schedule="static", num_threads=num_threads):
             _resample_row_2d(&field[0, 0, 0], field.shape[0], field.shape[1], i,

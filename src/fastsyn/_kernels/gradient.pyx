@@ -5,21 +5,10 @@
 from cython cimport floating
 from cython.parallel cimport prange
 
-from fastsyn._kernels._interp cimport (effective_threads, grain_from_env, Affine2, Affine3, affine2_from,
+from fastsyn._kernels._interp cimport (chunk_threads, Affine2, Affine3, affine2_from,
                                        affine3_from, physical_gradient_2d,
                                        physical_gradient_3d)
 
-
-
-cdef Py_ssize_t _GRAIN = grain_from_env()
-
-
-def set_grain(Py_ssize_t grain):
-    """Set the voxels-per-thread threshold of this module; returns the old one."""
-    global _GRAIN
-    old = _GRAIN
-    _GRAIN = grain if grain > 0 else 1
-    return old
 
 cdef void _gradient_slice_3d(const floating* img, Py_ssize_t ns, Py_ssize_t nr,
                              Py_ssize_t nc, Py_ssize_t k, const double* spacing,
@@ -38,7 +27,7 @@ def gradient_3d(const floating[:, :, ::1] img, const double[::1] spacing,
     cdef:
         Py_ssize_t k
         Affine3 da = affine3_from(direction, direction_none)
-    num_threads = effective_threads(num_threads, img.shape[0] * img.shape[1] * img.shape[2], _GRAIN)
+    num_threads = chunk_threads(num_threads, img.shape[0] * img.shape[1] * img.shape[2])
     with nogil:
         for k in prange(img.shape[0], schedule="static", num_threads=num_threads):
             _gradient_slice_3d(&img[0, 0, 0], img.shape[0], img.shape[1],
@@ -62,7 +51,7 @@ def gradient_2d(const floating[:, ::1] img, const double[::1] spacing,
     cdef:
         Py_ssize_t i
         Affine2 da = affine2_from(direction, direction_none)
-    num_threads = effective_threads(num_threads, img.shape[0] * img.shape[1], _GRAIN)
+    num_threads = chunk_threads(num_threads, img.shape[0] * img.shape[1])
     with nogil:
         for i in prange(img.shape[0], schedule="static", num_threads=num_threads):
             _gradient_row_2d(&img[0, 0], img.shape[0], img.shape[1], i,

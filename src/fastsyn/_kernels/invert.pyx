@@ -13,22 +13,11 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 
-from fastsyn._kernels._interp cimport (effective_threads, grain_from_env, Affine2, Affine3, affine2_from,
+from fastsyn._kernels._interp cimport (chunk_threads, Affine2, Affine3, affine2_from,
                                        affine2_vector, affine3_from,
                                        affine3_vector, interp_vector_2d,
                                        interp_vector_3d)
 
-
-
-cdef Py_ssize_t _GRAIN = grain_from_env()
-
-
-def set_grain(Py_ssize_t grain):
-    """Set the voxels-per-thread threshold of this module; returns the old one."""
-    global _GRAIN
-    old = _GRAIN
-    _GRAIN = grain if grain > 0 else 1
-    return old
 
 cdef inline double _step_factor(double mag, double maxlen,
                                 double epsilon) noexcept nogil:
@@ -137,7 +126,7 @@ def invert_3d(floating[:, :, :, ::1] p, const floating[:, :, :, ::1] d,
         int it = 0, do_update = 0, do_compose
     if max_iter <= 0 or not (tol < error):
         return 0, error
-    num_threads = effective_threads(num_threads, d.shape[0] * d.shape[1] * d.shape[2], _GRAIN)
+    num_threads = chunk_threads(num_threads, d.shape[0] * d.shape[1] * d.shape[2])
     with nogil:
         while True:
             # Will DIPY's loop run iteration ``it``?  (It always runs it = 0.)
@@ -216,7 +205,7 @@ def invert_2d(floating[:, :, ::1] p, const floating[:, :, ::1] d,
         int it = 0, do_update = 0, do_compose
     if max_iter <= 0 or not (tol < error):
         return 0, error
-    num_threads = effective_threads(num_threads, d.shape[0] * d.shape[1], _GRAIN)
+    num_threads = chunk_threads(num_threads, d.shape[0] * d.shape[1])
     with nogil:
         while True:
             do_compose = (it < max_iter) and (tol < error)

@@ -27,21 +27,10 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.stdlib cimport free, malloc
 
-from fastsyn._kernels._interp cimport (effective_threads, grain_from_env, Affine2, Affine3, affine2_from,
+from fastsyn._kernels._interp cimport (chunk_threads, Affine2, Affine3, affine2_from,
                                        affine2_vector, affine3_from,
                                        affine3_vector, central_diff)
 
-
-
-cdef Py_ssize_t _GRAIN = grain_from_env()
-
-
-def set_grain(Py_ssize_t grain):
-    """Set the voxels-per-thread threshold of this module; returns the old one."""
-    global _GRAIN
-    old = _GRAIN
-    _GRAIN = grain if grain > 0 else 1
-    return old
 
 cdef inline int _coord(floating v, floating lo, floating scale,
                        Py_ssize_t nbins, Py_ssize_t* first,
@@ -198,7 +187,7 @@ def mi_histogram(const floating[::1] static, const floating[::1] moving,
         free(part)
         free(counts)
         raise MemoryError("mi_histogram: could not allocate the partial histograms")
-    num_threads = effective_threads(num_threads, static.shape[0], _GRAIN)
+    num_threads = chunk_threads(num_threads, static.shape[0])
     with nogil:
         for c in prange(nchunks, schedule="static", num_threads=num_threads):
             v1 = (c + 1) * chunk
@@ -321,7 +310,7 @@ def mi_step_3d(const floating[:, :, ::1] static, const floating[:, :, ::1] movin
         Py_ssize_t s, ns = static.shape[0]
         Affine3 da = affine3_from(direction, direction_none)
         const unsigned char* use_p = &use[0] if use.shape[0] > 0 else NULL
-    num_threads = effective_threads(num_threads, static.shape[0] * static.shape[1] * static.shape[2], _GRAIN)
+    num_threads = chunk_threads(num_threads, static.shape[0] * static.shape[1] * static.shape[2])
     with nogil:
         for s in prange(ns, schedule="static", num_threads=num_threads):
             _step_slice_3d(&static[0, 0, 0], &moving[0, 0, 0], use_p, use_none,
@@ -378,7 +367,7 @@ def mi_step_2d(const floating[:, ::1] static, const floating[:, ::1] moving,
         Py_ssize_t r, nr = static.shape[0]
         Affine2 da = affine2_from(direction, direction_none)
         const unsigned char* use_p = &use[0] if use.shape[0] > 0 else NULL
-    num_threads = effective_threads(num_threads, static.shape[0] * static.shape[1], _GRAIN)
+    num_threads = chunk_threads(num_threads, static.shape[0] * static.shape[1])
     with nogil:
         for r in prange(nr, schedule="static", num_threads=num_threads):
             _step_row_2d(&static[0, 0], &moving[0, 0], use_p, use_none, nr,

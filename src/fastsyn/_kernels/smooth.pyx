@@ -14,19 +14,9 @@
 from cython cimport floating
 from cython.parallel cimport prange
 
-from fastsyn._kernels._interp cimport effective_threads, grain_from_env
+from fastsyn._kernels._interp cimport chunk_threads
 from libc.stdlib cimport free, malloc
 
-
-cdef Py_ssize_t _GRAIN = grain_from_env()
-
-
-def set_grain(Py_ssize_t grain):
-    """Set the voxels-per-thread threshold of this module; returns the old one."""
-    global _GRAIN
-    old = _GRAIN
-    _GRAIN = grain if grain > 0 else 1
-    return old
 
 cdef enum:
     TILE = 64
@@ -141,7 +131,7 @@ def gaussian_filter_(floating[::1] data, tuple shape, Py_ssize_t channels,
         for a in range(axis + 1, ndim):
             inner *= dims[a]
         n = dims[axis]
-        num_threads = effective_threads(num_threads, data.shape[0] // channels, _GRAIN)
+        num_threads = chunk_threads(num_threads, data.shape[0] // channels)
         with nogil:
             status = _filter_axis(&data[0], outer, n, inner,
                                   channels if axis == ndim - 1 else 1,

@@ -10,23 +10,13 @@
 from cython cimport floating
 from cython.parallel cimport prange
 
-from fastsyn._kernels._interp cimport (effective_threads, grain_from_env, Affine2, Affine3, affine2_from,
+from fastsyn._kernels._interp cimport (chunk_threads, Affine2, Affine3, affine2_from,
                                        affine2_point, affine2_vector,
                                        affine3_from, affine3_point,
                                        affine3_vector, interp_scalar_2d,
                                        interp_scalar_3d, interp_vector_2d,
                                        interp_vector_3d, nearest_index, number)
 
-
-cdef Py_ssize_t _GRAIN = grain_from_env()
-
-
-def set_grain(Py_ssize_t grain):
-    """Set the voxels-per-thread threshold of this module; returns the old one."""
-    global _GRAIN
-    old = _GRAIN
-    _GRAIN = grain if grain > 0 else 1
-    return old
 
 ctypedef fused image_real:
     float
@@ -85,7 +75,11 @@ def warp_3d(const image_real[:, :, ::1] volume, const floating[:, :, :, ::1] d,
         Affine3 ia = affine3_from(a_in, a_in_none)
         Affine3 oa = affine3_from(a_out, a_out_none)
         Affine3 da = affine3_from(a_disp, a_disp_none)
-    num_threads = effective_threads(num_threads, out.shape[0] * out.shape[1] * out.shape[2], _GRAIN)
+    if a_in_none and (out.shape[0] != d.shape[0] or out.shape[1] != d.shape[1]
+                      or out.shape[2] != d.shape[2]):
+        # Without A the field is read at the output index: only in bounds on its own grid.
+        raise ValueError("a_in_none needs the output grid to be the field's grid")
+    num_threads = chunk_threads(num_threads, out.shape[0] * out.shape[1] * out.shape[2])
     with nogil:
         for k in prange(out.shape[0], schedule="static", num_threads=num_threads):
             _warp_slice_3d(&volume[0, 0, 0], volume.shape[0], volume.shape[1],
@@ -125,7 +119,11 @@ def warp_3d_nn(const number[:, :, ::1] volume, const floating[:, :, :, ::1] d,
         Affine3 ia = affine3_from(a_in, a_in_none)
         Affine3 oa = affine3_from(a_out, a_out_none)
         Affine3 da = affine3_from(a_disp, a_disp_none)
-    num_threads = effective_threads(num_threads, out.shape[0] * out.shape[1] * out.shape[2], _GRAIN)
+    if a_in_none and (out.shape[0] != d.shape[0] or out.shape[1] != d.shape[1]
+                      or out.shape[2] != d.shape[2]):
+        # Without A the field is read at the output index: only in bounds on its own grid.
+        raise ValueError("a_in_none needs the output grid to be the field's grid")
+    num_threads = chunk_threads(num_threads, out.shape[0] * out.shape[1] * out.shape[2])
     with nogil:
         for k in prange(out.shape[0], schedule="static", num_threads=num_threads):
             _warp_nn_slice_3d(&volume[0, 0, 0], volume.shape[0], volume.shape[1],
@@ -181,7 +179,10 @@ def warp_2d(const image_real[:, ::1] image, const floating[:, :, ::1] d,
         Affine2 ia = affine2_from(a_in, a_in_none)
         Affine2 oa = affine2_from(a_out, a_out_none)
         Affine2 da = affine2_from(a_disp, a_disp_none)
-    num_threads = effective_threads(num_threads, out.shape[0] * out.shape[1], _GRAIN)
+    if a_in_none and (out.shape[0] != d.shape[0] or out.shape[1] != d.shape[1]):
+        # Without A the field is read at the output index: only in bounds on its own grid.
+        raise ValueError("a_in_none needs the output grid to be the field's grid")
+    num_threads = chunk_threads(num_threads, out.shape[0] * out.shape[1])
     with nogil:
         for i in prange(out.shape[0], schedule="static", num_threads=num_threads):
             _warp_row_2d(&image[0, 0], image.shape[0], image.shape[1],
@@ -217,7 +218,10 @@ def warp_2d_nn(const number[:, ::1] image, const floating[:, :, ::1] d,
         Affine2 ia = affine2_from(a_in, a_in_none)
         Affine2 oa = affine2_from(a_out, a_out_none)
         Affine2 da = affine2_from(a_disp, a_disp_none)
-    num_threads = effective_threads(num_threads, out.shape[0] * out.shape[1], _GRAIN)
+    if a_in_none and (out.shape[0] != d.shape[0] or out.shape[1] != d.shape[1]):
+        # Without A the field is read at the output index: only in bounds on its own grid.
+        raise ValueError("a_in_none needs the output grid to be the field's grid")
+    num_threads = chunk_threads(num_threads, out.shape[0] * out.shape[1])
     with nogil:
         for i in prange(out.shape[0], schedule="static", num_threads=num_threads):
             _warp_nn_row_2d(&image[0, 0], image.shape[0], image.shape[1],
