@@ -5,7 +5,7 @@ import pytest
 from conftest import load_pair, smooth_image
 from scipy import ndimage
 
-from fastsyn._mi import MIMetric, mi_from_histogram
+from fastsyn.metrics import MIMetric, mi_from_histogram
 
 
 # ------------------------------------------------------------------ helpers

@@ -4,14 +4,21 @@ Kernels assume checked input; everything a user can pass goes through here
 first and fails with a message that names the argument.
 """
 
+import numbers
+
 import numpy as np
 
 __all__ = [
     "FLOAT_TYPES",
     "check_affine",
+    "check_direction",
     "check_field",
     "check_image",
+    "check_integer",
+    "check_real",
+    "check_shape",
     "check_spacing",
+    "direction_rows",
     "flat_affine",
 ]
 
@@ -21,6 +28,53 @@ FLOAT_TYPES = (np.float32, np.float64)
 def _check_finite(name, arr):
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def _as_array(name, value):
+    """``np.asarray`` that refuses what no kernel can read and makes the byte
+    order native (the kernels' typed memoryviews read native order only)."""
+    if value is None:
+        raise TypeError(f"{name} must be an array, got None")
+    try:
+        arr = np.asarray(value)
+    except ValueError as err:  # ragged nested sequences
+        raise ValueError(f"{name} is not a regular array: {err}") from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return arr
+
+
+def check_real(name, value, *, low=None, low_inclusive=True, high=None, allow_none=False):
+    """A finite real number (``bool`` refused) within optional bounds."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} "
+                        f"({value!r})")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if low is not None and (value < low or (value == low and not low_inclusive)):
+        bound = ">=" if low_inclusive else ">"
+        raise ValueError(f"{name} must be {bound} {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
+    return value
+
+
+def check_integer(name, value, *, low=None, high=None):
+    """An integer (``bool`` and floats refused) within optional bounds."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} "
+                        f"({value!r})")
+    value = int(value)
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
+    return value
 
 
 def check_image(name, image, *, dim=None, dtype=None, finite=True, numeric=False):
@@ -42,9 +96,7 @@ def check_image(name, image, *, dim=None, dtype=None, finite=True, numeric=False
     numeric : bool, optional
         Accept integer images (label maps), kept in their own type.
     """
-    if image is None:
-        raise TypeError(f"{name} must be an array, got None")
-    arr = np.asarray(image)
+    arr = _as_array(name, image)
     dims = (2, 3) if dim is None else ((dim,) if np.isscalar(dim) else tuple(dim))
     if arr.ndim not in dims:
         raise ValueError(
@@ -68,13 +120,15 @@ def check_image(name, image, *, dim=None, dtype=None, finite=True, numeric=False
 
 def check_field(name, field, *, dim=None, dtype=None, finite=True):
     """Validate a displacement field of shape spatial + (dim,)."""
-    if field is None:
-        raise TypeError(f"{name} must be an array, got None")
-    arr = np.asarray(field)
+    arr = _as_array(name, field)
     if arr.ndim not in (3, 4) or arr.shape[-1] != arr.ndim - 1:
         raise ValueError(
             f"{name} must be a displacement field of shape (R, C, 2) or (S, R, C, 3), "
             f"got {arr.shape}"
+        )
+    if min(arr.shape[:-1]) < 2:
+        raise ValueError(
+            f"{name} must have at least 2 voxels along each spatial axis, got {arr.shape}"
         )
     if dim is not None and arr.shape[-1] != dim:
         raise ValueError(f"{name} must be a {dim}D field, got shape {arr.shape}")
@@ -92,8 +146,8 @@ def check_affine(name, matrix, dim, *, invertible=False):
     """Validate an affine (or None); returns a float64 array or None."""
     if matrix is None:
         return None
-    arr = np.asarray(matrix, dtype=np.float64)
-    if arr.ndim != 2 or arr.shape[0] < dim or arr.shape[1] < dim + 1:
+    arr = _as_array(name, matrix).astype(np.float64)
+    if arr.shape != (dim + 1, dim + 1):
         raise ValueError(
             f"{name} must be a ({dim + 1}, {dim + 1}) affine matrix, got shape {arr.shape}"
         )
@@ -106,25 +160,83 @@ def check_affine(name, matrix, dim, *, invertible=False):
 
 
 def check_spacing(name, spacing, dim):
-    arr = np.asarray(spacing, dtype=np.float64).ravel()
-    if arr.shape[0] < dim:
+    """Voxel sizes: ``dim`` positive finite numbers, as float64."""
+    arr = _as_array(name, spacing)
+    if arr.dtype.kind == "b":
+        raise TypeError(f"{name} must hold numbers, got booleans")
+    arr = arr.astype(np.float64).ravel()
+    if arr.shape[0] != dim:
         raise ValueError(f"{name} must have {dim} entries, got {arr.shape[0]}")
-    arr = np.ascontiguousarray(arr[:dim])
+    arr = np.ascontiguousarray(arr)
     if not np.isfinite(arr).all() or (arr <= 0).any():
         raise ValueError(f"{name} must be positive and finite, got {arr}")
     return arr
+
+
+def check_shape(name, shape, dim):
+    """A grid shape: ``dim`` positive integers (integral floats, as DIPY
+    passes them, are accepted)."""
+    arr = _as_array(name, shape)
+    if arr.dtype.kind == "b":
+        raise TypeError(f"{name} must hold integers, got booleans")
+    arr = arr.ravel()
+    if arr.shape[0] != dim:
+        raise ValueError(f"{name} must hold {dim} sizes, got {arr.shape[0]}")
+    if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+        raise ValueError(f"{name} must hold integers, got {arr.tolist()}")
+    if (arr < 1).any():
+        raise ValueError(f"{name} must hold positive sizes, got {arr.tolist()}")
+    if (arr > 2**31 - 1).any():
+        raise ValueError(f"{name} is too large, got {arr.tolist()}")
+    return tuple(int(v) for v in arr)
+
+
+def check_direction(name, direction, dim):
+    """Direction cosines: None, ``(dim, dim)`` (DIPY's metrics document this)
+    or ``(dim + 1, dim + 1)`` (DIPY's SyN passes this); returned as the
+    ``(dim + 1, dim + 1)`` matrix with no translation."""
+    if direction is None:
+        return None
+    arr = _as_array(name, direction).astype(np.float64)
+    if arr.shape not in ((dim, dim), (dim + 1, dim + 1)):
+        raise ValueError(f"{name} must be a ({dim}, {dim}) or ({dim + 1}, {dim + 1}) "
+                         f"matrix, got shape {arr.shape}")
+    _check_finite(name, arr)
+    full = np.eye(dim + 1)
+    full[:dim, :dim] = arr[:dim, :dim]
+    return full
+
+
+def direction_rows(direction, dim):
+    """Kernel form of a direction matrix of either accepted shape (only its
+    rotation part counts): ``(flat rows, is_none)``."""
+    if direction is None:
+        return flat_affine(None, dim)
+    arr = np.asarray(direction, dtype=np.float64)
+    full = np.zeros((dim, dim + 1))
+    full[:, :dim] = arr[:dim, :dim]
+    return flat_affine(full, dim)
 
 
 _IDENTITY_FLAT = {2: np.zeros(6), 3: np.zeros(12)}
 _IDENTITY_ROWS = {d: np.eye(d + 1)[:d] for d in (2, 3)}
 
 
-def flat_affine(matrix, dim):
-    """Kernel form of an affine: (first ``dim`` rows flattened, is_none)."""
+def flat_affine(matrix, dim, *, skip_identity=True):
+    """Kernel form of an affine: (first ``dim`` rows flattened, is_none).
+
+    With ``skip_identity`` an exact identity becomes "no affine", which lets
+    the kernels skip the product; pass False where "no affine" means
+    something else (the warp kernels then read the field at the output
+    index, only valid on the field's own grid).
+    """
     if matrix is None:
         return _IDENTITY_FLAT[dim], True
     arr = np.ascontiguousarray(np.asarray(matrix, dtype=np.float64)[:dim, : dim + 1])
+    if arr.shape != (dim, dim + 1):
+        # A kernel reads dim * (dim + 1) values: never hand it fewer.
+        raise ValueError(f"affine must be ({dim + 1}, {dim + 1}), got {np.shape(matrix)}")
     # The identity is skipped in the kernels: exact, since 1*x + 0*y + 0 == x.
-    if np.array_equal(arr, _IDENTITY_ROWS[dim]):
+    if skip_identity and np.array_equal(arr, _IDENTITY_ROWS[dim]):
         return _IDENTITY_FLAT[dim], True
     return arr.ravel(), False

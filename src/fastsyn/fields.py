@@ -20,9 +20,14 @@ from fastsyn._kernels import warp as k_warp
 from fastsyn._threads import effective_threads, parallel_grain, resolve_num_threads
 from fastsyn._validation import (
     check_affine,
+    check_direction,
     check_field,
     check_image,
+    check_integer,
+    check_real,
+    check_shape,
     check_spacing,
+    direction_rows,
     flat_affine,
 )
 
@@ -66,8 +71,7 @@ def _compose(dim, d1, d2, premult_index, premult_disp, time_scaling, comp, num_t
     d2 = check_field("d2", d2, dim=dim, dtype=d1.dtype)
     premult_index = check_affine("premult_index", premult_index, dim)
     premult_disp = check_affine("premult_disp", premult_disp, dim)
-    if not np.isfinite(time_scaling):
-        raise ValueError(f"time_scaling must be finite, got {time_scaling}")
+    time_scaling = check_real("time_scaling", time_scaling)
     if comp is None:
         comp = np.zeros_like(d1)
     else:
@@ -166,9 +170,7 @@ def resample_displacement_field(field, factors, out_shape, *, num_threads=None):
     field = check_field("field", field)
     dim = field.shape[-1]
     factors = check_spacing("factors", factors, dim)
-    out_shape = tuple(int(s) for s in np.asarray(out_shape).ravel())
-    if len(out_shape) != dim or min(out_shape) < 1:
-        raise ValueError(f"out_shape must hold {dim} positive sizes, got {out_shape}")
+    out_shape = check_shape("out_shape", out_shape, dim)
     return resample_unchecked(field, factors, out_shape, nthreads)
 
 
@@ -244,10 +246,8 @@ def invert_displacement_field(d, d_world2grid, spacing, max_iter, tol, *, start=
     dim = d.shape[-1]
     d_world2grid = check_affine("d_world2grid", d_world2grid, dim)
     spacing = check_spacing("spacing", spacing, dim)
-    if int(max_iter) != max_iter or max_iter < 0:
-        raise ValueError(f"max_iter must be a non-negative integer, got {max_iter}")
-    if not np.isfinite(tol):
-        raise ValueError(f"tol must be finite, got {tol}")
+    max_iter = check_integer("max_iter", max_iter, low=0)
+    tol = check_real("tol", tol, low=0)
     if out is not None:
         if out.shape != d.shape or out.dtype != d.dtype or not out.flags.c_contiguous:
             raise ValueError("out must be a C-contiguous array with the shape and dtype of d")
@@ -296,11 +296,27 @@ _NN_TYPES = (np.float32, np.float64, np.int8, np.uint8, np.int16, np.uint16,
              np.int32, np.uint32, np.int64, np.uint64)
 
 
+def check_warp_volume(name, volume, dim, nearest, *, finite=True):
+    """An image to warp, in a type the kernels read: any numeric type for
+    nearest neighbour (booleans as uint8), float32/float64 for linear
+    interpolation (integers as float32, as DIPY's maps do)."""
+    volume = check_image(name, volume, dim=dim, numeric=True, finite=finite)
+    if nearest:
+        if volume.dtype.type not in _NN_TYPES:
+            volume = volume.astype(np.int64 if volume.dtype.kind in "iu" else np.float64)
+    elif volume.dtype.kind != "f" or volume.dtype.type not in (np.float32, np.float64):
+        volume = volume.astype(np.float32 if volume.dtype.kind in "biu" else np.float64)
+    return volume
+
+
 def warp_unchecked(volume, field, affine_idx_in, affine_idx_out, affine_disp,
                    out_shape, nearest, nthreads):
     dim = field.shape[-1]
     out = np.zeros(tuple(int(s) for s in out_shape), dtype=volume.dtype)
-    a_in, a_in_none = flat_affine(affine_idx_in, dim)
+    # Skipping an identity A reads the field at the output index: only in
+    # bounds when the output grid is the field's grid.
+    a_in, a_in_none = flat_affine(affine_idx_in, dim,
+                                  skip_identity=out.shape == field.shape[:dim])
     a_out, a_out_none = flat_affine(affine_idx_out, dim)
     a_disp, a_disp_none = flat_affine(affine_disp, dim)
     if dim == 3:
@@ -316,21 +332,12 @@ def _warp(dim, volume, d1, affine_idx_in, affine_idx_out, affine_disp, out_shape
           nearest, num_threads):
     nthreads = resolve_num_threads(num_threads)
     field = check_field("d1", d1, dim=dim)
-    name = "image" if dim == 2 else "volume"
-    if nearest:
-        volume = check_image(name, volume, dim=dim, numeric=True)
-        if volume.dtype.type not in _NN_TYPES:
-            volume = volume.astype(np.int64 if volume.dtype.kind in "iu" else np.float64)
-    else:
-        volume = check_image(name, volume, dim=dim, finite=False)
+    volume = check_warp_volume("image" if dim == 2 else "volume", volume, dim, nearest)
     affine_idx_in = check_affine("affine_idx_in", affine_idx_in, dim)
     affine_idx_out = check_affine("affine_idx_out", affine_idx_out, dim)
     affine_disp = check_affine("affine_disp", affine_disp, dim)
-    if out_shape is None:
-        out_shape = field.shape[:dim]
-    out_shape = tuple(int(s) for s in np.asarray(out_shape).ravel())
-    if len(out_shape) != dim or min(out_shape) < 1:
-        raise ValueError(f"out_shape must hold {dim} positive sizes, got {out_shape}")
+    out_shape = field.shape[:dim] if out_shape is None else check_shape("out_shape",
+                                                                         out_shape, dim)
     if affine_idx_in is None and out_shape != field.shape[:dim]:
         raise ValueError(
             f"out_shape {out_shape} must equal the field's grid {field.shape[:dim]} "
@@ -402,7 +409,7 @@ for _fn, _dim, _nn in ((warp_3d, 3, False), (warp_3d_nn, 3, True),
 # ------------------------------------------------------------------ gradients
 def gradient_unchecked(image, spacing, direction, out, nthreads):
     dim = image.ndim
-    dflat, dnone = flat_affine(direction, dim)
+    dflat, dnone = direction_rows(direction, dim)
     kernel = k_gradient.gradient_3d if dim == 3 else k_gradient.gradient_2d
     kernel(image, spacing, dflat, dnone, out, effective_threads(nthreads, image.size))
     return out
@@ -433,7 +440,7 @@ def image_gradient(image, spacing=None, direction=None, *, num_threads=None):
     image = check_image("image", image)
     dim = image.ndim
     spacing = np.ones(dim) if spacing is None else check_spacing("spacing", spacing, dim)
-    direction = check_affine("direction", direction, dim)
+    direction = check_direction("direction", direction, dim)
     out = np.empty(image.shape + (dim,), dtype=image.dtype)
     return gradient_unchecked(image, spacing, direction, out, nthreads)
 
@@ -484,8 +491,7 @@ def gaussian_smooth(array, sigma, *, vector=False, out=None, num_threads=None):
         arr = check_field("array", array)
     else:
         arr = check_image("array", array)
-    if not np.isfinite(sigma) or sigma < 0:
-        raise ValueError(f"sigma must be a non-negative number, got {sigma}")
+    sigma = check_real("sigma", sigma, low=0)
     if out is None:
         out = arr.copy()
     elif out is not arr:

@@ -21,13 +21,22 @@ import numpy as np
 import numpy.linalg as npl
 from dipy.align import imwarp as dipy_imwarp
 from dipy.align.imwarp import RegistrationStages, VerbosityLevels
+from dipy.align.metrics import SimilarityMetric
 
 from fastsyn import fields
 from fastsyn._kernels import compose as k_compose
 from fastsyn._threads import effective_threads, resolve_num_threads
-from fastsyn._validation import check_affine, check_image
+from fastsyn._validation import (
+    check_affine,
+    check_field,
+    check_image,
+    check_integer,
+    check_real,
+    check_shape,
+)
 from fastsyn.fields import (
     InversionWorkspace,
+    check_warp_volume,
     compose_unchecked,
     invert_unchecked,
     resample_unchecked,
@@ -58,15 +67,14 @@ def _threads_of(obj):
 def _threaded_warp_function(dim, nearest, nthreads):
     def warp(volume, d1, affine_idx_in=None, affine_idx_out=None, affine_disp=None,
              out_shape=None):
-        volume = np.ascontiguousarray(volume)
-        if not nearest and volume.dtype.type not in (np.float32, np.float64):
-            volume = volume.astype(np.float32)
-        elif nearest and volume.dtype.kind == "b":
-            volume = volume.astype(np.uint8)
-        field = np.ascontiguousarray(d1)
-        shape = field.shape[:dim] if out_shape is None else out_shape
+        # As DIPY's maps: NaN in an image is warped, not refused (cheaper,
+        # and what DIPY users get); shapes and types are checked.
+        volume = check_warp_volume("image", volume, dim, nearest, finite=False)
+        field = check_field("displacement", d1, dim=dim, finite=False)
+        shape = (field.shape[:dim] if out_shape is None
+                 else check_shape("out_shape", out_shape, dim))
         return warp_unchecked(volume, field, affine_idx_in, affine_idx_out, affine_disp,
-                              np.asarray(shape).ravel(), nearest, nthreads)
+                              shape, nearest, nthreads)
 
     return warp
 
@@ -406,12 +414,22 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
                  ss_sigma_factor=0.2, opt_tol=1e-5, inv_iter=20, inv_tol=1e-3,
                  callback=None, num_threads=None):
         resolve_num_threads(num_threads)
-        if metric is None:
-            raise ValueError("metric must be a SimilarityMetric, got None")
-        if level_iters is not None and any(int(n) != n or n < 0 for n in level_iters):
-            raise ValueError(f"level_iters must be non-negative integers, got {level_iters}")
-        if int(inv_iter) != inv_iter or inv_iter < 0:
-            raise ValueError(f"inv_iter must be a non-negative integer, got {inv_iter}")
+        if not isinstance(metric, SimilarityMetric):
+            raise TypeError("metric must be a SimilarityMetric (e.g. fastsyn.CCMetric or "
+                            f"fastsyn.MIMetric), got {type(metric).__name__}")
+        if level_iters is not None:
+            if np.ndim(level_iters) != 1 or len(level_iters) == 0:
+                raise ValueError(f"level_iters must be a non-empty list of iteration "
+                                 f"counts, got {level_iters!r}")
+            level_iters = [check_integer(f"level_iters[{i}]", n, low=0)
+                           for i, n in enumerate(level_iters)]
+        step_length = check_real("step_length", step_length, low=0, low_inclusive=False)
+        ss_sigma_factor = check_real("ss_sigma_factor", ss_sigma_factor, low=0)
+        opt_tol = check_real("opt_tol", opt_tol)
+        inv_iter = check_integer("inv_iter", inv_iter, low=0)
+        inv_tol = check_real("inv_tol", inv_tol, low=0)
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
         _DIPY_SDR.__init__(self, metric, level_iters=level_iters, step_length=step_length,
                            ss_sigma_factor=ss_sigma_factor, opt_tol=opt_tol,
                            inv_iter=inv_iter, inv_tol=inv_tol, callback=callback)
@@ -452,6 +470,9 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
                                         moving_grid2world=moving_grid2world,
                                         prealign=prealign)
         total = time.perf_counter() - start
+        # Scratch of the last level: as large as the field, not needed any more.
+        self._step_buffer = None
+        self._inversion_workspace = None
         times = dict(self._stage_clock.times)
         times["other"] = max(0.0, total - sum(times[s] for s in STAGES if s != "other"))
         times["total"] = total

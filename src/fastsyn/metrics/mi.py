@@ -19,18 +19,21 @@ References
    deformations", IEEE Transactions on Medical Imaging, 22(1), 120-128, 2003.
 """
 
-import numbers
 import time
 
 import numpy as np
 from dipy.align.metrics import SimilarityMetric
 
 from fastsyn._kernels import mi as k_mi
-from fastsyn._threads import effective_threads, resolve_num_threads
-from fastsyn._validation import flat_affine
+from fastsyn._threads import resolve_num_threads
+from fastsyn._validation import check_integer, check_real
 from fastsyn.fields import smooth_unchecked
+from fastsyn.metrics._base import MetricInputs, check_metric_dim, step_geometry
 
-__all__ = ["MIMetric", "mi_from_histogram"]
+__all__ = ["MAX_NBINS", "MIMetric", "mi_from_histogram"]
+
+#: Upper bound of ``nbins`` (memory of the per-slice partial histograms).
+MAX_NBINS = 256
 
 # Flags of the per-voxel ``use`` array handed to the kernels.
 _DERIV = np.uint8(1)   # the voxel gets an update (inside the masks)
@@ -106,7 +109,7 @@ def _mask_to_level(name, mask, shape):
     return np.ascontiguousarray(mask[np.ix_(*index)])
 
 
-class MIMetric(SimilarityMetric):
+class MIMetric(MetricInputs, SimilarityMetric):
     r"""Mutual Information metric for SyN (Mattes-style Parzen histogram).
 
     A drop-in for DIPY's ``CCMetric``/``EMMetric`` in
@@ -119,7 +122,8 @@ class MIMetric(SimilarityMetric):
     dim : int
         Image dimension (2 or 3).
     nbins : int, optional
-        Number of histogram bins per image (at least 4).  Intensities are
+        Number of histogram bins per image (4 to :data:`MAX_NBINS` = 256: the
+        threads fill one ``nbins x nbins`` partial histogram per slice).  Intensities are
         mapped to bin coordinates in ``[1, nbins - 2]`` so that every cubic
         B-spline window (4 bins wide) stays inside the table.
     sigma_diff : float, optional
@@ -181,26 +185,24 @@ class MIMetric(SimilarityMetric):
     def __init__(self, dim, *, nbins=32, sigma_diff=2.0, smooth=None,
                  sampling=None, seed=0, clip=(0.5, 99.5), static_mask=None,
                  moving_mask=None, num_threads=None):
-        if dim not in (2, 3):
-            raise ValueError(f"dim must be 2 or 3, got {dim!r}")
-        if isinstance(nbins, bool) or not isinstance(nbins, numbers.Integral):
-            raise TypeError(f"nbins must be an integer, got {nbins!r}")
-        if nbins < 4:
-            raise ValueError(f"nbins must be at least 4, got {nbins}")
+        dim = check_metric_dim(dim)
+        # Each slice (3D) or row block (2D) fills its own nbins x nbins float64
+        # histogram so that the merge is deterministic: MAX_NBINS keeps that
+        # at 512 KiB a slice (128 MiB for 256 slices).
+        nbins = check_integer("nbins", nbins, low=4, high=MAX_NBINS)
         if smooth is not None:
             if sigma_diff != 2.0:
                 raise ValueError("give either smooth or sigma_diff, not both")
             sigma_diff = smooth
-        if not isinstance(sigma_diff, numbers.Real) or not np.isfinite(sigma_diff) \
-                or sigma_diff < 0:
-            raise ValueError(f"sigma_diff must be a non-negative number, got {sigma_diff!r}")
-        if sampling is not None:
-            if not isinstance(sampling, numbers.Real) or not 0 < sampling <= 1:
-                raise ValueError(f"sampling must be None or in (0, 1], got {sampling!r}")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise TypeError(f"seed must be an integer, got {seed!r}")
-        clip = tuple(float(c) for c in clip)
-        if len(clip) != 2 or not 0 <= clip[0] < clip[1] <= 100:
+        sigma_diff = check_real("sigma_diff", sigma_diff, low=0)
+        sampling = check_real("sampling", sampling, low=0, low_inclusive=False, high=1,
+                              allow_none=True)
+        # numpy's generators take any non-negative integer seed.
+        seed = check_integer("seed", seed, low=0)
+        if np.ndim(clip) != 1 or len(clip) != 2:
+            raise ValueError(f"clip must be two percentiles, got {clip!r}")
+        clip = (check_real("clip[0]", clip[0]), check_real("clip[1]", clip[1]))
+        if not 0 <= clip[0] < clip[1] <= 100:
             raise ValueError(f"clip must be two percentiles 0 <= lo < hi <= 100, got {clip}")
         resolve_num_threads(num_threads)
         super().__init__(dim)
@@ -289,9 +291,6 @@ class MIMetric(SimilarityMetric):
         self._warped_mask[side] = np.asarray(warped)
 
     # ---------------------------------------------------------- iteration
-    def _threads(self, work):
-        return effective_threads(resolve_num_threads(self.num_threads), work)
-
     def _range(self, side, source, level_mask):
         """Clip range of one image, cached per source array."""
         cached = self._range_source[side]
@@ -447,9 +446,7 @@ class MIMetric(SimilarityMetric):
         else:
             spacing, direction = self.moving_spacing, self.moving_direction
             factor = -self._m_scale / self.histogram_count
-        spacing = (np.ones(self.dim) if spacing is None
-                   else np.ascontiguousarray(spacing, dtype=np.float64)[: self.dim])
-        dflat, dnone = flat_affine(direction, self.dim)
+        spacing, dflat, dnone = step_geometry(self.dim, spacing, direction)
         out = np.empty(static.shape + (self.dim,), dtype=static.dtype)
         flags = self._flags
         kernel = k_mi.mi_step_3d if self.dim == 3 else k_mi.mi_step_2d

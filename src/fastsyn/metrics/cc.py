@@ -1,4 +1,4 @@
-"""Similarity metrics for SyN, threaded, with DIPY's interfaces.
+"""Cross-correlation metric for SyN, threaded, with DIPY's interface.
 
 :class:`CCMetric` is a drop-in for :class:`dipy.align.metrics.CCMetric`: the
 same constructor (plus ``num_threads``), the same methods and the same update
@@ -6,9 +6,6 @@ fields up to floating-point rounding.  The cross-correlation factors, the
 forward and backward steps and the Gaussian smoothing of the steps run on
 fastsyn's kernels; the image gradients are computed on the fly inside the
 step kernel instead of being stored as two extra volumes.
-
-:class:`MIMetric` (Mutual Information, new to SyN) lives in :mod:`fastsyn._mi`
-and is re-exported here.
 """
 
 import time
@@ -17,15 +14,15 @@ import numpy as np
 from dipy.align import metrics as dipy_metrics
 
 from fastsyn._kernels import cc as k_cc
-from fastsyn._mi import MIMetric
 from fastsyn._threads import effective_threads, resolve_num_threads
-from fastsyn._validation import flat_affine
+from fastsyn._validation import check_integer, check_real
 from fastsyn.fields import smooth_unchecked
+from fastsyn.metrics._base import MetricInputs, check_metric_dim, step_geometry
 
-__all__ = ["CCMetric", "MIMetric"]
+__all__ = ["CCMetric"]
 
 
-class CCMetric(dipy_metrics.CCMetric):
+class CCMetric(MetricInputs, dipy_metrics.CCMetric):
     """Normalised cross-correlation metric for SyN, threaded.
 
     Parameters
@@ -44,18 +41,17 @@ class CCMetric(dipy_metrics.CCMetric):
     """
 
     def __init__(self, dim, *, sigma_diff=2.0, radius=4, num_threads=None):
-        if dim not in (2, 3):
-            raise ValueError(f"dim must be 2 or 3, got {dim}")
-        if int(radius) != radius or radius < 1:
-            raise ValueError(f"radius must be a positive integer, got {radius}")
-        if not np.isfinite(sigma_diff) or sigma_diff < 0:
-            raise ValueError(f"sigma_diff must be a non-negative number, got {sigma_diff}")
+        dim = check_metric_dim(dim)
+        radius = check_integer("radius", radius, low=1)
+        sigma_diff = check_real("sigma_diff", sigma_diff, low=0)
         resolve_num_threads(num_threads)
-        super().__init__(dim, sigma_diff=sigma_diff, radius=int(radius))
+        super().__init__(dim, sigma_diff=sigma_diff, radius=radius)
         self.num_threads = num_threads
         self.smoothing_seconds = 0.0
 
     def _threads(self, work):
+        # Defined here, not only in MetricInputs: patch_dipy copies it onto
+        # DIPY's CCMetric from this class's own namespace.
         return effective_threads(resolve_num_threads(self.num_threads), work)
 
     def initialize_iteration(self):
@@ -93,9 +89,7 @@ class CCMetric(dipy_metrics.CCMetric):
         image = self._static if forward else self._moving
         spacing = self.static_spacing if forward else self.moving_spacing
         direction = self.static_direction if forward else self.moving_direction
-        spacing = (np.ones(self.dim) if spacing is None
-                   else np.ascontiguousarray(spacing, dtype=np.float64)[: self.dim])
-        dflat, dnone = flat_affine(direction, self.dim)
+        spacing, dflat, dnone = step_geometry(self.dim, spacing, direction)
         out = np.empty(image.shape + (self.dim,), dtype=image.dtype)
         energy = np.zeros(image.shape[0], dtype=np.float64)
         kernel = k_cc.cc_step_3d if self.dim == 3 else k_cc.cc_step_2d
