@@ -69,18 +69,25 @@ cdef void _filter_tile(floating* data, Py_ssize_t base, Py_ssize_t n,
     free(acc)
 
 
-cdef Py_ssize_t* _reflect_table(Py_ssize_t n, Py_ssize_t radius) noexcept nogil:
+cdef Py_ssize_t* _border_table(Py_ssize_t n, Py_ssize_t radius,
+                               bint nearest) noexcept nogil:
+    """Source index of every padded line point: scipy's "reflect", or with
+    ``nearest`` the edge value repeated (ITK's zero-flux Neumann)."""
     cdef Py_ssize_t* src = <Py_ssize_t*>malloc((n + 2 * radius) * sizeof(Py_ssize_t))
-    cdef Py_ssize_t x
+    cdef Py_ssize_t x, y
     if src != NULL:
         for x in range(n + 2 * radius):
-            src[x] = _reflect(x - radius, n)
+            y = x - radius
+            if nearest:
+                src[x] = 0 if y < 0 else (n - 1 if y >= n else y)
+            else:
+                src[x] = _reflect(y, n)
     return src
 
 
 cdef int _filter_axis(floating* data, Py_ssize_t n_outer, Py_ssize_t n,
                       Py_ssize_t inner, Py_ssize_t channels,
-                      const double* w, Py_ssize_t radius,
+                      const double* w, Py_ssize_t radius, bint nearest,
                       int num_threads) noexcept nogil:
     """Filter along an axis of an array viewed as (n_outer, n, inner).
 
@@ -88,7 +95,7 @@ cdef int _filter_axis(floating* data, Py_ssize_t n_outer, Py_ssize_t n,
     ``channels`` components are contiguous (inner == channels).
     """
     cdef:
-        Py_ssize_t* src = _reflect_table(n, radius)
+        Py_ssize_t* src = _border_table(n, radius, nearest)
         Py_ssize_t ntiles, tile, o, start, width
         int failed = 0
     if src == NULL:
@@ -110,31 +117,42 @@ cdef int _filter_axis(floating* data, Py_ssize_t n_outer, Py_ssize_t n,
 
 
 def gaussian_filter_(floating[::1] data, tuple shape, Py_ssize_t channels,
-                     const double[::1] weights, int num_threads):
+                     const double[::1] weights, int num_threads, Py_ssize_t axis=-1,
+                     bint nearest=False):
     """Filter ``data`` (C order, spatial ``shape`` + (channels,)) in place.
 
     ``weights`` is the normalised kernel of odd length 2 r + 1, applied along
-    every spatial axis in order, as scipy does.
+    every spatial axis in order, as scipy does, or along ``axis`` only.
+    Borders follow scipy's "reflect", or repeat the edge with ``nearest``.
     """
     cdef:
-        Py_ssize_t ndim = len(shape), axis, outer, inner, n, a
+        Py_ssize_t ndim = len(shape), ax, outer, inner, n, a, size = channels
         Py_ssize_t radius = (weights.shape[0] - 1) // 2
         Py_ssize_t dims[3]
         int status = 0
+    if ndim < 1 or ndim > 3 or channels < 1 or weights.shape[0] % 2 != 1:
+        raise ValueError("gaussian_filter_: bad shape, channels or kernel length")
     for a in range(ndim):
         dims[a] = shape[a]
-    for axis in range(ndim):
+        if dims[a] < 1:
+            raise ValueError("gaussian_filter_: empty axis")
+        size *= dims[a]
+    if size != data.shape[0] or axis < -1 or axis >= ndim:
+        raise ValueError("gaussian_filter_: shape does not match the data")
+    num_threads = chunk_threads(num_threads, data.shape[0] // channels)
+    for ax in range(ndim):
+        if axis >= 0 and ax != axis:
+            continue
         outer = 1
-        for a in range(axis):
+        for a in range(ax):
             outer *= dims[a]
         inner = channels
-        for a in range(axis + 1, ndim):
+        for a in range(ax + 1, ndim):
             inner *= dims[a]
-        n = dims[axis]
-        num_threads = chunk_threads(num_threads, data.shape[0] // channels)
+        n = dims[ax]
         with nogil:
             status = _filter_axis(&data[0], outer, n, inner,
-                                  channels if axis == ndim - 1 else 1,
-                                  &weights[0], radius, num_threads)
+                                  channels if ax == ndim - 1 else 1,
+                                  &weights[0], radius, nearest, num_threads)
         if status != 0:
             raise MemoryError("gaussian_filter: could not allocate the line buffer")
