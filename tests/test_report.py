@@ -204,6 +204,18 @@ def test_report_without_inputs(tmp_path):
     assert "No asv pages yet" in text
 
 
+def test_report_outside_a_git_work_tree(tmp_path, monkeypatch):
+    # An installed package has no git commit to show.
+    from fastsyn.bench import report as report_module
+
+    monkeypatch.setattr(report_module, "_git_commit", lambda start=None: None)
+    page = write_report(None, tmp_path / "out", benchmark_json_dir=tmp_path / "nobench",
+                        check_equivalence=False)
+    text = page.read_text(encoding="utf-8")
+    assert re.search(r"<dt>Git commit</dt><dd>–</dd>", text)
+    assert "· commit" not in text
+
+
 def test_report_bad_speed_file(tmp_path):
     bad = tmp_path / "speed.json"
     bad.write_text("{not json")

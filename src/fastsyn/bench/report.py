@@ -698,9 +698,10 @@ def _render_page(results_dir, out_dir, speed_json=None, profile_json=None,
     kernel_rows = equivalence_check() if check_equivalence else []
     datasets, headline = _accuracy_context(records, plt)
     speed_env = (speed or {}).get("environment")
+    # None outside a git work tree (an installed package)
+    git = {"commit": None, "dirty": False, **(env.get("git") or {})}
     return _templates().get_template("report.html").render(
-        title=title, env=env, git=env.get("git") or {},
-        commit=((env.get("git") or {}).get("commit") or "")[:12],
+        title=title, env=env, git=git, commit=(git["commit"] or "")[:12],
         speed_run=None if not speed_env else ", ".join(
             f"{k}={v}" for k, v in speed_env.items() if not isinstance(v, (dict, list))),
         cards=_headline_cards(speed, kernel_rows, headline, profile),
