@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +204,18 @@ def test_report_without_inputs(tmp_path):
     assert "No asv pages yet" in text
 
 
+def test_report_outside_a_git_work_tree(tmp_path, monkeypatch):
+    # An installed package has no git commit to show.
+    from fastsyn.bench import report as report_module
+
+    monkeypatch.setattr(report_module, "_git_commit", lambda start=None: None)
+    page = write_report(None, tmp_path / "out", benchmark_json_dir=tmp_path / "nobench",
+                        check_equivalence=False)
+    text = page.read_text(encoding="utf-8")
+    assert re.search(r"<dt>Git commit</dt><dd>–</dd>", text)
+    assert "· commit" not in text
+
+
 def test_report_bad_speed_file(tmp_path):
     bad = tmp_path / "speed.json"
     bad.write_text("{not json")
@@ -211,6 +224,44 @@ def test_report_bad_speed_file(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         write_report(None, tmp_path / "out", profile_json=tmp_path / "nope.json",
                      check_equivalence=False)
+
+
+def test_report_escapes_names(tmp_path):
+    # Labels, method names, speed cases and file names come from user input:
+    # autoescaping must print them as text, never as markup.
+    evil = "<script>alert('x')</script>"
+    store = ResultStore(tmp_path / "results")
+    for i, (method, label) in enumerate((("baseline", "Baseline"), (evil, evil))):
+        store.put({"dataset": "embedded-t1", "pair": "s00_s01", "method": method,
+                   "label": label, "config": {"metric": "cc", "method": method},
+                   "status": "ok", "seconds": 1.0 + i,
+                   "metrics": {"ncc": 0.8, "nmi": 1.1, "dice_mean": 0.6 + 0.1 * i,
+                               "jaccard_mean": 0.5}})
+    speed = _speed()
+    speed["rows"][0]["case"] = evil
+    (tmp_path / "speed.json").write_text(json.dumps(speed))
+    profile = _profile()
+    profile["pair"] = evil
+    (tmp_path / "profile.json").write_text(json.dumps(profile))
+    page = write_report(tmp_path / "results", tmp_path / "out",
+                        speed_json=tmp_path / "speed.json",
+                        profile_json=tmp_path / "profile.json",
+                        benchmark_json_dir=tmp_path / "nobench", check_equivalence=False)
+    text = page.read_text(encoding="utf-8")
+    assert "<script" not in text
+    escaped = "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"
+    # accuracy row, speed row, profile note and the best-Dice headline card
+    assert text.count(escaped) >= 4
+    assert f"<td>{escaped}</td>" in text
+    assert f"<b>{escaped}</b>" in text
+
+
+def test_report_inlines_packaged_style_sheet(report):
+    _, text = report
+    css = (resources.files("fastsyn.bench") / "templates" / "report.css").read_text(
+        encoding="utf-8")
+    assert ".table-wrap" in css
+    assert f"<style>\n{css}" in text
 
 
 def _png_size(path):

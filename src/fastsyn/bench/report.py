@@ -19,19 +19,22 @@
 
 The page needs no network: the style sheet is inline and the plots are inline
 SVG drawn with matplotlib (a page without plots is written when matplotlib is
-missing).
+missing).  This module gathers the data and draws the plots; the page is
+rendered by Jinja2 from the templates in ``fastsyn/bench/templates/``
+(``report.html``, one partial per section, ``report.css``).
 """
 
 import datetime as _dt
-import html
+import functools
 import io
 import json
 import os
 import platform
 import subprocess
-from importlib import metadata
+from importlib import metadata, resources
 from pathlib import Path
 
+import jinja2
 import numpy as np
 
 __all__ = [
@@ -140,14 +143,20 @@ def equivalence_check(size=40, threads=None):
         ``max_abs_diff_dipy`` (None where there is no stock twin) and
         ``error`` (text, when the kernel failed).
     """
-    from dipy.align import metrics as dipy_metrics
-    from dipy.align import vector_fields as vf
-    from scipy import ndimage
-
     import fastsyn
-    from fastsyn import fields
 
     n = threads or max(2, fastsyn.resolve_num_threads(-1))
+    base = _smooth_inputs(size)
+    return [_compare_kernel(name, np.dtype(dt).name, ours, stock, n)
+            for dt in (np.float32, np.float64)
+            for name, ours, stock in _equivalence_cases(base, dt)]
+
+
+def _smooth_inputs(size):
+    """Two smooth displacement fields and two smooth positive images, drawn
+    from a fixed seed (in this order, so the inputs never change)."""
+    from scipy import ndimage
+
     shape = (size, size + 3, size + 1)
     rng = np.random.default_rng(0)
 
@@ -158,69 +167,82 @@ def equivalence_check(size=40, threads=None):
             out.append(c * amplitude / np.abs(c).max())
         return np.stack(out, axis=-1) if channels > 1 else out[0]
 
-    base = {"d1": smooth(3, 2.0), "d2": smooth(3, 2.0), "img": smooth(1, 50.0) + 50.0,
+    return {"d1": smooth(3, 2.0), "d2": smooth(3, 2.0), "img": smooth(1, 50.0) + 50.0,
             "img2": smooth(1, 50.0) + 50.0}
+
+
+def _cc_steps(metric, a, b):
+    """Forward and backward steps of a CC metric on identity geometry."""
     eye, ones = np.eye(4), np.ones(3)
+    metric.set_static_image(a, eye, ones, eye)
+    metric.set_moving_image(b, eye, ones, eye)
+    metric.initialize_iteration()
+    return np.concatenate([metric.compute_forward().ravel(),
+                           metric.compute_backward().ravel()])
 
-    def cc(metric, a, b):
-        metric.set_static_image(a, eye, ones, eye)
-        metric.set_moving_image(b, eye, ones, eye)
-        metric.initialize_iteration()
-        return np.concatenate([metric.compute_forward().ravel(),
-                               metric.compute_backward().ravel()])
 
-    def cases(dt):
-        d1, d2 = base["d1"].astype(dt), base["d2"].astype(dt)
-        img, img2 = base["img"].astype(dt), base["img2"].astype(dt)
-        stock_cc = None
-        if dt == np.float32:
-            def stock_cc():
-                return cc(dipy_metrics.CCMetric(3), img, img2)
-        return [
-            ("compose",
-             lambda t: fields.compose_vector_fields_3d(d1, d2, None, None, 1.0,
-                                                       num_threads=t)[0],
-             lambda: vf.compose_vector_fields_3d(d1, d2, None, None, 1.0, None)[0]),
-            ("invert",
-             lambda t: fields.invert_vector_field_fixed_point_3d(d1, None, ones, 20, 1e-3,
-                                                                 num_threads=t),
-             lambda: vf.invert_vector_field_fixed_point_3d(d1, None, ones, 20, 1e-3)),
-            ("warp linear", lambda t: fields.warp_3d(img, d1, num_threads=t),
-             lambda: vf.warp_3d(img, d1)),
-            ("warp nearest", lambda t: fields.warp_3d_nn(img, d1, num_threads=t),
-             lambda: vf.warp_3d_nn(img, d1)),
-            ("gaussian smooth",
-             lambda t: fields.gaussian_smooth(d1, 2.0, vector=True, num_threads=t),
-             lambda: np.stack([ndimage.gaussian_filter(d1[..., i], 2.0)
-                               for i in range(3)], axis=-1)),
-            ("image gradient", lambda t: fields.image_gradient(img, num_threads=t),
-             lambda: np.stack(np.gradient(img), axis=-1)),
-            ("CC steps", lambda t: cc(fastsyn.CCMetric(3, num_threads=t), img, img2),
-             stock_cc),
-        ]
+def _equivalence_cases(base, dt):
+    """``(kernel, ours(num_threads), stock() or None)`` for one dtype."""
+    from dipy.align import metrics as dipy_metrics
+    from dipy.align import vector_fields as vf
+    from scipy import ndimage
 
-    rows = []
-    for dt in (np.float32, np.float64):
-        for name, ours, stock in cases(dt):
-            row = {"kernel": name, "dtype": np.dtype(dt).name, "threads": n,
-                   "max_abs_diff_threads": None, "bitwise_equal": None,
-                   "max_abs_diff_dipy": None, "error": None}
-            try:
-                serial = np.array(ours(1), copy=True)
-                # Small inputs would otherwise run on one thread (the
-                # kernels' voxels-per-thread grain): force the threads.
-                with fields.parallel_grain(1):
-                    threaded = np.array(ours(n), copy=True)
-                row["bitwise_equal"] = bool(np.array_equal(serial, threaded))
-                row["max_abs_diff_threads"] = float(np.max(np.abs(
-                    serial.astype(np.float64) - threaded)))
-                if stock is not None:
-                    ref = np.asarray(stock(), dtype=np.float64)
-                    row["max_abs_diff_dipy"] = float(np.max(np.abs(serial - ref)))
-            except Exception as exc:  # noqa: BLE001 - reported in the table
-                row["error"] = f"{type(exc).__name__}: {exc}"
-            rows.append(row)
-    return rows
+    import fastsyn
+    from fastsyn import fields
+
+    ones = np.ones(3)
+    d1, d2 = base["d1"].astype(dt), base["d2"].astype(dt)
+    img, img2 = base["img"].astype(dt), base["img2"].astype(dt)
+    stock_cc = None
+    if dt == np.float32:
+        def stock_cc():
+            return _cc_steps(dipy_metrics.CCMetric(3), img, img2)
+    return [
+        ("compose",
+         lambda t: fields.compose_vector_fields_3d(d1, d2, None, None, 1.0,
+                                                   num_threads=t)[0],
+         lambda: vf.compose_vector_fields_3d(d1, d2, None, None, 1.0, None)[0]),
+        ("invert",
+         lambda t: fields.invert_vector_field_fixed_point_3d(d1, None, ones, 20, 1e-3,
+                                                             num_threads=t),
+         lambda: vf.invert_vector_field_fixed_point_3d(d1, None, ones, 20, 1e-3)),
+        ("warp linear", lambda t: fields.warp_3d(img, d1, num_threads=t),
+         lambda: vf.warp_3d(img, d1)),
+        ("warp nearest", lambda t: fields.warp_3d_nn(img, d1, num_threads=t),
+         lambda: vf.warp_3d_nn(img, d1)),
+        ("gaussian smooth",
+         lambda t: fields.gaussian_smooth(d1, 2.0, vector=True, num_threads=t),
+         lambda: np.stack([ndimage.gaussian_filter(d1[..., i], 2.0)
+                           for i in range(3)], axis=-1)),
+        ("image gradient", lambda t: fields.image_gradient(img, num_threads=t),
+         lambda: np.stack(np.gradient(img), axis=-1)),
+        ("CC steps", lambda t: _cc_steps(fastsyn.CCMetric(3, num_threads=t), img, img2),
+         stock_cc),
+    ]
+
+
+def _compare_kernel(name, dtype, ours, stock, n):
+    """One row of :func:`equivalence_check`."""
+    from fastsyn import fields
+
+    row = {"kernel": name, "dtype": dtype, "threads": n,
+           "max_abs_diff_threads": None, "bitwise_equal": None,
+           "max_abs_diff_dipy": None, "error": None}
+    try:
+        serial = np.array(ours(1), copy=True)
+        # Small inputs would otherwise run on one thread (the
+        # kernels' voxels-per-thread grain): force the threads.
+        with fields.parallel_grain(1):
+            threaded = np.array(ours(n), copy=True)
+        row["bitwise_equal"] = bool(np.array_equal(serial, threaded))
+        row["max_abs_diff_threads"] = float(np.max(np.abs(
+            serial.astype(np.float64) - threaded)))
+        if stock is not None:
+            ref = np.asarray(stock(), dtype=np.float64)
+            row["max_abs_diff_dipy"] = float(np.max(np.abs(serial - ref)))
+    except Exception as exc:  # noqa: BLE001 - reported in the table
+        row["error"] = f"{type(exc).__name__}: {exc}"
+    return row
 
 
 def _thread_agreement(records):
@@ -429,71 +451,15 @@ def _plot_stage_profile(profile, plt):
     return _svg(fig, plt)
 
 
-# --------------------------------------------------------------------- HTML
-CSS = """
-:root { --ink:#1f2933; --muted:#616e7c; --line:#e4e7eb; --accent:#2f6fb3;
-        --bg:#ffffff; --soft:#f5f7fa; --good:#1e7b46; --bad:#b42318; }
-* { box-sizing: border-box; }
-body { margin:0; background:var(--soft); color:var(--ink);
-       font:15px/1.55 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial,
-       "DejaVu Sans", sans-serif; }
-main { max-width:1120px; margin:0 auto; padding:28px 32px 64px; background:var(--bg);
-       min-height:100vh; box-shadow:0 0 0 1px var(--line); }
-header h1 { font-size:28px; margin:0 0 4px; letter-spacing:-0.01em; }
-header p { margin:0; color:var(--muted); }
-h2 { font-size:20px; margin:40px 0 12px; padding-bottom:6px;
-     border-bottom:2px solid var(--line); }
-h3 { font-size:16px; margin:24px 0 8px; }
-p.note, .note { color:var(--muted); font-size:13px; }
-nav { margin:18px 0 8px; display:flex; flex-wrap:wrap; gap:6px 14px; font-size:14px; }
-a { color:var(--accent); text-decoration:none; }
-a:hover { text-decoration:underline; }
-.cards { display:grid; grid-template-columns:repeat(auto-fit, minmax(190px, 1fr));
-         gap:12px; margin:20px 0 4px; }
-.card { border:1px solid var(--line); border-radius:8px; padding:12px 14px;
-        background:linear-gradient(180deg, #fff, #fafbfc); }
-.card .value { font-size:24px; font-weight:650; font-variant-numeric:tabular-nums; }
-.card .label { font-size:12.5px; color:var(--muted); }
-.table-wrap { overflow-x:auto; margin:8px 0 12px; }
-table { border-collapse:collapse; width:100%; font-size:13.5px; }
-th, td { padding:6px 10px; border-bottom:1px solid var(--line); text-align:left;
-         vertical-align:top; }
-th { background:var(--soft); font-weight:600; white-space:nowrap; }
-td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; white-space:nowrap; }
-tbody tr:nth-child(even) td { background:#fbfcfd; }
-tbody tr:hover td { background:#eef4fb; }
-.ok { color:var(--good); font-weight:600; }
-.fail { color:var(--bad); font-weight:600; }
-.plots { display:grid; grid-template-columns:repeat(auto-fit, minmax(420px, 1fr));
-         gap:16px; margin:8px 0; }
-figure { margin:0; border:1px solid var(--line); border-radius:8px; padding:10px;
-         background:#fff; }
-figure svg { width:100%; height:auto; display:block; }
-.plots figure:only-child { max-width:720px; }
-dl.env { display:grid; grid-template-columns:max-content 1fr; gap:4px 18px;
-         font-size:14px; margin:0; }
-dl.env dt { color:var(--muted); }
-dl.env dd { margin:0; font-variant-numeric:tabular-nums; }
-code, pre { font-family:"SFMono-Regular", Menlo, Consolas, "DejaVu Sans Mono", monospace;
-            font-size:12.5px; }
-pre { background:var(--soft); padding:10px 12px; border-radius:6px; overflow-x:auto; }
-details { margin:8px 0; }
-summary { cursor:pointer; color:var(--accent); }
-footer { margin-top:48px; color:var(--muted); font-size:12.5px; }
-"""
-
-
-def _e(value):
-    return html.escape("" if value is None else str(value))
-
-
+# ---------------------------------------------------------- text formatting
+# Jinja2 filters: each turns a number (or None) into the text of one cell.
 def _fmt(value, digits=3, unit=""):
     if value is None:
         return "–"
     try:
         v = float(value)
     except (TypeError, ValueError):
-        return _e(value)
+        return str(value)
     if not np.isfinite(v):
         return "–"
     return f"{v:.{digits}f}{unit}"
@@ -516,289 +482,165 @@ def _seconds(value):
     return f"{v:.2f} s"
 
 
-def _table(headers, rows, numeric=()):
-    """HTML table; ``rows`` hold already-escaped cell HTML."""
-    head = "".join(f'<th class="num">{_e(h)}</th>' if i in numeric else f"<th>{_e(h)}</th>"
-                   for i, h in enumerate(headers))
-    body = []
-    for row in rows:
-        cells = "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>"
-                        for i, c in enumerate(row))
-        body.append(f"<tr>{cells}</tr>")
-    return (f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table></div>')
+def _times(value):
+    return "–" if not value else f"{float(value):.2f}×"
 
 
-def _figure(svg, caption=None):
-    cap = f"<figcaption class='note'>{_e(caption)}</figcaption>" if caption else ""
-    return f"<figure>{svg}{cap}</figure>"
-
-
-def _section_environment(env, speed_env):
-    pk = env.get("packages") or {}
-    git = env.get("git") or {}
-    commit = git.get("commit")
-    commit_text = (f"<code>{_e(commit[:12])}</code>" + (" (uncommitted changes)"
-                                                        if git.get("dirty") else "")
-                   if commit else "–")
-    items = [
-        ("CPU", _e(env.get("cpu"))),
-        ("Cores", f"{_e(env.get('cores'))} logical, {_e(env.get('cores_usable'))} usable"),
-        ("Threads (all CPUs)", _e(env.get("threads_all"))),
-        ("OMP_NUM_THREADS", _e(env.get("omp_num_threads") or "unset")),
-        ("Python", _e(env.get("python"))),
-        ("Platform", _e(env.get("platform"))),
-        ("Git commit", commit_text),
-        ("Report written", _e(env.get("timestamp"))),
-    ]
-    if speed_env:
-        items.append(("Speed run", _e(", ".join(
-            f"{k}={v}" for k, v in speed_env.items() if not isinstance(v, (dict, list))))))
-    env_html = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items)
-    pk_rows = [[_e(name), _e(ver) if ver else "<span class='note'>not installed</span>"]
-               for name, ver in pk.items()]
-    return ("<h2 id='environment'>Environment</h2>"
-            f"<div class='plots'><div><dl class='env'>{env_html}</dl></div>"
-            f"<div>{_table(['Package', 'Version'], pk_rows)}</div></div>")
-
-
-def _section_speed(speed, plt):
-    out = ["<h2 id='speed'>Speed</h2>"]
-    if not speed or not speed.get("rows"):
-        out.append("<p class='note'>No speed results. Run <code>fastsyn bench speed "
-                   "--out speed.json</code> and pass <code>--speed speed.json</code>.</p>")
-        return "".join(out)
-    rows = speed["rows"]
-    base = {r["case"]: r["median_s"] for r in rows if r.get("impl") == "dipy"}
-    impl_name = {"dipy": "stock DIPY", "fastsyn": "fastsyn", "ants": "ANTs",
-                 "greedy": "greedy"}
-    table = []
-    for r in rows:
-        b = base.get(r["case"])
-        ratio = (b / r["median_s"]) if b and r.get("median_s") else None
-        impl = impl_name.get(r.get("impl"), r.get("impl"))
-        if r.get("impl") == "fastsyn":
-            impl += " serial" if int(r.get("threads") or 1) == 1 else " threaded"
-        table.append([_e(r["case"]), _e(impl), _e(r.get("threads")),
-                      _seconds(r.get("median_s")), _seconds(r.get("min_s")),
-                      _seconds(r.get("max_s")), _fmt(r.get("peak_mem_mb"), 0),
-                      "–" if ratio is None else f"{ratio:.2f}×"])
-    out.append("<p class='note'>Medians over interleaved repeats, in one run; the ratio is "
-               "stock DIPY's median ÷ this row's median.</p>")
-    out.append(_table(["Case", "Implementation", "Threads", "Median", "Min", "Max",
-                       "Peak MB", "vs DIPY"], table, numeric={2, 3, 4, 5, 6, 7}))
-    ratios = speed.get("ratios") or []
-    if ratios:
-        rrows = [[_e(q["case"]), _e(q.get("impl")), _e(q.get("threads")),
-                  _e({"dipy": "stock DIPY", "fastsyn-1": "fastsyn, 1 thread"}.get(
-                      q.get("baseline"), q.get("baseline"))),
-                  f"{float(q['speedup']):.2f}×"] for q in ratios if q.get("speedup")]
-        out.append("<h3>Speed-up ratios</h3>")
-        out.append(_table(["Case", "Implementation", "Threads", "Baseline", "Speed-up"],
-                          rrows, numeric={2, 4}))
-        if plt is not None and any(q.get("baseline") == "dipy" for q in ratios):
-            out.append(f"<div class='plots'>{_figure(_plot_speedup_threads(ratios, plt))}"
-                       "</div>")
-    return "".join(out)
-
-
-def _section_equivalence(kernel_rows, agreement):
-    out = ["<h2 id='equivalence'>Equivalence</h2>"]
-    if kernel_rows:
-        n = kernel_rows[0]["threads"]
-        out.append(f"<p class='note'>Each kernel run with 1 and with {n} threads on random "
-                   "smooth 3D inputs when this report was written. Serial and threaded "
-                   "results must be bitwise equal; the difference from the stock twin is "
-                   "floating-point rounding (tolerances are stated in "
-                   "<code>tests/test_kernels.py</code>).</p>")
-        rows = []
-        for r in kernel_rows:
-            if r["error"]:
-                verdict = f"<span class='fail'>error</span> {_e(r['error'])}"
-            elif r["bitwise_equal"]:
-                verdict = "<span class='ok'>bitwise equal</span>"
-            else:
-                verdict = "<span class='fail'>differs</span>"
-            rows.append([_e(r["kernel"]), _e(r["dtype"]), verdict,
-                         _diff(r["max_abs_diff_threads"]), _diff(r["max_abs_diff_dipy"])])
-        out.append(_table(["Kernel", "dtype", f"1 vs {n} threads", "max |serial − threaded|",
-                           "max |fastsyn − DIPY|"], rows, numeric={3, 4}))
-    if agreement:
-        rows = [[_e(a["dataset"]), _e(a["method"]), _e(a["metric"]),
-                 _e(", ".join(map(str, a["threads"]))),
-                 f"{a['identical']} / {a['pairs']}",
-                 _diff(a["max_diff"])]
-                for a in agreement]
-        out.append("<h3>Registrations at several thread counts</h3>")
-        out.append(_table(["Dataset", "Method", "Metric", "Threads", "Identical measures",
-                           "Largest difference"], rows, numeric={4, 5}))
-    if not kernel_rows and not agreement:
-        out.append("<p class='note'>No equivalence data.</p>")
-    return "".join(out)
-
-
-def _cell(stat, digits):
+def _mean_std(stat, digits):
     if not stat:
         return "–"
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
-def _section_accuracy(records, plt):
+def _signed_percent(value):
+    return f"{value:+.1%}"
+
+
+def _blank_none(value):
+    # Missing values print as empty cells, not as the text "None".
+    return "" if value is None else value
+
+
+# -------------------------------------------------------------------- pages
+@functools.lru_cache(maxsize=1)
+def _templates():
+    """The Jinja2 environment of the report's templates, built once.
+
+    The templates are package data of ``fastsyn.bench`` read through
+    :mod:`importlib.resources` (a ``PackageLoader`` cannot see them in
+    meson-python's editable installs).  Autoescaping is on for every template,
+    so file names, labels and method names are always escaped; the only
+    trusted markup (inline SVG plots) is marked ``|safe`` in the templates.
+    """
+    root = resources.files("fastsyn.bench") / "templates"
+
+    def load(name):
+        path = root
+        for part in name.split("/"):
+            path = path / part
+        if not path.is_file():
+            return None
+        # (source, name shown in tracebacks, "still up to date?": package
+        # data does not change while the process runs)
+        return (path.read_text(encoding="utf-8"), f"fastsyn/bench/templates/{name}",
+                lambda: True)
+
+    env = jinja2.Environment(loader=jinja2.FunctionLoader(load), autoescape=True,
+                             undefined=jinja2.StrictUndefined, finalize=_blank_none,
+                             trim_blocks=True, lstrip_blocks=True,
+                             keep_trailing_newline=True)
+    env.filters.update(number=_fmt, diff=_diff, seconds=_seconds, times=_times,
+                       mean_std=_mean_std, signed_percent=_signed_percent)
+    return env
+
+
+def _speed_context(speed, plt):
+    """Rows of the speed tables (plain values) and the speed-up plot."""
+    if not speed or not speed.get("rows"):
+        return None
+    base = {r["case"]: r["median_s"] for r in speed["rows"] if r.get("impl") == "dipy"}
+    impl_name = {"dipy": "stock DIPY", "fastsyn": "fastsyn", "ants": "ANTs",
+                 "greedy": "greedy"}
+    rows = []
+    for r in speed["rows"]:
+        b = base.get(r["case"])
+        impl = impl_name.get(r.get("impl"), r.get("impl"))
+        if r.get("impl") == "fastsyn":
+            impl += " serial" if int(r.get("threads") or 1) == 1 else " threaded"
+        rows.append({"case": r["case"], "impl": impl, "threads": r.get("threads"),
+                     "median_s": r.get("median_s"), "min_s": r.get("min_s"),
+                     "max_s": r.get("max_s"), "peak_mem_mb": r.get("peak_mem_mb"),
+                     "ratio": (b / r["median_s"]) if b and r.get("median_s") else None})
+    baselines = {"dipy": "stock DIPY", "fastsyn-1": "fastsyn, 1 thread"}
+    ratios = speed.get("ratios") or []
+    plot = None
+    if plt is not None and any(q.get("baseline") == "dipy" for q in ratios):
+        plot = _plot_speedup_threads(ratios, plt)
+    return {"rows": rows, "plot": plot,
+            "ratios": [{"case": q["case"], "impl": q.get("impl"), "threads": q.get("threads"),
+                        "baseline": baselines.get(q.get("baseline"), q.get("baseline")),
+                        "speedup": float(q["speedup"])}
+                       for q in ratios if q.get("speedup")]}
+
+
+def _accuracy_dataset(ds, recs, plt):
+    """Summary rows and plots of one dataset, and its headline entries."""
     from fastsyn.bench.store import config_hash
     from fastsyn.bench.tables import summary_table
 
-    out = ["<h2 id='accuracy'>Accuracy</h2>"]
-    datasets = sorted({r.get("dataset") for r in records if r.get("dataset")})
-    if not datasets:
-        out.append("<p class='note'>No records in the results folder. Run "
-                   "<code>fastsyn bench run ... --results DIR</code> first.</p>")
-        return "".join(out), {}
-    headline = {}
-    for ds in datasets:
+    rows = summary_table(recs, dataset=ds)
+    # Per-pair values for the plots, keyed like the summary rows.
+    label_of = {(row["method"], config_hash(row["config"])): row["Method"] for row in rows}
+    dice = {}
+    for rec in recs:
+        if rec.get("status") != "ok":
+            continue
+        label = label_of.get((rec.get("method"), rec.get("config_hash")
+                              or config_hash(rec.get("config") or {})))
+        d = (rec.get("metrics") or {}).get("dice_mean")
+        if label is not None and d is not None:
+            dice.setdefault(label, []).append(float(d))
+    dice = {row["Method"]: dice[row["Method"]] for row in rows if row["Method"] in dice}
+    times = {row["Method"]: row["Time (s)"] for row in rows
+             if row.get("Time (s)") and row.get("method") != "baseline"}
+    headline = [(row["Method"], row["Label Dice"]["mean"],
+                 (row.get("Time (s)") or {}).get("mean"))
+                for row in rows if row.get("method") != "baseline" and row.get("Label Dice")]
+    plots = []
+    if plt is not None and dice:
+        plots.append(_plot_dice_box(dice, plt))
+    if plt is not None and times:
+        plots.append(_plot_time_bars(list(times), [t["mean"] for t in times.values()],
+                                     [t["std"] for t in times.values()], plt))
+    return {"name": ds, "rows": rows, "plots": plots,
+            "n_pairs": len({r.get("pair") for r in recs}),
+            "errors": sum(r.get("errors", 0) for r in rows)}, headline
+
+
+def _accuracy_context(records, plt):
+    """One entry per dataset for the accuracy section, and the headline
+    ``{dataset: [(label, mean Dice, mean time), ...]}``."""
+    datasets, headline = [], {}
+    for ds in sorted({r.get("dataset") for r in records if r.get("dataset")}):
         recs = [r for r in records if r.get("dataset") == ds]
-        rows = summary_table(recs, dataset=ds)
-        n_pairs = len({r.get("pair") for r in recs})
-        errors = sum(r.get("errors", 0) for r in rows)
-        out.append(f"<h3 id='acc-{_e(ds)}'>{_e(ds)}</h3>")
-        out.append(f"<p class='note'>{n_pairs} pair(s)"
-                   + (f", {errors} failed run(s) not counted" if errors else "")
-                   + ". Cells are mean ± std over pairs; time is the deformable stage "
-                   "only.</p>")
-        trows = []
-        for row in rows:
-            cells = [_e(row["Method"])]
-            for col in ACCURACY_COLUMNS:
-                cells.append(_cell(row.get(col), 2 if col == "Time (s)" else 3))
-            cells.append(_e(row.get("n")))
-            trows.append(cells)
-        out.append(_table(("Method",) + ACCURACY_COLUMNS + ("n",), trows,
-                          numeric={1, 2, 3, 4, 5, 6}))
-        # Per-pair values for the plots, keyed like the summary rows.
-        label_of = {(row["method"], config_hash(row["config"])): row["Method"]
-                    for row in rows}
-        dice, times = {}, {}
-        for rec in recs:
-            if rec.get("status") != "ok":
-                continue
-            key = (rec.get("method"), rec.get("config_hash")
-                   or config_hash(rec.get("config") or {}))
-            label = label_of.get(key)
-            if label is None:
-                continue
-            d = (rec.get("metrics") or {}).get("dice_mean")
-            if d is not None:
-                dice.setdefault(label, []).append(float(d))
-        for row in rows:
-            t = row.get("Time (s)")
-            if t and row.get("method") != "baseline":
-                times[row["Method"]] = (t["mean"], t["std"])
-        order = [row["Method"] for row in rows]
-        dice = {k: dice[k] for k in order if k in dice}
-        for row in rows:
-            if row.get("method") != "baseline" and row.get("Label Dice"):
-                headline.setdefault(ds, []).append((row["Method"], row["Label Dice"]["mean"],
-                                                    (row.get("Time (s)") or {}).get("mean")))
-        if plt is not None and (dice or times):
-            figs = []
-            if dice:
-                figs.append(_figure(_plot_dice_box(dice, plt)))
-            if times:
-                labels = list(times)
-                figs.append(_figure(_plot_time_bars(labels, [times[k][0] for k in labels],
-                                                    [times[k][1] for k in labels], plt)))
-            out.append(f"<div class='plots'>{''.join(figs)}</div>")
-    return "".join(out), headline
+        entry, best = _accuracy_dataset(ds, recs, plt)
+        datasets.append(entry)
+        if best:
+            headline[ds] = best
+    return datasets, headline
 
 
-def _section_profile(profile, plt):
-    out = ["<h2 id='profile'>Stage profile</h2>"]
+def _profile_context(profile, plt):
+    """The stage profile as plain values, with its plot."""
     if not profile or not profile.get("runs"):
-        out.append("<p class='note'>No profile. Run <code>fastsyn profile --out "
-                   "profile.json</code> and pass <code>--profile profile.json</code>.</p>")
-        return "".join(out)
+        return None
     runs = profile["runs"]
-    fast, stock = runs.get("fastsyn"), runs.get("dipy")
-    shape = "×".join(str(s) for s in profile.get("shape") or [])
-    out.append(f"<p class='note'>One SyN registration of <b>{_e(profile.get('pair'))}</b> "
-               f"({_e(shape)}), metric {_e(str(profile.get('metric', '')).upper())}, levels "
-               f"{_e('/'.join(map(str, profile.get('levels') or [])))}; fastsyn on "
-               f"{_e(profile.get('threads'))} thread(s), stock DIPY serial.</p>")
-    def cells(run, stage):
-        if run is None:
-            return ["–", "–"]
-        if stage == "total":
-            return [_fmt(run["total_s"], 3), "100%"]
-        return [_fmt(run["stage_times"].get(stage), 3),
-                _fmt(100 * run["share"].get(stage, 0.0), 1, "%")]
-
-    rows = []
-    for stage in [*STAGES, "total"]:
-        sp = (profile.get("speedup") or {}).get(stage)
-        row = [f"<b>{stage}</b>" if stage == "total" else _e(stage), *cells(fast, stage)]
-        if stock is not None:
-            row += [*cells(stock, stage), "–" if not sp else f"{sp:.2f}×"]
-        rows.append(row)
-    headers = ["Stage", "fastsyn (s)", "share"]
-    if stock is not None:
-        headers += ["DIPY (s)", "share", "speed-up"]
-    out.append(_table(headers, rows, numeric=set(range(1, len(headers)))))
-    if plt is not None:
-        out.append(f"<div class='plots'>{_figure(_plot_stage_profile(profile, plt))}</div>")
-    lines = profile.get("line_profile") or {}
-    for impl, prof in lines.items():
-        lrows = [[_e(r.get("function")), _e(f"{r.get('file')}:{r.get('line')}"),
-                  _e(r.get("hits")), _fmt(r.get("time_s"), 4),
-                  f"<code>{_e(r.get('source'))}</code>"] for r in prof.get("lines", [])[:12]]
-        out.append(f"<details><summary>Busiest lines: {_e(impl)} (line_profiler)</summary>"
-                   + _table(["Function", "Line", "Hits", "Time (s)", "Source"], lrows,
-                            numeric={2, 3})
-                   + "</details>")
-    return "".join(out)
+    lines = [(impl, [{"function": r.get("function"),
+                      "location": f"{r.get('file')}:{r.get('line')}",
+                      "hits": r.get("hits"), "time_s": r.get("time_s"),
+                      "source": r.get("source")} for r in prof.get("lines", [])[:12]])
+             for impl, prof in (profile.get("line_profile") or {}).items()]
+    return {"pair": profile.get("pair"), "shape": profile.get("shape") or [],
+            "metric": str(profile.get("metric", "")).upper(),
+            "levels": profile.get("levels") or [], "threads": profile.get("threads"),
+            "fast": runs.get("fastsyn"), "stock": runs.get("dipy"),
+            "stages": [*STAGES, "total"], "speedup": profile.get("speedup") or {},
+            "plot": _plot_stage_profile(profile, plt) if plt is not None else None,
+            "line_profile": lines}
 
 
-def _section_pytest(bench):
-    out = ["<h2 id='pytest-benchmark'>pytest-benchmark</h2>"]
+def _pytest_context(bench):
+    """The newest pytest-benchmark save with the file names shown."""
     if not bench:
-        out.append("<p class='note'>No saved pytest-benchmark runs. Run <code>tox -e "
-                   "bench</code> (or <code>pytest tests/test_benchmarks.py "
-                   "--benchmark-enable --benchmark-only --benchmark-autosave</code>).</p>")
-        return "".join(out)
+        return None
     prev = bench.get("previous_file")
-    out.append(f"<p class='note'>Newest save <code>{_e(Path(bench['file']).name)}</code>"
-               + (f" ({_e(bench['datetime'])})" if bench.get("datetime") else "")
-               + (f", commit <code>{_e(str(bench['commit'])[:12])}</code>"
-                  if bench.get("commit") else "")
-               + (f"; change of the median against <code>{_e(Path(prev).name)}</code>."
-                  if prev else "; no earlier save to compare with.") + "</p>")
-    rows = []
-    for r in bench["rows"]:
-        ch = r.get("change")
-        if ch is None:
-            change = "–"
-        else:
-            cls = "fail" if ch > 0.10 else ("ok" if ch < -0.10 else "")
-            change = f"<span class='{cls}'>{ch:+.1%}</span>"
-        rows.append([_e(r["group"]), _e(r["name"]), _seconds(r.get("median_s")),
-                     _seconds(r.get("min_s")), _seconds(r.get("stddev_s")),
-                     _e(r.get("rounds")), change])
-    out.append(_table(["Group", "Benchmark", "Median", "Min", "Std dev", "Rounds",
-                       "Median change"], rows, numeric={2, 3, 4, 5, 6}))
-    return "".join(out)
-
-
-def _section_asv(out_dir):
-    out = ["<h2 id='asv'>History (asv)</h2>"]
-    if (Path(out_dir) / "asv" / "index.html").is_file():
-        out.append("<p>The benchmark history across commits: "
-                   "<a href='asv/index.html'>open the asv pages</a>.</p>")
-    else:
-        out.append("<p class='note'>No asv pages yet. Run <code>asv run HEAD~5..HEAD</code> "
-                   "then <code>asv publish</code> (writes <code>reports/asv/</code>) and "
-                   "write this report again.</p>")
-    return "".join(out)
+    return dict(bench, file_name=Path(bench["file"]).name,
+                commit=str(bench["commit"]) if bench.get("commit") else None,
+                previous_name=Path(prev).name if prev else None)
 
 
 def _headline_cards(speed, kernel_rows, headline, profile):
+    """``(value, label)`` texts of the cards at the top of the page."""
     cards = []
     for q in (speed or {}).get("ratios") or []:
         if q.get("baseline") == "dipy" and str(q.get("case", "")).startswith("SyN"):
@@ -814,11 +656,7 @@ def _headline_cards(speed, kernel_rows, headline, profile):
     for ds, items in headline.items():
         best = max(items, key=lambda x: x[1])
         cards.append((f"{best[1]:.3f}", f"best label Dice on {ds} ({best[0]})"))
-    if not cards:
-        return ""
-    inner = "".join(f"<div class='card'><div class='value'>{_e(v)}</div>"
-                    f"<div class='label'>{_e(label)}</div></div>" for v, label in cards[:8])
-    return f"<div class='cards'>{inner}</div>"
+    return cards[:8]
 
 
 def _read_json(path, what):
@@ -831,6 +669,49 @@ def _read_json(path, what):
         return json.loads(p.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{what} file {p} is not valid JSON: {exc}") from exc
+
+
+def _find_input(given, name, folders):
+    """``given``, else the first ``folder/name`` that exists (or None)."""
+    if given is not None:
+        return given
+    return next((d / name for d in folders if (d / name).is_file()), None)
+
+
+def _render_page(results_dir, out_dir, speed_json=None, profile_json=None,
+                  benchmark_json_dir=".benchmarks", *, check_equivalence=True,
+                  title="fastsyn benchmark report"):
+    """The report page as text (see :func:`write_report` for the parameters)."""
+    out_dir = Path(out_dir)
+    search = [Path(results_dir)] if results_dir else []
+    search.append(out_dir)
+    speed = _read_json(_find_input(speed_json, "speed.json", search), "speed")
+    profile = _read_json(_find_input(profile_json, "profile.json", search), "profile")
+    records = []
+    if results_dir and Path(results_dir).is_dir():
+        from fastsyn.bench.store import ResultStore
+
+        records = ResultStore(results_dir).records()
+
+    plt = _plt()
+    env = collect_environment()
+    kernel_rows = equivalence_check() if check_equivalence else []
+    datasets, headline = _accuracy_context(records, plt)
+    speed_env = (speed or {}).get("environment")
+    # None outside a git work tree (an installed package)
+    git = {"commit": None, "dirty": False, **(env.get("git") or {})}
+    return _templates().get_template("report.html").render(
+        title=title, env=env, git=git, commit=(git["commit"] or "")[:12],
+        speed_run=None if not speed_env else ", ".join(
+            f"{k}={v}" for k, v in speed_env.items() if not isinstance(v, (dict, list))),
+        cards=_headline_cards(speed, kernel_rows, headline, profile),
+        speed=_speed_context(speed, plt),
+        kernel_rows=kernel_rows, agreement=_thread_agreement(records),
+        accuracy_columns=list(ACCURACY_COLUMNS), datasets=datasets,
+        profile=_profile_context(profile, plt),
+        bench=_pytest_context(latest_pytest_benchmarks(benchmark_json_dir)),
+        asv=(out_dir / "asv" / "index.html").is_file(),
+        have_plots=plt is not None)
 
 
 def write_report(results_dir, out_dir, speed_json=None, profile_json=None,
@@ -866,59 +747,11 @@ def write_report(results_dir, out_dir, speed_json=None, profile_json=None,
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    search = [Path(results_dir)] if results_dir else []
-    search.append(out_dir)
-    if speed_json is None:
-        speed_json = next((d / "speed.json" for d in search if (d / "speed.json").is_file()),
-                          None)
-    if profile_json is None:
-        profile_json = next((d / "profile.json" for d in search
-                             if (d / "profile.json").is_file()), None)
-    speed = _read_json(speed_json, "speed")
-    profile = _read_json(profile_json, "profile")
-
-    records = []
-    if results_dir and Path(results_dir).is_dir():
-        from fastsyn.bench.store import ResultStore
-
-        records = ResultStore(results_dir).records()
-
-    plt = _plt()
-    env = collect_environment()
-    kernel_rows = equivalence_check() if check_equivalence else []
-    agreement = _thread_agreement(records)
-    bench = latest_pytest_benchmarks(benchmark_json_dir)
-    acc_html, headline = _section_accuracy(records, plt)
-
-    nav = "".join(f"<a href='#{a}'>{t}</a>" for a, t in (
-        ("environment", "Environment"), ("speed", "Speed"), ("equivalence", "Equivalence"),
-        ("accuracy", "Accuracy"), ("profile", "Stage profile"),
-        ("pytest-benchmark", "pytest-benchmark"), ("asv", "History (asv)")))
-    commit = ((env.get("git") or {}).get("commit") or "")[:12]
-    parts = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-        f"<title>{_e(title)}</title><style>{CSS}</style></head><body><main>",
-        f"<header><h1>{_e(title)}</h1><p>fastsyn {_e(env['packages'].get('fastsyn'))}"
-        f" on DIPY {_e(env['packages'].get('dipy'))}"
-        + (f" · commit <code>{_e(commit)}</code>" if commit else "")
-        + f" · {_e(env['timestamp'])}</p></header>",
-        _headline_cards(speed, kernel_rows, headline, profile),
-        f"<nav>{nav}</nav>",
-        _section_environment(env, (speed or {}).get("environment")),
-        _section_speed(speed, plt),
-        _section_equivalence(kernel_rows, agreement),
-        acc_html,
-        _section_profile(profile, plt),
-        _section_pytest(bench),
-        _section_asv(out_dir),
-        "<footer>Written by <code>fastsyn report</code>. Self-contained: no network "
-        "resources." + ("" if plt else " matplotlib is not installed: plots omitted.")
-        + "</footer></main></body></html>",
-    ]
+    text = _render_page(results_dir, out_dir, speed_json, profile_json, benchmark_json_dir,
+                        check_equivalence=check_equivalence, title=title)
     page = out_dir / "index.html"
     tmp = out_dir / ".index.html.tmp"
-    tmp.write_text("".join(parts), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, page)
     return page
 
