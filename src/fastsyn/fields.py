@@ -606,11 +606,7 @@ def discrete_smooth_unchecked(field, variance, nthreads):
     spatial = field.shape[:-1]
     blend = variance < 0.5
     original = field.copy() if blend else None
-    flat = field.reshape(-1)
-    threads = effective_threads(nthreads, field.size // dim)
-    for axis, size in enumerate(spatial):
-        kernel = discrete_gaussian_kernel1d(variance, max_width=size)
-        k_smooth.gaussian_filter_(flat, tuple(spatial), dim, kernel, threads, axis, True)
+    _discrete_filter(field, spatial, dim, variance, 0.001, None, nthreads)
     if blend:
         # ITK's weights, kept as they are: the smoothed field gets 1 - 2 t and
         # the original 2 t (so the blend jumps to "all smoothed" at t = 0.5).
@@ -619,6 +615,24 @@ def discrete_smooth_unchecked(field, variance, nthreads):
         field += field.dtype.type(1.0 - weight) * original
     zero_outer_boundary(field)
     return field
+
+
+def discrete_smooth_image_unchecked(image, variance, nthreads, *, max_error=0.01,
+                                    max_width=32):
+    """In place discrete Gaussian of a checked C-contiguous image, as ITK's
+    ``DiscreteGaussianImageFilter`` with its defaults (and ANTs' pyramid)."""
+    if variance > 0:
+        _discrete_filter(image, image.shape, 1, variance, max_error, max_width, nthreads)
+    return image
+
+
+def _discrete_filter(array, spatial, channels, variance, max_error, max_width, nthreads):
+    flat = array.reshape(-1)
+    threads = effective_threads(nthreads, array.size // channels)
+    for axis, size in enumerate(spatial):
+        width = size if max_width is None else max_width
+        kernel = discrete_gaussian_kernel1d(variance, max_error=max_error, max_width=width)
+        k_smooth.gaussian_filter_(flat, tuple(spatial), channels, kernel, threads, axis, True)
 
 
 def zero_outer_boundary(field):

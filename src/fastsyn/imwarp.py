@@ -34,16 +34,24 @@ from fastsyn._validation import (
     check_real,
     check_shape,
 )
+from fastsyn.pyramid import AntsScaleSpace
 from fastsyn.fields import (
     InversionWorkspace,
     check_warp_volume,
     compose_unchecked,
+    discrete_smooth_unchecked,
     invert_unchecked,
     resample_unchecked,
     warp_unchecked,
 )
 
-__all__ = ["DiffeomorphicMap", "SymmetricDiffeomorphicRegistration", "STAGES"]
+__all__ = [
+    "DiffeomorphicMap",
+    "STAGES",
+    "SymmetricDiffeomorphicRegistration",
+    "ants_convergence_value",
+    "check_syn_options",
+]
 
 logger = logging.getLogger("fastsyn")
 
@@ -180,7 +188,17 @@ def _metric_step(self, clock, forward):
     metric = self.metric
     before = getattr(metric, "smoothing_seconds", 0.0)
     start = time.perf_counter()
-    step = metric.compute_forward() if forward else metric.compute_backward()
+    if getattr(self, "flow_sigma", None) is None:
+        step = metric.compute_forward() if forward else metric.compute_backward()
+    else:
+        # ANTs smooths the update in the optimizer (flow_sigma): the metric's
+        # own sigma_diff smoothing would smooth it twice.
+        sigma_diff = metric.sigma_diff
+        metric.sigma_diff = 0.0
+        try:
+            step = metric.compute_forward() if forward else metric.compute_backward()
+        finally:
+            metric.sigma_diff = sigma_diff
     elapsed = time.perf_counter() - start
     smoothing = getattr(metric, "smoothing_seconds", 0.0) - before
     clock.times["metric"] += elapsed - smoothing
@@ -202,6 +220,12 @@ def _apply_step(self, field, step, world2grid, spacing, nthreads, direction):
     buf = getattr(self, "_step_buffer", None)
     if buf is None or buf.shape != field.shape or buf.dtype != field.dtype:
         buf = self._step_buffer = np.empty_like(field)
+    flow_sigma = getattr(self, "flow_sigma", None)
+    if flow_sigma is not None:
+        # ANTs: ITK's discrete Gaussian on the update (which also fixes its
+        # boundary), then the normalisation below.
+        np.copyto(buf, step)
+        step = discrete_smooth_unchecked(buf, flow_sigma, nthreads)
     inv_spacing = np.ascontiguousarray(1.0 / np.asarray(spacing, dtype=np.float64))
     partial = np.empty(step.shape[0], dtype=np.float64)
     prepare = k_compose.prepare_step_3d if self.dim == 3 else k_compose.prepare_step_2d
@@ -217,6 +241,9 @@ def _apply_step(self, field, step, world2grid, spacing, nthreads, direction):
     # (values differ by one rounding of the step).
     scale = self.step_length / nrm if nrm > 0 else self.step_length
     compose_unchecked(field, buf, None, world2grid, scale, field, nthreads)
+    total_sigma = getattr(self, "total_sigma", 0.0)
+    if total_sigma > 0:
+        discrete_smooth_unchecked(field, total_sigma, nthreads)
 
 
 def _invert_models(self, world2grid, spacing, nthreads):
@@ -288,15 +315,19 @@ def _iterate(self):
                     disp_spacing, nthreads, "backward")
     del bw_step
 
-    der = np.inf
     n_iter = len(self.energy_list)
-    if len(self.energy_list) >= self.energy_window:
-        der = self._get_energy_derivative()
+    if getattr(self, "convergence", "dipy") == "ants":
+        self.energy_list.append(fw_energy + bw_energy)
+        der = ants_convergence_value(self.energy_list)
+    else:
+        der = np.inf
+        if len(self.energy_list) >= self.energy_window:
+            der = self._get_energy_derivative()
+        self.energy_list.append(fw_energy + bw_energy)
     if self.verbosity >= VerbosityLevels.DIAGNOSE:
         ch = "-" if np.isnan(der) else der
         logger.info(f"{n_iter}:\t{fw_energy:.6f}\t{bw_energy:.6f}"
                     f"\t{(fw_energy + bw_energy):.6f}\t{ch}")
-    self.energy_list.append(fw_energy + bw_energy)
 
     with clock("inversion"):
         _invert_models(self, disp_world2grid, disp_spacing, nthreads)
@@ -309,15 +340,89 @@ def _iterate(self):
 
 
 def _init_optimizer(self, static, moving, static_grid2world, moving_grid2world, prealign):
-    """DIPY's initialisation; the reference maps then warp on threads."""
-    _DIPY_SDR_INIT_OPTIMIZER(self, static, moving, static_grid2world, moving_grid2world,
-                             prealign)
+    """DIPY's initialisation (or its twin on ANTs' pyramid); the reference
+    maps then warp on threads."""
+    if getattr(self, "pyramid", "dipy") == "ants":
+        _init_ants_pyramid(self, static, moving, static_grid2world, moving_grid2world,
+                           prealign)
+    else:
+        _DIPY_SDR_INIT_OPTIMIZER(self, static, moving, static_grid2world,
+                                 moving_grid2world, prealign)
     nthreads = getattr(self, "num_threads", None)
     self.static_to_ref = DiffeomorphicMap.from_dipy(self.static_to_ref, nthreads)
     self.moving_to_ref = DiffeomorphicMap.from_dipy(self.moving_to_ref, nthreads)
     self._stage_clock = _StageClock()
     self._inversion_workspace = None
     self.iterations_run = 0
+
+
+def _init_ants_pyramid(self, static, moving, static_grid2world, moving_grid2world,
+                       prealign):
+    """DIPY's ``_init_optimizer`` with :class:`~fastsyn.pyramid.AntsScaleSpace`
+    in place of DIPY's scale space (same maps, same reference grid)."""
+    self._connect_functions()
+    dim = self.dim
+    directions = {}
+    for side, grid2world in (("static", static_grid2world), ("moving", moving_grid2world)):
+        direction, spacing = dipy_imwarp.get_direction_and_spacings(grid2world, dim)
+        full = np.eye(dim + 1)
+        full[:dim, :dim] = direction
+        directions[side] = (full, spacing)
+    self.static_direction, static_spacing = directions["static"]
+    self.moving_direction, moving_spacing = directions["moving"]
+    nthreads = getattr(self, "num_threads", None)
+    self.moving_ss = AntsScaleSpace(moving, self.levels, image_grid2world=moving_grid2world,
+                                    input_spacing=moving_spacing, num_threads=nthreads)
+    self.static_ss = AntsScaleSpace(static, self.levels, image_grid2world=static_grid2world,
+                                    input_spacing=static_spacing, num_threads=nthreads)
+    disp_shape = self.static_ss.get_domain_shape(self.levels - 1)
+    disp_grid2world = self.static_ss.get_affine(self.levels - 1)
+    prealign_inv = None if prealign is None else npl.inv(prealign)
+    for name, image, grid2world, pre in (("static_to_ref", static, static_grid2world, None),
+                                          ("moving_to_ref", moving, moving_grid2world,
+                                           prealign_inv)):
+        dmap = _DIPY_MAP(dim=dim, disp_shape=disp_shape, disp_grid2world=disp_grid2world,
+                         domain_shape=image.shape, domain_grid2world=grid2world,
+                         codomain_shape=static.shape, codomain_grid2world=static_grid2world,
+                         prealign=pre)
+        dmap.allocate()
+        setattr(self, name, dmap)
+
+
+def ants_convergence_value(energies, window=8):
+    """ANTs' convergence value of an energy profile (ITK's
+    ``WindowConvergenceMonitoringFunction``).
+
+    The last ``window`` energies, each divided by the sum of the absolute
+    energies of the whole level, are fitted with a linear B-spline of two
+    control points on [0, 1] (ITK's scattered-data B-spline approximation:
+    per-point control estimates averaged with squared-weight weighting); the
+    value is minus its slope.  ``np.inf`` until the window is full.
+
+    Parameters
+    ----------
+    energies : sequence of float
+        Energies of the current level, oldest first.
+    window : int, optional
+        ANTs' window (8 in ``antsRegistration``'s SyN).
+
+    Returns
+    -------
+    float
+    """
+    if len(energies) < window:
+        return np.inf
+    total = float(np.sum(np.abs(energies)))
+    if total == 0:
+        return 0.0
+    values = np.asarray(energies[-window:], dtype=np.float64) / total
+    t = np.arange(window, dtype=np.float64) / (window - 1)
+    weights = np.stack([1.0 - t, t])              # the two linear B-spline bases
+    norm = (weights ** 2).sum(axis=0)
+    estimates = weights * values / norm           # each point's estimate per control point
+    squared = weights ** 2
+    control = (squared * estimates).sum(axis=1) / squared.sum(axis=1)
+    return float(-(control[1] - control[0]))
 
 
 def _connect_functions(self):
@@ -356,6 +461,23 @@ def _validate_inputs(self, static, moving, static_grid2world, moving_grid2world,
     return static, moving
 
 
+#: ANTs' convergence threshold (``antsRegistration --convergence [..,1e-7,8]``).
+_ANTS_THRESHOLD = 1e-7
+
+
+def check_syn_options(*, pyramid="dipy", flow_sigma=None, total_sigma=0.0,
+                      convergence="dipy"):
+    """Validate the ANTs-style options of SyN; returns them as a dict."""
+    if pyramid not in ("dipy", "ants"):
+        raise ValueError(f"pyramid must be 'dipy' or 'ants', got {pyramid!r}")
+    if convergence not in ("dipy", "ants"):
+        raise ValueError(f"convergence must be 'dipy' or 'ants', got {convergence!r}")
+    flow_sigma = check_real("flow_sigma", flow_sigma, low=0, allow_none=True)
+    total_sigma = check_real("total_sigma", total_sigma, low=0)
+    return {"pyramid": pyramid, "flow_sigma": flow_sigma, "total_sigma": total_sigma,
+            "convergence": convergence}
+
+
 @contextmanager
 def _metric_threads(metric, num_threads):
     """Let a fastsyn metric with ``num_threads=None`` follow the optimizer."""
@@ -388,7 +510,8 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
     ss_sigma_factor : float, optional
         Scale-space smoothing factor.
     opt_tol : float, optional
-        Stop a level when the energy derivative falls below this.
+        Stop a level when the convergence value falls below this (default
+        1e-5, DIPY's; 1e-7, ANTs', with ``convergence="ants"``).
     inv_iter : int, optional
         Maximum fixed-point iterations of each field inversion.
     inv_tol : float, optional
@@ -399,6 +522,22 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
         Threads to use (None: OpenMP default, honouring ``OMP_NUM_THREADS``;
         negative: counts back from the number of CPUs).  A fastsyn metric
         whose own ``num_threads`` is None follows this value.
+    pyramid : {"dipy", "ants"}, optional
+        DIPY's scale space, or ANTs' pyramid (:mod:`fastsyn.pyramid`: integer
+        shrink factors ``2**level``, ITK's discrete Gaussian of ``level``
+        voxels, intensities normalised once).
+    flow_sigma : float or None, optional
+        ANTs' update-field variance (voxels): every update is smoothed with
+        ITK's discrete Gaussian in the optimizer
+        (:func:`fastsyn.fields.discrete_gaussian_smooth_field`) and the
+        metric's own ``sigma_diff`` smoothing is skipped.  None keeps DIPY's
+        behaviour (the metric smooths).
+    total_sigma : float, optional
+        ANTs' total-field variance (voxels): the accumulated fields are
+        smoothed the same way after every composition (0: never).
+    convergence : {"dipy", "ants"}, optional
+        DIPY's energy-derivative test (window ``energy_window``), or ANTs'
+        (:func:`ants_convergence_value`, window 8).
 
     Attributes
     ----------
@@ -411,8 +550,9 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
     """
 
     def __init__(self, metric, *, level_iters=None, step_length=0.25,
-                 ss_sigma_factor=0.2, opt_tol=1e-5, inv_iter=20, inv_tol=1e-3,
-                 callback=None, num_threads=None):
+                 ss_sigma_factor=0.2, opt_tol=None, inv_iter=20, inv_tol=1e-3,
+                 callback=None, num_threads=None, pyramid="dipy", flow_sigma=None,
+                 total_sigma=0.0, convergence="dipy"):
         resolve_num_threads(num_threads)
         if not isinstance(metric, SimilarityMetric):
             raise TypeError("metric must be a SimilarityMetric (e.g. fastsyn.CCMetric or "
@@ -425,6 +565,10 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
                            for i, n in enumerate(level_iters)]
         step_length = check_real("step_length", step_length, low=0, low_inclusive=False)
         ss_sigma_factor = check_real("ss_sigma_factor", ss_sigma_factor, low=0)
+        options = check_syn_options(pyramid=pyramid, flow_sigma=flow_sigma,
+                                    total_sigma=total_sigma, convergence=convergence)
+        if opt_tol is None:
+            opt_tol = _ANTS_THRESHOLD if options["convergence"] == "ants" else 1e-5
         opt_tol = check_real("opt_tol", opt_tol)
         inv_iter = check_integer("inv_iter", inv_iter, low=0)
         inv_tol = check_real("inv_tol", inv_tol, low=0)
@@ -434,6 +578,8 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
                            ss_sigma_factor=ss_sigma_factor, opt_tol=opt_tol,
                            inv_iter=inv_iter, inv_tol=inv_tol, callback=callback)
         self.num_threads = num_threads
+        for name, value in options.items():
+            setattr(self, name, value)
         self.stage_times = {}
         self.iterations_run = 0
 
