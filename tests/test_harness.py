@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from fastsyn.bench.cli import main
+from fastsyn.cli import main
 from fastsyn.bench.store import ResultStore
 
 LEVELS = "2,2"
