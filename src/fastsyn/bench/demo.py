@@ -13,22 +13,66 @@ Finished pairs are stored in the results folder: running it again only
 redoes what is missing.
 """
 
-import argparse
 import time
 from pathlib import Path
 
-__all__ = ["main_demo"]
+__all__ = ["DEFAULTS", "QUICK", "run_demo"]
 
 MONO_METHODS = ("fastsyn", "dipy", "ants", "greedy")
 MULTI_METHODS = ("fastsyn", "ants", "greedy")
+
+#: Settings of the standard demo (about ten minutes on two cores).
+DEFAULTS = {"sample": 2, "levels": (10, 10, 5), "resolution": 3.0, "speed_size": 64,
+            "speed_levels": (20, 20, 10), "repeat": 3, "profile_levels": (10, 10, 5)}
+#: Settings of ``--quick``: every step on tiny inputs (about a minute), to
+#: check an installation rather than to measure anything.
+QUICK = {"sample": 1, "levels": (4, 2), "resolution": 6.0, "speed_size": 32,
+         "speed_levels": (4, 2), "repeat": 1, "profile_levels": (4, 2)}
 
 
 def _banner(text):
     print(f"\n=== {text} ===", flush=True)
 
 
-def main_demo(args):
-    """Run the demo; returns the path of the written report."""
+def run_demo(out="reports", *, results=None, quick=False, sample=None, seed=0,
+             threads=None, levels=None, resolution=None, speed_size=None, speed_levels=None,
+             repeat=None, profile_levels=None):
+    """Run the demo and write its report.
+
+    Parameters
+    ----------
+    out : str or Path, optional
+        Report folder (created); also holds ``speed.json`` and ``profile.json``.
+    results : str or Path, optional
+        Results store (default ``out/results``); finished pairs are kept.
+    quick : bool, optional
+        Take the settings left at None from :data:`QUICK` instead of
+        :data:`DEFAULTS`.
+    sample : int, optional
+        Pairs per embedded cohort.
+    seed : int, optional
+        Seed of the pair sample.
+    threads : int, optional
+        Threads per registration (default: the OpenMP default, all CPUs).
+    levels : sequence of int, optional
+        SyN iterations per level of the accuracy runs.
+    resolution : float, optional
+        Voxel size (mm) of the embedded cohorts.
+    speed_size : int, optional
+        Edge of the speed cases (voxels).
+    speed_levels : sequence of int, optional
+        SyN iterations per level of the speed runs.
+    repeat : int, optional
+        Interleaved speed rounds.
+    profile_levels : sequence of int, optional
+        SyN iterations per level of the profiled registration.
+
+    Returns
+    -------
+    Path
+        The written ``index.html``.
+    """
+    from fastsyn._threads import resolve_num_threads
     from fastsyn.bench import profile as bench_profile
     from fastsyn.bench import report as bench_report
     from fastsyn.bench import speed as bench_speed
@@ -37,25 +81,27 @@ def main_demo(args):
     from fastsyn.bench.store import ResultStore
     from fastsyn.bench.tables import format_table, summary_table
 
-    out = Path(args.out)
+    given = {"sample": sample, "levels": levels, "resolution": resolution,
+             "speed_size": speed_size, "speed_levels": speed_levels, "repeat": repeat,
+             "profile_levels": profile_levels}
+    cfg = {k: (v if v is not None else (QUICK if quick else DEFAULTS)[k])
+           for k, v in given.items()}
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    results = Path(args.results) if args.results else out / "results"
-    levels = tuple(int(v) for v in args.levels.split(","))
-    from fastsyn._threads import resolve_num_threads
-
-    threads = resolve_num_threads(args.threads, name="--threads")
+    results = Path(results) if results else out / "results"
+    threads = resolve_num_threads(threads, name="threads")
     start = time.perf_counter()
 
     jobs = [("embedded-mono", "cc", MONO_METHODS), ("embedded-multi", "mi", MULTI_METHODS)]
     for dataset, metric, methods in jobs:
         usable = [m for m in methods if get_method(m).available(metric)[0]]
         missing = sorted(set(methods) - set(usable))
-        _banner(f"{dataset}: {args.sample} sampled pairs, metric {metric.upper()}, "
+        _banner(f"{dataset}: {cfg['sample']} sampled pair(s), metric {metric.upper()}, "
                 f"methods {', '.join(usable)}"
                 + (f" (not installed: {', '.join(missing)})" if missing else ""))
-        run_benchmark(dataset, usable, metric, sample=args.sample, seed=args.seed,
-                      threads=threads, levels=levels, results_dir=results, workers=1,
-                      progress=True, resolution=args.resolution)
+        run_benchmark(dataset, usable, metric, sample=cfg["sample"], seed=seed,
+                      threads=threads, levels=cfg["levels"], results_dir=results, workers=1,
+                      progress=True, resolution=cfg["resolution"])
 
     records = ResultStore(results).records()
     for dataset, _, _ in jobs:
@@ -63,16 +109,14 @@ def main_demo(args):
         print(format_table(summary_table(records, dataset), "markdown"), end="", flush=True)
 
     _banner("speed: stock DIPY vs fastsyn (1 and all threads) vs ANTs / greedy")
-    speed = bench_speed.main_speed(argparse.Namespace(
-        quick=False, size=args.speed_size, levels=args.speed_levels, repeat=args.repeat,
-        threads=threads, metric="cc,mi", no_syn=False, external=None, ants_cc=False,
-        out=str(out / "speed.json")))
-    del speed
+    bench_speed.speed_command(size=cfg["speed_size"], levels=cfg["speed_levels"],
+                              repeat=cfg["repeat"], threads=threads, metrics=("cc", "mi"),
+                              out=out / "speed.json")
 
     _banner("profile: stage breakdown of one registration")
-    bench_profile.main_profile(argparse.Namespace(
-        pair="pair3d", fixed=None, moving=None, metric="cc", threads=threads,
-        out=str(out / "profile.json"), levels="10,10,5", no_dipy=False, no_lines=True))
+    bench_profile.profile_command(pair="pair3d", metric="cc", threads=threads,
+                                  levels=cfg["profile_levels"], line_profile=False,
+                                  out=out / "profile.json")
 
     _banner("report")
     page = bench_report.write_report(results, out, speed_json=out / "speed.json",
@@ -80,24 +124,3 @@ def main_demo(args):
     minutes = (time.perf_counter() - start) / 60
     print(f"\nDone in {minutes:.1f} min. Open the report: {Path(page).resolve()}")
     return page
-
-
-def add_parser(sub):
-    """Register ``fastsyn demo`` on an argparse subparsers object."""
-    p = sub.add_parser("demo", help="the main job: quick accuracy + speed benchmark "
-                                    "on the embedded data, then the HTML report")
-    p.add_argument("--out", default="reports", help="report folder (default: reports)")
-    p.add_argument("--results", default=None,
-                   help="results store (default: OUT/results; reruns skip finished pairs)")
-    p.add_argument("--sample", type=int, default=2, help="pairs per dataset (default 2)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None,
-                   help="threads per registration (default: all CPUs)")
-    p.add_argument("--levels", default="10,10,5", help="SyN iterations per level")
-    p.add_argument("--resolution", type=float, default=3.0,
-                   help="embedded cohort voxel size in mm (default 3; 2 or 1 for real runs)")
-    p.add_argument("--speed-size", type=int, default=64, help="speed case size (voxels)")
-    p.add_argument("--speed-levels", default="20,20,10")
-    p.add_argument("--repeat", type=int, default=3, help="interleaved speed rounds")
-    p.set_defaults(func=lambda a: (main_demo(a), 0)[1])
-    return p

@@ -52,6 +52,7 @@ __all__ = [
     "format_stage_table",
     "load_pair",
     "main_profile",
+    "profile_command",
     "profile_registration",
 ]
 
@@ -65,8 +66,12 @@ TOP_LINES = 15
 
 # ------------------------------------------------------------------ inputs
 def find_fixture(name):
-    """Path of ``fixtures/<name>.npz``, looked up from the working directory
-    and from the source tree of an editable install.
+    """The pair ``<name>.npz`` shipped with fastsyn, else ``fixtures/<name>.npz``
+    under the working directory.
+
+    The shipped pairs (:data:`fastsyn.data.PAIRS`) are found from any working
+    directory; other fixtures of a source checkout are found when the command
+    runs from its root.
 
     Parameters
     ----------
@@ -75,15 +80,15 @@ def find_fixture(name):
 
     Returns
     -------
-    Path or None
+    pathlib.Path or importlib.resources.abc.Traversable or None
     """
-    candidates = [Path.cwd() / "fixtures" / f"{name}.npz"]
-    src = Path(fastsyn.__file__).resolve()
-    candidates += [parent / "fixtures" / f"{name}.npz" for parent in src.parents[:4]]
-    for path in candidates:
-        if path.is_file():
-            return path
-    return None
+    from fastsyn.data import pair_file
+
+    shipped = pair_file(name)
+    if shipped is not None:
+        return shipped
+    local = Path.cwd() / "fixtures" / f"{name}.npz"
+    return local if local.is_file() else None
 
 
 def _synthetic_pair(size=48, seed=0):
@@ -111,7 +116,9 @@ def load_pair(pair=None, fixed=None, moving=None):
     Parameters
     ----------
     pair : str, optional
-        A fixture name (``fixtures/<pair>.npz``) or a path to such an ``.npz``.
+        A pair shipped with fastsyn (``pair3d``, ``pair3d_multimodal``), a
+        fixture name (``fixtures/<pair>.npz`` under the working directory) or
+        a path to such an ``.npz``.
     fixed, moving : str, optional
         NIfTI (or ``.npy``) files; used instead of ``pair`` when both given.
 
@@ -139,20 +146,26 @@ def load_pair(pair=None, fixed=None, moving=None):
                 out[f"{key}_affine"] = img.affine
         out["name"] = f"{Path(fixed).name} <- {Path(moving).name}"
         return out
+    from fastsyn.data import PAIRS
+
     name = pair or "pair3d"
     path = Path(name) if name.endswith(".npz") else find_fixture(name)
     if path is None or not path.is_file():
+        if name.endswith(".npz"):
+            raise ValueError(f"pair file {name} not found")
         if pair is not None:
-            raise ValueError(f"fixture {name!r} not found (looked for fixtures/{name}.npz)")
+            raise ValueError(f"fixture {name!r} not found: not one of the pairs shipped "
+                             f"with fastsyn ({', '.join(PAIRS)}) and no "
+                             f"fixtures/{name}.npz under {Path.cwd()}")
         logging.getLogger("fastsyn").warning(
             "fixture pair3d not found; profiling a synthetic 48^3 pair")
         return _synthetic_pair()
-    with np.load(path) as data:
+    with path.open("rb") as fh, np.load(fh) as data:
         out = {k: data[k] for k in ("static", "moving", "static_affine", "moving_affine")
                if k in data.files}
     out.setdefault("static_affine", np.eye(out["static"].ndim + 1))
     out.setdefault("moving_affine", np.eye(out["moving"].ndim + 1))
-    out["name"] = path.stem
+    out["name"] = Path(path.name).stem
     return out
 
 
@@ -448,8 +461,10 @@ def profile_registration(fixed, moving, fixed_affine=None, moving_affine=None, *
     speedup = {}
     if "dipy" in runs:
         for stage in STAGES + ("total",):
-            ours = runs["fastsyn"]["stage_times"].get(stage, 0.0)
-            stock = runs["dipy"]["stage_times"].get(stage, 0.0)
+            # The per-run records keep the total apart from the stage times.
+            ours, stock = (
+                (runs["fastsyn"]["total_s"], runs["dipy"]["total_s"]) if stage == "total"
+                else (runs["fastsyn"]["stage_times"][stage], runs["dipy"]["stage_times"][stage]))
             speedup[stage] = stock / ours if ours > 0 else None
     return {
         "kind": "fastsyn-profile",
@@ -549,7 +564,8 @@ def build_parser(parser=None):
         parser = argparse.ArgumentParser(prog="fastsyn profile",
                                          description=__doc__.splitlines()[0])
     parser.add_argument("--pair", default=None,
-                        help="fixture name (fixtures/NAME.npz) or .npz path; default pair3d")
+                        help="shipped pair (pair3d, pair3d_multimodal), fixtures/NAME.npz "
+                             "or an .npz path; default pair3d")
     parser.add_argument("--fixed", default=None, help="fixed image (NIfTI)")
     parser.add_argument("--moving", default=None, help="moving image (NIfTI)")
     parser.add_argument("--metric", choices=("cc", "mi"), default="cc")
@@ -563,8 +579,59 @@ def build_parser(parser=None):
     return parser
 
 
+def profile_command(*, pair=None, fixed=None, moving=None, metric="cc", threads=None,
+                    levels=None, line_profile=True, include_dipy=True, out=None):
+    """Profile one registration, print the tables and optionally save the JSON
+    (``fastsyn profile``).
+
+    Parameters
+    ----------
+    pair, fixed, moving : str, optional
+        The images, as for :func:`load_pair`.
+    metric : {"cc", "mi"}, optional
+    threads : int, optional
+        fastsyn's ``num_threads``.
+    levels : sequence of int or str, optional
+        Iterations per level, coarsest first (``"20,10,5"`` accepted);
+        default :data:`DEFAULT_LEVELS`.
+    line_profile, include_dipy : bool, optional
+        As for :func:`profile_registration`.
+    out : str or Path, optional
+        JSON file to write.
+
+    Returns
+    -------
+    dict
+        The result of :func:`profile_registration`.
+    """
+    images = load_pair(pair, fixed, moving)
+    levels = levels or DEFAULT_LEVELS
+    if isinstance(levels, str):
+        try:
+            levels = [int(v) for v in levels.replace("/", ",").split(",") if v.strip()]
+        except ValueError as exc:
+            raise ValueError(f"--levels must be integers like 20,10,5, got {levels!r}") from exc
+    result = profile_registration(
+        images["static"], images["moving"], images["static_affine"], images["moving_affine"],
+        metric=metric or "cc", threads=threads, levels=levels, line_profile=line_profile,
+        include_dipy=include_dipy, name=images["name"])
+    print(format_stage_table(result))
+    if result["line_profile"] is None and line_profile:
+        print("\n(line_profiler not installed: line profile skipped)")
+    else:
+        print(_format_lines(result))
+    if out:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=1, default=_json_default))
+        os.replace(tmp, out)
+        print(f"\nprofile saved to {out}")
+    return result
+
+
 def main_profile(args):
-    """Entry point of ``fastsyn profile``.
+    """Entry point of ``python -m fastsyn.bench.profile``.
 
     Parameters
     ----------
@@ -578,32 +645,14 @@ def main_profile(args):
     int
         Exit status.
     """
-    pair = load_pair(getattr(args, "pair", None), getattr(args, "fixed", None),
-                     getattr(args, "moving", None))
-    levels = getattr(args, "levels", None) or DEFAULT_LEVELS
-    if isinstance(levels, str):
-        try:
-            levels = [int(v) for v in levels.replace("/", ",").split(",") if v.strip()]
-        except ValueError as exc:
-            raise ValueError(f"--levels must be integers like 20,10,5, got {levels!r}") from exc
-    result = profile_registration(
-        pair["static"], pair["moving"], pair["static_affine"], pair["moving_affine"],
-        metric=getattr(args, "metric", None) or "cc", threads=getattr(args, "threads", None),
-        levels=levels, line_profile=not getattr(args, "no_lines", False),
-        include_dipy=not getattr(args, "no_dipy", False), name=pair["name"])
-    print(format_stage_table(result))
-    if result["line_profile"] is None and not getattr(args, "no_lines", False):
-        print("\n(line_profiler not installed: line profile skipped)")
-    else:
-        print(_format_lines(result))
-    out = getattr(args, "out", None)
-    if out:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=1, default=_json_default))
-        os.replace(tmp, out)
-        print(f"\nprofile saved to {out}")
+    profile_command(pair=getattr(args, "pair", None), fixed=getattr(args, "fixed", None),
+                    moving=getattr(args, "moving", None),
+                    metric=getattr(args, "metric", None) or "cc",
+                    threads=getattr(args, "threads", None),
+                    levels=getattr(args, "levels", None),
+                    line_profile=not getattr(args, "no_lines", False),
+                    include_dipy=not getattr(args, "no_dipy", False),
+                    out=getattr(args, "out", None))
     return 0
 
 

@@ -22,9 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["main_speed", "make_field", "make_pair", "run_speed"]
+__all__ = ["main_speed", "make_field", "make_pair", "run_speed", "speed_command",
+           "thread_counts"]
 
-IMPLS = ("dipy", "fastsyn-1", "fastsyn-all")
+#: Sizes and SyN levels of ``quick`` runs.
+QUICK_SIZE = 64
+QUICK_LEVELS = (4, 4, 2)
 
 
 # ------------------------------------------------------------------- inputs
@@ -224,20 +227,44 @@ def available_external(names=("ants", "greedy")):
     return tuple(n for n in names if get_method(n).available()[0])
 
 
+def thread_counts(threads=None):
+    """The fastsyn thread counts that a speed run times.
+
+    Parameters
+    ----------
+    threads : int, None or sequence of (int or None)
+        Counts to time; None stands for every CPU (the OpenMP default).
+
+    Returns
+    -------
+    tuple of int
+        Sorted distinct counts, always starting with 1 (the serial
+        reference of the speed-up ratios).
+    """
+    from fastsyn._threads import resolve_num_threads
+
+    if threads is None or isinstance(threads, (int, np.integer)):
+        threads = (threads,)
+    counts = {resolve_num_threads(t, name="threads") for t in threads}
+    return tuple(sorted(counts | {1}))
+
+
 def run_speed(*, size=128, syn_size=None, levels=(20, 20, 10), repeat=3, threads=None,
               metrics=("cc",), include_syn=True, external=(), ants_cc=False, log=print):
     """Measure kernels and end-to-end SyN; returns the speed JSON dict.
 
-    ``external`` names tools (``"ants"``, ``"greedy"``) timed in the same
-    interleaved rounds as the end-to-end runs, on all threads.  ANTs with CC
+    fastsyn is timed on each count of ``threads`` (see :func:`thread_counts`;
+    default one thread and all CPUs), stock DIPY on one thread.  ``external``
+    names tools (``"ants"``, ``"greedy"``) timed in the same interleaved
+    rounds as the end-to-end runs, on the largest thread count.  ANTs with CC
     is skipped unless ``ants_cc`` (it takes many minutes at 128^3).
     """
-    from fastsyn._threads import resolve_num_threads
-
-    all_threads = resolve_num_threads(threads)
+    counts = thread_counts(threads)
+    all_threads = counts[-1]
     syn_size = syn_size or size
-    impl_threads = {"dipy": 1, "fastsyn-1": 1, "fastsyn-all": all_threads,
-                    "ants": all_threads, "greedy": all_threads}
+    fast_impls = [f"fastsyn-{t}" for t in counts]
+    impl_threads = {"dipy": 1, "ants": all_threads, "greedy": all_threads}
+    impl_threads.update({f"fastsyn-{t}": t for t in counts})
     rows, ratios = [], []
 
     def record(case, samples, peaks, extra=None):
@@ -249,23 +276,20 @@ def run_speed(*, size=128, syn_size=None, levels=(20, 20, 10), repeat=3, threads
             if extra and impl in extra:
                 row.update(extra[impl])
             rows.append(row)
-        serial = np.median(samples["fastsyn-1"])
-        for baseline in ("dipy", "ants", "greedy"):
+        for baseline in ("dipy", "ants", "greedy", "fastsyn-1"):
             if baseline not in samples:
                 continue
             base = np.median(samples[baseline])
-            for impl in ("fastsyn-1", "fastsyn-all"):
-                ratios.append({"case": case, "impl": "fastsyn", "threads": impl_threads[impl],
-                               "baseline": baseline,
-                               "speedup": float(base / np.median(samples[impl]))})
-        ratios.append({"case": case, "impl": "fastsyn", "threads": all_threads,
-                       "baseline": "fastsyn-1",
-                       "speedup": float(serial / np.median(samples["fastsyn-all"]))})
+            for impl in fast_impls:
+                if impl != baseline:
+                    ratios.append({"case": case, "impl": "fastsyn",
+                                   "threads": impl_threads[impl], "baseline": baseline,
+                                   "speedup": float(base / np.median(samples[impl]))})
 
     for case, (stock, ours) in _kernel_cases(size).items():
         log(f"  {case} ...")
-        fns = {"dipy": stock, "fastsyn-1": lambda: ours(1),
-               "fastsyn-all": lambda: ours(all_threads)}
+        fns = {"dipy": stock}
+        fns.update({f"fastsyn-{t}": (lambda t=t: ours(t)) for t in counts})
         for fn in fns.values():  # warm-up (first touch, imports)
             fn()
         samples = {impl: [] for impl in fns}
@@ -279,7 +303,7 @@ def run_speed(*, size=128, syn_size=None, levels=(20, 20, 10), repeat=3, threads
         for metric in metrics:
             case = (f"SyN {metric.upper()} {syn_size}^3 levels "
                     f"{'/'.join(map(str, levels))}")
-            impls = list(IMPLS if metric == "cc" else IMPLS[1:])
+            impls = (["dipy"] if metric == "cc" else []) + fast_impls
             impls += [name for name in external if name != "ants" or metric != "cc" or ants_cc]
             pair = make_pair(syn_size) if set(impls) & {"ants", "greedy"} else None
             samples = {impl: [] for impl in impls}
@@ -297,7 +321,8 @@ def run_speed(*, size=128, syn_size=None, levels=(20, 20, 10), repeat=3, threads
                     peaks[impl] = max(peaks.get(impl, 0.0), out["peak_mem_mb"])
                     extra[impl] = {"ncc": out["ncc"], "stage_times": out["stage_times"]}
             record(case, samples, peaks, extra)
-    return {"environment": _environment(all_threads), "rows": rows, "ratios": ratios}
+    env = dict(_environment(all_threads), threads_timed=list(counts))
+    return {"environment": env, "rows": rows, "ratios": ratios}
 
 
 def format_speed(result):
@@ -319,31 +344,92 @@ def format_speed(result):
     return "\n".join(lines)
 
 
-def main_speed(args):
-    """Entry point of ``fastsyn bench speed`` (argparse namespace)."""
-    size = 64 if getattr(args, "quick", False) else args.size
-    levels = tuple(int(v) for v in str(getattr(args, "levels", "20,20,10")).split(","))
-    if getattr(args, "quick", False):
-        levels = (4, 4, 2)
-    threads = getattr(args, "threads", None)
-    threads = None if threads in (None, "all") else int(str(threads).split(",")[-1])
-    metrics = tuple(str(getattr(args, "metric", None) or "cc,mi").split(","))
-    external = getattr(args, "external", None)
-    external = (available_external() if external is None
-                else tuple(n for n in external.split(",") if n))
-    print(f"fastsyn bench speed: kernels at {size}^3, SyN at {size}^3 "
-          f"levels {levels}, {args.repeat} interleaved rounds", flush=True)
-    result = run_speed(size=size, levels=levels, repeat=args.repeat, threads=threads,
-                       metrics=metrics, include_syn=not getattr(args, "no_syn", False),
-                       external=external, ants_cc=getattr(args, "ants_cc", False),
-                       log=lambda msg: print(msg, flush=True))
+def speed_command(*, size=None, levels=None, repeat=3, threads=None, metrics=("cc", "mi"),
+                  include_syn=True, external=None, ants_cc=False, out=None, quick=False,
+                  log=None):
+    """Time, print the speed table and optionally save it (``fastsyn bench speed``).
+
+    Parameters
+    ----------
+    size : int, optional
+        Edge of the cubic cases; default 128, or 64 when ``quick``.
+    levels : sequence of int, optional
+        SyN iterations per level; default (20, 20, 10), or (4, 4, 2) when
+        ``quick``.
+    repeat : int, optional
+        Interleaved rounds.
+    threads : int, None or sequence, optional
+        fastsyn thread counts (see :func:`thread_counts`).
+    metrics : sequence of {"cc", "mi"}, optional
+        SyN metrics timed end to end.
+    include_syn : bool, optional
+        Time end-to-end SyN, not only the kernels.
+    external : sequence of str, optional
+        External tools timed alongside; default those of ``ants``, ``greedy``
+        that are installed.
+    ants_cc : bool, optional
+        Also time ANTs with CC.
+    out : str or Path, optional
+        JSON file to write.
+    quick : bool, optional
+        Small defaults for ``size`` and ``levels``.
+    log : callable, optional
+        Progress messages (default: print and flush).
+
+    Returns
+    -------
+    dict
+        The speed result (see :func:`run_speed`).
+    """
+    if log is None:
+        def log(msg):
+            print(msg, flush=True)
+    if size is None:
+        size = QUICK_SIZE if quick else 128
+    if levels is None:
+        levels = QUICK_LEVELS if quick else (20, 20, 10)
+    levels = tuple(int(v) for v in levels)
+    counts = thread_counts(threads)
+    external = available_external() if external is None else tuple(external)
+    log(f"fastsyn bench speed: kernels at {size}^3, SyN at {size}^3 levels {levels}, "
+        f"fastsyn on {', '.join(map(str, counts))} thread(s), {repeat} interleaved rounds")
+    result = run_speed(size=size, levels=levels, repeat=repeat, threads=counts,
+                       metrics=tuple(metrics), include_syn=include_syn, external=external,
+                       ants_cc=ants_cc, log=log)
     print(format_speed(result))
-    if getattr(args, "out", None):
-        out = Path(args.out)
+    if out:
+        out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2))
         print(f"wrote {out}")
     return result
+
+
+def _parse_threads(text):
+    """``"1,2,all"`` -> (1, 2, None); None stays None."""
+    if text is None or not isinstance(text, str):
+        return text
+    try:
+        return tuple(None if v.strip() == "all" else int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--threads must be thread counts such as 1,2,4 or 'all', "
+                         f"got {text!r}") from None
+
+
+def main_speed(args):
+    """Entry point of ``python -m fastsyn.bench.speed`` (argparse namespace)."""
+    levels = getattr(args, "levels", None)
+    if isinstance(levels, str):
+        levels = tuple(int(v) for v in levels.split(","))
+    external = getattr(args, "external", None)
+    return speed_command(
+        size=getattr(args, "size", None), levels=levels, repeat=args.repeat,
+        threads=_parse_threads(getattr(args, "threads", None)),
+        metrics=tuple(str(getattr(args, "metric", None) or "cc,mi").split(",")),
+        include_syn=not getattr(args, "no_syn", False),
+        external=None if external is None else tuple(n for n in external.split(",") if n),
+        ants_cc=getattr(args, "ants_cc", False), out=getattr(args, "out", None),
+        quick=getattr(args, "quick", False))
 
 
 def _cli(argv=None):
@@ -353,10 +439,10 @@ def _cli(argv=None):
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--worker", nargs=5, metavar=("IMPL", "THREADS", "SIZE", "LEVELS",
                                                       "METRIC"), help=argparse.SUPPRESS)
-    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--size", type=int, default=None)
     parser.add_argument("--threads", default=None)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--levels", default="20,20,10")
+    parser.add_argument("--levels", default=None)
     parser.add_argument("--metric", default="cc,mi")
     parser.add_argument("--external", default=None,
                         help="tools timed alongside (default: ants,greedy when installed)")

@@ -1,0 +1,176 @@
+"""``fastsyn bench run|table|speed``: accuracy and speed benchmarks."""
+
+import json
+import sys
+from pathlib import Path
+
+from ._common import CommandError, level_list, positive_float, positive_int, thread_list
+
+
+def add_parser(sub):
+    """Register ``fastsyn bench`` and its subcommands."""
+    p = sub.add_parser("bench", help="accuracy and speed benchmarks")
+    bsub = p.add_subparsers(dest="bench_command", metavar="BENCH_COMMAND", required=True)
+    _add_run(bsub)
+    _add_table(bsub)
+    _add_speed(bsub)
+    return p
+
+
+def _names(text):
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+# ------------------------------------------------------------------- bench run
+def _add_run(bsub):
+    p = bsub.add_parser("run", help="register and evaluate a cohort (resumable)")
+    p.add_argument("--dataset", required=True, metavar="NAME_OR_DIR",
+                   help="embedded-mono, embedded-multi or a dataset folder")
+    p.add_argument("--methods", required=True, metavar="LIST",
+                   help="comma-separated: fastsyn,dipy,ants,greedy")
+    p.add_argument("--metric", required=True, choices=("cc", "mi"))
+    p.add_argument("--modalities", default=None, metavar="LIST",
+                   help="comma-separated modalities to pair, e.g. t1,t2")
+    p.add_argument("--sample", type=positive_int, default=None, metavar="N",
+                   help="run N pairs drawn with --seed (default: all pairs)")
+    p.add_argument("--seed", type=int, default=0, metavar="S")
+    p.add_argument("--threads", type=positive_int, default=1, metavar="T",
+                   help="threads per registration (default 1)")
+    p.add_argument("--levels", type=level_list, default=(20, 20, 10), metavar="L1,L2,...",
+                   help="iterations per level, coarsest first (default 20,20,10)")
+    p.add_argument("--workers", type=positive_int, default=None, metavar="W",
+                   help="concurrent pairs (default cores // threads)")
+    p.add_argument("--dask", default=None, metavar="local|ADDRESS",
+                   help="run on Dask: a LocalCluster or a scheduler address")
+    p.add_argument("--resolution", type=positive_float, default=2.0, metavar="MM",
+                   help="voxel size of the embedded cohorts (default 2)")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="cache for built cohorts and prealigned pairs")
+    p.add_argument("--results", required=True, metavar="RESULTS_DIR")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_run)
+
+
+def run_run(args):
+    """Handler of ``fastsyn bench run``; returns the exit status."""
+    from fastsyn.bench.datasets import EMBEDDED
+    from fastsyn.bench.methods import METHODS
+    from fastsyn.bench.run import run_benchmark
+
+    methods = _names(args.methods)
+    if not methods:
+        raise CommandError("--methods must name at least one method")
+    unknown = [m for m in methods if m.lower() not in METHODS]
+    if unknown:
+        raise CommandError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
+    if args.dataset not in EMBEDDED and not Path(args.dataset).expanduser().is_dir():
+        raise CommandError(f"unknown dataset {args.dataset!r}: neither "
+                           f"{' nor '.join(sorted(EMBEDDED))} nor an existing folder")
+    try:
+        summary = run_benchmark(
+            args.dataset, methods, args.metric,
+            modalities=_names(args.modalities) if args.modalities else None,
+            sample=args.sample, seed=args.seed, threads=args.threads, levels=args.levels,
+            results_dir=args.results, workers=args.workers, dask=args.dask,
+            progress=not args.quiet, resolution=args.resolution, cache_dir=args.cache_dir)
+    except KeyboardInterrupt:
+        print("\ninterrupted: every finished record is kept; rerun the same "
+              "command to continue", file=sys.stderr)
+        return 130
+    for name, reason in summary["unavailable"].items():
+        print(f"method {name}: unavailable ({reason})", file=sys.stderr)
+    print(f"{summary['dataset']}: {summary['pairs']} pairs, {summary['skipped']} "
+          f"already finished, {summary['ok']} records written, "
+          f"{summary['errors']} errors -> {summary['results_dir']}")
+    return 1 if summary["errors"] else 0
+
+
+# ----------------------------------------------------------------- bench table
+def _add_table(bsub):
+    p = bsub.add_parser("table", help="summary table of a results folder")
+    p.add_argument("--results", required=True, metavar="RESULTS_DIR")
+    p.add_argument("--format", default="markdown", choices=("markdown", "csv", "json"))
+    p.add_argument("--dataset", default=None, help="only this dataset")
+    p.set_defaults(func=run_table)
+
+
+def run_table(args):
+    """Handler of ``fastsyn bench table``; returns the exit status."""
+    from fastsyn.bench.store import ResultStore
+
+    if not Path(args.results).is_dir():
+        raise CommandError(f"results folder not found: {args.results}")
+    records = ResultStore(args.results).records()
+    datasets = sorted({r.get("dataset") for r in records if r.get("dataset")})
+    if args.dataset:
+        if args.dataset not in datasets:
+            raise CommandError(f"no records of dataset {args.dataset!r} in {args.results}")
+        datasets = [args.dataset]
+    if not datasets:
+        raise CommandError(f"no records in {args.results}")
+    print(_tables_text(records, datasets, args.format), end="")
+    return 0
+
+
+def _tables_text(records, datasets, fmt):
+    """The summary tables of ``datasets`` in one output format."""
+    from fastsyn.bench.tables import format_table, summary_table, table_json
+
+    if fmt == "json":
+        out = {d: table_json(summary_table(records, d)) for d in datasets}
+        return json.dumps(out, indent=2) + "\n"
+    parts = []
+    for i, d in enumerate(datasets):
+        rows = summary_table(records, d)
+        if fmt == "markdown":
+            parts.append(f"{'' if i == 0 else chr(10)}### {d}\n\n")
+            parts.append(format_table(rows, "markdown"))
+            errs = [f"{r['Method']}: {r['errors']}" for r in rows if r["errors"]]
+            if errs:
+                parts.append(f"\nfailed pairs — {', '.join(errs)}\n")
+        else:  # csv: one table, the dataset as first column
+            lines = format_table(rows, "csv").splitlines()
+            if i == 0:
+                parts.append(f"Dataset,{lines[0]}\n")
+            parts.extend(f"{d},{line}\n" for line in lines[1:])
+    return "".join(parts)
+
+
+# ----------------------------------------------------------------- bench speed
+def _add_speed(bsub):
+    p = bsub.add_parser("speed", help="kernel and end-to-end timings")
+    p.add_argument("--size", type=positive_int, default=None,
+                   help="edge of the cubic cases in voxels (default 128; 64 with --quick)")
+    p.add_argument("--threads", type=thread_list, default=None, metavar="T1,T2,...",
+                   help="fastsyn thread counts to time, e.g. 1,2,4 or 'all' (default "
+                        "1,all); one thread is always timed, as the serial reference")
+    p.add_argument("--repeat", type=positive_int, default=3)
+    p.add_argument("--levels", type=level_list, default=None,
+                   help="SyN iterations per level (default 20,20,10; 4,4,2 with --quick)")
+    p.add_argument("--metric", default="cc,mi", help="SyN metrics to time (default cc,mi)")
+    p.add_argument("--external", default=None,
+                   help="tools timed alongside (default: ants,greedy when installed; "
+                        "'' for none)")
+    p.add_argument("--ants-cc", action="store_true",
+                   help="also time ANTs with CC (many minutes at 128^3)")
+    p.add_argument("--no-syn", action="store_true", help="kernels only")
+    p.add_argument("--out", default=None, metavar="FILE.json")
+    p.add_argument("--quick", action="store_true",
+                   help="small defaults (64^3, levels 4,4,2) for a first look")
+    p.set_defaults(func=run_speed)
+
+
+def run_speed(args):
+    """Handler of ``fastsyn bench speed``; returns the exit status."""
+    from fastsyn.bench import speed
+
+    metrics = tuple(_names(args.metric))
+    bad = [m for m in metrics if m not in ("cc", "mi")]
+    if not metrics or bad:
+        raise CommandError(f"--metric must list cc and/or mi, got {args.metric!r}")
+    speed.speed_command(
+        size=args.size, levels=args.levels, repeat=args.repeat, threads=args.threads,
+        metrics=metrics, include_syn=not args.no_syn,
+        external=None if args.external is None else tuple(_names(args.external)),
+        ants_cc=args.ants_cc, out=args.out, quick=args.quick)
+    return 0

@@ -1,0 +1,28 @@
+"""``fastsyn prepare``: convert a public dataset to the harness's folder layout."""
+
+from pathlib import Path
+
+#: Datasets with a converter in :mod:`fastsyn.bench.convert`.
+DATASETS = ("lpba40", "mrbrains18", "oasis")
+
+
+def add_parser(sub):
+    """Register ``fastsyn prepare`` on an argparse subparsers object."""
+    p = sub.add_parser("prepare", help="convert a public dataset to the folder layout")
+    p.add_argument("dataset", choices=DATASETS)
+    p.add_argument("src", metavar="SRC", help="dataset as distributed")
+    p.add_argument("dst", metavar="DST", help="output folder")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args):
+    """Handler of ``fastsyn prepare``; returns the exit status."""
+    from fastsyn.bench.convert import CONVERTERS
+
+    # The converter checks SRC and DST itself (FileNotFoundError, ValueError).
+    src, dst = Path(args.src), Path(args.dst)
+    dataset = CONVERTERS[args.dataset](src, dst)
+    print(f"prepared {args.dataset} from {src} into {dst}: {len(dataset)} subjects, "
+          f"modalities {', '.join(dataset.modalities)}")
+    return 0
