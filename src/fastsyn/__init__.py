@@ -8,6 +8,8 @@ CCMetric, MIMetric
     Similarity metrics with DIPY's interface (MI is new).
 DiffeomorphicMap
     DIPY's map whose ``transform``/``transform_inverse`` run on threads.
+ants_like
+    SyN configured as ANTs' SyNOnly (pyramid, update smoothing, convergence).
 patch_dipy
     Route unchanged DIPY code through fastsyn (reversible).
 fields
@@ -16,7 +18,7 @@ fields
 
 from fastsyn import fields
 from fastsyn._threads import resolve_num_threads
-from fastsyn.imwarp import DiffeomorphicMap, SymmetricDiffeomorphicRegistration
+from fastsyn.imwarp import DiffeomorphicMap, SymmetricDiffeomorphicRegistration, ants_like
 from fastsyn.metrics import CCMetric, MIMetric
 from fastsyn.patch import patch_dipy
 
@@ -27,6 +29,7 @@ __all__ = [
     "DiffeomorphicMap",
     "MIMetric",
     "SymmetricDiffeomorphicRegistration",
+    "ants_like",
     "fields",
     "patch_dipy",
     "resolve_num_threads",

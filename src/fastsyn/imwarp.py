@@ -50,6 +50,7 @@ __all__ = [
     "STAGES",
     "SymmetricDiffeomorphicRegistration",
     "ants_convergence_value",
+    "ants_like",
     "check_syn_options",
 ]
 
@@ -625,3 +626,47 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
         self.stage_times = times
         self.static_to_moving = DiffeomorphicMap.from_dipy(result, self.num_threads)
         return self.static_to_moving
+
+
+def ants_like(metric, level_iters=(40, 20, 0), *, num_threads=None, **overrides):
+    r"""SyN configured as ANTs' ``SyNOnly`` (``ants.registration`` defaults).
+
+    Parameters
+    ----------
+    metric : SimilarityMetric
+        E.g. ``fastsyn.CCMetric(3, radius=4)`` (ANTs' ``CC[.., 1, 4]``) or
+        ``fastsyn.MIMetric(3, nbins=32)`` (ANTs' ``Mattes[.., 1, 32]``).
+    level_iters : sequence of int, optional
+        Iterations per level, coarsest first (ANTs' ``reg_iterations``).
+    num_threads : int or None, optional
+        Threads to use.
+    **overrides
+        Any other :class:`SymmetricDiffeomorphicRegistration` argument.
+
+    Returns
+    -------
+    SymmetricDiffeomorphicRegistration
+
+    Notes
+    -----
+    How the parameters correspond:
+
+    ==================  ======================  =====================================
+    fastsyn / DIPY      ANTs                    meaning (unit)
+    ==================  ======================  =====================================
+    ``step_length``     ``grad_step`` (0.2)     largest update per iteration (voxels)
+    ``flow_sigma``      ``flow_sigma`` (3)      update-field smoothing (variance, voxels)
+    ``total_sigma``     ``total_sigma`` (0)     total-field smoothing (variance, voxels)
+    ``level_iters``     ``reg_iterations``      iterations per level, coarsest first
+    ``pyramid="ants"``  ``4x2x1`` / ``2x1x0vox``  shrink factors / smoothing sigmas
+    ``convergence``     ``[.., 1e-7, 8]``       threshold and window of the test
+    ``sigma_diff``      (none)                  DIPY's metric-side smoothing (std,
+                                                voxels), skipped when ``flow_sigma``
+                                                is set
+    ==================  ======================  =====================================
+    """
+    settings = dict(pyramid="ants", flow_sigma=3.0, total_sigma=0.0, convergence="ants",
+                    step_length=0.2)
+    settings.update(overrides)
+    return SymmetricDiffeomorphicRegistration(metric, level_iters=list(level_iters),
+                                              num_threads=num_threads, **settings)

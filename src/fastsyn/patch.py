@@ -68,6 +68,11 @@ class patch_dipy:
     num_threads : int or None, optional
         Threads used by the patched classes (None: OpenMP default).  An
         instance's own ``num_threads`` attribute, if set, takes precedence.
+    pyramid, flow_sigma, total_sigma, convergence : optional
+        ANTs-style SyN for unchanged DIPY code, as in
+        :class:`fastsyn.SymmetricDiffeomorphicRegistration` (defaults keep
+        DIPY's algorithm).  DIPY's ``opt_tol`` (default 1e-5) stays the
+        threshold: pass ``opt_tol=1e-7`` for ANTs' with ``convergence="ants"``.
 
     Notes
     -----
@@ -75,15 +80,22 @@ class patch_dipy:
     DIPY is restored when the last one is undone.  Undo in reverse order.
     """
 
-    def __init__(self, num_threads=None):
+    def __init__(self, num_threads=None, *, pyramid="dipy", flow_sigma=None,
+                 total_sigma=0.0, convergence="dipy"):
         resolve_num_threads(num_threads)
+        options = fs_imwarp.check_syn_options(pyramid=pyramid, flow_sigma=flow_sigma,
+                                              total_sigma=total_sigma,
+                                              convergence=convergence)
         self.num_threads = num_threads
         self._saved = None
         with _lock:
             self._saved = {}
             for cls, methods in _replacements().items():
                 saved = self._saved[cls] = {}
-                for name, new in list(methods.items()) + [("num_threads", num_threads)]:
+                extra = [("num_threads", num_threads)]
+                if cls is dipy_imwarp.SymmetricDiffeomorphicRegistration:
+                    extra += list(options.items())
+                for name, new in list(methods.items()) + extra:
                     saved[name] = cls.__dict__.get(name, _MISSING)
                     setattr(cls, name, new)
             _active.append(self)
