@@ -166,6 +166,8 @@ def _select(found: dict, subjects, what, src):
         raise FileNotFoundError(f"no {what} subjects found under {src}")
     if subjects is None:
         return sorted(found.items())
+    if isinstance(subjects, (str, bytes)):
+        raise TypeError(f"subjects must be a sequence of subject names, got the string {subjects!r}")
     missing = [s for s in subjects if s not in found]
     if missing:
         raise ValueError(f"{what}: subjects not found under {src}: {missing}")
