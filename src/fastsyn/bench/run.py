@@ -268,7 +268,8 @@ class _ThreadEnv:
         return False
 
 
-def _check_run_args(metric, threads, workers, results_dir, levels, modalities, sample, seed):
+def _check_run_args(metric, threads, workers, results_dir, levels, modalities, sample, seed,
+                    dask):
     """Checked ``levels`` and ``modalities``; every bad argument is named."""
     from .pairs import check_sample_seed
 
@@ -282,6 +283,9 @@ def _check_run_args(metric, threads, workers, results_dir, levels, modalities, s
     if results_dir is None:
         raise ValueError("results_dir is required")
     check_sample_seed(sample, seed)
+    if dask is not None and (dask == "" or isinstance(dask, (bool, int, float, list, tuple))):
+        raise ValueError(
+            f"dask must be 'local', a scheduler address or a Client, got {dask!r}")
     if isinstance(modalities, str):
         modalities = [m.strip() for m in modalities.split(",") if m.strip()]
     return _parse_levels(levels), modalities
@@ -469,7 +473,7 @@ def run_benchmark(dataset, methods, metric, *, modalities=None, sample=None, see
         ``unavailable`` (method -> reason), ``results_dir``.
     """
     levels, modalities = _check_run_args(metric, threads, workers, results_dir, levels,
-                                         modalities, sample, seed)
+                                         modalities, sample, seed, dask)
     pre_opts = _prealign_options(prealign_options)
     warn = _warner(progress)
     store = ResultStore(results_dir)
