@@ -182,6 +182,40 @@ def test_make_subject_deterministic(tpl):
         synth.make_subject(tpl, 0, modalities=("pd",))
 
 
+def test_warp_anatomy_identity(tpl):
+    zero = np.zeros(tpl.shape + (3,), np.float64)
+    ident = synth.Deformation(forward=zero, inverse=zero.copy(), affine=tpl.affine)
+    a = synth.warp_anatomy(tpl, ident)
+    assert not np.any(a["to_template"]) and np.abs(a["from_template"]).max() < 1e-6
+    np.testing.assert_array_equal(a["labels"], tpl.labels)
+    np.testing.assert_array_equal(a["mask"], tpl.labels > 0)
+    assert a["support"].sum() >= tpl.mask.sum() * 0.99
+
+
+def test_subject_contrast_steps(tpl):
+    zero = np.zeros(tpl.shape + (3,), np.float64)
+    a = synth.warp_anatomy(tpl, synth.Deformation(zero, zero.copy(), tpl.affine))
+    rng = np.random.default_rng(5)
+    img, params = synth.subject_contrast(tpl, a, "t1", rng, gamma_range=(1, 1),
+                                         bias_range=(0, 0), noise_range=(0, 0))
+    base = tpl.image("t1")
+    expected = np.where(a["support"], base / np.percentile(base[tpl.mask], 99), 0)
+    np.testing.assert_allclose(img, expected, atol=1e-5)
+    assert params["gamma"] == 1 and params["bias"] == 0 and len(params["jitter"]) == 3
+    # the stream is drawn in a fixed order: gamma, bias, noise, three jitters
+    ref = np.random.default_rng(5)
+    ref.uniform(1, 1), ref.uniform(0, 0), ref.uniform(0, 0)
+    np.testing.assert_allclose(params["jitter"], (1 + 0.05 * ref.uniform(-1, 1, 3)).round(6))
+    # make_subject is these steps on split streams
+    s = synth.make_subject(tpl, [4, 2], modalities=("t2",))
+    deform_ss, t2_ss = np.random.SeedSequence([4, 2]).spawn(2)
+    deform = synth._native_deformation(np.random.default_rng(deform_ss), max_disp=5.0,
+                                       sigma_mm=16.0, max_rotation=3.0, max_translation=3.0)
+    again, _ = synth.subject_contrast(tpl, synth.warp_anatomy(tpl, deform), "t2",
+                                      np.random.default_rng(t2_ss))
+    np.testing.assert_array_equal(again, s.images["t2"])
+
+
 def test_template_labels(tpl):
     values = np.unique(tpl.labels)
     assert values[0] == 0 and values[-1] <= 3 * synth.N_REGIONS

@@ -4,7 +4,9 @@ Every converter writes ``DST/<subject>/<modality>.nii.gz``,
 ``DST/<subject>/labels.nii.gz`` and ``DST/<subject>/mask.nii.gz`` plus the
 stamp ``DST/dataset.json``, one subject at a time (each written into a
 temporary folder and renamed into place, so an interrupted run never leaves a
-half-written subject), and returns the :class:`~fastsyn.bench.datasets.Dataset`.
+half-written subject), and returns the :class:`~fastsyn.bench.layout.Dataset`.
+It builds on :mod:`fastsyn.bench.layout` only; :mod:`fastsyn.bench.datasets`
+re-exports the converters.
 
 Supported sources
 -----------------
@@ -32,6 +34,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .layout import (
+    load_folder,
+    read_image_data,
+    read_image_header,
+    save_nifti,
+    write_dataset_stamp,
+)
+
 __all__ = ["convert_lpba40", "convert_mrbrains18", "convert_oasis", "CONVERTERS"]
 
 #: LPBA40 labels removed by the converter (cerebellum and brainstem).
@@ -53,9 +63,10 @@ def _existing(*paths):
 
 
 def _load_analyze(folder: Path, stem: str):
-    """Load an Analyze (or NIfTI pair) image whose header and data may differ in compression."""
-    import nibabel as nib
+    """Load an Analyze (or NIfTI pair) image whose header and data may differ in compression.
 
+    Returns the image (data still on disk) and the path of its data file.
+    """
     hdr = _existing(folder / f"{stem}.hdr", folder / f"{stem}.hdr.gz")
     img = _existing(folder / f"{stem}.img", folder / f"{stem}.img.gz")
     if hdr is None or img is None:
@@ -63,15 +74,18 @@ def _load_analyze(folder: Path, stem: str):
             f"{folder}: expected {stem}.hdr and {stem}.img (or .img.gz); "
             f"found header={hdr}, image={img}"
         )
-    klass = type(nib.load(str(hdr)))  # sniffs the header only; data stay lazy
-    file_map = klass.filespec_to_file_map(str(hdr))
-    file_map["image"].filename = str(img)
-    return klass.from_file_map(file_map)
+    klass = type(read_image_header(hdr, "Analyze header"))  # sniffs the header only
+    try:
+        file_map = klass.filespec_to_file_map(str(hdr))
+        file_map["image"].filename = str(img)
+        return klass.from_file_map(file_map), img
+    except Exception as exc:  # nibabel raises several types
+        raise ValueError(f"cannot read Analyze image {hdr} + {img}: {exc}") from exc
 
 
 def _array(img, path, *, integer=False):
     """Data of an image in its on-disk dtype when possible, squeezed to 3D."""
-    data = np.asanyarray(img.dataobj)
+    data = read_image_data(img, path, "label map" if integer else "image")
     disk = img.get_data_dtype()
     if data.dtype != disk:
         if np.issubdtype(disk, np.integer) and np.array_equal(data, np.round(data)):
@@ -91,24 +105,20 @@ def _array(img, path, *, integer=False):
 
 
 def _load_nifti(path: Path, *, integer=False):
-    import nibabel as nib
-
     if not path.exists():
         raise FileNotFoundError(f"file not found: {path}")
-    img = nib.load(str(path))
+    img = read_image_header(path, "label map" if integer else "image")
     return _array(img, path, integer=integer), img.affine.copy()
 
 
 def _write_subject(dst: Path, name: str, images: dict, labels, mask, affine) -> None:
     """Write one subject atomically (temporary folder, then rename)."""
-    from .datasets import _save_nifti
-
     tmp = Path(tempfile.mkdtemp(dir=dst, prefix=f".tmp-{name}-"))
     try:
         for modality, data in images.items():
-            _save_nifti(data, affine, tmp / f"{modality}.nii.gz")
-        _save_nifti(labels, affine, tmp / "labels.nii.gz")
-        _save_nifti(np.asarray(mask, dtype=np.uint8), affine, tmp / "mask.nii.gz")
+            save_nifti(data, affine, tmp / f"{modality}.nii.gz")
+        save_nifti(labels, affine, tmp / "labels.nii.gz")
+        save_nifti(np.asarray(mask, dtype=np.uint8), affine, tmp / "mask.nii.gz")
         final = dst / name
         if final.exists():
             shutil.rmtree(final)
@@ -142,15 +152,13 @@ def _prepare(src, dst, what):
 def _run(items, dst, name, modalities, convert_one, progress, desc):
     from tqdm.auto import tqdm
 
-    from .datasets import load_dataset, write_dataset_stamp
-
     dst.mkdir(parents=True, exist_ok=True)
     done = []
     for subject, args in tqdm(items, desc=desc, unit="subject", disable=not progress):
         convert_one(subject, *args)
         done.append(subject)
     write_dataset_stamp(dst, name, modalities, done, source=desc)
-    return load_dataset(dst, check=False)
+    return load_folder(dst, check=False)
 
 
 def _select(found: dict, subjects, what, src):
@@ -158,6 +166,8 @@ def _select(found: dict, subjects, what, src):
         raise FileNotFoundError(f"no {what} subjects found under {src}")
     if subjects is None:
         return sorted(found.items())
+    if isinstance(subjects, (str, bytes)):
+        raise TypeError(f"subjects must be a sequence of subject names, got the string {subjects!r}")
     missing = [s for s in subjects if s not in found]
     if missing:
         raise ValueError(f"{what}: subjects not found under {src}: {missing}")
@@ -205,10 +215,10 @@ def convert_lpba40(src, dst, *, subjects=None, progress=True):
     items = _select(found, subjects, "LPBA40", base)
 
     def one(name, folder):
-        img = _load_analyze(folder, f"{name}.delineation.skullstripped")
-        lab = _load_analyze(folder, f"{name}.delineation.structure.label")
-        t1 = _array(img, folder / name)
-        labels = _array(lab, folder / f"{name}.delineation.structure.label", integer=True)
+        img, img_path = _load_analyze(folder, f"{name}.delineation.skullstripped")
+        lab, lab_path = _load_analyze(folder, f"{name}.delineation.structure.label")
+        t1 = _array(img, img_path)
+        labels = _array(lab, lab_path, integer=True)
         _check_same_grid(name, labels.shape, lab.affine, "skull-stripped image", t1.shape, img.affine)
         labels = labels.copy()
         labels[np.isin(labels, LPBA40_DROPPED)] = 0

@@ -298,6 +298,18 @@ def target_error(displacement, true_displacement, mask=None):
     return {"tre_mean": float(err.mean()), "tre_median": float(np.median(err))}
 
 
+def _check_pair_shapes(expected, **arrays):
+    """Each given array has shape ``expected`` (the fixed grid, or grid + vector)."""
+    for name, value in arrays.items():
+        if value is None:
+            continue
+        shape = np.shape(value)
+        if shape != tuple(expected):
+            raise ValueError(
+                f"{name} has shape {shape}, expected {tuple(expected)} from the fixed image"
+            )
+
+
 def evaluate_pair(fixed, warped, fixed_labels, warped_labels, mask=None, *,
                   displacement=None, affine=None, true_displacement=None,
                   per_label=True):
@@ -330,6 +342,10 @@ def evaluate_pair(fixed, warped, fixed_labels, warped_labels, mask=None, *,
         and, with ``per_label``, ``labels``, ``dice``, ``jaccard``.
     """
     fixed = np.asarray(fixed)
+    _check_pair_shapes(fixed.shape, warped=warped, fixed_labels=fixed_labels,
+                       warped_labels=warped_labels)
+    _check_pair_shapes(fixed.shape + (fixed.ndim,), displacement=displacement,
+                       true_displacement=true_displacement)
     m = _mask_for("mask", mask, fixed.shape)
     out = {"ncc": ncc(fixed, warped, m), "nmi": nmi(fixed, warped, m)}
     ov = label_overlap(fixed_labels, warped_labels)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Pair", "make_pairs"]
+__all__ = ["Pair", "make_pairs", "check_sample_seed"]
 
 
 @dataclass(frozen=True, order=True)
@@ -123,6 +123,25 @@ def _names_and_modalities(source, modalities):
     return names, mods
 
 
+def check_sample_seed(sample, seed) -> None:
+    """Check the sampling arguments of :func:`make_pairs`.
+
+    Raises
+    ------
+    ValueError
+        If ``sample`` is given and is not a positive integer, or is given
+        with a ``seed`` that is not a non-negative integer.
+    """
+    if sample is None:
+        return  # no sample: the seed is not used
+    if isinstance(sample, bool) or not isinstance(sample, (int, np.integer)):
+        raise ValueError(f"sample must be a positive integer, got {sample!r}")
+    if sample < 1:
+        raise ValueError(f"sample must be a positive integer, got {sample!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+
+
 def make_pairs(dataset_or_subject_names, modalities=None, *, sample=None, seed=0) -> list[Pair]:
     """All registration pairs of a dataset, or a reproducible sample of them.
 
@@ -170,12 +189,7 @@ def make_pairs(dataset_or_subject_names, modalities=None, *, sample=None, seed=0
             pairs.extend(Pair(a, b, fm, mm) for fm, mm in itertools.permutations(mods, 2))
     if sample is None:
         return pairs
-    if isinstance(sample, bool) or not isinstance(sample, (int, np.integer)):
-        raise ValueError(f"sample must be a positive integer, got {sample!r}")
-    if sample < 1:
-        raise ValueError(f"sample must be a positive integer, got {sample!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    check_sample_seed(sample, seed)
     if sample >= len(pairs):
         return pairs
     order = np.random.default_rng(int(seed)).permutation(len(pairs))

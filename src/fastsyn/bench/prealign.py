@@ -81,20 +81,23 @@ class Prealigned:
             ``affine`` (the fixed grid-to-world matrix), ``truth`` (float64 or
             ``None``) and ``rigid``.
         """
-        fimg = nib.load(str(self.fixed_image))
-        fixed = np.asarray(fimg.dataobj, dtype=np.float64)
-        moving = np.asarray(nib.load(str(self.moving_image)).dataobj, dtype=np.float64)
-        flab = np.asarray(nib.load(str(self.fixed_labels)).dataobj)
-        mlab = np.asarray(nib.load(str(self.moving_labels)).dataobj)
+        def read(name, path, dtype=None):
+            img = _read_header(name, path)
+            return img, _read_data(name, path, img, dtype)
+
+        fimg, fixed = read("fixed_image", self.fixed_image, np.float64)
+        moving = read("moving_image", self.moving_image, np.float64)[1]
+        flab = read("fixed_labels", self.fixed_labels)[1]
+        mlab = read("moving_labels", self.moving_labels)[1]
         if self.fixed_mask is not None:
-            mask = np.asarray(nib.load(str(self.fixed_mask)).dataobj) > 0
+            mask = read("fixed_mask", self.fixed_mask)[1] > 0
         else:
             mask = fixed != 0
         if not mask.any():
             mask = np.ones(fixed.shape, dtype=bool)
         truth = None
         if self.truth is not None:
-            truth = np.asarray(nib.load(str(self.truth)).dataobj, dtype=np.float64)
+            truth = read("truth", self.truth, np.float64)[1]
         return {
             "fixed": fixed,
             "moving": moving,
@@ -118,9 +121,25 @@ def _check_file(name, path, required=True):
     return p
 
 
+def _read_header(name, path):
+    """``nibabel.load`` that names the argument and file when it fails."""
+    try:
+        return nib.load(str(path))
+    except Exception as exc:  # nibabel raises several types
+        raise ValueError(f"{name}: cannot read {path}: {exc}") from exc
+
+
+def _read_data(name, path, img, dtype=None):
+    """The data of ``img``; a truncated or corrupt file names the argument and file."""
+    try:
+        return np.asarray(img.dataobj, dtype=dtype)
+    except Exception as exc:  # EOFError, OSError, zlib.error, ValueError ...
+        raise ValueError(f"{name}: cannot read the data of {path}: {exc}") from exc
+
+
 def _load_volume(name, path):
-    img = nib.load(str(path))
-    data = np.asarray(img.dataobj)
+    img = _read_header(name, path)
+    data = _read_data(name, path, img)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -135,8 +154,8 @@ def load_truth(path):
 
     Accepts the ``(X, Y, Z, 3)`` and the ``(X, Y, Z, 1, 3)`` layouts.
     """
-    img = nib.load(str(path))
-    d = np.asarray(img.dataobj, dtype=np.float64)
+    img = _read_header("displacement", path)
+    d = _read_data("displacement", path, img, np.float64)
     if d.ndim == 5 and d.shape[3] == 1:
         d = d[:, :, :, 0, :]
     if d.ndim != 4 or d.shape[3] != 3:
@@ -180,13 +199,35 @@ def _cache_hash(inputs, params):
 
 
 def _read_cached(folder, fixed_image, fixed_labels, fixed_mask):
+    """The cached pair in ``folder``, or ``None`` when there is none.
+
+    Raises
+    ------
+    ValueError
+        If the folder holds a damaged or foreign entry (unreadable
+        ``meta.json``, missing files, bad ``rigid.txt``); the message names
+        the folder, to be deleted so that the pair is prealigned again.
+    """
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
         return None
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+        listed = meta["files"]
+        rigid = np.loadtxt(folder / "rigid.txt").reshape(4, 4)
+        missing = [n for n in ("moving.nii.gz", "moving_labels.nii.gz", *listed)
+                   if not (folder / n).is_file()]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"prealignment cache {folder} is damaged ({type(exc).__name__}: {exc}); "
+            "delete it to prealign the pair again") from exc
+    if missing:
+        raise ValueError(
+            f"prealignment cache {folder} is damaged (missing {missing}); "
+            "delete it to prealign the pair again")
 
     def opt(name):
-        return folder / name if meta["files"].get(name) else None
+        return folder / name if listed.get(name) else None
 
     return Prealigned(
         cache_dir=folder,
@@ -197,8 +238,146 @@ def _read_cached(folder, fixed_image, fixed_labels, fixed_mask):
         moving_labels=folder / "moving_labels.nii.gz",
         moving_mask=opt("moving_mask.nii.gz"),
         truth=opt("truth.nii.gz"),
-        rigid=np.loadtxt(folder / "rigid.txt").reshape(4, 4),
+        rigid=rigid,
     )
+
+
+def _check_files(**given):
+    """Checked paths of a pair's files (``None`` for an absent optional one)."""
+    optional = ("fixed_mask", "moving_mask", "to_template", "from_template")
+    names = {"to_template": "fixed_truth_to_template",
+             "from_template": "moving_truth_from_template"}
+    return {key: _check_file(names.get(key, key), path, required=key not in optional)
+            for key, path in given.items()}
+
+
+def _rigid_params(level_iters, sigmas, factors, nbins):
+    """The registration parameters, checked and in the form hashed into the cache key."""
+    level_iters = [int(v) for v in level_iters]
+    sigmas = [float(v) for v in sigmas]
+    factors = [int(v) for v in factors]
+    if not (len(level_iters) == len(sigmas) == len(factors)) or not level_iters:
+        raise ValueError(
+            "level_iters, sigmas and factors must be non-empty and of equal length"
+        )
+    if any(v < 0 for v in level_iters) or any(f < 1 for f in factors):
+        raise ValueError("level_iters must be >= 0 and factors >= 1")
+    if isinstance(nbins, bool) or not isinstance(nbins, (int, np.integer)) or nbins < 2:
+        raise ValueError(f"nbins must be an integer >= 2, got {nbins!r}")
+    return {"method": "dipy-rigid-mi", "level_iters": level_iters,
+            "sigmas": sigmas, "factors": factors, "nbins": int(nbins),
+            "pipeline": ["center_of_mass", "translation", "rigid"]}
+
+
+def _spatial_shape(name, path):
+    shape = tuple(_read_header(name, path).shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
+
+
+def _check_grids(files):
+    """Labels and masks on their image's grid (headers only), named by argument and file."""
+    for image, others in (("fixed_image", ("fixed_labels", "fixed_mask")),
+                          ("moving_image", ("moving_labels", "moving_mask"))):
+        ref = _spatial_shape(image, files[image])
+        for name in others:
+            if files[name] is None:
+                continue
+            shape = _spatial_shape(name, files[name])
+            if shape != ref:
+                raise ValueError(
+                    f"{name} {files[name]} has shape {shape}, but {image} "
+                    f"{files[image]} has shape {ref}"
+                )
+
+
+def _cache_inputs(files):
+    """The resolved input paths that, with the parameters, key the cache."""
+    keys = ("fixed_image", "moving_image", "moving_labels", "moving_mask",
+            "to_template", "from_template")
+    return {k: (str(Path(files[k]).resolve()) if files[k] is not None else None) for k in keys}
+
+
+def _safe_id(pair_id):
+    return "".join(c if c.isalnum() or c in "._+-" else "_" for c in pair_id)
+
+
+def cache_folder(cache_root, pair_id, inputs, params):
+    """``<cache_root>/<pair id>__<hash of inputs and params>``."""
+    return Path(cache_root) / f"{_safe_id(pair_id)}__{_cache_hash(inputs, params)}"
+
+
+def _register_rigid(files, params):
+    """Rigid MI registration of the moving image to the fixed one, then resampling.
+
+    Returns
+    -------
+    dict
+        ``affine`` (fixed grid), ``rigid`` (4x4), ``arrays`` (file name ->
+        array to write: the moving image, labels and, when given, mask and
+        true displacement, all on the fixed grid).
+    """
+    from dipy.align import affine_registration
+    from dipy.align.imaffine import AffineMap
+
+    f_img, f_data = _load_volume("fixed_image", files["fixed_image"])
+    m_img, m_data = _load_volume("moving_image", files["moving_image"])
+    _, ml_data = _load_volume("moving_labels", files["moving_labels"])
+    if ml_data.shape != m_data.shape:
+        raise ValueError(
+            f"moving_labels shape {ml_data.shape} differs from moving_image "
+            f"shape {m_data.shape}"
+        )
+    static = f_data.astype(np.float64)
+    moving = m_data.astype(np.float64)
+    for name, arr in (("fixed_image", static), ("moving_image", moving)):
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name} ({files[name]}) contains NaN or infinite values")
+    _, rigid = affine_registration(
+        moving, static, moving_affine=m_img.affine, static_affine=f_img.affine,
+        pipeline=params["pipeline"], level_iters=params["level_iters"],
+        sigmas=params["sigmas"], factors=params["factors"], nbins=params["nbins"])
+    amap = AffineMap(rigid, domain_grid_shape=static.shape,
+                     domain_grid2world=f_img.affine,
+                     codomain_grid_shape=moving.shape,
+                     codomain_grid2world=m_img.affine)
+    arrays = {"moving.nii.gz": amap.transform(moving, interpolation="linear").astype(np.float32)}
+    lab_dtype = ml_data.dtype if ml_data.dtype.kind in "iu" else np.int32
+    warped_lab = amap.transform(ml_data.astype(np.float64), interpolation="nearest")
+    arrays["moving_labels.nii.gz"] = np.rint(warped_lab).astype(lab_dtype)
+    if files["moving_mask"] is not None:
+        _, mm = _load_volume("moving_mask", files["moving_mask"])
+        wm = amap.transform((mm > 0).astype(np.float64), interpolation="nearest")
+        arrays["moving_mask.nii.gz"] = (wm > 0.5).astype(np.uint8)
+    if files["to_template"] is not None and files["from_template"] is not None:
+        arrays["truth.nii.gz"] = _true_displacement(
+            static.shape, f_img.affine, files["to_template"], files["from_template"], rigid)
+    return {"affine": f_img.affine, "rigid": rigid, "arrays": arrays}
+
+
+def _write_cache(folder, pair_id, outputs, meta):
+    """Fill a temporary sibling of ``folder`` and rename it into place."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{_safe_id(pair_id)}-", dir=folder.parent))
+    try:
+        files = {}
+        for name, data in outputs["arrays"].items():
+            nib.save(nib.Nifti1Image(data, outputs["affine"]), str(tmp / name))
+            files[name] = True
+        np.savetxt(tmp / "rigid.txt", outputs["rigid"])
+        meta = {"pair": pair_id, **meta, "files": files,
+                "rigid": np.asarray(outputs["rigid"]).tolist()}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            # another process finished the same pair first: use its files
+            if not (folder / "meta.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def prealign_pair(fixed_image, moving_image, moving_labels, cache_root, *,
@@ -234,101 +413,27 @@ def prealign_pair(fixed_image, moving_image, moving_labels, cache_root, *,
     Prealigned
         Paths of the prealigned files and the rigid matrix.
     """
-    fixed_image = _check_file("fixed_image", fixed_image)
-    moving_image = _check_file("moving_image", moving_image)
-    moving_labels = _check_file("moving_labels", moving_labels)
-    fixed_labels = _check_file("fixed_labels", fixed_labels)
-    fixed_mask = _check_file("fixed_mask", fixed_mask, required=False)
-    moving_mask = _check_file("moving_mask", moving_mask, required=False)
-    to_t = _check_file("fixed_truth_to_template", fixed_truth_to_template, False)
-    from_t = _check_file("moving_truth_from_template", moving_truth_from_template, False)
-    level_iters = [int(v) for v in level_iters]
-    sigmas = [float(v) for v in sigmas]
-    factors = [int(v) for v in factors]
-    if not (len(level_iters) == len(sigmas) == len(factors)) or not level_iters:
-        raise ValueError(
-            "level_iters, sigmas and factors must be non-empty and of equal length"
-        )
-    if any(v < 0 for v in level_iters) or any(f < 1 for f in factors):
-        raise ValueError("level_iters must be >= 0 and factors >= 1")
+    files = _check_files(fixed_image=fixed_image, moving_image=moving_image,
+                         moving_labels=moving_labels, fixed_labels=fixed_labels,
+                         fixed_mask=fixed_mask, moving_mask=moving_mask,
+                         to_template=fixed_truth_to_template,
+                         from_template=moving_truth_from_template)
+    params = _rigid_params(level_iters, sigmas, factors, nbins)
+    if not isinstance(cache_root, (str, os.PathLike)) or str(cache_root) == "":
+        raise ValueError(f"cache_root must be a folder path, got {cache_root!r}")
     if not isinstance(pair_id, str) or not pair_id:
         raise ValueError(f"pair_id must be a non-empty string, got {pair_id!r}")
-
-    params = {"method": "dipy-rigid-mi", "level_iters": level_iters,
-              "sigmas": sigmas, "factors": factors, "nbins": int(nbins),
-              "pipeline": ["center_of_mass", "translation", "rigid"]}
-    inputs = {k: (str(Path(v).resolve()) if v is not None else None) for k, v in {
-        "fixed_image": fixed_image, "moving_image": moving_image,
-        "moving_labels": moving_labels, "moving_mask": moving_mask,
-        "to_template": to_t, "from_template": from_t}.items()}
-    safe_id = "".join(c if c.isalnum() or c in "._+-" else "_" for c in pair_id)
-    cache_root = Path(cache_root)
-    folder = cache_root / f"{safe_id}__{_cache_hash(inputs, params)}"
-    cached = _read_cached(folder, fixed_image, fixed_labels, fixed_mask)
+    _check_grids(files)
+    inputs = _cache_inputs(files)
+    folder = cache_folder(cache_root, pair_id, inputs, params)
+    cached = _read_cached(folder, files["fixed_image"], files["fixed_labels"],
+                          files["fixed_mask"])
     if cached is not None:
         return cached
-
-    from dipy.align import affine_registration
-    from dipy.align.imaffine import AffineMap
-
-    f_img, f_data = _load_volume("fixed_image", fixed_image)
-    m_img, m_data = _load_volume("moving_image", moving_image)
-    ml_img, ml_data = _load_volume("moving_labels", moving_labels)
-    if ml_data.shape != m_data.shape:
-        raise ValueError(
-            f"moving_labels shape {ml_data.shape} differs from moving_image "
-            f"shape {m_data.shape}"
-        )
-    static = f_data.astype(np.float64)
-    moving = m_data.astype(np.float64)
-    for name, arr in (("fixed_image", static), ("moving_image", moving)):
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"{name} contains NaN or infinite values")
-    _, rigid = affine_registration(
-        moving, static, moving_affine=m_img.affine, static_affine=f_img.affine,
-        pipeline=params["pipeline"], level_iters=level_iters, sigmas=sigmas,
-        factors=factors, nbins=int(nbins))
-    amap = AffineMap(rigid, domain_grid_shape=static.shape,
-                     domain_grid2world=f_img.affine,
-                     codomain_grid_shape=moving.shape,
-                     codomain_grid2world=m_img.affine)
-    warped = amap.transform(moving, interpolation="linear").astype(np.float32)
-    lab_dtype = ml_data.dtype if ml_data.dtype.kind in "iu" else np.int32
-    warped_lab = amap.transform(ml_data.astype(np.float64), interpolation="nearest")
-    warped_lab = np.rint(warped_lab).astype(lab_dtype)
-
-    cache_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{safe_id}-", dir=cache_root))
-    try:
-        files = {}
-
-        def save(name, data):
-            nib.save(nib.Nifti1Image(data, f_img.affine), str(tmp / name))
-            files[name] = True
-
-        save("moving.nii.gz", warped)
-        save("moving_labels.nii.gz", warped_lab)
-        if moving_mask is not None:
-            _, mm = _load_volume("moving_mask", moving_mask)
-            wm = amap.transform((mm > 0).astype(np.float64), interpolation="nearest")
-            save("moving_mask.nii.gz", (wm > 0.5).astype(np.uint8))
-        if to_t is not None and from_t is not None:
-            save("truth.nii.gz",
-                 _true_displacement(static.shape, f_img.affine, to_t, from_t, rigid))
-        np.savetxt(tmp / "rigid.txt", rigid)
-        meta = {"pair": pair_id, "inputs": inputs, "params": params,
-                "files": files, "rigid": np.asarray(rigid).tolist()}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            # another process finished the same pair first: use its files
-            if _read_cached(folder, fixed_image, fixed_labels, fixed_mask) is None:
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return _read_cached(folder, fixed_image, fixed_labels, fixed_mask)
+    outputs = _register_rigid(files, params)
+    _write_cache(folder, pair_id, outputs, {"inputs": inputs, "params": params})
+    return _read_cached(folder, files["fixed_image"], files["fixed_labels"],
+                        files["fixed_mask"])
 
 
 def _subject(dataset, name):

@@ -27,6 +27,12 @@ from .store import ResultStore, make_key
 
 __all__ = ["run_benchmark", "run_pair", "available_cores", "BASELINE"]
 
+# run_benchmark is an outline of named steps (pyperf/asv style): check the
+# arguments, plan the pairs and the method configurations, turn them into
+# tasks, dispatch the tasks (here, a process pool or Dask) and collect the
+# records.  run_pair does the same for one task: prealign, then one record
+# per method.
+
 BASELINE = "baseline"
 _THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -89,6 +95,76 @@ def _error_text(exc):
     return f"{type(exc).__name__}: {exc}\n" + "".join(tb[-6:])
 
 
+def _error_record(task, name, text):
+    """An ``error`` record of ``name`` (a method or the baseline) for ``task``'s pair."""
+    if name == BASELINE:
+        rec = _base_record(task, BASELINE, "Baseline", _baseline_config(task))
+    else:
+        m = next(m for m in task["methods"] if m["name"] == name)
+        rec = _base_record(task, name, m["label"], m["config"])
+    rec.update(status="error", error=text)
+    return rec
+
+
+def prealign_task(task):
+    """Prealign a task's pair (or read it from the cache) and load its arrays.
+
+    Returns
+    -------
+    pre : Prealigned
+    data : dict
+        See :meth:`~fastsyn.bench.prealign.Prealigned.load`.
+    """
+    from .prealign import prealign_pair
+
+    fx, mv, p = task["fixed_files"], task["moving_files"], task["pair"]
+    pre = prealign_pair(
+        fx["images"][p["fixed_modality"]], mv["images"][p["moving_modality"]],
+        mv["labels"], task["cache_dir"], fixed_labels=fx["labels"],
+        pair_id=p["id"], fixed_mask=fx["mask"], moving_mask=mv["mask"],
+        fixed_truth_to_template=fx["truth"],
+        moving_truth_from_template=mv["truth"], **task["prealign"])
+    return pre, pre.load()
+
+
+def baseline_record(task, data, common):
+    """The ``Baseline`` record: the measures of the prealigned pair itself."""
+    from .evaluate import evaluate_pair
+
+    metrics = evaluate_pair(data["fixed"], data["moving"],
+                            data["fixed_labels"], data["moving_labels"],
+                            data["mask"], displacement=None,
+                            affine=data["affine"],
+                            true_displacement=data["truth"])
+    rec = _base_record(task, BASELINE, "Baseline", _baseline_config(task))
+    rec.update(status="ok", metrics=metrics, seconds=None,
+               threads=None, peak_mem_mb=None, **common)
+    return rec
+
+
+def method_record(task, spec, data, common):
+    """Register the prealigned pair with one method and measure the result."""
+    from .evaluate import evaluate_pair
+    from .methods import get_method
+
+    method = get_method(spec["name"], **spec["options"])
+    res = method.run(data["fixed"], data["moving"], data["affine"],
+                     data["affine"], data["moving_labels"],
+                     metric=task["metric"], levels=task["levels"],
+                     threads=spec["config"]["threads"])
+    metrics = evaluate_pair(data["fixed"], res.warped, data["fixed_labels"],
+                            res.warped_labels, data["mask"],
+                            displacement=res.displacement,
+                            affine=data["affine"],
+                            true_displacement=data["truth"])
+    rec = _base_record(task, spec["name"], spec["label"], spec["config"])
+    rec.update(status="ok", metrics=metrics, seconds=res.seconds,
+               threads=res.threads, peak_mem_mb=res.peak_mem_mb,
+               extra=res.extra, has_displacement=res.displacement is not None,
+               **common)
+    return rec
+
+
 def run_pair(task):
     """Run one task: prealign, Baseline, every method; store each record.
 
@@ -105,81 +181,35 @@ def run_pair(task):
         The records written by this call (finished records already in the
         store are not rerun and not returned).
     """
-    from .evaluate import evaluate_pair
-    from .methods import get_method
-    from .prealign import prealign_pair
-
     logging.getLogger("dipy").setLevel(logging.WARNING)
     store = ResultStore(task["results_dir"])
-    pending = [(name, key) for name, key in _task_keys(task) if not store.has(key)]
+    pending = [name for name, key in _task_keys(task) if not store.has(key)]
     if not pending:
         return []
-    by_name = {m["name"]: m for m in task["methods"]}
     written = []
 
     def put(record):
         store.put(record)
         written.append(record)
 
-    def error_record(name, exc_text):
-        if name == BASELINE:
-            rec = _base_record(task, BASELINE, "Baseline",
-                               _baseline_config(task))
-        else:
-            m = by_name[name]
-            rec = _base_record(task, name, m["label"], m["config"])
-        rec.update(status="error", error=exc_text)
-        put(rec)
-
-    fx, mv, p = task["fixed_files"], task["moving_files"], task["pair"]
     try:
-        pre = prealign_pair(
-            fx["images"][p["fixed_modality"]], mv["images"][p["moving_modality"]],
-            mv["labels"], task["cache_dir"], fixed_labels=fx["labels"],
-            pair_id=p["id"], fixed_mask=fx["mask"], moving_mask=mv["mask"],
-            fixed_truth_to_template=fx["truth"],
-            moving_truth_from_template=mv["truth"], **task["prealign"])
-        data = pre.load()
+        pre, data = prealign_task(task)
     except Exception as exc:  # recorded, the run goes on
         text = "prealignment failed: " + _error_text(exc)
-        for name, _ in pending:
-            error_record(name, text)
+        for name in pending:
+            put(_error_record(task, name, text))
         return written
 
     common = {"prealign_dir": str(pre.cache_dir), "rigid": pre.rigid.tolist()}
-    for name, _key in pending:
+    by_name = {m["name"]: m for m in task["methods"]}
+    for name in pending:
         try:
             if name == BASELINE:
-                metrics = evaluate_pair(data["fixed"], data["moving"],
-                                        data["fixed_labels"], data["moving_labels"],
-                                        data["mask"], displacement=None,
-                                        affine=data["affine"],
-                                        true_displacement=data["truth"])
-                rec = _base_record(task, BASELINE, "Baseline",
-                                   _baseline_config(task))
-                rec.update(status="ok", metrics=metrics, seconds=None,
-                           threads=None, peak_mem_mb=None, **common)
-                put(rec)
-                continue
-            m = by_name[name]
-            method = get_method(name, **m["options"])
-            res = method.run(data["fixed"], data["moving"], data["affine"],
-                             data["affine"], data["moving_labels"],
-                             metric=task["metric"], levels=task["levels"],
-                             threads=m["config"]["threads"])
-            metrics = evaluate_pair(data["fixed"], res.warped, data["fixed_labels"],
-                                    res.warped_labels, data["mask"],
-                                    displacement=res.displacement,
-                                    affine=data["affine"],
-                                    true_displacement=data["truth"])
-            rec = _base_record(task, name, m["label"], m["config"])
-            rec.update(status="ok", metrics=metrics, seconds=res.seconds,
-                       threads=res.threads, peak_mem_mb=res.peak_mem_mb,
-                       extra=res.extra, has_displacement=res.displacement is not None,
-                       **common)
-            put(rec)
+                put(baseline_record(task, data, common))
+            else:
+                put(method_record(task, by_name[name], data, common))
         except Exception as exc:  # recorded, the run goes on
-            error_record(name, _error_text(exc))
+            put(_error_record(task, name, _error_text(exc)))
     return written
 
 
@@ -238,6 +268,158 @@ class _ThreadEnv:
         return False
 
 
+def _check_run_args(metric, threads, workers, results_dir, levels, modalities, sample, seed,
+                    dask):
+    """Checked ``levels`` and ``modalities``; every bad argument is named."""
+    from .pairs import check_sample_seed
+
+    if metric not in ("cc", "mi"):
+        raise ValueError(f"metric must be 'cc' or 'mi', got {metric!r}")
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool)
+                                or workers < 1):
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if results_dir is None:
+        raise ValueError("results_dir is required")
+    check_sample_seed(sample, seed)
+    if dask is not None and (dask == "" or isinstance(dask, (bool, int, float, list, tuple))):
+        raise ValueError(
+            f"dask must be 'local', a scheduler address or a Client, got {dask!r}")
+    if isinstance(modalities, str):
+        modalities = [m.strip() for m in modalities.split(",") if m.strip()]
+    return _parse_levels(levels), modalities
+
+
+def _warner(progress):
+    from tqdm.auto import tqdm
+
+    def warn(msg):
+        if progress:
+            tqdm.write(f"warning: {msg}")
+        warnings.warn(msg, RuntimeWarning, stacklevel=4)
+
+    return warn
+
+
+def _prealign_options(options):
+    """The prealignment settings: defaults updated by ``options``."""
+    from .prealign import DEFAULT_FACTORS, DEFAULT_LEVEL_ITERS, DEFAULT_SIGMAS
+
+    pre_opts = {"level_iters": list(DEFAULT_LEVEL_ITERS), "sigmas": list(DEFAULT_SIGMAS),
+                "factors": list(DEFAULT_FACTORS), "nbins": 32}
+    if options is not None and not isinstance(options, dict):
+        raise TypeError(f"prealign_options must be a dict, got {type(options).__name__}")
+    unknown = set(options or {}) - set(pre_opts)
+    if unknown:
+        raise ValueError(f"unknown prealign_options {sorted(unknown)}; known: {sorted(pre_opts)}")
+    pre_opts.update(options or {})
+    return pre_opts
+
+
+def plan_pairs(dataset, modalities, *, sample, seed, cache_dir, resolution):
+    """Load the dataset (a name or folder) and choose its pairs.
+
+    Returns
+    -------
+    dataset : Dataset
+    pairs : list of Pair
+    """
+    from .pairs import make_pairs
+
+    if isinstance(dataset, (str, Path)):
+        from .datasets import load_dataset
+        dataset = load_dataset(str(dataset), cache_dir=cache_dir, resolution=resolution)
+    pairs = make_pairs(dataset, modalities, sample=sample, seed=seed)
+    if not pairs:
+        raise ValueError(f"dataset {dataset.name!r} gives no pairs")
+    return dataset, pairs
+
+
+def method_specs(methods, metric, levels, threads, data_tag, pre_opts, warn):
+    """Available methods as task entries, each with its full configuration.
+
+    Returns
+    -------
+    specs : list of dict
+        ``name``, ``options``, ``label``, ``config``.
+    unavailable : dict
+        Method name -> reason it is skipped.
+    """
+    specs, unavailable = _resolve_methods(methods, metric, warn)
+    for s in specs:
+        cfg = s.pop("_method").configuration(metric, levels, threads)
+        cfg.update(data=data_tag, prealign=pre_opts)
+        s["config"] = cfg
+    return specs, unavailable
+
+
+def plan_tasks(dataset, pairs, specs, *, metric, levels, results_dir, cache, pre_opts,
+               data_tag):
+    """One task (a plain dict of paths and options) per pair."""
+    return [{
+        "dataset": dataset.name, "pair": _pair_dict(pair),
+        "fixed_files": _subject_files(dataset, pair.fixed, "truth_to_template"),
+        "moving_files": _subject_files(dataset, pair.moving, "truth_from_template"),
+        "methods": specs, "metric": metric, "levels": levels,
+        "results_dir": str(results_dir), "cache_dir": str(cache),
+        "prealign": pre_opts, "data": data_tag,
+    } for pair in pairs]
+
+
+class _Collector:
+    """Counts the records that come back and records the tasks whose worker died."""
+
+    def __init__(self, store, summary):
+        self.store = store
+        self.summary = summary
+
+    def account(self, records):
+        for rec in records:
+            self.summary["ran"] += 1
+            self.summary["ok" if rec["status"] == "ok" else "errors"] += 1
+
+    def fail_task(self, task, exc):
+        # the worker itself died: record every missing result of the pair
+        text = "worker failed: " + _error_text(exc)
+        recs = []
+        for name, key in _task_keys(task):
+            if self.store.has(key):
+                continue
+            rec = _error_record(task, name, text)
+            self.store.put(rec)
+            recs.append(rec)
+        return recs
+
+
+def local_workers(workers, threads, n_tasks, warn, cores=None):
+    """Worker processes for a local run: ``workers * threads`` within the cores."""
+    cores = available_cores() if cores is None else cores
+    if workers is None:
+        workers = max(1, cores // threads)
+    if workers * threads > cores:
+        capped = max(1, cores // threads)
+        if capped != workers:
+            warn(f"workers x threads = {workers * threads} exceeds the "
+                 f"{cores} available cores; using {capped} worker(s)")
+        workers = capped
+    return min(workers, n_tasks)
+
+
+def _dispatch(todo, *, dask, workers, threads, store, collector, bar, warn):
+    """Run the tasks here, in a local process pool or on Dask."""
+    if dask is not None:
+        _run_dask(todo, dask, workers, store, collector.account, collector.fail_task, bar)
+        return
+    workers = local_workers(workers, threads, len(todo), warn)
+    if workers == 1:
+        for task in todo:
+            collector.account(run_pair(task))
+            bar.update(1)
+    else:
+        _run_pool(todo, workers, threads, collector.account, collector.fail_task, bar)
+
+
 def run_benchmark(dataset, methods, metric, *, modalities=None, sample=None, seed=0,
                   threads=1, levels=(20, 20, 10), results_dir, workers=None, dask=None,
                   progress=True, resolution=2.0, cache_dir=None, prealign_options=None):
@@ -290,64 +472,22 @@ def run_benchmark(dataset, methods, metric, *, modalities=None, sample=None, see
         ``ok``, ``errors``, ``skipped`` (pairs already finished),
         ``unavailable`` (method -> reason), ``results_dir``.
     """
-    if metric not in ("cc", "mi"):
-        raise ValueError(f"metric must be 'cc' or 'mi', got {metric!r}")
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise ValueError(f"threads must be a positive integer, got {threads!r}")
-    if workers is not None and (not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
-    if results_dir is None:
-        raise ValueError("results_dir is required")
-    levels = _parse_levels(levels)
-    if isinstance(modalities, str):
-        modalities = [m.strip() for m in modalities.split(",") if m.strip()]
-
-    from tqdm.auto import tqdm
-
-    def warn(msg):
-        if progress:
-            tqdm.write(f"warning: {msg}")
-        warnings.warn(msg, RuntimeWarning, stacklevel=3)
-
+    levels, modalities = _check_run_args(metric, threads, workers, results_dir, levels,
+                                         modalities, sample, seed, dask)
+    pre_opts = _prealign_options(prealign_options)
+    warn = _warner(progress)
     store = ResultStore(results_dir)
     results_dir = store.root.resolve()
-
-    if isinstance(dataset, (str, Path)):
-        from .datasets import load_dataset
-        dataset = load_dataset(str(dataset), cache_dir=cache_dir, resolution=resolution)
-    from .pairs import make_pairs
-    pairs = make_pairs(dataset, modalities, sample=sample, seed=seed)
-    if not pairs:
-        raise ValueError(f"dataset {dataset.name!r} gives no pairs")
-
-    from .prealign import DEFAULT_FACTORS, DEFAULT_LEVEL_ITERS, DEFAULT_SIGMAS
-
-    pre_opts = {"level_iters": list(DEFAULT_LEVEL_ITERS), "sigmas": list(DEFAULT_SIGMAS),
-                "factors": list(DEFAULT_FACTORS), "nbins": 32}
-    unknown = set(prealign_options or {}) - set(pre_opts)
-    if unknown:
-        raise ValueError(f"unknown prealign_options {sorted(unknown)}; known: {sorted(pre_opts)}")
-    pre_opts.update(prealign_options or {})
+    dataset, pairs = plan_pairs(dataset, modalities, sample=sample, seed=seed,
+                                cache_dir=cache_dir, resolution=resolution)
     # the data version (e.g. embedded-mono-2mm vs -1mm) is part of every key
     data_tag = Path(dataset.root).name if getattr(dataset, "root", None) else dataset.name
-    specs, unavailable = _resolve_methods(methods, metric, warn)
-    for s in specs:
-        cfg = s.pop("_method").configuration(metric, levels, threads)
-        cfg.update(data=data_tag, prealign=pre_opts)
-        s["config"] = cfg
+    specs, unavailable = method_specs(methods, metric, levels, threads, data_tag, pre_opts,
+                                      warn)
     cache = Path(cache_dir) / "prealign" if cache_dir else results_dir / "prealign"
-    cache = (cache / dataset.name).resolve()
-
-    tasks = []
-    for pair in pairs:
-        tasks.append({
-            "dataset": dataset.name, "pair": _pair_dict(pair),
-            "fixed_files": _subject_files(dataset, pair.fixed, "truth_to_template"),
-            "moving_files": _subject_files(dataset, pair.moving, "truth_from_template"),
-            "methods": specs, "metric": metric, "levels": levels,
-            "results_dir": str(results_dir), "cache_dir": str(cache),
-            "prealign": pre_opts, "data": data_tag,
-        })
+    tasks = plan_tasks(dataset, pairs, specs, metric=metric, levels=levels,
+                       results_dir=results_dir, cache=(cache / dataset.name).resolve(),
+                       pre_opts=pre_opts, data_tag=data_tag)
     todo = [t for t in tasks if not all(store.has(k) for _, k in _task_keys(t))]
     summary = {"dataset": dataset.name, "pairs": len(tasks),
                "skipped": len(tasks) - len(todo), "ran": 0, "ok": 0, "errors": 0,
@@ -355,51 +495,13 @@ def run_benchmark(dataset, methods, metric, *, modalities=None, sample=None, see
     if not todo:
         return summary
 
-    def account(records):
-        for rec in records:
-            summary["ran"] += 1
-            summary["ok" if rec["status"] == "ok" else "errors"] += 1
-
-    def fail_task(task, exc):
-        # the worker itself died: record every missing result of the pair
-        text = "worker failed: " + _error_text(exc)
-        recs = []
-        for name, key in _task_keys(task):
-            if store.has(key):
-                continue
-            if name == BASELINE:
-                rec = _base_record(task, BASELINE, "Baseline",
-                                   _baseline_config(task))
-            else:
-                m = next(m for m in task["methods"] if m["name"] == name)
-                rec = _base_record(task, name, m["label"], m["config"])
-            rec.update(status="error", error=text)
-            store.put(rec)
-            recs.append(rec)
-        return recs
+    from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), disable=not progress, unit="pair",
                desc=f"{dataset.name} [{metric}]")
     try:
-        if dask is not None:
-            _run_dask(todo, dask, workers, store, account, fail_task, bar)
-        else:
-            cores = available_cores()
-            if workers is None:
-                workers = max(1, cores // threads)
-            if workers * threads > cores:
-                capped = max(1, cores // threads)
-                if capped != workers:
-                    warn(f"workers x threads = {workers * threads} exceeds the "
-                         f"{cores} available cores; using {capped} worker(s)")
-                workers = capped
-            workers = min(workers, len(todo))
-            if workers == 1:
-                for task in todo:
-                    account(run_pair(task))
-                    bar.update(1)
-            else:
-                _run_pool(todo, workers, threads, account, fail_task, bar)
+        _dispatch(todo, dask=dask, workers=workers, threads=threads, store=store,
+                  collector=_Collector(store, summary), bar=bar, warn=warn)
     finally:
         bar.close()
     return summary
@@ -458,11 +560,14 @@ def _run_dask(todo, dask, workers, store, account, fail_task, bar):
             for fut in as_completed(futures):
                 try:
                     records = fut.result()
-                    # workers may not share our file system: keep a local copy
+                    # workers may not share our file system: keep a local copy,
+                    # but never replace a finished local record
                     for rec in records:
-                        local = store.get(make_key(rec["dataset"], rec["pair"],
-                                                   rec["method"], rec["config"]))
-                        if local is None or local.get("status") != rec["status"]:
+                        key = make_key(rec["dataset"], rec["pair"], rec["method"],
+                                       rec["config"])
+                        local = store.get(key)
+                        if not store.has(key) and (
+                                local is None or local.get("status") != rec["status"]):
                             store.put(rec)
                     account(records)
                 except Exception as exc:

@@ -121,14 +121,20 @@ class ResultStore:
         return self.root.joinpath(*parts[:-1], parts[-1] + ".json")
 
     def get(self, key):
-        """The record stored under ``key``, or ``None``."""
+        """The record stored under ``key``, or ``None``.
+
+        A file that is not a JSON object (half-written by a foreign tool,
+        truncated, or any other JSON) counts as no record: the pair is run
+        again and the file replaced.
+        """
         p = self.path(key)
         try:
-            return json.loads(p.read_text())
+            rec = json.loads(p.read_text())
         except FileNotFoundError:
             return None
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError):
             return None
+        return rec if isinstance(rec, dict) else None
 
     def has(self, key):
         """Whether a finished (``status == "ok"``) record exists for ``key``."""
@@ -197,6 +203,8 @@ class ResultStore:
         -------
         list of dict
         """
+        if status not in (None, "ok", "error"):
+            raise ValueError(f"status must be None, 'ok' or 'error', got {status!r}")
         out = []
         for p in sorted(self.root.glob("*/*/*.json")):
             if p.name.startswith(".tmp-"):

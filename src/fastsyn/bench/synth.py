@@ -59,6 +59,8 @@ __all__ = [
     "synthesize_contrast",
     "bias_field",
     "apply_appearance",
+    "warp_anatomy",
+    "subject_contrast",
     "make_subject",
 ]
 
@@ -866,6 +868,112 @@ class SyntheticSubject:
     params: dict
 
 
+def _check_modalities(modalities) -> tuple[str, ...]:
+    modalities = tuple(modalities)
+    if not modalities:
+        raise ValueError("modalities must not be empty")
+    for m in modalities:
+        if m not in CONTRASTS:
+            raise ValueError(f"unknown modality {m!r}; expected one of {sorted(CONTRASTS)}")
+    return modalities
+
+
+def _native_deformation(rng, *, max_disp, sigma_mm, max_rotation, max_translation) -> Deformation:
+    """A subject's deformation, drawn over the 1 mm template's field of view.
+
+    Drawing it on the native grid (whatever the cohort resolution) is what
+    makes a subject the same anatomy at every resolution.
+    """
+    native_maps, native_affine = _native()
+    return random_deformation(
+        rng,
+        native_maps["t1"].shape,
+        native_affine,
+        max_disp=max_disp,
+        sigma_mm=sigma_mm,
+        max_rotation=max_rotation,
+        max_translation=max_translation,
+    )
+
+
+def warp_anatomy(template: Template, deform: Deformation) -> dict:
+    """Geometry of a subject on the template grid: fields, labels, mask, support.
+
+    Parameters
+    ----------
+    template : Template
+    deform : Deformation
+        Subject world point -> template world point.
+
+    Returns
+    -------
+    dict
+        ``points`` (grid points, world mm), ``mapped`` (their images under
+        ``deform``), ``to_template`` and ``from_template`` (float32
+        displacements), ``labels`` (int32, nearest neighbour), ``mask``
+        (``labels > 0``) and ``support`` (where the warped brain mask is
+        above 0.01: the skull-stripped support of the images).
+    """
+    shape, affine = template.shape, template.affine
+    pts = grid_points(shape, affine)
+    mapped = deform.map_points(pts)
+    labels = sample_image(template.labels, affine, mapped, order=0).astype(np.int32)
+    return {
+        "points": pts,
+        "mapped": mapped,
+        "to_template": (mapped - pts).astype(np.float32),
+        "from_template": deform.inverse_displacement_on(shape, affine),
+        "labels": labels,
+        "mask": labels > 0,
+        "support": sample_image(template.mask.astype(np.float32), affine, mapped, order=1) > 0.01,
+    }
+
+
+def subject_contrast(template: Template, anatomy: dict, modality: str, rng, *,
+                     synthetic_contrast=False, gamma_range=(0.85, 1.15),
+                     bias_range=(0.05, 0.20), noise_range=(0.01, 0.03),
+                     contrast_jitter=0.05) -> tuple[np.ndarray, dict]:
+    """One modality of a subject: warped template contrast plus appearance.
+
+    Parameters
+    ----------
+    template : Template
+    anatomy : dict
+        From :func:`warp_anatomy`.
+    modality : str
+    rng : numpy.random.Generator
+        This modality's own stream; draws gamma, bias, noise and the
+        three tissue jitters, in that order, then the bias field and noise.
+    synthetic_contrast, gamma_range, bias_range, noise_range, contrast_jitter
+        See :func:`make_subject`.
+
+    Returns
+    -------
+    image : ndarray, float32
+    params : dict
+        ``gamma``, ``bias``, ``noise`` and ``jitter`` (JSON-serialisable).
+    """
+    gamma = float(rng.uniform(*gamma_range))
+    bias = float(rng.uniform(*bias_range))
+    noise = float(rng.uniform(*noise_range))
+    # drawn for every modality, used or not, so each stream stays aligned
+    jitter = 1.0 + contrast_jitter * rng.uniform(-1, 1, 3)
+    if modality == "t1" and not synthetic_contrast:
+        base = template.image("t1")
+    else:
+        base = synthesize_contrast(
+            template.csf, template.gm, template.wm, modality,
+            means=np.asarray(CONTRASTS[modality]) * jitter,
+        )
+    scale = float(np.percentile(base[template.mask], 99)) or 1.0
+    warped = sample_image(base / scale, template.affine, anatomy["mapped"], order=1)
+    image = apply_appearance(
+        warped, anatomy["support"], anatomy["points"], rng, gamma=gamma, bias=bias, noise=noise
+    )
+    params = {"gamma": gamma, "bias": bias, "noise": noise, "jitter": jitter.round(6).tolist()}
+    return image, params
+
+
 def make_subject(
     template: Template,
     seed,
@@ -911,62 +1019,34 @@ def make_subject(
     -------
     SyntheticSubject
     """
-    modalities = tuple(modalities)
-    if not modalities:
-        raise ValueError("modalities must not be empty")
-    for m in modalities:
-        if m not in CONTRASTS:
-            raise ValueError(f"unknown modality {m!r}; expected one of {sorted(CONTRASTS)}")
+    modalities = _check_modalities(modalities)
     ss = np.random.SeedSequence(seed)
     def_ss, *app_ss = ss.spawn(1 + len(modalities))
-    rng = np.random.default_rng(def_ss)
-    native_maps, native_affine = _native()
-    deform = random_deformation(
-        rng,
-        native_maps["t1"].shape,
-        native_affine,
+    deform = _native_deformation(
+        np.random.default_rng(def_ss),
         max_disp=max_disp,
         sigma_mm=sigma_mm,
         max_rotation=max_rotation,
         max_translation=max_translation,
     )
-    shape, affine = template.shape, template.affine
-    pts = grid_points(shape, affine)
-    mapped = deform.map_points(pts)
-    to_template = (mapped - pts).astype(np.float32)
-    from_template = deform.inverse_displacement_on(shape, affine)
-    labels = sample_image(template.labels, affine, mapped, order=0).astype(np.int32)
-    mask = labels > 0
-    support = sample_image(template.mask.astype(np.float32), affine, mapped, order=1) > 0.01
+    anatomy = warp_anatomy(template, deform)
     images = {}
     params = {"seed": [int(s) for s in np.atleast_1d(seed)], "max_disp": max_disp,
               "sigma_mm": sigma_mm, "rigid": deform.rigid.round(6).tolist(), "modalities": {}}
     for m, mss in zip(modalities, app_ss):
-        arng = np.random.default_rng(mss)
-        gamma = float(arng.uniform(*gamma_range))
-        bias = float(arng.uniform(*bias_range))
-        noise = float(arng.uniform(*noise_range))
-        jitter = 1.0 + contrast_jitter * arng.uniform(-1, 1, 3)
-        if m == "t1" and not synthetic_contrast:
-            base = template.image("t1")
-        else:
-            base = synthesize_contrast(
-                template.csf, template.gm, template.wm, m, means=np.asarray(CONTRASTS[m]) * jitter
-            )
-        scale = float(np.percentile(base[template.mask], 99)) or 1.0
-        warped = sample_image(base / scale, affine, mapped, order=1)
-        images[m] = apply_appearance(
-            warped, support, pts, arng, gamma=gamma, bias=bias, noise=noise
+        images[m], params["modalities"][m] = subject_contrast(
+            template, anatomy, m, np.random.default_rng(mss),
+            synthetic_contrast=synthetic_contrast, gamma_range=gamma_range,
+            bias_range=bias_range, noise_range=noise_range, contrast_jitter=contrast_jitter,
         )
-        params["modalities"][m] = {"gamma": gamma, "bias": bias, "noise": noise,
-                                   "jitter": jitter.round(6).tolist()}
+    affine = template.affine
     return SyntheticSubject(
         images=images,
-        labels=labels,
-        mask=mask,
+        labels=anatomy["labels"],
+        mask=anatomy["mask"],
         affine=np.array(affine),
-        to_template=to_template,
-        from_template=from_template,
+        to_template=anatomy["to_template"],
+        from_template=anatomy["from_template"],
         template_affine=np.array(affine),
         params=params,
     )
