@@ -22,8 +22,8 @@ CORE = (
     "fastsyn._kernels",
     "fastsyn.fields",
     "fastsyn.metrics",
-    "fastsyn._mi",
     "fastsyn.imwarp",
+    "fastsyn.pyramid",
     "fastsyn.patch",
     "fastsyn._threads",
     "fastsyn._validation",
@@ -196,6 +196,9 @@ def layer_violations(graph):
         if under(mod, ("fastsyn.bench",)):
             out += [f"{mod} imports {t} directly" for t in sorted(targets)
                     if under(t, ("fastsyn._kernels",))]
+            # The harness serves the command line, never the other way round.
+            out += [f"{mod} reaches {t} via {' -> '.join(p)}"
+                    for t, p in sorted(reach(graph, mod).items()) if under(t, ("fastsyn.cli",))]
     return out
 
 
