@@ -17,6 +17,11 @@ Methods
 ``fastsyn``
     ``fastsyn.SymmetricDiffeomorphicRegistration`` with ``fastsyn.CCMetric`` or
     ``fastsyn.MIMetric`` and the requested thread count.
+``fastsyn-ants``
+    fastsyn in its ANTs-faithful mode (:func:`fastsyn.ants_like`: ANTs'
+    pyramid, ITK's update smoothing, ANTs' convergence test) with the
+    ``ants`` method's parameters (step 0.2, flow variance 3, CC radius 4 or
+    32 bins).
 ``ants``
     antspyx ``ants.registration(type_of_transform="SyNOnly")`` with ``CC``
     (radius 4) or ``mattes`` (32 bins), run in a child process whose ITK thread
@@ -48,6 +53,7 @@ __all__ = [
     "Method",
     "DipyMethod",
     "FastsynMethod",
+    "FastsynAntsMethod",
     "AntsMethod",
     "GreedyMethod",
     "METHODS",
@@ -389,6 +395,39 @@ class FastsynMethod(Method):
         return _run_syn(reg, fixed, moving, fixed_affine, moving_affine, labels, threads)
 
 
+class FastsynAntsMethod(FastsynMethod):
+    """fastsyn SyN in its ANTs-faithful mode (:func:`fastsyn.ants_like`):
+    ANTs' pyramid, ITK's update smoothing and ANTs' convergence test, with the
+    parameters of the ``ants`` method."""
+
+    name = "fastsyn-ants"
+    label = "fastsyn (ANTs mode)"
+    defaults = {"radius": 4, "nbins": 32, "grad_step": 0.2, "flow_sigma": 3.0,
+                "total_sigma": 0.0, "inv_iter": 20, "inv_tol": 1e-3}
+
+    def available(self, metric=None):
+        ok, reason = super().available(metric)
+        if ok:
+            import fastsyn
+            if not hasattr(fastsyn, "ants_like"):
+                return False, "fastsyn does not provide ants_like"
+        return ok, reason
+
+    def _run(self, fixed, moving, fixed_affine, moving_affine, labels, *,
+             metric, levels, threads):
+        import fastsyn
+        o = self.options
+        if metric == "cc":
+            m = fastsyn.CCMetric(3, radius=o["radius"], num_threads=threads)
+        else:
+            m = fastsyn.MIMetric(3, nbins=o["nbins"], num_threads=threads)
+        reg = fastsyn.ants_like(m, level_iters=list(levels), num_threads=threads,
+                                step_length=o["grad_step"], flow_sigma=o["flow_sigma"],
+                                total_sigma=o["total_sigma"], inv_iter=o["inv_iter"],
+                                inv_tol=o["inv_tol"])
+        return _run_syn(reg, fixed, moving, fixed_affine, moving_affine, labels, threads)
+
+
 def _write_nifti(path, data, affine):
     import nibabel as nib
     nib.save(nib.Nifti1Image(data, affine), str(path))
@@ -564,7 +603,8 @@ class GreedyMethod(Method):
         return MethodResult(warped, warped_labels, disp, seconds, threads, mem.mb)
 
 
-METHODS = {cls.name: cls for cls in (DipyMethod, FastsynMethod, AntsMethod, GreedyMethod)}
+METHODS = {cls.name: cls for cls in (DipyMethod, FastsynMethod, FastsynAntsMethod, AntsMethod,
+                                      GreedyMethod)}
 
 
 def get_method(name, **options):
