@@ -182,7 +182,7 @@ def _smooth_twin(k):
     return ndimage.gaussian_filter(arr, k["sigma"])
 
 
-def _bad_scalar(name, values, error_for_nan=ValueError):
+def _bad_scalar(name, values):
     """Standard bad values of a float parameter."""
     return tuple((f"{name}={v!r}", name, v,
                   "TypeError" if isinstance(v, (bool, str)) else "ValueError", name)
@@ -1034,7 +1034,8 @@ def evaluate(case):
 
 
 ALL = {c.id: c for c in CASES + REGRESSIONS}
-_DUPLICATES = sorted({c.id for c in CASES + REGRESSIONS if [d.id for d in CASES + REGRESSIONS].count(c.id) > 1})
+_IDS = [c.id for c in CASES + REGRESSIONS]
+_DUPLICATES = sorted({i for i in _IDS if _IDS.count(i) > 1})
 assert not _DUPLICATES, f"duplicate case ids: {_DUPLICATES}"
 
 
