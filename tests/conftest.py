@@ -64,3 +64,10 @@ def smooth_image(shape, dtype, *, seed=0):
     rng = np.random.default_rng(seed)
     img = ndimage.gaussian_filter(rng.random(shape), 2.0) * 100.0
     return np.ascontiguousarray(img.astype(dtype))
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--fuzz-examples", type=int, default=15,
+        help="hypothesis examples per target in tests/test_fuzz.py (default 15; "
+             "`tox -e fuzz` runs many more)")
