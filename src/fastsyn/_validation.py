@@ -30,15 +30,22 @@ def _check_finite(name, arr):
         raise ValueError(f"{name} contains NaN or infinite values")
 
 
-def _as_array(name, value):
+def _as_array(name, value, convert_to=None):
     """``np.asarray`` that refuses what no kernel can read and makes the byte
-    order native (the kernels' typed memoryviews read native order only)."""
+    order native (the kernels' typed memoryviews read native order only).
+    With ``convert_to``, an object array of numbers is converted (as DIPY's
+    ``np.asarray(..., dtype=...)`` would) instead of refused."""
     if value is None:
         raise TypeError(f"{name} must be an array, got None")
     try:
         arr = np.asarray(value)
     except ValueError as err:  # ragged nested sequences
         raise ValueError(f"{name} is not a regular array: {err}") from None
+    if arr.dtype.kind == "O" and convert_to is not None:
+        try:
+            arr = arr.astype(convert_to)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must hold numbers, got objects that are not") from None
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
     if not arr.dtype.isnative:
@@ -96,7 +103,7 @@ def check_image(name, image, *, dim=None, dtype=None, finite=True, numeric=False
     numeric : bool, optional
         Accept integer images (label maps), kept in their own type.
     """
-    arr = _as_array(name, image)
+    arr = _as_array(name, image, convert_to=dtype)
     dims = (2, 3) if dim is None else ((dim,) if np.isscalar(dim) else tuple(dim))
     if arr.ndim not in dims:
         raise ValueError(

@@ -210,7 +210,7 @@ def invert_unchecked(d, d_world2grid, spacing, max_iter, tol, out, nthreads,
 
 
 def invert_displacement_field(d, d_world2grid, spacing, max_iter, tol, *, start=None,
-                              out=None, num_threads=None, dim=None):
+                              out=None, num_threads=None, dim=None, _tol_name="tol"):
     r"""Fixed-point inversion of a displacement field (Chen et al., 2008).
 
     Same algorithm, step rule and stopping rule as DIPY's
@@ -250,7 +250,7 @@ def invert_displacement_field(d, d_world2grid, spacing, max_iter, tol, *, start=
     d_world2grid = check_affine("d_world2grid", d_world2grid, dim)
     spacing = check_spacing("spacing", spacing, dim)
     max_iter = check_integer("max_iter", max_iter, low=0)
-    tol = check_real("tol", tol, low=0)
+    tol = check_real(_tol_name, tol, low=0)
     if out is not None:
         if (not isinstance(out, np.ndarray) or out.shape != d.shape or out.dtype != d.dtype
                 or not out.flags.c_contiguous or not out.flags.writeable):
@@ -292,7 +292,8 @@ def invert_vector_field_fixed_point_2d(d, d_world2grid, spacing, max_iter, toler
     See :func:`invert_displacement_field` for the parameters.
     """
     return invert_displacement_field(d, d_world2grid, spacing, max_iter, tolerance,
-                                     start=start, num_threads=num_threads, dim=2).field
+                                     start=start, num_threads=num_threads, dim=2,
+                                     _tol_name="tolerance").field
 
 
 # -------------------------------------------------------------------- warping
@@ -300,15 +301,16 @@ _NN_TYPES = (np.float32, np.float64, np.int8, np.uint8, np.int16, np.uint16,
              np.int32, np.uint32, np.int64, np.uint64)
 
 
-def check_warp_volume(name, volume, dim, nearest, *, finite=True):
+def check_warp_volume(name, volume, dim, nearest, *, finite=True, convert=False):
     """An image to warp, in a type the kernels read: any numeric type for
-    nearest neighbour (booleans as uint8), float32/float64 for linear
-    interpolation (integers as float32, as DIPY's maps do)."""
-    volume = check_image(name, volume, dim=dim, numeric=True, finite=finite)
+    nearest neighbour (booleans as uint8); for linear interpolation
+    float32/float64, or with ``convert`` any numeric type converted to
+    float32 (DIPY's maps convert, its ``warp_3d`` does not)."""
+    volume = check_image(name, volume, dim=dim, numeric=nearest or convert, finite=finite)
     if nearest:
         if volume.dtype.type not in _NN_TYPES:
             volume = volume.astype(np.int64 if volume.dtype.kind in "iu" else np.float64)
-    elif volume.dtype.kind != "f" or volume.dtype.type not in (np.float32, np.float64):
+    elif volume.dtype.type not in (np.float32, np.float64):
         volume = volume.astype(np.float32 if volume.dtype.kind in "biu" else np.float64)
     return volume
 

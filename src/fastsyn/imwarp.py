@@ -78,7 +78,8 @@ def _threaded_warp_function(dim, nearest, nthreads):
              out_shape=None):
         # As DIPY's maps: NaN in an image is warped, not refused (cheaper,
         # and what DIPY users get); shapes and types are checked.
-        volume = check_warp_volume("image", volume, dim, nearest, finite=False)
+        volume = check_warp_volume("image", volume, dim, nearest, finite=False,
+                                   convert=True)
         field = check_field("displacement", d1, dim=dim, finite=False)
         shape = (field.shape[:dim] if out_shape is None
                  else check_shape("out_shape", out_shape, dim))
@@ -149,11 +150,46 @@ class DiffeomorphicMap(_DIPY_MAP):
                  domain_grid2world=None, codomain_shape=None, codomain_grid2world=None,
                  prealign=None, num_threads=None):
         resolve_num_threads(num_threads)
+        dim = check_integer("dim", dim, low=2, high=3)
+        disp_shape = check_shape("disp_shape", disp_shape, dim)
+        for name, shape in (("domain_shape", domain_shape), ("codomain_shape", codomain_shape)):
+            if shape is not None:
+                check_shape(name, shape, dim)
+        for name, matrix in (("disp_grid2world", disp_grid2world),
+                             ("domain_grid2world", domain_grid2world),
+                             ("codomain_grid2world", codomain_grid2world),
+                             ("prealign", prealign)):
+            check_affine(name, matrix, dim, invertible=True)
         _DIPY_MAP.__init__(self, dim, disp_shape, disp_grid2world=disp_grid2world,
                            domain_shape=domain_shape, domain_grid2world=domain_grid2world,
                            codomain_shape=codomain_shape,
                            codomain_grid2world=codomain_grid2world, prealign=prealign)
         self.num_threads = num_threads
+
+    def transform(self, image, *, interpolation="linear", image_world2grid=None,
+                  out_shape=None, out_grid2world=None):
+        """DIPY's :meth:`~dipy.align.imwarp.DiffeomorphicMap.transform` with
+        checked arguments, on threads."""
+        self._check_transform_args(image_world2grid, out_shape, out_grid2world)
+        return _DIPY_MAP.transform(self, image, interpolation=interpolation,
+                                   image_world2grid=image_world2grid,
+                                   out_shape=out_shape, out_grid2world=out_grid2world)
+
+    def transform_inverse(self, image, *, interpolation="linear", image_world2grid=None,
+                          out_shape=None, out_grid2world=None):
+        """DIPY's :meth:`~dipy.align.imwarp.DiffeomorphicMap.transform_inverse`
+        with checked arguments, on threads."""
+        self._check_transform_args(image_world2grid, out_shape, out_grid2world)
+        return _DIPY_MAP.transform_inverse(self, image, interpolation=interpolation,
+                                           image_world2grid=image_world2grid,
+                                           out_shape=out_shape,
+                                           out_grid2world=out_grid2world)
+
+    def _check_transform_args(self, image_world2grid, out_shape, out_grid2world):
+        check_affine("image_world2grid", image_world2grid, self.dim, invertible=True)
+        check_affine("out_grid2world", out_grid2world, self.dim, invertible=True)
+        if out_shape is not None:
+            check_shape("out_shape", out_shape, self.dim)
 
     _get_warping_function = _get_warping_function
     expand_fields = expand_fields
@@ -451,6 +487,7 @@ def _connect_functions(self):
 def _validate_inputs(self, static, moving, static_grid2world, moving_grid2world,
                      prealign):
     dim = self.dim
+    # DIPY computes in float32 and converts whatever np.asarray can convert.
     static = check_image("static", static, dim=dim, dtype=np.float32)
     moving = check_image("moving", moving, dim=dim, dtype=np.float32)
     for name, image in (("static", static), ("moving", moving)):
@@ -559,7 +596,10 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
             raise TypeError("metric must be a SimilarityMetric (e.g. fastsyn.CCMetric or "
                             f"fastsyn.MIMetric), got {type(metric).__name__}")
         if level_iters is not None:
-            if np.ndim(level_iters) != 1 or len(level_iters) == 0:
+            if isinstance(level_iters, (str, bytes)) or np.ndim(level_iters) != 1:
+                raise TypeError(f"level_iters must be a list of iteration counts, got "
+                                f"{level_iters!r}")
+            if len(level_iters) == 0:
                 raise ValueError(f"level_iters must be a non-empty list of iteration "
                                  f"counts, got {level_iters!r}")
             level_iters = [check_integer(f"level_iters[{i}]", n, low=0)

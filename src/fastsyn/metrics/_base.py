@@ -13,6 +13,7 @@ from fastsyn._validation import (
     check_affine,
     check_direction,
     check_image,
+    check_integer,
     check_spacing,
     direction_rows,
 )
@@ -21,9 +22,8 @@ __all__ = ["MetricInputs", "check_metric_dim", "step_geometry"]
 
 
 def check_metric_dim(dim):
-    if isinstance(dim, bool) or dim not in (2, 3):
-        raise ValueError(f"dim must be 2 or 3, got {dim!r}")
-    return int(dim)
+    """The image dimension of a metric: the integer 2 or 3."""
+    return check_integer("dim", dim, low=2, high=3)
 
 
 def step_geometry(dim, spacing, direction):

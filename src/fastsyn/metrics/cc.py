@@ -22,6 +22,20 @@ from fastsyn.metrics._base import MetricInputs, check_metric_dim, step_geometry
 __all__ = ["CCMetric"]
 
 
+def _check_cc_range(static, moving, radius, dim):
+    """Refuse intensities whose window sums of products overflow the dtype
+    (float32 overflows near 1e17 for radius 4): the step would be inf/NaN."""
+    window = (2 * radius + 1) ** dim
+    limit = np.sqrt(np.finfo(static.dtype).max / window) / 16
+    for name, image in (("static_image", static), ("moving_image", moving)):
+        peak = max(float(image.max()), -float(image.min()))
+        if not peak <= limit:
+            raise ValueError(
+                f"{name} has intensities up to {peak:.3g}: the {static.dtype} "
+                f"cross-correlation sums over {window} voxels would overflow (limit "
+                f"{limit:.3g}); rescale the images or pass float64 images")
+
+
 class CCMetric(MetricInputs, dipy_metrics.CCMetric):
     """Normalised cross-correlation metric for SyN, threaded.
 
@@ -73,6 +87,7 @@ class CCMetric(MetricInputs, dipy_metrics.CCMetric):
                 f"static and moving images must share a grid, got {static.shape} "
                 f"and {moving.shape}"
             )
+        _check_cc_range(static, moving, self.radius, self.dim)
         self._static = static
         self._moving = moving
         self.factors = np.empty(static.shape + (5,), dtype=static.dtype)

@@ -189,7 +189,12 @@ class MIMetric(MetricInputs, SimilarityMetric):
         # Each slice (3D) or row block (2D) fills its own nbins x nbins float64
         # histogram so that the merge is deterministic: MAX_NBINS keeps that
         # at 512 KiB a slice (128 MiB for 256 slices).
-        nbins = check_integer("nbins", nbins, low=4, high=MAX_NBINS)
+        nbins = check_integer("nbins", nbins, low=4)
+        if nbins > MAX_NBINS:
+            raise ValueError(
+                f"nbins={nbins} is more than {MAX_NBINS}: every slice keeps its own "
+                f"nbins x nbins float64 histogram ({nbins * nbins * 8 / 2**20:.0f} MiB "
+                "per slice), which would not fit in memory")
         if smooth is not None:
             if sigma_diff != 2.0:
                 raise ValueError("give either smooth or sigma_diff, not both")
