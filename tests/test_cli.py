@@ -309,3 +309,19 @@ def test_errors_are_one_line(args, problem, clean_env, tmp_path):
     assert problem.format(tmp=tmp_path) in lines[0]
     assert proc.stdout == ""
     assert not (tmp_path / "out").exists() and not (tmp_path / "res").exists()
+
+
+def test_bench_roofline_and_scaling(clean_env, tmp_path):
+    out = tmp_path / "roof.json"
+    stdout = ok(fastsyn(clean_env, tmp_path, "bench", "roofline", "--size", "24",
+                        "--threads", "2", "--repeat", "1", "--out", out))
+    assert "copy bandwidth" in stdout and "of bound" in stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["kernel"] for r in rows} >= {"compose", "invert (per sweep)", "mi step"}
+    assert all(r["ns_per_voxel"] > 0 and r["bound_ns_per_voxel"] > 0 for r in rows)
+    out = tmp_path / "scale.json"
+    ok(fastsyn(clean_env, tmp_path, "bench", "scaling", "--size", "40", "--threads",
+               "1,2,4096", "--repeat", "1", "--levels", "2,1", "--out", out))
+    result = json.loads(out.read_text())
+    assert result["skipped"] == [4096] and result["threads"][0] == 1
+    assert any(r["case"].startswith("SyN MI") for r in result["rows"])

@@ -4,7 +4,19 @@ import json
 import sys
 from pathlib import Path
 
-from ._common import CommandError, level_list, positive_float, positive_int, thread_list
+from ._common import (
+    CommandError,
+    int_list,
+    level_list,
+    positive_float,
+    positive_int,
+    thread_list,
+)
+
+
+def thread_counts(text):
+    """argparse type: positive thread counts (more than the CPUs is allowed)."""
+    return int_list(text, minimum=1)
 
 
 def add_parser(sub):
@@ -14,6 +26,8 @@ def add_parser(sub):
     _add_run(bsub)
     _add_table(bsub)
     _add_speed(bsub)
+    _add_roofline(bsub)
+    _add_scaling(bsub)
     return p
 
 
@@ -174,3 +188,56 @@ def run_speed(args):
         external=None if args.external is None else tuple(_names(args.external)),
         ants_cc=args.ants_cc, out=args.out, quick=args.quick)
     return 0
+
+
+# -------------------------------------------------------- roofline and scaling
+def _add_roofline(bsub):
+    p = bsub.add_parser("roofline", help="kernel time per voxel against the memory bandwidth")
+    p.add_argument("--size", type=positive_int, default=128, metavar="N",
+                   help="edge of the cubic float32 case (default 128)")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="T",
+                   help="threads (default: all CPUs)")
+    p.add_argument("--repeat", type=positive_int, default=3, metavar="R")
+    p.add_argument("--out", default=None, metavar="FILE.json")
+    p.set_defaults(func=run_roofline)
+
+
+def run_roofline(args):
+    """Handler of ``fastsyn bench roofline``."""
+    from fastsyn.bench.roofline import format_roofline, roofline
+
+    result = roofline(args.size, threads=args.threads, repeat=args.repeat)
+    print(format_roofline(result))
+    _write_json(args.out, result)
+    return 0
+
+
+def _add_scaling(bsub):
+    p = bsub.add_parser("scaling", help="speed-up and parallel efficiency over thread counts")
+    p.add_argument("--size", type=positive_int, default=128, metavar="N")
+    p.add_argument("--threads", type=thread_counts, default=(1, 2, 4, 8, 16), metavar="LIST",
+                   help="thread counts (default 1,2,4,8,16; counts above the CPUs are "
+                        "reported as not measured)")
+    p.add_argument("--levels", type=level_list, default=(20, 20, 10), metavar="L1,L2,...")
+    p.add_argument("--no-syn", action="store_true", help="kernels only")
+    p.add_argument("--repeat", type=positive_int, default=3, metavar="R")
+    p.add_argument("--out", default=None, metavar="FILE.json")
+    p.set_defaults(func=run_scaling)
+
+
+def run_scaling(args):
+    """Handler of ``fastsyn bench scaling``."""
+    from fastsyn.bench.roofline import format_scaling, scaling
+
+    result = scaling(args.size, threads=args.threads, repeat=args.repeat, syn=not args.no_syn,
+                     levels=args.levels)
+    print(format_scaling(result))
+    _write_json(args.out, result)
+    return 0
+
+
+def _write_json(path, result):
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2, default=str))
+        print(f"wrote {path}")
