@@ -15,6 +15,7 @@ __all__ = [
     "check_field",
     "check_image",
     "check_integer",
+    "check_out",
     "check_real",
     "check_shape",
     "check_spacing",
@@ -178,6 +179,16 @@ def check_spacing(name, spacing, dim):
     if not np.isfinite(arr).all() or (arr <= 0).any():
         raise ValueError(f"{name} must be positive and finite, got {arr}")
     return arr
+
+
+def check_out(name, out, like, like_name):
+    """An output buffer: a writeable C-contiguous array shaped and typed like
+    ``like`` (the kernels write through its raw pointer)."""
+    if (not isinstance(out, np.ndarray) or out.shape != like.shape or out.dtype != like.dtype
+            or not out.flags.c_contiguous or not out.flags.writeable):
+        raise ValueError(f"{name} must be a writeable C-contiguous array with the shape and "
+                         f"dtype of {like_name} ({like.shape}, {like.dtype})")
+    return out
 
 
 def check_shape(name, shape, dim):

@@ -24,6 +24,7 @@ from fastsyn._validation import (
     check_field,
     check_image,
     check_integer,
+    check_out,
     check_real,
     check_shape,
     check_spacing,
@@ -77,11 +78,7 @@ def _compose(dim, d1, d2, premult_index, premult_disp, time_scaling, comp, num_t
     if comp is None:
         comp = np.zeros_like(d1)
     else:
-        if (not isinstance(comp, np.ndarray) or comp.shape != d1.shape
-                or comp.dtype != d1.dtype or not comp.flags.writeable):
-            raise ValueError("comp must be an array with the shape and dtype of d1")
-        if not comp.flags.c_contiguous:
-            raise ValueError("comp must be C-contiguous")
+        check_out("comp", comp, d1, "d1")
         if np.shares_memory(comp, d2):
             raise ValueError(
                 "comp must not share memory with d2: d2 values are read while comp "
@@ -252,9 +249,7 @@ def invert_displacement_field(d, d_world2grid, spacing, max_iter, tol, *, start=
     max_iter = check_integer("max_iter", max_iter, low=0)
     tol = check_real(_tol_name, tol, low=0)
     if out is not None:
-        if (not isinstance(out, np.ndarray) or out.shape != d.shape or out.dtype != d.dtype
-                or not out.flags.c_contiguous or not out.flags.writeable):
-            raise ValueError("out must be a C-contiguous array with the shape and dtype of d")
+        check_out("out", out, d, "d")
         if np.shares_memory(out, d):
             raise ValueError("out must not share memory with d")
     if start is not None:
@@ -501,11 +496,7 @@ def gaussian_smooth(array, sigma, *, vector=False, out=None, num_threads=None):
     if out is None:
         out = arr.copy()
     elif out is not arr:
-        if (not isinstance(out, np.ndarray) or out.shape != arr.shape
-                or out.dtype != arr.dtype or not out.flags.c_contiguous
-                or not out.flags.writeable):
-            raise ValueError("out must be C-contiguous with the shape and dtype of array")
-        out[...] = arr
+        check_out("out", out, arr, "array")[...] = arr
     channels = arr.shape[-1] if vector else 1
     return smooth_unchecked(out, float(sigma), channels, nthreads)
 
@@ -592,11 +583,7 @@ def discrete_gaussian_smooth_field(field, variance, *, out=None, num_threads=Non
     if out is None:
         out = arr.copy()
     elif out is not arr:
-        if (not isinstance(out, np.ndarray) or out.shape != arr.shape
-                or out.dtype != arr.dtype or not out.flags.c_contiguous
-                or not out.flags.writeable):
-            raise ValueError("out must be C-contiguous with the shape and dtype of field")
-        out[...] = arr
+        check_out("out", out, arr, "field")[...] = arr
     return discrete_smooth_unchecked(out, variance, nthreads)
 
 
