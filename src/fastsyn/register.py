@@ -55,6 +55,15 @@ DEFAULT_AFFINE_LEVELS = {"level_iters": (100, 50, 25), "sigmas": (3.0, 1.0, 0.0)
 _RAS_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
+def affine_backend():
+    """``"fastsyn"`` when fastsyn's affine registration is built, else ``"dipy"``."""
+    try:
+        from fastsyn import affine_registration  # noqa: F401
+    except ImportError:
+        return "dipy"
+    return "fastsyn"
+
+
 def _affine_registration(moving, static, *, moving_affine, static_affine, pipeline,
                          level_iters, sigmas, factors, nbins=32, sampling_proportion=None,
                          static_mask=None, moving_mask=None, num_threads=None):

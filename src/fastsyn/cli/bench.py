@@ -46,6 +46,9 @@ def _add_run(bsub):
                    help="voxel size of the embedded cohorts (default 2)")
     p.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="cache for built cohorts and prealigned pairs")
+    p.add_argument("--prealign", default="fastsyn", choices=("fastsyn", "dipy", "ants", "greedy"),
+                   help="rigid prealignment of every pair (default fastsyn); recorded in "
+                        "each record and cache key")
     p.add_argument("--results", required=True, metavar="RESULTS_DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_run)
@@ -72,7 +75,8 @@ def run_run(args):
             modalities=_names(args.modalities) if args.modalities else None,
             sample=args.sample, seed=args.seed, threads=args.threads, levels=args.levels,
             results_dir=args.results, workers=args.workers, dask=args.dask,
-            progress=not args.quiet, resolution=args.resolution, cache_dir=args.cache_dir)
+            progress=not args.quiet, resolution=args.resolution, cache_dir=args.cache_dir,
+            prealign=args.prealign)
     except KeyboardInterrupt:
         print("\ninterrupted: every finished record is kept; rerun the same "
               "command to continue", file=sys.stderr)
