@@ -358,7 +358,8 @@ _FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def _ants_rigid(static, moving, f_aff, m_aff, params, threads):
-    """antspyx ``Rigid`` (mattes MI); ITK's LPS transform turned into RAS."""
+    """antspyx ``Rigid`` (mattes MI; ``Affine`` when the pipeline ends in
+    ``affine``); ITK's LPS transform turned into RAS."""
     import ants
 
     # ITK reads its thread count once, from this variable, when first used
@@ -370,7 +371,8 @@ def _ants_rigid(static, moving, f_aff, m_aff, params, threads):
             nib.save(nib.Nifti1Image(data.astype(np.float32), aff), path)
             images.append(ants.image_read(path))
         f, m = images
-        reg = ants.registration(f, m, type_of_transform="Rigid",
+        kind = "Affine" if params["pipeline"][-1] == "affine" else "Rigid"
+        reg = ants.registration(f, m, type_of_transform=kind,
                                 aff_iterations=tuple(params["level_iters"]),
                                 aff_shrink_factors=tuple(params["factors"]),
                                 aff_smoothing_sigmas=tuple(params["sigmas"]),
@@ -386,7 +388,8 @@ def _ants_rigid(static, moving, f_aff, m_aff, params, threads):
 
 
 def _greedy_rigid(static, moving, f_aff, m_aff, params, threads):
-    """greedy ``-a -dof 6`` (NMI); its matrix is already RAS, fixed -> moving."""
+    """greedy ``-a -dof 6`` (NMI; ``-dof 12`` when the pipeline ends in ``affine``);
+    its matrix is already RAS, fixed -> moving."""
     import io
 
     from picsl_greedy import Greedy3D
@@ -399,7 +402,8 @@ def _greedy_rigid(static, moving, f_aff, m_aff, params, threads):
         nib.save(nib.Nifti1Image(static.astype(np.float32), f_aff), str(fx))
         nib.save(nib.Nifti1Image(moving.astype(np.float32), m_aff), str(mv))
         log = io.StringIO()
-        cmd = (f"-d 3 -a -dof 6 -i {fx} {mv} -o {out} -m NMI -ia-image-centers "
+        dof = 12 if params["pipeline"][-1] == "affine" else 6
+        cmd = (f"-d 3 -a -dof {dof} -i {fx} {mv} -o {out} -m NMI -ia-image-centers "
                f"-n {'x'.join(str(v) for v in params['level_iters'])} "
                f"-threads {threads or 1}")
         try:
