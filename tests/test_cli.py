@@ -211,7 +211,10 @@ def test_bench_speed_times_every_thread_count(speed_run):
     result = json.loads(path.read_text())
     assert result["environment"]["threads_timed"] == [1, 2]
     cases = {r["case"] for r in result["rows"]}
-    assert any(c.startswith("SyN CC 32^3") for c in cases) and len(cases) == 4
+    assert any(c.startswith("SyN CC 32^3") for c in cases) and len(cases) == 6
+    # the harness's rigid and affine prealignment rows, timed like the rest
+    assert sum(c.startswith(("rigid prealign 32^3", "affine prealign 32^3"))
+               for c in cases) == 2
     for case in cases:
         timed = sorted((r["impl"], r["threads"]) for r in result["rows"] if r["case"] == case)
         assert timed == [("dipy", 1), ("fastsyn", 1), ("fastsyn", 2)], case

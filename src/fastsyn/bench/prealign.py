@@ -1,9 +1,13 @@
 """Rigid prealignment of a pair, cached on disk.
 
 Every method of a benchmark starts from the same prealigned files: the moving
-image is registered rigidly to the fixed image with DIPY (mutual information,
-a small three-level pyramid), then resampled onto the fixed grid (image linear,
-labels and mask nearest neighbour). The results go into one folder per pair::
+image is registered rigidly to the fixed image by one of :data:`PREALIGNERS`
+(``fastsyn``: fastsyn's threaded affine registration, falling back to DIPY's
+when it is not built; ``dipy``: DIPY's ``affine_registration``; both mutual
+information on a small three-level pyramid; ``ants``: antspyx ``Rigid``;
+``greedy``: ``greedy -a -dof 6`` with NMI), then resampled onto the fixed grid
+by the same code whichever registered it (image linear, labels and mask
+nearest neighbour). The results go into one folder per pair::
 
     <cache_root>/<pair id>__<hash>/
         moving.nii.gz          prealigned moving image (float32)
@@ -11,12 +15,13 @@ labels and mask nearest neighbour). The results go into one folder per pair::
         moving_mask.nii.gz     prealigned moving mask (uint8), when given
         truth.nii.gz           true displacement on the fixed grid, when known
         rigid.txt              4x4 matrix: fixed world point -> moving world point
-        meta.json              parameters and the source files
+        meta.json              parameters, the source files and the seconds taken
 
 The folder is filled in a temporary sibling and renamed into place, so a cached
 pair is always complete, and two processes that prealign the same pair at the
 same time cannot corrupt each other's output. The hash covers the input paths
-and the registration parameters, so changing either prealigns again.
+and the registration parameters, the prealigner included, so changing either
+prealigns again and the caches of different prealigners never mix.
 """
 
 import hashlib
@@ -24,13 +29,21 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-__all__ = ["Prealigned", "prealign_pair", "prealign_subjects", "load_truth"]
+__all__ = ["PREALIGNERS", "Prealigned", "prealign_pair", "prealign_subjects", "load_truth"]
+
+#: Rigid registrations the harness can prealign with (the first is the default).
+PREALIGNERS = ("fastsyn", "dipy", "ants", "greedy")
+#: The ``method`` entry of the cache key; DIPY's keeps its historical name so
+#: caches written before the choice existed are still found.
+_KEY_NAMES = {"fastsyn": "fastsyn-rigid-mi", "dipy": "dipy-rigid-mi",
+              "ants": "ants-rigid-mi", "greedy": "greedy-rigid-nmi"}
 
 DEFAULT_LEVEL_ITERS = (100, 50, 25)
 DEFAULT_SIGMAS = (3.0, 1.0, 0.0)
@@ -58,6 +71,9 @@ class Prealigned:
         corresponds to ``x + truth(x)`` in the prealigned moving space.
     rigid : ndarray, shape (4, 4)
         The rigid matrix mapping fixed world points to moving world points.
+    seconds : float or None
+        Wall time of the registration and resampling when the pair was
+        prealigned (read back from the cache), None for old cache entries.
     """
 
     cache_dir: Path
@@ -69,6 +85,7 @@ class Prealigned:
     moving_mask: Path | None
     truth: Path | None
     rigid: np.ndarray
+    seconds: float | None = None
 
     def load(self):
         """Read all arrays of the pair.
@@ -239,6 +256,7 @@ def _read_cached(folder, fixed_image, fixed_labels, fixed_mask):
         moving_mask=opt("moving_mask.nii.gz"),
         truth=opt("truth.nii.gz"),
         rigid=rigid,
+        seconds=meta.get("seconds"),
     )
 
 
@@ -251,7 +269,7 @@ def _check_files(**given):
             for key, path in given.items()}
 
 
-def _rigid_params(level_iters, sigmas, factors, nbins):
+def _rigid_params(level_iters, sigmas, factors, nbins, prealigner="fastsyn"):
     """The registration parameters, checked and in the form hashed into the cache key."""
     level_iters = [int(v) for v in level_iters]
     sigmas = [float(v) for v in sigmas]
@@ -264,7 +282,15 @@ def _rigid_params(level_iters, sigmas, factors, nbins):
         raise ValueError("level_iters must be >= 0 and factors >= 1")
     if isinstance(nbins, bool) or not isinstance(nbins, (int, np.integer)) or nbins < 2:
         raise ValueError(f"nbins must be an integer >= 2, got {nbins!r}")
-    return {"method": "dipy-rigid-mi", "level_iters": level_iters,
+    if prealigner not in PREALIGNERS:
+        raise ValueError(f"prealigner must be one of {list(PREALIGNERS)}, got {prealigner!r}")
+    key = _KEY_NAMES[prealigner]
+    if prealigner == "fastsyn":
+        from fastsyn.register import affine_backend
+
+        # until fastsyn's affine registration is built it runs DIPY's: same cache
+        key = _KEY_NAMES[affine_backend()]
+    return {"method": key, "level_iters": level_iters,
             "sigmas": sigmas, "factors": factors, "nbins": int(nbins),
             "pipeline": ["center_of_mass", "translation", "rigid"]}
 
@@ -308,8 +334,95 @@ def cache_folder(cache_root, pair_id, inputs, params):
     return Path(cache_root) / f"{_safe_id(pair_id)}__{_cache_hash(inputs, params)}"
 
 
-def _register_rigid(files, params):
-    """Rigid MI registration of the moving image to the fixed one, then resampling.
+def _fastsyn_rigid(static, moving, f_aff, m_aff, params, threads):
+    from fastsyn.register import _affine_registration
+
+    return _affine_registration(
+        moving, static, moving_affine=m_aff, static_affine=f_aff,
+        pipeline=params["pipeline"], level_iters=params["level_iters"],
+        sigmas=params["sigmas"], factors=params["factors"], nbins=params["nbins"],
+        num_threads=threads)[1]
+
+
+def _dipy_rigid(static, moving, f_aff, m_aff, params, threads):
+    from dipy.align import affine_registration
+
+    return affine_registration(
+        moving, static, moving_affine=m_aff, static_affine=f_aff,
+        pipeline=params["pipeline"], level_iters=params["level_iters"],
+        sigmas=params["sigmas"], factors=params["factors"], nbins=params["nbins"])[1]
+
+
+# RAS (nibabel, DIPY) <-> LPS (ITK): negate the first two world axes.
+_FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _ants_rigid(static, moving, f_aff, m_aff, params, threads):
+    """antspyx ``Rigid`` (mattes MI; ``Affine`` when the pipeline ends in
+    ``affine``); ITK's LPS transform turned into RAS."""
+    import ants
+
+    # ITK reads its thread count once, from this variable, when first used
+    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(threads or 1))
+    with tempfile.TemporaryDirectory(prefix="fastsyn-prealign-ants-") as tmp:
+        images = []
+        for name, data, aff in (("fixed", static, f_aff), ("moving", moving, m_aff)):
+            path = str(Path(tmp) / f"{name}.nii.gz")
+            nib.save(nib.Nifti1Image(data.astype(np.float32), aff), path)
+            images.append(ants.image_read(path))
+        f, m = images
+        kind = "Affine" if params["pipeline"][-1] == "affine" else "Rigid"
+        reg = ants.registration(f, m, type_of_transform=kind,
+                                aff_iterations=tuple(params["level_iters"]),
+                                aff_shrink_factors=tuple(params["factors"]),
+                                aff_smoothing_sigmas=tuple(params["sigmas"]),
+                                outprefix=str(Path(tmp) / "rigid_"))
+        tx = ants.read_transform(reg["fwdtransforms"][0])
+    par = np.asarray(tx.parameters, dtype=np.float64)
+    center = np.asarray(tx.fixed_parameters, dtype=np.float64)
+    lin, trans = par[:9].reshape(3, 3), par[9:12]
+    lps = np.eye(4)
+    lps[:3, :3] = lin
+    lps[:3, 3] = trans + center - lin @ center
+    return _FLIP @ lps @ _FLIP
+
+
+def _greedy_rigid(static, moving, f_aff, m_aff, params, threads):
+    """greedy ``-a -dof 6`` (NMI; ``-dof 12`` when the pipeline ends in ``affine``);
+    its matrix is already RAS, fixed -> moving."""
+    import io
+
+    from picsl_greedy import Greedy3D
+
+    from .methods import _QuietFds
+
+    with tempfile.TemporaryDirectory(prefix="fastsyn-prealign-greedy-") as tmp:
+        tmp = Path(tmp)
+        fx, mv, out = tmp / "fixed.nii.gz", tmp / "moving.nii.gz", tmp / "rigid.mat"
+        nib.save(nib.Nifti1Image(static.astype(np.float32), f_aff), str(fx))
+        nib.save(nib.Nifti1Image(moving.astype(np.float32), m_aff), str(mv))
+        log = io.StringIO()
+        dof = 12 if params["pipeline"][-1] == "affine" else 6
+        cmd = (f"-d 3 -a -dof {dof} -i {fx} {mv} -o {out} -m NMI -ia-image-centers "
+               f"-n {'x'.join(str(v) for v in params['level_iters'])} "
+               f"-threads {threads or 1}")
+        try:
+            with _QuietFds(tmp / "greedy.log"):
+                Greedy3D().execute(cmd, out=log, err=log)
+        except Exception as exc:
+            tail = (log.getvalue() + (tmp / "greedy.log").read_text(errors="replace"))
+            raise RuntimeError(f"greedy rigid failed: {exc}; log tail: {tail[-2000:]}") from exc
+        return np.loadtxt(out).reshape(4, 4)
+
+
+#: Rigid registration by prealigner: ``(static, moving, static affine, moving
+#: affine, params, threads) -> 4x4 matrix``, fixed world point -> moving one.
+RIGID = {"fastsyn": _fastsyn_rigid, "dipy": _dipy_rigid, "ants": _ants_rigid,
+         "greedy": _greedy_rigid}
+
+
+def _register_rigid(files, params, prealigner="fastsyn", threads=1):
+    """Rigid registration of the moving image to the fixed one, then resampling.
 
     Returns
     -------
@@ -318,7 +431,6 @@ def _register_rigid(files, params):
         array to write: the moving image, labels and, when given, mask and
         true displacement, all on the fixed grid).
     """
-    from dipy.align import affine_registration
     from dipy.align.imaffine import AffineMap
 
     f_img, f_data = _load_volume("fixed_image", files["fixed_image"])
@@ -334,10 +446,8 @@ def _register_rigid(files, params):
     for name, arr in (("fixed_image", static), ("moving_image", moving)):
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{name} ({files[name]}) contains NaN or infinite values")
-    _, rigid = affine_registration(
-        moving, static, moving_affine=m_img.affine, static_affine=f_img.affine,
-        pipeline=params["pipeline"], level_iters=params["level_iters"],
-        sigmas=params["sigmas"], factors=params["factors"], nbins=params["nbins"])
+    rigid = np.asarray(RIGID[prealigner](static, moving, f_img.affine, m_img.affine, params,
+                                         threads), dtype=np.float64)
     amap = AffineMap(rigid, domain_grid_shape=static.shape,
                      domain_grid2world=f_img.affine,
                      codomain_grid_shape=moving.shape,
@@ -384,7 +494,7 @@ def prealign_pair(fixed_image, moving_image, moving_labels, cache_root, *,
                   fixed_labels, pair_id, fixed_mask=None, moving_mask=None,
                   fixed_truth_to_template=None, moving_truth_from_template=None,
                   level_iters=DEFAULT_LEVEL_ITERS, sigmas=DEFAULT_SIGMAS,
-                  factors=DEFAULT_FACTORS, nbins=32):
+                  factors=DEFAULT_FACTORS, nbins=32, prealigner="fastsyn", threads=1):
     """Rigidly prealign a moving subject to a fixed one, or reuse the cache.
 
     Parameters
@@ -407,6 +517,10 @@ def prealign_pair(fixed_image, moving_image, moving_labels, cache_root, *,
         DIPY ``AffineRegistration`` pyramid (coarsest level first).
     nbins : int
         Histogram bins of the mutual-information metric.
+    prealigner : {"fastsyn", "dipy", "ants", "greedy"}
+        Who registers (see :data:`PREALIGNERS`); part of the cache key.
+    threads : int or None
+        Threads of the registration (not part of the cache key).
 
     Returns
     -------
@@ -418,7 +532,7 @@ def prealign_pair(fixed_image, moving_image, moving_labels, cache_root, *,
                          fixed_mask=fixed_mask, moving_mask=moving_mask,
                          to_template=fixed_truth_to_template,
                          from_template=moving_truth_from_template)
-    params = _rigid_params(level_iters, sigmas, factors, nbins)
+    params = _rigid_params(level_iters, sigmas, factors, nbins, prealigner)
     if not isinstance(cache_root, (str, os.PathLike)) or str(cache_root) == "":
         raise ValueError(f"cache_root must be a folder path, got {cache_root!r}")
     if not isinstance(pair_id, str) or not pair_id:
@@ -430,8 +544,11 @@ def prealign_pair(fixed_image, moving_image, moving_labels, cache_root, *,
                           files["fixed_mask"])
     if cached is not None:
         return cached
-    outputs = _register_rigid(files, params)
-    _write_cache(folder, pair_id, outputs, {"inputs": inputs, "params": params})
+    start = time.perf_counter()
+    outputs = _register_rigid(files, params, prealigner, threads)
+    _write_cache(folder, pair_id, outputs, {"inputs": inputs, "params": params,
+                                            "prealigner": prealigner, "threads": threads,
+                                            "seconds": time.perf_counter() - start})
     return _read_cached(folder, files["fixed_image"], files["fixed_labels"],
                         files["fixed_mask"])
 

@@ -610,6 +610,24 @@ def _accuracy_context(records, plt):
     return datasets, headline
 
 
+def _throughput_context(records):
+    """Pairs per hour and cohort projections of each dataset (see
+    :mod:`fastsyn.bench.throughput`)."""
+    from fastsyn.bench.throughput import project_wall_time, throughput
+
+    out = []
+    for ds in sorted({r.get("dataset") for r in records if r.get("dataset")}):
+        t = throughput(records, ds)
+        if t is None:
+            continue
+        for row in t["rows"]:
+            row["share_pct"] = None if row["share"] is None else 100 * row["share"]
+        t["projection"] = project_wall_time(t["rows"][-1]["seconds"],
+                                            threads=max(t["threads"] or [1]))
+        out.append(t)
+    return out
+
+
 def _profile_context(profile, plt):
     """The stage profile as plain values, with its plot."""
     if not profile or not profile.get("runs"):
@@ -708,6 +726,7 @@ def _render_page(results_dir, out_dir, speed_json=None, profile_json=None,
         speed=_speed_context(speed, plt),
         kernel_rows=kernel_rows, agreement=_thread_agreement(records),
         accuracy_columns=list(ACCURACY_COLUMNS), datasets=datasets,
+        throughput=_throughput_context(records),
         profile=_profile_context(profile, plt),
         bench=_pytest_context(latest_pytest_benchmarks(benchmark_json_dir)),
         asv=(out_dir / "asv" / "index.html").is_file(),

@@ -19,6 +19,7 @@ files.
 import logging
 import os
 import socket
+import time
 import traceback
 import warnings
 from pathlib import Path
@@ -123,7 +124,8 @@ def prealign_task(task):
         mv["labels"], task["cache_dir"], fixed_labels=fx["labels"],
         pair_id=p["id"], fixed_mask=fx["mask"], moving_mask=mv["mask"],
         fixed_truth_to_template=fx["truth"],
-        moving_truth_from_template=mv["truth"], **task["prealign"])
+        moving_truth_from_template=mv["truth"], threads=task.get("threads", 1),
+        **task["prealign"])
     return pre, pre.load()
 
 
@@ -131,6 +133,7 @@ def baseline_record(task, data, common):
     """The ``Baseline`` record: the measures of the prealigned pair itself."""
     from .evaluate import evaluate_pair
 
+    start = time.perf_counter()
     metrics = evaluate_pair(data["fixed"], data["moving"],
                             data["fixed_labels"], data["moving_labels"],
                             data["mask"], displacement=None,
@@ -138,7 +141,8 @@ def baseline_record(task, data, common):
                             true_displacement=data["truth"])
     rec = _base_record(task, BASELINE, "Baseline", _baseline_config(task))
     rec.update(status="ok", metrics=metrics, seconds=None,
-               threads=None, peak_mem_mb=None, **common)
+               threads=None, peak_mem_mb=None,
+               eval_seconds=time.perf_counter() - start, **common)
     return rec
 
 
@@ -148,10 +152,12 @@ def method_record(task, spec, data, common):
     from .methods import get_method
 
     method = get_method(spec["name"], **spec["options"])
+    start = time.perf_counter()
     res = method.run(data["fixed"], data["moving"], data["affine"],
                      data["affine"], data["moving_labels"],
                      metric=task["metric"], levels=task["levels"],
                      threads=spec["config"]["threads"])
+    ran = time.perf_counter()
     metrics = evaluate_pair(data["fixed"], res.warped, data["fixed_labels"],
                             res.warped_labels, data["mask"],
                             displacement=res.displacement,
@@ -161,6 +167,7 @@ def method_record(task, spec, data, common):
     rec.update(status="ok", metrics=metrics, seconds=res.seconds,
                threads=res.threads, peak_mem_mb=res.peak_mem_mb,
                extra=res.extra, has_displacement=res.displacement is not None,
+               run_seconds=ran - start, eval_seconds=time.perf_counter() - ran,
                **common)
     return rec
 
@@ -192,6 +199,7 @@ def run_pair(task):
         store.put(record)
         written.append(record)
 
+    start = time.perf_counter()
     try:
         pre, data = prealign_task(task)
     except Exception as exc:  # recorded, the run goes on
@@ -200,7 +208,11 @@ def run_pair(task):
             put(_error_record(task, name, text))
         return written
 
-    common = {"prealign_dir": str(pre.cache_dir), "rigid": pre.rigid.tolist()}
+    # the prealignment's cost is its measured time, also when read from the
+    # cache (what a fresh run of the pair costs); load_seconds is this run's
+    common = {"prealign_dir": str(pre.cache_dir), "rigid": pre.rigid.tolist(),
+              "prealign_seconds": pre.seconds,
+              "prealign_load_seconds": time.perf_counter() - start}
     by_name = {m["name"]: m for m in task["methods"]}
     for name in pending:
         try:
@@ -253,7 +265,8 @@ class _ThreadEnv:
 
     def __init__(self, threads):
         self.values = {"OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": "1",
-                       "MKL_NUM_THREADS": "1"}
+                       "MKL_NUM_THREADS": "1",
+                       "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": str(threads)}
 
     def __enter__(self):
         self.saved = {k: os.environ.get(k) for k in self.values}
@@ -302,18 +315,21 @@ def _warner(progress):
     return warn
 
 
-def _prealign_options(options):
-    """The prealignment settings: defaults updated by ``options``."""
-    from .prealign import DEFAULT_FACTORS, DEFAULT_LEVEL_ITERS, DEFAULT_SIGMAS
+def _prealign_options(options, prealign="fastsyn"):
+    """The prealignment settings: defaults updated by ``options``, and the prealigner."""
+    from .prealign import DEFAULT_FACTORS, DEFAULT_LEVEL_ITERS, DEFAULT_SIGMAS, PREALIGNERS
 
     pre_opts = {"level_iters": list(DEFAULT_LEVEL_ITERS), "sigmas": list(DEFAULT_SIGMAS),
-                "factors": list(DEFAULT_FACTORS), "nbins": 32}
+                "factors": list(DEFAULT_FACTORS), "nbins": 32, "prealigner": prealign}
     if options is not None and not isinstance(options, dict):
         raise TypeError(f"prealign_options must be a dict, got {type(options).__name__}")
     unknown = set(options or {}) - set(pre_opts)
     if unknown:
         raise ValueError(f"unknown prealign_options {sorted(unknown)}; known: {sorted(pre_opts)}")
     pre_opts.update(options or {})
+    if pre_opts["prealigner"] not in PREALIGNERS:
+        raise ValueError(f"prealign must be one of {list(PREALIGNERS)}, "
+                         f"got {pre_opts['prealigner']!r}")
     return pre_opts
 
 
@@ -355,7 +371,7 @@ def method_specs(methods, metric, levels, threads, data_tag, pre_opts, warn):
 
 
 def plan_tasks(dataset, pairs, specs, *, metric, levels, results_dir, cache, pre_opts,
-               data_tag):
+               data_tag, threads=1):
     """One task (a plain dict of paths and options) per pair."""
     return [{
         "dataset": dataset.name, "pair": _pair_dict(pair),
@@ -363,7 +379,7 @@ def plan_tasks(dataset, pairs, specs, *, metric, levels, results_dir, cache, pre
         "moving_files": _subject_files(dataset, pair.moving, "truth_from_template"),
         "methods": specs, "metric": metric, "levels": levels,
         "results_dir": str(results_dir), "cache_dir": str(cache),
-        "prealign": pre_opts, "data": data_tag,
+        "prealign": pre_opts, "data": data_tag, "threads": threads,
     } for pair in pairs]
 
 
@@ -422,7 +438,8 @@ def _dispatch(todo, *, dask, workers, threads, store, collector, bar, warn):
 
 def run_benchmark(dataset, methods, metric, *, modalities=None, sample=None, seed=0,
                   threads=1, levels=(20, 20, 10), results_dir, workers=None, dask=None,
-                  progress=True, resolution=2.0, cache_dir=None, prealign_options=None):
+                  progress=True, resolution=2.0, cache_dir=None, prealign_options=None,
+                  prealign="fastsyn"):
     """Run a cohort benchmark and store its records.
 
     Parameters
@@ -464,6 +481,10 @@ def run_benchmark(dataset, methods, metric, *, modalities=None, sample=None, see
     prealign_options : dict, optional
         ``level_iters``, ``sigmas``, ``factors``, ``nbins`` of the rigid
         prealignment.
+    prealign : {"fastsyn", "dipy", "ants", "greedy"}
+        Who prealigns each pair (see :mod:`fastsyn.bench.prealign`); recorded
+        in every record's configuration, so the Baseline row and the caches
+        of different prealigners stay apart.
 
     Returns
     -------
@@ -474,7 +495,7 @@ def run_benchmark(dataset, methods, metric, *, modalities=None, sample=None, see
     """
     levels, modalities = _check_run_args(metric, threads, workers, results_dir, levels,
                                          modalities, sample, seed, dask)
-    pre_opts = _prealign_options(prealign_options)
+    pre_opts = _prealign_options(prealign_options, prealign)
     warn = _warner(progress)
     store = ResultStore(results_dir)
     results_dir = store.root.resolve()
@@ -487,7 +508,7 @@ def run_benchmark(dataset, methods, metric, *, modalities=None, sample=None, see
     cache = Path(cache_dir) / "prealign" if cache_dir else results_dir / "prealign"
     tasks = plan_tasks(dataset, pairs, specs, metric=metric, levels=levels,
                        results_dir=results_dir, cache=(cache / dataset.name).resolve(),
-                       pre_opts=pre_opts, data_tag=data_tag)
+                       pre_opts=pre_opts, data_tag=data_tag, threads=threads)
     todo = [t for t in tasks if not all(store.has(k) for _, k in _task_keys(t))]
     summary = {"dataset": dataset.name, "pairs": len(tasks),
                "skipped": len(tasks) - len(todo), "ran": 0, "ok": 0, "errors": 0,

@@ -180,6 +180,78 @@ def _run_worker(impl, threads, size, levels, metric):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# ------------------------------------------------------------ prealignment
+#: Affine pyramid of ``quick`` prealignment rows (the harness's otherwise).
+QUICK_PREALIGN_ITERS = (20, 10, 5)
+
+
+def make_moved_pair(size=128, *, degrees=6.0, shift=(3.0, -2.0, 4.0)):
+    """:func:`make_pair` with the moving image also rotated about z and shifted (mm),
+    so that a rigid prealignment has something to find."""
+    from scipy import ndimage
+
+    static, moving, affine = make_pair(size)
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    centre = (np.array(static.shape) - 1) / 2
+    offset = centre - rot @ centre - np.asarray(shift) / np.diag(affine)[:3]
+    moved = ndimage.affine_transform(moving, rot, offset, order=1).astype(np.float32)
+    return static, moved, affine
+
+
+def _prealign_cases(size, quick):
+    """``{case: {impl-kind: fn(threads)}}`` of the harness's rigid and affine
+    prealignment, for each prealigner of :mod:`fastsyn.bench.prealign`."""
+    from fastsyn.bench.prealign import (DEFAULT_FACTORS, DEFAULT_LEVEL_ITERS,
+                                        DEFAULT_SIGMAS, RIGID)
+
+    static, moving, affine = make_moved_pair(size)
+    static, moving = static.astype(np.float64), moving.astype(np.float64)
+    iters = QUICK_PREALIGN_ITERS if quick else DEFAULT_LEVEL_ITERS
+    cases = {}
+    for kind, pipeline in (("rigid", ["center_of_mass", "translation", "rigid"]),
+                           ("affine", ["center_of_mass", "translation", "rigid", "affine"])):
+        params = {"level_iters": list(iters), "sigmas": list(DEFAULT_SIGMAS),
+                  "factors": list(DEFAULT_FACTORS), "nbins": 32, "pipeline": pipeline}
+        case = f"{kind} prealign {size}^3 MI {'/'.join(map(str, iters))}"
+        cases[case] = {name: (lambda t, fn=fn, p=params: fn(static, moving, affine, affine,
+                                                            p, t))
+                       for name, fn in RIGID.items()}
+    return cases
+
+
+def _time_prealign(size, quick, repeat, counts, external, record, log):
+    """Rigid and affine prealignment rows: stock DIPY, fastsyn on each thread
+    count, and the installed external tools, interleaved round by round."""
+    import logging
+
+    from fastsyn.register import affine_backend
+
+    logging.getLogger("dipy").setLevel(logging.WARNING)
+    # ITK (antspyx) reads its thread count once, when first used
+    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(counts[-1]))
+    # first calls pay one-off costs (imports, ITK's start-up): warm every
+    # tool up on a small copy before the timed rounds
+    for fns in _prealign_cases(min(size, 32), True).values():
+        for name in ("dipy", "fastsyn", *external):
+            if name in fns:
+                fns[name](counts[-1])
+        break
+    for case, fns in _prealign_cases(size, quick).items():
+        runs = {"dipy": lambda fn=fns["dipy"]: fn(1)}
+        runs.update({f"fastsyn-{t}": (lambda t=t, fn=fns["fastsyn"]: fn(t)) for t in counts})
+        runs.update({name: (lambda fn=fns[name]: fn(counts[-1]))
+                     for name in external if name in fns})
+        samples = {impl: [] for impl in runs}
+        for r in range(repeat):
+            for impl, fn in runs.items():
+                log(f"  {case}: {impl} (round {r + 1}/{repeat}) ...")
+                samples[impl].append(_time_once(fn))
+        # until fastsyn's affine registration is built, "fastsyn" runs DIPY's
+        backend = {"affine_backend": affine_backend()}
+        record(case, samples, {}, {impl: backend for impl in samples if "fastsyn" in impl})
+
+
 # --------------------------------------------------------------------- main
 def _environment(all_threads):
     import dipy
@@ -250,7 +322,8 @@ def thread_counts(threads=None):
 
 
 def run_speed(*, size=128, syn_size=None, levels=(20, 20, 10), repeat=3, threads=None,
-              metrics=("cc",), include_syn=True, external=(), ants_cc=False, log=print):
+              metrics=("cc",), include_syn=True, external=(), ants_cc=False, log=print,
+              include_prealign=False, quick=False):
     """Measure kernels and end-to-end SyN; returns the speed JSON dict.
 
     fastsyn is timed on each count of ``threads`` (see :func:`thread_counts`;
@@ -258,6 +331,9 @@ def run_speed(*, size=128, syn_size=None, levels=(20, 20, 10), repeat=3, threads
     names tools (``"ants"``, ``"greedy"``) timed in the same interleaved
     rounds as the end-to-end runs, on the largest thread count.  ANTs with CC
     is skipped unless ``ants_cc`` (it takes many minutes at 128^3).
+    ``include_prealign`` adds the harness's rigid and affine prealignment
+    (:mod:`fastsyn.bench.prealign`) for every prealigner, at ``syn_size``
+    (fewer iterations when ``quick``).
     """
     counts = thread_counts(threads)
     all_threads = counts[-1]
@@ -321,6 +397,8 @@ def run_speed(*, size=128, syn_size=None, levels=(20, 20, 10), repeat=3, threads
                     peaks[impl] = max(peaks.get(impl, 0.0), out["peak_mem_mb"])
                     extra[impl] = {"ncc": out["ncc"], "stage_times": out["stage_times"]}
             record(case, samples, peaks, extra)
+    if include_prealign:
+        _time_prealign(syn_size, quick, repeat, counts, external, record, log)
     env = dict(_environment(all_threads), threads_timed=list(counts))
     return {"environment": env, "rows": rows, "ratios": ratios}
 
@@ -346,7 +424,7 @@ def format_speed(result):
 
 def speed_command(*, size=None, levels=None, repeat=3, threads=None, metrics=("cc", "mi"),
                   include_syn=True, external=None, ants_cc=False, out=None, quick=False,
-                  log=None):
+                  log=None, include_prealign=True):
     """Time, print the speed table and optionally save it (``fastsyn bench speed``).
 
     Parameters
@@ -373,6 +451,8 @@ def speed_command(*, size=None, levels=None, repeat=3, threads=None, metrics=("c
         JSON file to write.
     quick : bool, optional
         Small defaults for ``size`` and ``levels``.
+    include_prealign : bool, optional
+        Time the rigid and affine prealignment of each prealigner.
     log : callable, optional
         Progress messages (default: print and flush).
 
@@ -395,7 +475,8 @@ def speed_command(*, size=None, levels=None, repeat=3, threads=None, metrics=("c
         f"fastsyn on {', '.join(map(str, counts))} thread(s), {repeat} interleaved rounds")
     result = run_speed(size=size, levels=levels, repeat=repeat, threads=counts,
                        metrics=tuple(metrics), include_syn=include_syn, external=external,
-                       ants_cc=ants_cc, log=log)
+                       ants_cc=ants_cc, log=log, include_prealign=include_prealign,
+                       quick=quick)
     print(format_speed(result))
     if out:
         out = Path(out)
@@ -429,7 +510,8 @@ def main_speed(args):
         include_syn=not getattr(args, "no_syn", False),
         external=None if external is None else tuple(n for n in external.split(",") if n),
         ants_cc=getattr(args, "ants_cc", False), out=getattr(args, "out", None),
-        quick=getattr(args, "quick", False))
+        quick=getattr(args, "quick", False),
+        include_prealign=not getattr(args, "no_prealign", False))
 
 
 def _cli(argv=None):
@@ -449,6 +531,7 @@ def _cli(argv=None):
     parser.add_argument("--ants-cc", action="store_true")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-syn", action="store_true")
+    parser.add_argument("--no-prealign", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.worker:

@@ -59,6 +59,9 @@ def _describe(configs):
                 parts.append(v.upper())
             elif k == "threads":
                 parts.append(f"{v} thr")
+            elif k == "prealign" and isinstance(v, dict):
+                # records written before the choice existed were DIPY's
+                parts.append(f"prealign {v.get('prealigner', 'dipy')}")
             elif k == "levels" and isinstance(v, list):
                 parts.append("x".join(str(i) for i in v))
             else:

@@ -13,6 +13,9 @@
         [--levels 20,10,5] [--out FILE.json]
     fastsyn report --results DIR [--speed FILE] [--profile FILE] --out reports/
     fastsyn demo [--out reports/] [--quick]
+    fastsyn register FIXED MOVING --out PREFIX [--metric cc|mi] \\
+        [--transform rigid|affine|syn] [--threads N] [--levels 20,20,10] \\
+        [--fixed-mask M] [--moving-mask M] [--labels L]
 
 Each command group is one module of this package with an
 ``add_parser(subparsers)`` function: it declares the options and sets a
@@ -31,7 +34,7 @@ from ._common import CommandError, Parser, fail
 __all__ = ["COMMANDS", "CommandError", "build_parser", "main"]
 
 #: Command-group modules of this package, in ``--help`` order.
-COMMANDS = ("prepare", "bench", "profile", "report", "demo")
+COMMANDS = ("prepare", "bench", "profile", "report", "demo", "register")
 
 
 def build_parser():

@@ -60,6 +60,9 @@ def _add_run(bsub):
                    help="voxel size of the embedded cohorts (default 2)")
     p.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="cache for built cohorts and prealigned pairs")
+    p.add_argument("--prealign", default="fastsyn", choices=("fastsyn", "dipy", "ants", "greedy"),
+                   help="rigid prealignment of every pair (default fastsyn); recorded in "
+                        "each record and cache key")
     p.add_argument("--results", required=True, metavar="RESULTS_DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_run)
@@ -86,7 +89,8 @@ def run_run(args):
             modalities=_names(args.modalities) if args.modalities else None,
             sample=args.sample, seed=args.seed, threads=args.threads, levels=args.levels,
             results_dir=args.results, workers=args.workers, dask=args.dask,
-            progress=not args.quiet, resolution=args.resolution, cache_dir=args.cache_dir)
+            progress=not args.quiet, resolution=args.resolution, cache_dir=args.cache_dir,
+            prealign=args.prealign)
     except KeyboardInterrupt:
         print("\ninterrupted: every finished record is kept; rerun the same "
               "command to continue", file=sys.stderr)
@@ -105,6 +109,12 @@ def _add_table(bsub):
     p.add_argument("--results", required=True, metavar="RESULTS_DIR")
     p.add_argument("--format", default="markdown", choices=("markdown", "csv", "json"))
     p.add_argument("--dataset", default=None, help="only this dataset")
+    p.add_argument("--throughput", action="store_true",
+                   help="pairs per hour per method and for the whole run (prealign + "
+                        "methods + evaluation), with projected wall times of LPBA40 and "
+                        "MRBrainS18 (markdown or json)")
+    p.add_argument("--cores", type=positive_int, default=2,
+                   help="cores of the machine projected with --throughput (default 2)")
     p.set_defaults(func=run_table)
 
 
@@ -122,6 +132,13 @@ def run_table(args):
         datasets = [args.dataset]
     if not datasets:
         raise CommandError(f"no records in {args.results}")
+    if args.throughput:
+        from fastsyn.bench.throughput import format_throughput
+
+        if args.format == "csv":
+            raise CommandError("--throughput prints markdown or json, not csv")
+        print(format_throughput(records, datasets, args.format, cores=args.cores), end="")
+        return 0
     print(_tables_text(records, datasets, args.format), end="")
     return 0
 
@@ -168,6 +185,8 @@ def _add_speed(bsub):
     p.add_argument("--ants-cc", action="store_true",
                    help="also time ANTs with CC (many minutes at 128^3)")
     p.add_argument("--no-syn", action="store_true", help="kernels only")
+    p.add_argument("--no-prealign", action="store_true",
+                   help="skip the rigid/affine prealignment rows")
     p.add_argument("--out", default=None, metavar="FILE.json")
     p.add_argument("--quick", action="store_true",
                    help="small defaults (64^3, levels 4,4,2) for a first look")
@@ -186,7 +205,8 @@ def run_speed(args):
         size=args.size, levels=args.levels, repeat=args.repeat, threads=args.threads,
         metrics=metrics, include_syn=not args.no_syn,
         external=None if args.external is None else tuple(_names(args.external)),
-        ants_cc=args.ants_cc, out=args.out, quick=args.quick)
+        ants_cc=args.ants_cc, out=args.out, quick=args.quick,
+        include_prealign=not (args.no_prealign or args.no_syn))
     return 0
 
 
