@@ -19,7 +19,9 @@
 # which are then summed in block order.  The result does not depend on the
 # number of threads.
 
+from cython cimport floating
 from cython.parallel cimport prange
+from libc.math cimport floor
 from libc.stdlib cimport free, malloc
 
 from fastsyn._kernels._interp cimport (chunk_threads, interp_scalar_2d,
@@ -91,7 +93,7 @@ cdef inline void _apply2(const double* m, double x0, double x1, double* y) noexc
     y[1] = m[3] * x0 + m[4] * x1 + m[5]
 
 
-cdef inline void _gradient_3d(const double* M, Py_ssize_t ns, Py_ssize_t nr,
+cdef inline void _gradient_3d(const floating* M, Py_ssize_t ns, Py_ssize_t nr,
                               Py_ssize_t nc, const MIParams* P, double k,
                               double i, double j, double* g) noexcept nogil:
     """Physical gradient of the moving image at the moved point of (k, i, j).
@@ -125,7 +127,7 @@ cdef inline void _gradient_3d(const double* M, Py_ssize_t ns, Py_ssize_t nr,
         dx[p] = x[p]
 
 
-cdef inline void _gradient_2d(const double* M, Py_ssize_t nr, Py_ssize_t nc,
+cdef inline void _gradient_2d(const floating* M, Py_ssize_t nr, Py_ssize_t nc,
                               const MIParams* P, double i, double j,
                               double* g) noexcept nogil:
     cdef:
@@ -152,10 +154,25 @@ cdef inline void _gradient_2d(const double* M, Py_ssize_t nr, Py_ssize_t nc,
         dx[p] = x[p]
 
 
+cdef inline int _zero_block(const unsigned char* zb, double y, Py_ssize_t n,
+                            Py_ssize_t* idx) noexcept nogil:
+    """Index of the 4-voxel window floor(y) - 1 .. floor(y) + 2 in the
+    zero-block table (``n + 3`` entries for floor(y) in -2 .. n), or -1 when
+    the window lies wholly outside the grid (it then holds only zeros)."""
+    cdef double f
+    if not (y >= -2.0 and y < n + 1.0):
+        idx[0] = -1
+        return 1
+    f = floor(y)
+    idx[0] = <Py_ssize_t>f + 2
+    return 0
+
+
 cdef inline void _accumulate(const MIParams* P, double sval, double mval,
-                             const double* prod, double* joint, double* smarg,
-                             double* grad, double* stats) noexcept nogil:
-    """One voxel into the partial tables of its block."""
+                             int with_grad, const double* prod, double* joint,
+                             double* smarg, double* grad, double* stats) noexcept nogil:
+    """One voxel into the partial tables of its block (``with_grad`` false
+    where the moving gradient is zero: its terms would all be zero)."""
     cdef:
         Py_ssize_t nb = P.nbins, n = P.nparams, r, c, o, p, base
         double rn, cn, arg, val
@@ -171,7 +188,7 @@ cdef inline void _accumulate(const MIParams* P, double sval, double mval,
         joint[r * nb + c - 2 + o] += val
         stats[0] += val
         arg += 1.0
-    if P.want_grad:
+    if with_grad:
         arg = (c - 2) - cn
         for o in range(5):
             val = _spline_deriv(arg)
@@ -182,12 +199,15 @@ cdef inline void _accumulate(const MIParams* P, double sval, double mval,
 
 
 cdef void _block_3d(const double* S, Py_ssize_t ns, Py_ssize_t nr, Py_ssize_t nc,
-                    const double* M, Py_ssize_t mns, Py_ssize_t mnr, Py_ssize_t mnc,
-                    const int* smask, const int* mmask, Py_ssize_t k0, Py_ssize_t k1,
+                    const floating* M, Py_ssize_t mns, Py_ssize_t mnr, Py_ssize_t mnc,
+                    const int* smask, const int* mmask, const unsigned char* zb,
+                    Py_ssize_t k0, Py_ssize_t k1,
                     const MIParams* P, const double* E, double* joint, double* smarg,
                     double* grad, double* stats) noexcept nogil:
     cdef:
         Py_ssize_t nb = P.nbins, n = P.nparams, k, i, j, v, t, d, p, kk, ii, jj
+        Py_ssize_t zk, zi, zj
+        int with_grad, zero
         double y[3]
         double g[3]
         double prod[MAXP]
@@ -221,25 +241,41 @@ cdef void _block_3d(const double* S, Py_ssize_t ns, Py_ssize_t nr, Py_ssize_t nc
                     jj = nearest_index(y[2], mnc)
                     if kk < 0 or ii < 0 or jj < 0 or mmask[(kk * mnr + ii) * mnc + jj] == 0:
                         continue
+                if zb != NULL:
+                    # Every sample of this voxel (value and the six gradient
+                    # taps) reads only zeros: value 0, gradient 0, exactly.
+                    zero = (_zero_block(zb, y[0], mns, &zk)
+                            | _zero_block(zb, y[1], mnr, &zi)
+                            | _zero_block(zb, y[2], mnc, &zj))
+                    if not zero:
+                        zero = zb[(zk * (mnr + 3) + zi) * (mnc + 3) + zj]
+                    if zero:
+                        _accumulate(P, S[v], 0.0, 0, prod, joint, smarg, grad, stats)
+                        continue
                 interp_scalar_3d(M, mns, mnr, mnc, y[0], y[1], y[2], &mval)
+                with_grad = 0
                 if P.want_grad:
                     _gradient_3d(M, mns, mnr, mnc, P, <double>k, <double>i,
                                  <double>j, g)
+                    with_grad = g[0] != 0 or g[1] != 0 or g[2] != 0
+                if with_grad:
                     for p in range(n):
                         t = (2 * n + p) * 4 + 2
                         prod[p] = ((jrow[p] + E[(0 * n + p) * 4 + 2] * j) * g[0]
                                    + (jrow[n + p] + E[(1 * n + p) * 4 + 2] * j) * g[1]
                                    + (jrow[2 * n + p] + E[t] * j) * g[2])
-                _accumulate(P, S[v], mval, prod, joint, smarg, grad, stats)
+                _accumulate(P, S[v], mval, with_grad, prod, joint, smarg, grad, stats)
 
 
 cdef void _block_2d(const double* S, Py_ssize_t nr, Py_ssize_t nc,
-                    const double* M, Py_ssize_t mnr, Py_ssize_t mnc,
-                    const int* smask, const int* mmask, Py_ssize_t i0, Py_ssize_t i1,
+                    const floating* M, Py_ssize_t mnr, Py_ssize_t mnc,
+                    const int* smask, const int* mmask, const unsigned char* zb,
+                    Py_ssize_t i0, Py_ssize_t i1,
                     const MIParams* P, const double* E, double* joint, double* smarg,
                     double* grad, double* stats) noexcept nogil:
     cdef:
-        Py_ssize_t nb = P.nbins, n = P.nparams, i, j, v, t, d, p, ii, jj
+        Py_ssize_t nb = P.nbins, n = P.nparams, i, j, v, t, d, p, ii, jj, zi, zj
+        int with_grad, zero
         double y[2]
         double g[2]
         double prod[MAXP]
@@ -270,13 +306,23 @@ cdef void _block_2d(const double* S, Py_ssize_t nr, Py_ssize_t nc,
                 jj = nearest_index(y[1], mnc)
                 if ii < 0 or jj < 0 or mmask[ii * mnc + jj] == 0:
                     continue
+            if zb != NULL:
+                zero = _zero_block(zb, y[0], mnr, &zi) | _zero_block(zb, y[1], mnc, &zj)
+                if not zero:
+                    zero = zb[zi * (mnc + 3) + zj]
+                if zero:
+                    _accumulate(P, S[v], 0.0, 0, prod, joint, smarg, grad, stats)
+                    continue
             interp_scalar_2d(M, mnr, mnc, y[0], y[1], &mval)
+            with_grad = 0
             if P.want_grad:
                 _gradient_2d(M, mnr, mnc, P, <double>i, <double>j, g)
+                with_grad = g[0] != 0 or g[1] != 0
+            if with_grad:
                 for p in range(n):
                     prod[p] = ((jrow[p] + E[(0 * n + p) * 3 + 1] * j) * g[0]
                                + (jrow[n + p] + E[(1 * n + p) * 3 + 1] * j) * g[1])
-            _accumulate(P, S[v], mval, prod, joint, smarg, grad, stats)
+            _accumulate(P, S[v], mval, with_grad, prod, joint, smarg, grad, stats)
 
 
 cdef void _merge(const double* part, Py_ssize_t nblocks, Py_ssize_t stride,
@@ -319,9 +365,9 @@ cdef int _fill_params(MIParams* P, const double[::1] to_moving,
 
 
 def parzen_mi_dense(const double[::1] static, tuple static_shape,
-                    const double[::1] moving, tuple moving_shape,
+                    const floating[::1] moving, tuple moving_shape,
                     const int[::1] smask, const int[::1] mmask,
-                    const double[::1] to_moving, const double[::1] to_world,
+                    const unsigned char[::1] zero_blocks, const double[::1] to_moving, const double[::1] to_world,
                     const double[::1] moving_world2grid,
                     const double[::1] moving_spacing, const double[::1] jac,
                     Py_ssize_t nparams, double smin, double sdelta, double mmin,
@@ -334,11 +380,19 @@ def parzen_mi_dense(const double[::1] static, tuple static_shape,
     Parameters
     ----------
     static, moving : array, shape (N,)
-        Flattened C-contiguous float64 images; their grid shapes (2 or 3
-        sizes) are ``static_shape`` and ``moving_shape``.
+        Flattened C-contiguous images (static float64; moving float64, or
+        float32 when its values are float32 numbers: the samples are then
+        bitwise the same and the memory traffic half); their grid shapes
+        (2 or 3 sizes) are ``static_shape`` and ``moving_shape``.
     smask, mmask : int32 array, shape (N,) or (0,)
         Static mask on the static grid and moving mask on the moving grid
         (sampled nearest-neighbour); empty for no mask.
+    zero_blocks : uint8 array, shape (prod(moving_shape + 3),) or (0,)
+        Entry ``f + 2`` (per axis) is 1 when the moving voxels ``f - 1 ..
+        f + 2`` (outside the grid counting as zero) are all zero; a voxel
+        whose sampled point has ``floor = f`` then has value and gradient 0
+        and skips its samples.  Only valid when the gradient taps lie within
+        one voxel of the point along every grid axis; empty to disable.
     to_moving, to_world, moving_world2grid : array, shape (dim * (dim + 1),)
         First ``dim`` rows of: static grid to moving grid, static grid to
         world at the moved point, moving world to moving grid.
@@ -382,6 +436,7 @@ def parzen_mi_dense(const double[::1] static, tuple static_shape,
         double total = 0, valid = 0, norm
         const int* sm = &smask[0] if smask.shape[0] > 0 else NULL
         const int* mm = &mmask[0] if mmask.shape[0] > 0 else NULL
+        const unsigned char* zb = &zero_blocks[0] if zero_blocks.shape[0] > 0 else NULL
         const double* E = &jac[0] if want_grad else NULL
     _fill_params(&P, to_moving, to_world, moving_world2grid, moving_spacing, dim,
                  smin, sdelta, mmin, mdelta, nb, padding, nparams, want_grad)
@@ -407,11 +462,11 @@ def parzen_mi_dense(const double[::1] static, tuple static_shape,
     with nogil:
         for b in prange(nblocks, schedule="dynamic", num_threads=num_threads):
             if dim == 3:
-                _block_3d(&static[0], ns, nr, nc, &moving[0], mns, mnr, mnc, sm, mm,
+                _block_3d(&static[0], ns, nr, nc, &moving[0], mns, mnr, mnc, sm, mm, zb,
                           bounds[b], bounds[b + 1], &P, E, pj + b * sj, ps + b * nb,
                           pg + b * sg, pst + 2 * b)
             else:
-                _block_2d(&static[0], nr, nc, &moving[0], mnr, mnc, sm, mm,
+                _block_2d(&static[0], nr, nc, &moving[0], mnr, mnc, sm, mm, zb,
                           bounds[b], bounds[b + 1], &P, E, pj + b * sj, ps + b * nb,
                           pg + b * sg, pst + 2 * b)
         _merge(pj, nblocks, sj, sj, &joint[0, 0], num_threads)
