@@ -2,15 +2,18 @@
 
 :func:`patch_dipy` installs fastsyn's implementations on DIPY's own classes
 (``SymmetricDiffeomorphicRegistration``, ``DiffeomorphicMap`` and
-``CCMetric``), so code that imported them before or after the patch runs on
-threads, and puts everything back when undone.
+``CCMetric``; for affine registration ``AffineRegistration`` and
+``imaffine.MutualInformationMetric``), so code that imported them before or
+after the patch runs on threads, and puts everything back when undone.
 """
 
 import threading
 
+from dipy.align import imaffine as dipy_imaffine
 from dipy.align import imwarp as dipy_imwarp
 from dipy.align import metrics as dipy_metrics
 
+from fastsyn import imaffine as fs_imaffine
 from fastsyn import imwarp as fs_imwarp
 from fastsyn import metrics as fs_metrics
 from fastsyn._threads import resolve_num_threads
@@ -41,6 +44,16 @@ def _replacements():
             for name in ("initialize_iteration", "free_iteration", "compute_forward",
                          "compute_backward", "_step", "_threads")
         } | {"smoothing_seconds": 0.0},
+        # Affine registration: dense MI on the fused kernel (sparse sampling
+        # stays DIPY's), threaded scale space and per-level resampling.
+        dipy_imaffine.MutualInformationMetric: {
+            "setup": fs_imaffine._metric_setup,
+            "_update_mutual_information": fs_imaffine._metric_update,
+        },
+        dipy_imaffine.AffineRegistration: {
+            "_init_optimizer": fs_imaffine._init_optimizer,
+            "optimize": fs_imaffine._optimize,
+        },
     }
 
 
@@ -50,7 +63,9 @@ def is_patched():
 
 
 class patch_dipy:
-    """Make DIPY's SyN, DiffeomorphicMap and CCMetric run on fastsyn.
+    """Make DIPY's SyN, DiffeomorphicMap, CCMetric and affine registration
+    (``AffineRegistration``, ``MutualInformationMetric``, hence
+    ``dipy.align.affine_registration``) run on fastsyn.
 
     Use as a context manager, or call it and keep the handle to ``undo()``::
 

@@ -1,0 +1,624 @@
+# Dense Parzen mutual information for affine registration (DIPY's
+# imaffine.MutualInformationMetric with dense sampling), fused in one pass:
+# for every static voxel the moving image is sampled at the affinely mapped
+# point (trilinear / bilinear, DIPY's zero-padded boundary rule), its
+# physical-space gradient is taken there by central differences half a voxel
+# away along each world axis (DIPY's vector_fields.gradient, including what it
+# does at the edge of the moving grid), the voxel enters the joint Parzen
+# histogram (cubic B-spline along the moving axis only, as DIPY does) and,
+# through the chain rule with the transform's parameter Jacobian, the
+# derivative of that histogram with respect to every parameter.
+#
+# The Jacobian of every DIPY transform, d T(theta) x / d theta, is linear in
+# x, so the wrapper passes it as coefficients over the static grid index:
+#     J[d, p] = E[d, p, 0] k + E[d, p, 1] i + E[d, p, 2] j + E[d, p, 3]
+# (E already holds the map from the static grid to the pre-aligned space).
+#
+# Determinism: the static grid is cut in blocks of consecutive slices (rows in
+# 2D) chosen from the shape only; each block fills its own partial tables,
+# which are then summed in block order.  The result does not depend on the
+# number of threads.
+
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport floor
+from libc.stdlib cimport free, malloc
+
+from fastsyn._kernels._interp cimport (chunk_threads, interp_scalar_2d,
+                                       interp_scalar_3d, nearest_index, number)
+
+cdef enum:
+    MAXP = 12  # parameters of the largest DIPY transform (3D affine)
+
+
+cdef struct MIParams:
+    double to_moving[12]   # static grid -> moving grid (the sampled point)
+    double to_world[12]    # static grid -> world, at the moved point
+    double w2g[12]         # moving world -> moving grid
+    double h[3]            # half the moving spacing (the difference step)
+    double spacing[3]
+    double smin, sdelta, mmin, mdelta
+    Py_ssize_t nbins, padding, nparams
+    int want_grad
+
+
+cdef inline double _normalize(double x, double mval, double delta) noexcept nogil:
+    if delta == 0:
+        return 0
+    return x / delta - mval
+
+
+cdef inline Py_ssize_t _bin(double xn, Py_ssize_t nbins, Py_ssize_t padding) noexcept nogil:
+    cdef Py_ssize_t b = <Py_ssize_t>xn
+    if b < padding:
+        return padding
+    if b > nbins - 1 - padding:
+        return nbins - 1 - padding
+    return b
+
+
+cdef inline double _spline(double x) noexcept nogil:
+    # Cubic B-spline (Mattes et al. 2003, eq. 3).
+    cdef double a = -x if x < 0.0 else x
+    cdef double s = x * x
+    if a < 1.0:
+        return (4.0 - 6.0 * s + 3.0 * s * a) / 6.0
+    if a < 2.0:
+        return (8.0 - 12 * a + 6.0 * s - s * a) / 6.0
+    return 0.0
+
+
+cdef inline double _spline_deriv(double x) noexcept nogil:
+    cdef double a = -x if x < 0.0 else x
+    if a < 1.0:
+        if x >= 0.0:
+            return -2.0 * x + 1.5 * x * x
+        return -2.0 * x - 1.5 * x * x
+    if a < 2.0:
+        if x >= 0:
+            return -2.0 + 2.0 * x - 0.5 * x * x
+        return 2.0 + 2.0 * x + 0.5 * x * x
+    return 0.0
+
+
+cdef inline void _apply3(const double* m, double x0, double x1, double x2,
+                         double* y) noexcept nogil:
+    y[0] = m[0] * x0 + m[1] * x1 + m[2] * x2 + m[3]
+    y[1] = m[4] * x0 + m[5] * x1 + m[6] * x2 + m[7]
+    y[2] = m[8] * x0 + m[9] * x1 + m[10] * x2 + m[11]
+
+
+cdef inline void _apply2(const double* m, double x0, double x1, double* y) noexcept nogil:
+    y[0] = m[0] * x0 + m[1] * x1 + m[2]
+    y[1] = m[3] * x0 + m[4] * x1 + m[5]
+
+
+cdef inline void _gradient_3d(const floating* M, Py_ssize_t ns, Py_ssize_t nr,
+                              Py_ssize_t nc, const MIParams* P, double k,
+                              double i, double j, double* g) noexcept nogil:
+    """Physical gradient of the moving image at the moved point of (k, i, j).
+
+    As DIPY's ``vector_fields.gradient``: a component whose difference leaves
+    the grid is zero, and its displaced coordinate is left displaced for the
+    components after it (this only touches the edge of the moving grid).
+    """
+    cdef:
+        double x[3]
+        double dx[3]
+        double q[3]
+        double a, b
+        int p
+    _apply3(P.to_world, k, i, j, x)
+    dx[0] = x[0]
+    dx[1] = x[1]
+    dx[2] = x[2]
+    for p in range(3):
+        dx[p] = x[p] - P.h[p]
+        _apply3(P.w2g, dx[0], dx[1], dx[2], q)
+        if not interp_scalar_3d(M, ns, nr, nc, q[0], q[1], q[2], &a):
+            g[p] = 0
+            continue
+        dx[p] = x[p] + P.h[p]
+        _apply3(P.w2g, dx[0], dx[1], dx[2], q)
+        if not interp_scalar_3d(M, ns, nr, nc, q[0], q[1], q[2], &b):
+            g[p] = 0
+            continue
+        g[p] = (b - a) / P.spacing[p]
+        dx[p] = x[p]
+
+
+cdef inline void _gradient_2d(const floating* M, Py_ssize_t nr, Py_ssize_t nc,
+                              const MIParams* P, double i, double j,
+                              double* g) noexcept nogil:
+    cdef:
+        double x[2]
+        double dx[2]
+        double q[2]
+        double a, b
+        int p
+    _apply2(P.to_world, i, j, x)
+    dx[0] = x[0]
+    dx[1] = x[1]
+    for p in range(2):
+        dx[p] = x[p] - P.h[p]
+        _apply2(P.w2g, dx[0], dx[1], q)
+        if not interp_scalar_2d(M, nr, nc, q[0], q[1], &a):
+            g[p] = 0
+            continue
+        dx[p] = x[p] + P.h[p]
+        _apply2(P.w2g, dx[0], dx[1], q)
+        if not interp_scalar_2d(M, nr, nc, q[0], q[1], &b):
+            g[p] = 0
+            continue
+        g[p] = (b - a) / P.spacing[p]
+        dx[p] = x[p]
+
+
+cdef inline int _zero_block(const unsigned char* zb, double y, Py_ssize_t n,
+                            Py_ssize_t* idx) noexcept nogil:
+    """Index of the 4-voxel window floor(y) - 1 .. floor(y) + 2 in the
+    zero-block table (``n + 3`` entries for floor(y) in -2 .. n), or -1 when
+    the window lies wholly outside the grid (it then holds only zeros)."""
+    cdef double f
+    if not (y >= -2.0 and y < n + 1.0):
+        idx[0] = -1
+        return 1
+    f = floor(y)
+    idx[0] = <Py_ssize_t>f + 2
+    return 0
+
+
+cdef inline void _accumulate(const MIParams* P, double sval, double mval,
+                             int with_grad, const double* prod, double* joint,
+                             double* smarg, double* grad, double* stats) noexcept nogil:
+    """One voxel into the partial tables of its block (``with_grad`` false
+    where the moving gradient is zero: its terms would all be zero)."""
+    cdef:
+        Py_ssize_t nb = P.nbins, n = P.nparams, r, c, o, p, base
+        double rn, cn, arg, val
+    rn = _normalize(sval, P.smin, P.sdelta)
+    r = _bin(rn, nb, P.padding)
+    cn = _normalize(mval, P.mmin, P.mdelta)
+    c = _bin(cn, nb, P.padding)
+    stats[1] += 1
+    smarg[r] += 1
+    arg = (c - 2) - cn
+    for o in range(5):
+        val = _spline(arg)
+        joint[r * nb + c - 2 + o] += val
+        stats[0] += val
+        arg += 1.0
+    if with_grad:
+        arg = (c - 2) - cn
+        for o in range(5):
+            val = _spline_deriv(arg)
+            base = (r * nb + c - 2 + o) * n
+            for p in range(n):
+                grad[base + p] -= val * prod[p]
+            arg += 1.0
+
+
+cdef void _block_3d(const double* S, Py_ssize_t ns, Py_ssize_t nr, Py_ssize_t nc,
+                    const floating* M, Py_ssize_t mns, Py_ssize_t mnr, Py_ssize_t mnc,
+                    const int* smask, const int* mmask, const unsigned char* zb,
+                    Py_ssize_t k0, Py_ssize_t k1,
+                    const MIParams* P, const double* E, double* joint, double* smarg,
+                    double* grad, double* stats) noexcept nogil:
+    cdef:
+        Py_ssize_t nb = P.nbins, n = P.nparams, k, i, j, v, t, d, p, kk, ii, jj
+        Py_ssize_t zk, zi, zj
+        int with_grad, zero
+        double y[3]
+        double g[3]
+        double prod[MAXP]
+        double jrow[3 * MAXP]
+        double mval
+    for t in range(nb * nb):
+        joint[t] = 0
+    for t in range(nb):
+        smarg[t] = 0
+    if P.want_grad:
+        for t in range(nb * nb * n):
+            grad[t] = 0
+    stats[0] = 0
+    stats[1] = 0
+    for k in range(k0, k1):
+        for i in range(nr):
+            if P.want_grad:
+                # The Jacobian along a row: jrow + E[d, p, 2] * j.
+                for d in range(3):
+                    for p in range(n):
+                        t = (d * n + p) * 4
+                        jrow[d * n + p] = E[t] * k + E[t + 1] * i + E[t + 3]
+            for j in range(nc):
+                v = (k * nr + i) * nc + j
+                if smask != NULL and smask[v] == 0:
+                    continue
+                _apply3(P.to_moving, <double>k, <double>i, <double>j, y)
+                if mmask != NULL:
+                    kk = nearest_index(y[0], mns)
+                    ii = nearest_index(y[1], mnr)
+                    jj = nearest_index(y[2], mnc)
+                    if kk < 0 or ii < 0 or jj < 0 or mmask[(kk * mnr + ii) * mnc + jj] == 0:
+                        continue
+                if zb != NULL:
+                    # Every sample of this voxel (value and the six gradient
+                    # taps) reads only zeros: value 0, gradient 0, exactly.
+                    zero = (_zero_block(zb, y[0], mns, &zk)
+                            | _zero_block(zb, y[1], mnr, &zi)
+                            | _zero_block(zb, y[2], mnc, &zj))
+                    if not zero:
+                        zero = zb[(zk * (mnr + 3) + zi) * (mnc + 3) + zj]
+                    if zero:
+                        _accumulate(P, S[v], 0.0, 0, prod, joint, smarg, grad, stats)
+                        continue
+                interp_scalar_3d(M, mns, mnr, mnc, y[0], y[1], y[2], &mval)
+                with_grad = 0
+                if P.want_grad:
+                    _gradient_3d(M, mns, mnr, mnc, P, <double>k, <double>i,
+                                 <double>j, g)
+                    with_grad = g[0] != 0 or g[1] != 0 or g[2] != 0
+                if with_grad:
+                    for p in range(n):
+                        t = (2 * n + p) * 4 + 2
+                        prod[p] = ((jrow[p] + E[(0 * n + p) * 4 + 2] * j) * g[0]
+                                   + (jrow[n + p] + E[(1 * n + p) * 4 + 2] * j) * g[1]
+                                   + (jrow[2 * n + p] + E[t] * j) * g[2])
+                _accumulate(P, S[v], mval, with_grad, prod, joint, smarg, grad, stats)
+
+
+cdef void _block_2d(const double* S, Py_ssize_t nr, Py_ssize_t nc,
+                    const floating* M, Py_ssize_t mnr, Py_ssize_t mnc,
+                    const int* smask, const int* mmask, const unsigned char* zb,
+                    Py_ssize_t i0, Py_ssize_t i1,
+                    const MIParams* P, const double* E, double* joint, double* smarg,
+                    double* grad, double* stats) noexcept nogil:
+    cdef:
+        Py_ssize_t nb = P.nbins, n = P.nparams, i, j, v, t, d, p, ii, jj, zi, zj
+        int with_grad, zero
+        double y[2]
+        double g[2]
+        double prod[MAXP]
+        double jrow[2 * MAXP]
+        double mval
+    for t in range(nb * nb):
+        joint[t] = 0
+    for t in range(nb):
+        smarg[t] = 0
+    if P.want_grad:
+        for t in range(nb * nb * n):
+            grad[t] = 0
+    stats[0] = 0
+    stats[1] = 0
+    for i in range(i0, i1):
+        if P.want_grad:
+            for d in range(2):
+                for p in range(n):
+                    t = (d * n + p) * 3
+                    jrow[d * n + p] = E[t] * i + E[t + 2]
+        for j in range(nc):
+            v = i * nc + j
+            if smask != NULL and smask[v] == 0:
+                continue
+            _apply2(P.to_moving, <double>i, <double>j, y)
+            if mmask != NULL:
+                ii = nearest_index(y[0], mnr)
+                jj = nearest_index(y[1], mnc)
+                if ii < 0 or jj < 0 or mmask[ii * mnc + jj] == 0:
+                    continue
+            if zb != NULL:
+                zero = _zero_block(zb, y[0], mnr, &zi) | _zero_block(zb, y[1], mnc, &zj)
+                if not zero:
+                    zero = zb[zi * (mnc + 3) + zj]
+                if zero:
+                    _accumulate(P, S[v], 0.0, 0, prod, joint, smarg, grad, stats)
+                    continue
+            interp_scalar_2d(M, mnr, mnc, y[0], y[1], &mval)
+            with_grad = 0
+            if P.want_grad:
+                _gradient_2d(M, mnr, mnc, P, <double>i, <double>j, g)
+                with_grad = g[0] != 0 or g[1] != 0
+            if with_grad:
+                for p in range(n):
+                    prod[p] = ((jrow[p] + E[(0 * n + p) * 3 + 1] * j) * g[0]
+                               + (jrow[n + p] + E[(1 * n + p) * 3 + 1] * j) * g[1])
+            _accumulate(P, S[v], mval, with_grad, prod, joint, smarg, grad, stats)
+
+
+cdef void _merge(const double* part, Py_ssize_t nblocks, Py_ssize_t stride,
+                 Py_ssize_t size, double* out, int num_threads) noexcept nogil:
+    """out[t] = sum over blocks, in block order, of part[b * stride + t]."""
+    cdef:
+        Py_ssize_t t, b
+        double acc
+    for t in prange(size, schedule="static", num_threads=num_threads):
+        acc = 0
+        for b in range(nblocks):
+            acc = acc + part[b * stride + t]
+        out[t] = acc
+
+
+cdef int _fill_params(MIParams* P, const double[::1] to_moving,
+                      const double[::1] to_world, const double[::1] w2g,
+                      const double[::1] spacing, int dim, double smin,
+                      double sdelta, double mmin, double mdelta, Py_ssize_t nbins,
+                      Py_ssize_t padding, Py_ssize_t nparams, bint want_grad) except -1:
+    cdef int t
+    if nparams > MAXP:
+        raise ValueError(f"at most {MAXP} transform parameters, got {nparams}")
+    for t in range(dim * (dim + 1)):
+        P.to_moving[t] = to_moving[t]
+        P.to_world[t] = to_world[t]
+        P.w2g[t] = w2g[t]
+    for t in range(dim):
+        P.spacing[t] = spacing[t]
+        P.h[t] = 0.5 * spacing[t]
+    P.smin = smin
+    P.sdelta = sdelta
+    P.mmin = mmin
+    P.mdelta = mdelta
+    P.nbins = nbins
+    P.padding = padding
+    P.nparams = nparams
+    P.want_grad = want_grad
+    return 0
+
+
+def parzen_mi_dense(const double[::1] static, tuple static_shape,
+                    const floating[::1] moving, tuple moving_shape,
+                    const int[::1] smask, const int[::1] mmask,
+                    const unsigned char[::1] zero_blocks, const double[::1] to_moving, const double[::1] to_world,
+                    const double[::1] moving_world2grid,
+                    const double[::1] moving_spacing, const double[::1] jac,
+                    Py_ssize_t nparams, double smin, double sdelta, double mmin,
+                    double mdelta, Py_ssize_t padding, const Py_ssize_t[::1] bounds,
+                    bint want_grad, double[:, ::1] joint, double[::1] smarginal,
+                    double[::1] mmarginal, double[:, :, ::1] joint_grad,
+                    int num_threads):
+    """Joint Parzen histogram and its parameter gradient, DIPY-normalised.
+
+    Parameters
+    ----------
+    static, moving : array, shape (N,)
+        Flattened C-contiguous images (static float64; moving float64, or
+        float32 when its values are float32 numbers: the samples are then
+        bitwise the same and the memory traffic half); their grid shapes
+        (2 or 3 sizes) are ``static_shape`` and ``moving_shape``.
+    smask, mmask : int32 array, shape (N,) or (0,)
+        Static mask on the static grid and moving mask on the moving grid
+        (sampled nearest-neighbour); empty for no mask.
+    zero_blocks : uint8 array, shape (prod(moving_shape + 3),) or (0,)
+        Entry ``f + 2`` (per axis) is 1 when the moving voxels ``f - 1 ..
+        f + 2`` (outside the grid counting as zero) are all zero; a voxel
+        whose sampled point has ``floor = f`` then has value and gradient 0
+        and skips its samples.  Only valid when the gradient taps lie within
+        one voxel of the point along every grid axis; empty to disable.
+    to_moving, to_world, moving_world2grid : array, shape (dim * (dim + 1),)
+        First ``dim`` rows of: static grid to moving grid, static grid to
+        world at the moved point, moving world to moving grid.
+    moving_spacing : array, shape (dim,)
+        Voxel sizes of the moving image.
+    jac : array, shape (dim * nparams * (dim + 1),)
+        Jacobian coefficients over the static grid index (see the module
+        comment); ignored unless ``want_grad``.
+    nparams : int
+        Number of transform parameters (at most 12).
+    smin, sdelta, mmin, mdelta : float
+        DIPY's histogram settings (``ParzenJointHistogram.setup``).
+    padding : int
+        Bins of padding at each side (2 for the cubic spline).
+    bounds : array of intp, shape (nblocks + 1,)
+        First slice (row in 2D) of each block, then the number of slices;
+        chosen from the shape only.
+    want_grad : bool
+        Also compute ``joint_grad``.
+    joint, smarginal, mmarginal, joint_grad :
+        Outputs, DIPY's ``ParzenJointHistogram`` buffers (``mmarginal`` is
+        left as it is when no voxel contributes, as in DIPY).
+    num_threads : int
+        Number of OpenMP threads.
+
+    Returns
+    -------
+    valid_points : float
+        Number of voxels that entered the histogram.
+    """
+    cdef:
+        int dim = len(static_shape)
+        MIParams P
+        Py_ssize_t nb = joint.shape[0], nblocks = bounds.shape[0] - 1
+        Py_ssize_t ns = 1, nr, nc, mns = 1, mnr, mnc, b, i, j, t
+        Py_ssize_t sj = nb * nb, sg = nb * nb * nparams, size
+        double* pj
+        double* ps
+        double* pg
+        double* pst
+        double total = 0, valid = 0, norm
+        const int* sm = &smask[0] if smask.shape[0] > 0 else NULL
+        const int* mm = &mmask[0] if mmask.shape[0] > 0 else NULL
+        const unsigned char* zb = &zero_blocks[0] if zero_blocks.shape[0] > 0 else NULL
+        const double* E = &jac[0] if want_grad else NULL
+    _fill_params(&P, to_moving, to_world, moving_world2grid, moving_spacing, dim,
+                 smin, sdelta, mmin, mdelta, nb, padding, nparams, want_grad)
+    if dim == 3:
+        ns, nr, nc = static_shape
+        mns, mnr, mnc = moving_shape
+    else:
+        nr, nc = static_shape
+        mnr, mnc = moving_shape
+    if not want_grad:
+        sg = 0
+    pj = <double*>malloc(nblocks * sj * sizeof(double))
+    ps = <double*>malloc(nblocks * nb * sizeof(double))
+    pg = <double*>malloc((nblocks * sg + 1) * sizeof(double))
+    pst = <double*>malloc(nblocks * 2 * sizeof(double))
+    if pj == NULL or ps == NULL or pg == NULL or pst == NULL:
+        free(pj)
+        free(ps)
+        free(pg)
+        free(pst)
+        raise MemoryError("parzen_mi_dense: could not allocate the partial tables")
+    num_threads = chunk_threads(num_threads, nblocks)
+    with nogil:
+        for b in prange(nblocks, schedule="dynamic", num_threads=num_threads):
+            if dim == 3:
+                _block_3d(&static[0], ns, nr, nc, &moving[0], mns, mnr, mnc, sm, mm, zb,
+                          bounds[b], bounds[b + 1], &P, E, pj + b * sj, ps + b * nb,
+                          pg + b * sg, pst + 2 * b)
+            else:
+                _block_2d(&static[0], nr, nc, &moving[0], mnr, mnc, sm, mm, zb,
+                          bounds[b], bounds[b + 1], &P, E, pj + b * sj, ps + b * nb,
+                          pg + b * sg, pst + 2 * b)
+        _merge(pj, nblocks, sj, sj, &joint[0, 0], num_threads)
+        _merge(ps, nblocks, nb, nb, &smarginal[0], 1)
+        if want_grad:
+            _merge(pg, nblocks, sg, sg, &joint_grad[0, 0, 0], num_threads)
+        for b in range(nblocks):
+            total = total + pst[2 * b]
+            valid = valid + pst[2 * b + 1]
+        # DIPY's normalisation: the 3D joint by the spline mass, the 2D one by
+        # the voxel count; the gradient by the voxel count times the bin width.
+        if total > 0:
+            norm = total if dim == 3 else valid
+            for i in range(nb):
+                for j in range(nb):
+                    joint[i, j] = joint[i, j] / norm
+            for i in range(nb):
+                smarginal[i] = smarginal[i] / valid
+            for j in range(nb):
+                mmarginal[j] = 0
+                for i in range(nb):
+                    mmarginal[j] += joint[i, j]
+        if want_grad:
+            norm = valid * mdelta
+            if norm > 0:
+                size = sg
+                for t in range(size):
+                    (&joint_grad[0, 0, 0])[t] = (&joint_grad[0, 0, 0])[t] / norm
+    free(pj)
+    free(ps)
+    free(pg)
+    free(pst)
+    return valid
+
+
+# ----------------------------------------------------------------- resampling
+cdef void _resample_slice_3d(const double* vol, Py_ssize_t vns, Py_ssize_t vnr,
+                             Py_ssize_t vnc, const double* m, Py_ssize_t k,
+                             Py_ssize_t onr, Py_ssize_t onc, double* out) noexcept nogil:
+    cdef:
+        Py_ssize_t i, j
+        double y[3]
+    for i in range(onr):
+        for j in range(onc):
+            _apply3(m, <double>k, <double>i, <double>j, y)
+            interp_scalar_3d(vol, vns, vnr, vnc, y[0], y[1], y[2],
+                             &out[(k * onr + i) * onc + j])
+
+
+cdef void _resample_nn_slice_3d(const number* vol, Py_ssize_t vns, Py_ssize_t vnr,
+                                Py_ssize_t vnc, const double* m, Py_ssize_t k,
+                                Py_ssize_t onr, Py_ssize_t onc, number* out) noexcept nogil:
+    cdef:
+        Py_ssize_t i, j, kk, ii, jj
+        double y[3]
+    for i in range(onr):
+        for j in range(onc):
+            _apply3(m, <double>k, <double>i, <double>j, y)
+            kk = nearest_index(y[0], vns)
+            ii = nearest_index(y[1], vnr)
+            jj = nearest_index(y[2], vnc)
+            if kk < 0 or ii < 0 or jj < 0:
+                out[(k * onr + i) * onc + j] = 0
+            else:
+                out[(k * onr + i) * onc + j] = vol[(kk * vnr + ii) * vnc + jj]
+
+
+def transform_affine_3d(const double[:, :, ::1] volume, const double[::1] comp,
+                        double[:, :, ::1] out, int num_threads):
+    """Trilinear resampling: out[k, i, j] = volume(comp @ (k, i, j, 1)),
+    zero-padded partial sums at the edge (DIPY's ``transform_3d_affine``)."""
+    cdef:
+        Py_ssize_t k
+        double m[12]
+    for k in range(12):
+        m[k] = comp[k]
+    num_threads = chunk_threads(num_threads, out.shape[0])
+    with nogil:
+        for k in prange(out.shape[0], schedule="static", num_threads=num_threads):
+            _resample_slice_3d(&volume[0, 0, 0], volume.shape[0], volume.shape[1],
+                               volume.shape[2], m, k, out.shape[1], out.shape[2],
+                               &out[0, 0, 0])
+
+
+def transform_affine_nn_3d(const number[:, :, ::1] volume, const double[::1] comp,
+                           number[:, :, ::1] out, int num_threads):
+    """Nearest-neighbour resampling (DIPY's ``transform_3d_affine_nn``)."""
+    cdef:
+        Py_ssize_t k
+        double m[12]
+    for k in range(12):
+        m[k] = comp[k]
+    num_threads = chunk_threads(num_threads, out.shape[0])
+    with nogil:
+        for k in prange(out.shape[0], schedule="static", num_threads=num_threads):
+            _resample_nn_slice_3d(&volume[0, 0, 0], volume.shape[0], volume.shape[1],
+                                  volume.shape[2], m, k, out.shape[1], out.shape[2],
+                                  &out[0, 0, 0])
+
+
+cdef void _resample_row_2d(const double* img, Py_ssize_t vnr, Py_ssize_t vnc,
+                           const double* m, Py_ssize_t i, Py_ssize_t onc,
+                           double* out) noexcept nogil:
+    cdef:
+        Py_ssize_t j
+        double y[2]
+    for j in range(onc):
+        _apply2(m, <double>i, <double>j, y)
+        interp_scalar_2d(img, vnr, vnc, y[0], y[1], &out[i * onc + j])
+
+
+cdef void _resample_nn_row_2d(const number* img, Py_ssize_t vnr, Py_ssize_t vnc,
+                              const double* m, Py_ssize_t i, Py_ssize_t onc,
+                              number* out) noexcept nogil:
+    cdef:
+        Py_ssize_t j, ii, jj
+        double y[2]
+    for j in range(onc):
+        _apply2(m, <double>i, <double>j, y)
+        ii = nearest_index(y[0], vnr)
+        jj = nearest_index(y[1], vnc)
+        if ii < 0 or jj < 0:
+            out[i * onc + j] = 0
+        else:
+            out[i * onc + j] = img[ii * vnc + jj]
+
+
+def transform_affine_2d(const double[:, ::1] image, const double[::1] comp,
+                        double[:, ::1] out, int num_threads):
+    """Bilinear resampling (DIPY's ``transform_2d_affine``)."""
+    cdef:
+        Py_ssize_t i
+        double m[6]
+    for i in range(6):
+        m[i] = comp[i]
+    num_threads = chunk_threads(num_threads, out.shape[0])
+    with nogil:
+        for i in prange(out.shape[0], schedule="static", num_threads=num_threads):
+            _resample_row_2d(&image[0, 0], image.shape[0], image.shape[1], m, i,
+                             out.shape[1], &out[0, 0])
+
+
+def transform_affine_nn_2d(const number[:, ::1] image, const double[::1] comp,
+                           number[:, ::1] out, int num_threads):
+    """Nearest-neighbour resampling (DIPY's ``transform_2d_affine_nn``)."""
+    cdef:
+        Py_ssize_t i
+        double m[6]
+    for i in range(6):
+        m[i] = comp[i]
+    num_threads = chunk_threads(num_threads, out.shape[0])
+    with nogil:
+        for i in prange(out.shape[0], schedule="static", num_threads=num_threads):
+            _resample_nn_row_2d(&image[0, 0], image.shape[0], image.shape[1], m, i,
+                                out.shape[1], &out[0, 0])
