@@ -86,12 +86,11 @@ def test_prealigners_never_share_a_cache(tmp_path):
         _rigid_params((10,), (0.0,), (1,), 32, "elastix")
 
 
-def test_fastsyn_key_follows_the_backend():
-    from fastsyn.register import affine_backend
-
-    key = _rigid_params((10,), (0.0,), (1,), 32, "fastsyn")["method"]
-    # the DIPY fallback is DIPY's registration: it shares DIPY's cache
-    assert key == ("fastsyn-rigid-mi" if affine_backend() == "fastsyn" else "dipy-rigid-mi")
+def test_each_prealigner_has_its_own_cache_key():
+    keys = {p: _rigid_params((10,), (0.0,), (1,), 32, p)["method"]
+            for p in ("fastsyn", "dipy", "ants", "greedy")}
+    assert len(set(keys.values())) == 4
+    assert keys["fastsyn"] == "fastsyn-rigid-mi"
 
 
 def test_run_records_the_prealigner(tmp_path):

@@ -26,8 +26,8 @@ ITK's LPS world frame.  The inverse map is ``y -> z + v(z)`` with
 ``-t [Paffine.mat,1] -t PInverseWarp.nii.gz`` with the moving image as
 reference.
 
-The affine step goes through :func:`_affine_registration`, the one place that
-chooses between fastsyn's threaded affine registration and DIPY's.
+The affine step is fastsyn's threaded :func:`fastsyn.affine_registration`
+with the benchmark harness's settings (:func:`_affine_registration`).
 """
 
 import contextlib
@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from fastsyn.imaffine import affine_registration
 
 __all__ = ["register_files", "AFFINE_PIPELINES", "DEFAULT_AFFINE_LEVELS"]
 
@@ -55,36 +57,17 @@ DEFAULT_AFFINE_LEVELS = {"level_iters": (100, 50, 25), "sigmas": (3.0, 1.0, 0.0)
 _RAS_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
-def affine_backend():
-    """``"fastsyn"`` when fastsyn's affine registration is built, else ``"dipy"``."""
-    try:
-        from fastsyn import affine_registration  # noqa: F401
-    except ImportError:
-        return "dipy"
-    return "fastsyn"
-
-
 def _affine_registration(moving, static, *, moving_affine, static_affine, pipeline,
                          level_iters, sigmas, factors, nbins=32, sampling_proportion=None,
                          static_mask=None, moving_mask=None, num_threads=None):
-    """Affine registration with fastsyn's threaded implementation, else DIPY's.
-
-    Same arguments and return value as ``dipy.align.affine_registration``
-    (``(resampled moving, static-to-moving world matrix)``) plus
-    ``num_threads``, which DIPY's serial implementation does not take.
-    """
+    """fastsyn's threaded affine registration with the harness's arguments
+    (``(resampled moving, static-to-moving world matrix)``)."""
     kwargs = dict(moving_affine=moving_affine, static_affine=static_affine,
                   pipeline=list(pipeline), level_iters=list(level_iters),
                   sigmas=list(sigmas), factors=list(factors), nbins=int(nbins),
                   sampling_proportion=sampling_proportion, static_mask=static_mask,
                   moving_mask=moving_mask)
-    try:
-        from fastsyn import affine_registration
-    except ImportError:  # fastsyn without its affine module: DIPY, serial
-        from dipy.align import affine_registration
-    else:
-        kwargs["num_threads"] = num_threads
-    return affine_registration(moving, static, **kwargs)
+    return affine_registration(moving, static, num_threads=num_threads, **kwargs)
 
 
 # ---------------------------------------------------------------------- input

@@ -284,13 +284,7 @@ def _rigid_params(level_iters, sigmas, factors, nbins, prealigner="fastsyn"):
         raise ValueError(f"nbins must be an integer >= 2, got {nbins!r}")
     if prealigner not in PREALIGNERS:
         raise ValueError(f"prealigner must be one of {list(PREALIGNERS)}, got {prealigner!r}")
-    key = _KEY_NAMES[prealigner]
-    if prealigner == "fastsyn":
-        from fastsyn.register import affine_backend
-
-        # until fastsyn's affine registration is built it runs DIPY's: same cache
-        key = _KEY_NAMES[affine_backend()]
-    return {"method": key, "level_iters": level_iters,
+    return {"method": _KEY_NAMES[prealigner], "level_iters": level_iters,
             "sigmas": sigmas, "factors": factors, "nbins": int(nbins),
             "pipeline": ["center_of_mass", "translation", "rigid"]}
 

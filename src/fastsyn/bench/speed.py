@@ -225,8 +225,6 @@ def _time_prealign(size, quick, repeat, counts, external, record, log):
     count, and the installed external tools, interleaved round by round."""
     import logging
 
-    from fastsyn.register import affine_backend
-
     logging.getLogger("dipy").setLevel(logging.WARNING)
     # ITK (antspyx) reads its thread count once, when first used
     os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(counts[-1]))
@@ -247,9 +245,7 @@ def _time_prealign(size, quick, repeat, counts, external, record, log):
             for impl, fn in runs.items():
                 log(f"  {case}: {impl} (round {r + 1}/{repeat}) ...")
                 samples[impl].append(_time_once(fn))
-        # until fastsyn's affine registration is built, "fastsyn" runs DIPY's
-        backend = {"affine_backend": affine_backend()}
-        record(case, samples, {}, {impl: backend for impl in samples if "fastsyn" in impl})
+        record(case, samples, {})
 
 
 # --------------------------------------------------------------------- main
