@@ -283,6 +283,7 @@ def test_demo_quick_from_another_folder(clean_env, tmp_path):
     assert json.loads((rep / "profile.json").read_text())["pair"] == "pair3d"
     html = (rep / "index.html").read_text()
     assert "embedded-mono" in html and "embedded-multi" in html
+    assert "fastsyn (ANTs mode)" in html  # both fastsyn modes in the accuracy tables
     assert (rep / "results").is_dir() and not (tmp_path / "reports").exists()
 
 
