@@ -543,18 +543,19 @@ def _speed_context(speed, plt):
         return None
     base = {r["case"]: r["median_s"] for r in speed["rows"] if r.get("impl") == "dipy"}
     impl_name = {"dipy": "stock DIPY", "fastsyn": "fastsyn", "ants": "ANTs",
-                 "greedy": "greedy"}
+                 "greedy": "greedy", "fastsyn-ants": "fastsyn ANTs mode"}
     rows = []
     for r in speed["rows"]:
         b = base.get(r["case"])
         impl = impl_name.get(r.get("impl"), r.get("impl"))
-        if r.get("impl") == "fastsyn":
+        if r.get("impl") in ("fastsyn", "fastsyn-ants"):
             impl += " serial" if int(r.get("threads") or 1) == 1 else " threaded"
         rows.append({"case": r["case"], "impl": impl, "threads": r.get("threads"),
                      "median_s": r.get("median_s"), "min_s": r.get("min_s"),
                      "max_s": r.get("max_s"), "peak_mem_mb": r.get("peak_mem_mb"),
                      "ratio": (b / r["median_s"]) if b and r.get("median_s") else None})
-    baselines = {"dipy": "stock DIPY", "fastsyn-1": "fastsyn, 1 thread"}
+    baselines = {"dipy": "stock DIPY", "fastsyn-1": "fastsyn, 1 thread",
+                 "fastsyn": "fastsyn default, same threads"}
     ratios = speed.get("ratios") or []
     plot = None
     if plt is not None and any(q.get("baseline") == "dipy" for q in ratios):

@@ -155,6 +155,9 @@ def _add_speed(bsub):
     p.add_argument("--ants-cc", action="store_true",
                    help="also time ANTs with CC (many minutes at 128^3)")
     p.add_argument("--no-syn", action="store_true", help="kernels only")
+    p.add_argument("--no-ants-mode", action="store_true",
+                   help="do not time fastsyn's ANTs mode (fastsyn.ants_like) beside the "
+                        "default")
     p.add_argument("--out", default=None, metavar="FILE.json")
     p.add_argument("--quick", action="store_true",
                    help="small defaults (64^3, levels 4,4,2) for a first look")
@@ -173,7 +176,8 @@ def run_speed(args):
         size=args.size, levels=args.levels, repeat=args.repeat, threads=args.threads,
         metrics=metrics, include_syn=not args.no_syn,
         external=None if args.external is None else tuple(_names(args.external)),
-        ants_cc=args.ants_cc, out=args.out, quick=args.quick)
+        ants_cc=args.ants_cc, out=args.out, quick=args.quick,
+        ants_mode=not args.no_ants_mode)
     return 0
 
 
