@@ -289,9 +289,18 @@ def run_agreement(pairs, *, metrics=("cc", "mi"), levels=DEFAULT_LEVELS, threads
             "environment": _environment(int(threads))}
 
 
+def _finite(values):
+    return [v for v in values if v is not None and np.isfinite(v)]
+
+
 def _mean(values):
-    values = [v for v in values if v is not None and np.isfinite(v)]
+    values = _finite(values)
     return float(np.mean(values)) if values else None
+
+
+def _median(values):
+    values = _finite(values)
+    return float(np.median(values)) if values else None
 
 
 def summarize(records, configs=CONFIGS):
@@ -301,8 +310,9 @@ def summarize(records, configs=CONFIGS):
     -------
     list of dict
         One row per (metric, method): ``metric`` (``"all"`` for the overall
-        rows), ``method``, ``n``, ``rms_mm`` (None for the reference),
-        ``dice``, ``seconds``, ``closer`` (how many records have this
+        rows), ``method``, ``n``, ``rms_mm`` (mean; None for the reference),
+        ``rms_median_mm`` (a diverged registration dominates the mean, not
+        the median), ``dice``, ``seconds``, ``closer`` (how many records have this
         configuration nearer to ANTs than the other one).
     """
     ok = [r for r in records if "error" not in r]
@@ -313,7 +323,8 @@ def summarize(records, configs=CONFIGS):
             continue
         ref = [r["reference"] for r in recs]
         rows.append({"metric": metric, "method": ref[0]["method"], "n": len(recs),
-                     "rms_mm": None, "dice": _mean([x["dice"] for x in ref]),
+                     "rms_mm": None, "rms_median_mm": None,
+                     "dice": _mean([x["dice"] for x in ref]),
                      "seconds": _mean([x["seconds"] for x in ref]), "closer": None})
         for c in configs:
             entries = [r["configs"][c] for r in recs if c in r["configs"]]
@@ -326,7 +337,8 @@ def summarize(records, configs=CONFIGS):
                 if mine is not None and all(o is not None and mine < o for o in others):
                     closer += 1
             rows.append({"metric": metric, "method": c, "n": len(entries),
-                         "rms_mm": _mean(rms), "dice": _mean([e["dice"] for e in entries]),
+                         "rms_mm": _mean(rms), "rms_median_mm": _median(rms),
+                         "dice": _mean([e["dice"] for e in entries]),
                          "seconds": _mean([e["seconds"] for e in entries]),
                          "closer": closer})
     return rows
@@ -356,11 +368,14 @@ def format_agreement(result):
             lines.append(f"{key} {name:<13} {_cell(dist.get('rms_mm'), '14.3f')} "
                          f"{_cell(dist.get('p95_mm'), '7.3f')} {_cell(e.get('dice'), '6.4f')} "
                          f"{_cell(e.get('tre_mean'), '7.3f')} {_cell(e.get('seconds'), '7.2f')}")
-    lines += ["", "means:", f"{'metric':<6} {'method':<13} {'n':>3} {'RMS to ANTs mm':>14} "
+    lines += ["", "means (RMS: mean and median over records; closer: records where this "
+              "configuration is nearer to ANTs):",
+              f"{'metric':<6} {'method':<13} {'n':>3} {'RMS to ANTs mm':>14} {'median':>7} "
               f"{'Dice':>6} {'time s':>7} {'closer':>6}"]
     for s in result["summary"]:
         lines.append(f"{s['metric']:<6} {s['method']:<13} {s['n']:>3} "
-                     f"{_cell(s['rms_mm'], '14.3f')} {_cell(s['dice'], '6.4f')} "
+                     f"{_cell(s['rms_mm'], '14.3f')} {_cell(s.get('rms_median_mm'), '7.3f')} "
+                     f"{_cell(s['dice'], '6.4f')} "
                      f"{_cell(s['seconds'], '7.2f')} "
                      f"{'-' if s['closer'] is None else s['closer']:>6}")
     return "\n".join(lines)
