@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -19,8 +18,6 @@ from scipy import ndimage
 
 from fastsyn.bench import agreement
 from fastsyn.bench.methods import _itk_displacement_to_ras
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _ants():
