@@ -217,9 +217,13 @@ def test_bench_speed_times_every_thread_count(speed_run):
                for c in cases) == 2
     for case in cases:
         timed = sorted((r["impl"], r["threads"]) for r in result["rows"] if r["case"] == case)
-        assert timed == [("dipy", 1), ("fastsyn", 1), ("fastsyn", 2)], case
+        # end to end, fastsyn's ANTs mode is timed beside the default
+        mode = [("fastsyn-ants", 1), ("fastsyn-ants", 2)] if case.startswith("SyN") else []
+        assert timed == [("dipy", 1), ("fastsyn", 1), ("fastsyn", 2), *mode], case
     assert {(q["threads"], q["baseline"]) for q in result["ratios"]} == {
-        (1, "dipy"), (2, "dipy"), (2, "fastsyn-1")}
+        (1, "dipy"), (2, "dipy"), (2, "fastsyn-1"), (1, "fastsyn"), (2, "fastsyn")}
+    assert all(q["impl"] == "fastsyn-ants" and q["case"].startswith("SyN")
+               for q in result["ratios"] if q["baseline"] == "fastsyn")
     table_rows = [line.split() for line in out.splitlines() if line.startswith("SyN CC")]
     assert sorted(row[6] for row in table_rows if row[5] == "fastsyn") == ["1", "2"]
 
@@ -286,6 +290,7 @@ def test_demo_quick_from_another_folder(clean_env, tmp_path):
     assert json.loads((rep / "profile.json").read_text())["pair"] == "pair3d"
     html = (rep / "index.html").read_text()
     assert "embedded-mono" in html and "embedded-multi" in html
+    assert "fastsyn (ANTs mode)" in html  # both fastsyn modes in the accuracy tables
     assert (rep / "results").is_dir() and not (tmp_path / "reports").exists()
 
 

@@ -12,6 +12,9 @@
 * per dataset, the accuracy table ``Method | NCC | NMI | Label Dice | Label
   Jaccard | Time (s)`` (mean ± std), a box plot of label Dice per method and a
   bar plot of time per method;
+* the agreement with ANTs of ``fastsyn bench agreement``: the RMS distance
+  (mm) of fastsyn's displacement fields, in DIPY's and in ANTs' configuration,
+  to ANTs' inside the brain, with label Dice and time;
 * the stage profile of ``fastsyn profile`` (table, stacked bars, busiest lines);
 * the newest pytest-benchmark run under ``.benchmarks/`` compared with the one
   before it;
@@ -540,18 +543,19 @@ def _speed_context(speed, plt):
         return None
     base = {r["case"]: r["median_s"] for r in speed["rows"] if r.get("impl") == "dipy"}
     impl_name = {"dipy": "stock DIPY", "fastsyn": "fastsyn", "ants": "ANTs",
-                 "greedy": "greedy"}
+                 "greedy": "greedy", "fastsyn-ants": "fastsyn ANTs mode"}
     rows = []
     for r in speed["rows"]:
         b = base.get(r["case"])
         impl = impl_name.get(r.get("impl"), r.get("impl"))
-        if r.get("impl") == "fastsyn":
+        if r.get("impl") in ("fastsyn", "fastsyn-ants"):
             impl += " serial" if int(r.get("threads") or 1) == 1 else " threaded"
         rows.append({"case": r["case"], "impl": impl, "threads": r.get("threads"),
                      "median_s": r.get("median_s"), "min_s": r.get("min_s"),
                      "max_s": r.get("max_s"), "peak_mem_mb": r.get("peak_mem_mb"),
                      "ratio": (b / r["median_s"]) if b and r.get("median_s") else None})
-    baselines = {"dipy": "stock DIPY", "fastsyn-1": "fastsyn, 1 thread"}
+    baselines = {"dipy": "stock DIPY", "fastsyn-1": "fastsyn, 1 thread",
+                 "fastsyn": "fastsyn default, same threads"}
     ratios = speed.get("ratios") or []
     plot = None
     if plt is not None and any(q.get("baseline") == "dipy" for q in ratios):
@@ -628,6 +632,37 @@ def _throughput_context(records):
     return out
 
 
+def _agreement_context(agreement):
+    """The agreement with ANTs as plain rows: the means, then one row per
+    pair, metric and method."""
+    if not agreement or not agreement.get("records"):
+        return None
+    from fastsyn.bench.methods import METHODS
+
+    def label(name):
+        cls = METHODS.get(name)
+        return cls.label if cls is not None else name
+
+    summary = [dict(s, label=label(s.get("method"))) for s in agreement.get("summary") or []]
+    rows = []
+    for r in agreement["records"]:
+        key = {"pair": r.get("pair"), "direction": r.get("direction"),
+               "metric": str(r.get("metric", ""))}
+        if "error" in r:
+            rows.append(dict(key, label="–", error=r["error"]))
+            continue
+        entries = [(r["reference"].get("method"), r["reference"]),
+                   *r.get("configs", {}).items()]
+        for name, e in entries:
+            dist = e.get("distance") or {}
+            rows.append(dict(key, label=label(name), error=None, rms_mm=dist.get("rms_mm"),
+                             p95_mm=dist.get("p95_mm"), dice=e.get("dice"),
+                             tre_mean=e.get("tre_mean"), seconds=e.get("seconds")))
+    return {"summary": summary, "rows": rows, "levels": agreement.get("levels") or [],
+            "threads": agreement.get("threads"),
+            "reference": label(agreement.get("reference", "ants"))}
+
+
 def _profile_context(profile, plt):
     """The stage profile as plain values, with its plot."""
     if not profile or not profile.get("runs"):
@@ -698,13 +733,14 @@ def _find_input(given, name, folders):
 
 def _render_page(results_dir, out_dir, speed_json=None, profile_json=None,
                   benchmark_json_dir=".benchmarks", *, check_equivalence=True,
-                  title="fastsyn benchmark report"):
+                  title="fastsyn benchmark report", agreement_json=None):
     """The report page as text (see :func:`write_report` for the parameters)."""
     out_dir = Path(out_dir)
     search = [Path(results_dir)] if results_dir else []
     search.append(out_dir)
     speed = _read_json(_find_input(speed_json, "speed.json", search), "speed")
     profile = _read_json(_find_input(profile_json, "profile.json", search), "profile")
+    agreement = _read_json(_find_input(agreement_json, "agreement.json", search), "agreement")
     records = []
     if results_dir and Path(results_dir).is_dir():
         from fastsyn.bench.store import ResultStore
@@ -728,6 +764,7 @@ def _render_page(results_dir, out_dir, speed_json=None, profile_json=None,
         accuracy_columns=list(ACCURACY_COLUMNS), datasets=datasets,
         throughput=_throughput_context(records),
         profile=_profile_context(profile, plt),
+        agreement_ants=_agreement_context(agreement),
         bench=_pytest_context(latest_pytest_benchmarks(benchmark_json_dir)),
         asv=(out_dir / "asv" / "index.html").is_file(),
         have_plots=plt is not None)
@@ -735,7 +772,7 @@ def _render_page(results_dir, out_dir, speed_json=None, profile_json=None,
 
 def write_report(results_dir, out_dir, speed_json=None, profile_json=None,
                  benchmark_json_dir=".benchmarks", *, check_equivalence=True,
-                 title="fastsyn benchmark report"):
+                 title="fastsyn benchmark report", agreement_json=None):
     """Write ``out_dir/index.html``.
 
     Parameters
@@ -758,6 +795,10 @@ def write_report(results_dir, out_dir, speed_json=None, profile_json=None,
         equivalence table.
     title : str, optional
         Page title.
+    agreement_json : str or Path, optional
+        Output of ``fastsyn bench agreement``.  When omitted,
+        ``agreement.json`` in ``results_dir`` or ``out_dir`` is used if
+        present.
 
     Returns
     -------
@@ -767,7 +808,8 @@ def write_report(results_dir, out_dir, speed_json=None, profile_json=None,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     text = _render_page(results_dir, out_dir, speed_json, profile_json, benchmark_json_dir,
-                        check_equivalence=check_equivalence, title=title)
+                        check_equivalence=check_equivalence, title=title,
+                        agreement_json=agreement_json)
     page = out_dir / "index.html"
     tmp = out_dir / ".index.html.tmp"
     tmp.write_text(text, encoding="utf-8")
@@ -782,7 +824,7 @@ def main_report(args):
     ----------
     args : argparse.Namespace
         ``results``, ``out`` and optionally ``speed``, ``profile``,
-        ``benchmarks`` (pytest-benchmark folder).
+        ``agreement``, ``benchmarks`` (pytest-benchmark folder).
 
     Returns
     -------
@@ -792,6 +834,7 @@ def main_report(args):
     page = write_report(getattr(args, "results", None), args.out,
                         speed_json=getattr(args, "speed", None),
                         profile_json=getattr(args, "profile", None),
+                        agreement_json=getattr(args, "agreement", None),
                         benchmark_json_dir=getattr(args, "benchmarks", None) or ".benchmarks")
     print(f"report written to {page}")
     print(f"open it with: xdg-open {page.resolve()}  (or file://{page.resolve()})")

@@ -8,6 +8,11 @@ which sees NumPy's allocations); end-to-end registrations run one per fresh
 subprocess, and their peak resident memory is counted from the start of the
 registration (the process's high-water mark is reset once the input pair is
 built), so that it can be compared honestly.
+
+fastsyn's ANTs mode (:func:`fastsyn.ants_like`: ANTs' pyramid, ITK's update
+smoothing, ANTs' convergence test) is timed end to end on every thread count
+in the same rounds, with its speed relative to the default configuration on
+the same threads (below 1: the ANTs mode is slower).
 """
 
 import json
@@ -24,6 +29,9 @@ import numpy as np
 
 __all__ = ["main_speed", "make_field", "make_pair", "run_speed", "speed_command",
            "thread_counts"]
+
+#: Implementation name of fastsyn's ANTs mode in rows and ratios.
+ANTS_MODE = "fastsyn-ants"
 
 #: Sizes and SyN levels of ``quick`` runs.
 QUICK_SIZE = 64
@@ -151,6 +159,9 @@ def _syn_worker(impl, threads, size, levels, metric):
             raise SystemExit("stock DIPY has no MI metric for SyN")
         sdr = dipy_imwarp.SymmetricDiffeomorphicRegistration(DipyCC(3, radius=4),
                                                              level_iters=list(levels))
+    elif impl == ANTS_MODE:
+        m = fastsyn.CCMetric(3, radius=4) if metric == "cc" else fastsyn.MIMetric(3)
+        sdr = fastsyn.ants_like(m, level_iters=list(levels), num_threads=threads)
     else:
         m = fastsyn.CCMetric(3, radius=4) if metric == "cc" else fastsyn.MIMetric(3)
         sdr = fastsyn.SymmetricDiffeomorphicRegistration(m, level_iters=list(levels),
@@ -317,16 +328,37 @@ def thread_counts(threads=None):
     return tuple(sorted(counts | {1}))
 
 
+def _impl_name(impl):
+    """The implementation of a timed entry (``fastsyn-4`` -> ``fastsyn``)."""
+    if impl.startswith(ANTS_MODE + "-"):
+        return ANTS_MODE
+    return impl.split("-")[0]
+
+
+def _ants_mode_ratios(case, samples, counts):
+    """Speed of the ANTs mode relative to the default, thread count by count."""
+    out = []
+    for t in counts:
+        mode, default = f"{ANTS_MODE}-{t}", f"fastsyn-{t}"
+        if mode in samples and default in samples:
+            out.append({"case": case, "impl": ANTS_MODE, "threads": t, "baseline": "fastsyn",
+                        "speedup": float(np.median(samples[default])
+                                         / np.median(samples[mode]))})
+    return out
+
+
 def run_speed(*, size=128, syn_size=None, levels=(20, 20, 10), repeat=3, threads=None,
-              metrics=("cc",), include_syn=True, external=(), ants_cc=False, log=print,
-              include_prealign=False, quick=False):
+              metrics=("cc",), include_syn=True, external=(), ants_cc=False, ants_mode=True,
+              log=print, include_prealign=False, quick=False):
     """Measure kernels and end-to-end SyN; returns the speed JSON dict.
 
     fastsyn is timed on each count of ``threads`` (see :func:`thread_counts`;
     default one thread and all CPUs), stock DIPY on one thread.  ``external``
     names tools (``"ants"``, ``"greedy"``) timed in the same interleaved
     rounds as the end-to-end runs, on the largest thread count.  ANTs with CC
-    is skipped unless ``ants_cc`` (it takes many minutes at 128^3).
+    is skipped unless ``ants_cc`` (it takes many minutes at 128^3).  With
+    ``ants_mode``, fastsyn's ANTs mode is timed on every thread count too and
+    its ratios to the default (``baseline="fastsyn"``, same threads) are added.
     ``include_prealign`` adds the harness's rigid and affine prealignment
     (:mod:`fastsyn.bench.prealign`) for every prealigner, at ``syn_size``
     (fewer iterations when ``quick``).
@@ -337,12 +369,14 @@ def run_speed(*, size=128, syn_size=None, levels=(20, 20, 10), repeat=3, threads
     fast_impls = [f"fastsyn-{t}" for t in counts]
     impl_threads = {"dipy": 1, "ants": all_threads, "greedy": all_threads}
     impl_threads.update({f"fastsyn-{t}": t for t in counts})
+    mode_impls = [f"{ANTS_MODE}-{t}" for t in counts] if ants_mode else []
+    impl_threads.update({f"{ANTS_MODE}-{t}": t for t in counts})
     rows, ratios = [], []
 
     def record(case, samples, peaks, extra=None):
         for impl, times in samples.items():
             med, lo, hi = _summary(times)
-            row = {"case": case, "impl": impl.split("-")[0],
+            row = {"case": case, "impl": _impl_name(impl),
                    "threads": impl_threads[impl], "median_s": med, "min_s": lo, "max_s": hi,
                    "peak_mem_mb": peaks.get(impl)}
             if extra and impl in extra:
@@ -357,6 +391,7 @@ def run_speed(*, size=128, syn_size=None, levels=(20, 20, 10), repeat=3, threads
                     ratios.append({"case": case, "impl": "fastsyn",
                                    "threads": impl_threads[impl], "baseline": baseline,
                                    "speedup": float(base / np.median(samples[impl]))})
+        ratios.extend(_ants_mode_ratios(case, samples, counts))
 
     for case, (stock, ours) in _kernel_cases(size).items():
         log(f"  {case} ...")
@@ -375,7 +410,7 @@ def run_speed(*, size=128, syn_size=None, levels=(20, 20, 10), repeat=3, threads
         for metric in metrics:
             case = (f"SyN {metric.upper()} {syn_size}^3 levels "
                     f"{'/'.join(map(str, levels))}")
-            impls = (["dipy"] if metric == "cc" else []) + fast_impls
+            impls = (["dipy"] if metric == "cc" else []) + fast_impls + mode_impls
             impls += [name for name in external if name != "ants" or metric != "cc" or ants_cc]
             pair = make_pair(syn_size) if set(impls) & {"ants", "greedy"} else None
             samples = {impl: [] for impl in impls}
@@ -387,7 +422,7 @@ def run_speed(*, size=128, syn_size=None, levels=(20, 20, 10), repeat=3, threads
                         out = _external_run(impl, metric, levels, all_threads, pair)
                         out["stage_times"] = None
                     else:
-                        out = _run_worker("dipy" if impl == "dipy" else "fastsyn",
+                        out = _run_worker(_impl_name(impl) if impl != "dipy" else "dipy",
                                           impl_threads[impl], syn_size, levels, metric)
                     samples[impl].append(out["seconds"])
                     peaks[impl] = max(peaks.get(impl, 0.0), out["peak_mem_mb"])
@@ -401,26 +436,35 @@ def run_speed(*, size=128, syn_size=None, levels=(20, 20, 10), repeat=3, threads
 
 def format_speed(result):
     """The speed table as text."""
-    lines = [f"{'case':<38} {'impl':<8} {'thr':>3} {'median s':>9} {'min':>8} {'max':>8} "
+    lines = [f"{'case':<38} {'impl':<12} {'thr':>3} {'median s':>9} {'min':>8} {'max':>8} "
              f"{'peak MB':>8} {'vs dipy':>8}"]
     base = {r["case"]: r["median_s"] for r in result["rows"] if r["impl"] == "dipy"}
     for r in result["rows"]:
         ratio = base.get(r["case"])
         ratio = f"{ratio / r['median_s']:7.2f}x" if ratio else "       -"
         peak = f"{r['peak_mem_mb']:8.1f}" if r.get("peak_mem_mb") is not None else "       -"
-        lines.append(f"{r['case']:<38} {r['impl']:<8} {r['threads']:>3} {r['median_s']:9.3f} "
+        lines.append(f"{r['case']:<38} {r['impl']:<12} {r['threads']:>3} {r['median_s']:9.3f} "
                      f"{r['min_s']:8.3f} {r['max_s']:8.3f} {peak} {ratio}")
     lines.append("")
     lines.append("speed-ups of fastsyn (ratio of medians, same run):")
     for q in result["ratios"]:
+        if q.get("impl") == ANTS_MODE:
+            continue
         lines.append(f"  {q['case']:<38} {q['threads']:>2} threads vs {q['baseline']:<9} "
                      f"{q['speedup']:6.2f}x")
+    mode = [q for q in result["ratios"] if q.get("impl") == ANTS_MODE]
+    if mode:
+        lines.append("")
+        lines.append("fastsyn ANTs mode vs default, same threads (below 1: ANTs mode slower):")
+        for q in mode:
+            lines.append(f"  {q['case']:<38} {q['threads']:>2} threads "
+                         f"{q['speedup']:6.2f}x")
     return "\n".join(lines)
 
 
 def speed_command(*, size=None, levels=None, repeat=3, threads=None, metrics=("cc", "mi"),
                   include_syn=True, external=None, ants_cc=False, out=None, quick=False,
-                  log=None, include_prealign=True):
+                  log=None, include_prealign=True, ants_mode=True):
     """Time, print the speed table and optionally save it (``fastsyn bench speed``).
 
     Parameters
@@ -451,6 +495,8 @@ def speed_command(*, size=None, levels=None, repeat=3, threads=None, metrics=("c
         Time the rigid and affine prealignment of each prealigner.
     log : callable, optional
         Progress messages (default: print and flush).
+    ants_mode : bool, optional
+        Also time fastsyn's ANTs mode end to end (every thread count).
 
     Returns
     -------
@@ -471,8 +517,8 @@ def speed_command(*, size=None, levels=None, repeat=3, threads=None, metrics=("c
         f"fastsyn on {', '.join(map(str, counts))} thread(s), {repeat} interleaved rounds")
     result = run_speed(size=size, levels=levels, repeat=repeat, threads=counts,
                        metrics=tuple(metrics), include_syn=include_syn, external=external,
-                       ants_cc=ants_cc, log=log, include_prealign=include_prealign,
-                       quick=quick)
+                       ants_cc=ants_cc, ants_mode=ants_mode, log=log,
+                       include_prealign=include_prealign, quick=quick)
     print(format_speed(result))
     if out:
         out = Path(out)
@@ -507,7 +553,8 @@ def main_speed(args):
         external=None if external is None else tuple(n for n in external.split(",") if n),
         ants_cc=getattr(args, "ants_cc", False), out=getattr(args, "out", None),
         quick=getattr(args, "quick", False),
-        include_prealign=not getattr(args, "no_prealign", False))
+        include_prealign=not getattr(args, "no_prealign", False),
+        ants_mode=not getattr(args, "no_ants_mode", False))
 
 
 def _cli(argv=None):
@@ -528,6 +575,7 @@ def _cli(argv=None):
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-syn", action="store_true")
     parser.add_argument("--no-prealign", action="store_true")
+    parser.add_argument("--no-ants-mode", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.worker:

@@ -1,4 +1,4 @@
-"""``fastsyn bench run|table|speed``: accuracy and speed benchmarks."""
+"""``fastsyn bench run|table|speed|agreement``: accuracy and speed benchmarks."""
 
 import json
 import sys
@@ -28,6 +28,7 @@ def add_parser(sub):
     _add_speed(bsub)
     _add_roofline(bsub)
     _add_scaling(bsub)
+    _add_agreement(bsub)
     return p
 
 
@@ -187,6 +188,9 @@ def _add_speed(bsub):
     p.add_argument("--no-syn", action="store_true", help="kernels only")
     p.add_argument("--no-prealign", action="store_true",
                    help="skip the rigid/affine prealignment rows")
+    p.add_argument("--no-ants-mode", action="store_true",
+                   help="do not time fastsyn's ANTs mode (fastsyn.ants_like) beside the "
+                        "default")
     p.add_argument("--out", default=None, metavar="FILE.json")
     p.add_argument("--quick", action="store_true",
                    help="small defaults (64^3, levels 4,4,2) for a first look")
@@ -206,7 +210,8 @@ def run_speed(args):
         metrics=metrics, include_syn=not args.no_syn,
         external=None if args.external is None else tuple(_names(args.external)),
         ants_cc=args.ants_cc, out=args.out, quick=args.quick,
-        include_prealign=not (args.no_prealign or args.no_syn))
+        include_prealign=not (args.no_prealign or args.no_syn),
+        ants_mode=not args.no_ants_mode)
     return 0
 
 
@@ -261,3 +266,67 @@ def _write_json(path, result):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(result, indent=2, default=str))
         print(f"wrote {path}")
+
+
+
+# ------------------------------------------------------------- bench agreement
+def _add_agreement(bsub):
+    p = bsub.add_parser("agreement",
+                        help="distance of fastsyn's fields (DIPY and ANTs mode) to ANTs'")
+    p.add_argument("--pairs", default="pair3d,pair3d_multimodal", metavar="LIST",
+                   help="shipped pairs to register (default pair3d,pair3d_multimodal; "
+                        "'' for none)")
+    p.add_argument("--dataset", default=None, metavar="NAME_OR_DIR",
+                   help="also register prealigned pairs of this cohort, e.g. embedded-multi")
+    p.add_argument("--sample", type=positive_int, default=2, metavar="N",
+                   help="pairs of --dataset drawn with --seed (default 2)")
+    p.add_argument("--seed", type=int, default=0, metavar="S")
+    p.add_argument("--resolution", type=positive_float, default=3.0, metavar="MM",
+                   help="voxel size of the embedded cohorts (default 3)")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="cache for built cohorts and prealigned pairs")
+    p.add_argument("--metric", default="cc,mi", metavar="LIST",
+                   help="metrics: cc and/or mi (default cc,mi)")
+    p.add_argument("--levels", type=level_list, default=(20, 20, 10), metavar="L1,L2,...",
+                   help="iterations per level, coarsest first, for every method "
+                        "(default 20,20,10)")
+    p.add_argument("--threads", type=positive_int, default=1, metavar="T",
+                   help="threads of every method (default 1)")
+    p.add_argument("--out", default=None, metavar="FILE.json")
+    p.set_defaults(func=run_agreement)
+
+
+def run_agreement(args):
+    """Handler of ``fastsyn bench agreement``; returns the exit status."""
+    from fastsyn.bench import agreement
+    from fastsyn.bench.datasets import EMBEDDED
+    from fastsyn.bench.methods import get_method
+    from fastsyn.data import PAIRS
+
+    metrics = tuple(_names(args.metric))
+    bad = [m for m in metrics if m not in ("cc", "mi")]
+    if not metrics or bad:
+        raise CommandError(f"--metric must list cc and/or mi, got {args.metric!r}")
+    pairs = tuple(_names(args.pairs))
+    unknown = [p for p in pairs if p not in PAIRS]
+    if unknown:
+        raise CommandError(f"unknown pair(s) {unknown}; choose from {', '.join(PAIRS)}")
+    if args.dataset is not None and args.dataset not in EMBEDDED \
+            and not Path(args.dataset).expanduser().is_dir():
+        raise CommandError(f"unknown dataset {args.dataset!r}: neither "
+                           f"{' nor '.join(sorted(EMBEDDED))} nor an existing folder")
+    if not pairs and args.dataset is None:
+        raise CommandError("nothing to register: give --pairs or --dataset")
+    for name in (agreement.REFERENCE, *agreement.CONFIGS):
+        for metric in metrics:
+            ok, reason = get_method(name).available(metric)
+            if not ok:
+                raise CommandError(f"method {name!r} cannot run {metric}: {reason}")
+    result = agreement.agreement_command(
+        pairs=pairs, dataset=args.dataset, sample=args.sample, seed=args.seed,
+        resolution=args.resolution, cache_dir=args.cache_dir, metrics=metrics,
+        levels=args.levels, threads=args.threads, out=args.out)
+    failed = [r for r in result["records"] if "error" in r]
+    for r in failed:
+        print(f"{r['pair']} {r['metric']}: {r['error']}", file=sys.stderr)
+    return 1 if failed else 0

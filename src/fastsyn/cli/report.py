@@ -14,6 +14,9 @@ def add_parser(sub):
                    help="JSON of 'fastsyn bench speed' (default: speed.json in DIR or OUT)")
     p.add_argument("--profile", default=None, metavar="FILE",
                    help="JSON of 'fastsyn profile' (default: profile.json in DIR or OUT)")
+    p.add_argument("--agreement", default=None, metavar="FILE",
+                   help="JSON of 'fastsyn bench agreement' (default: agreement.json in DIR "
+                        "or OUT)")
     p.add_argument("--benchmarks", default=".benchmarks", metavar="DIR",
                    help="pytest-benchmark storage compared in the report "
                         "(default .benchmarks)")
@@ -28,11 +31,13 @@ def run(args):
 
     if not Path(args.results).is_dir():
         raise CommandError(f"results folder not found: {args.results}")
-    for flag, path in (("--speed", args.speed), ("--profile", args.profile)):
+    for flag, path in (("--speed", args.speed), ("--profile", args.profile),
+                       ("--agreement", args.agreement)):
         if path is not None and not Path(path).is_file():
             raise CommandError(f"{flag} file not found: {path}")
     page = write_report(args.results, args.out, speed_json=args.speed,
-                        profile_json=args.profile, benchmark_json_dir=args.benchmarks)
+                        profile_json=args.profile, agreement_json=args.agreement,
+                        benchmark_json_dir=args.benchmarks)
     print(f"report written to {page}")
     print(f"open it with: xdg-open {page.resolve()}  (or file://{page.resolve()})")
     return 0
