@@ -170,6 +170,7 @@ BAD_ARGS = [
     ("format_table fmt", lambda t: format_table([], fmt="xml"), ValueError, r"fmt"),
     # run_benchmark (all rejected before any dataset is loaded or built)
     ("run_benchmark metric", lambda t: _run(t, metric="ssd"), ValueError, r"metric"),
+    ("run_benchmark masks", lambda t: _run(t, masks="skull"), ValueError, r"masks"),
     ("run_benchmark threads=0", lambda t: _run(t, threads=0), ValueError, r"threads"),
     ("run_benchmark threads=-2", lambda t: _run(t, threads=-2), ValueError, r"threads"),
     ("run_benchmark threads=2.0", lambda t: _run(t, threads=2.0), ValueError, r"threads"),
@@ -468,3 +469,17 @@ def test_plan_and_tasks(tmp_path):
     assert t["fixed_files"]["images"]["t1"] == str(data / pairs[0].fixed / "t1.nii.gz")
     assert t["moving_files"]["mask"] == str(data / pairs[0].moving / "mask.nii.gz")
     json.dumps(t)  # tasks are plain data (they travel to workers)
+    assert t["masks"] == "none" and specs[0]["config"]["masks"] == "none"
+
+
+def test_dataset_tag_carries_the_generator_version(tmp_path):
+    from fastsyn.bench.layout import write_dataset_stamp
+    from fastsyn.bench.run import dataset_tag, plan_pairs
+
+    data = _dataset(tmp_path / "ds")
+    ds, _ = plan_pairs(data, None, sample=1, seed=0, cache_dir=None, resolution=2.0)
+    assert dataset_tag(ds) == "ds"
+    # an embedded cohort's stamp names its generator version: a new generator
+    # gives new record keys (and prealignment folders) for the same folder
+    write_dataset_stamp(data, "ds", ["t1"], ds.names, version=2)
+    assert dataset_tag(ds) == "ds-v2"

@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from conftest import FIXTURES, fixture_manifest, load_pair
+from scipy import ndimage
 
 from fastsyn.bench import synth
 from fastsyn.bench.datasets import (
@@ -90,6 +91,9 @@ def test_embedded_multi(cache):
     assert img["t1"][wm].mean() > img["t1"][csf].mean()
     assert img["t2"][csf].mean() > img["t2"][wm].mean()
     assert img["flair"][wm].mean() > img["flair"][csf].mean()
+    gm = (lab % 3 == 2) & (lab > 0)
+    # CSF suppressed (CSF-labelled voxels are mostly partial volume at 6 mm)
+    assert img["flair"][csf].mean() < 0.8 * img["flair"][gm].mean()
 
 
 def test_cache_reused_and_extended(mono, cache):
@@ -143,16 +147,19 @@ def test_ground_truth_consistent(mono, tpl):
     y = pts + u
     back = y + synth.sample_field(w, aff_t, y)
     err = np.linalg.norm(back - pts, axis=-1)[_data(s.mask) > 0]
-    assert err.max() < 0.1  # mm; linear interpolation of smooth fields
+    # mm; linear interpolation of the fields on the 6 mm grid (the grey/white
+    # flow varies over a few mm)
+    assert err.mean() < 0.25 and err.max() < 1.5
     norm = np.linalg.norm(u, axis=-1)
-    assert 1.0 < norm.max() < 15.0
+    assert 2.0 < norm.max() < 25.0
     # The truth explains the labels: template labels pulled back equal the subject's.
     # (up to nearest-neighbour ties: the stored field is rounded to 2**-10 mm).
     pulled = synth.sample_image(tpl.labels, tpl.affine, y, order=0)
     assert np.mean(pulled == _data(s.labels)) > 0.999
     # Pair truth: identity for a subject with itself, and it maps labels across subjects.
     d_self, _ = true_displacement(s, s)
-    assert np.abs(d_self)[_data(s.mask) > 0].max() < 0.1
+    self_err = np.linalg.norm(d_self, axis=-1)[_data(s.mask) > 0]
+    assert self_err.mean() < 0.25 and self_err.max() < 1.5
     # Pair truth: phi_m(x + d(x)) == phi_f(x), i.e. both land on the same template point.
     f, m = mono.subjects
     d, aff_f = true_displacement(f, m)
@@ -160,7 +167,7 @@ def test_ground_truth_consistent(mono, tpl):
     u_m, aff_m = load_displacement(m.truth_to_template)
     z = pts + d
     gap = np.linalg.norm(z + synth.sample_field(u_m, aff_m, z) - (pts + u_f), axis=-1)
-    assert gap[_data(f.mask) > 0].max() < 0.1
+    assert np.mean(gap[_data(f.mask) > 0]) < 0.25 and gap[_data(f.mask) > 0].max() < 1.5
     assert np.linalg.norm(d, axis=-1).max() > 1.0
     with pytest.raises(ValueError, match="ground-truth"):
         true_displacement(Subject("x", {"t1": Path("a")}, Path("b")), s)
@@ -168,6 +175,7 @@ def test_ground_truth_consistent(mono, tpl):
 
 def test_make_subject_deterministic(tpl):
     a = synth.make_subject(tpl, [9, 0], modalities=("t1", "flair"))
+    synth._subject_deformation.cache_clear()  # b draws its deformation again
     b = synth.make_subject(tpl, [9, 0], modalities=("t1", "flair"))
     c = synth.make_subject(tpl, [9, 1], modalities=("t1", "flair"))
     for key in ("t1", "flair"):
@@ -180,6 +188,81 @@ def test_make_subject_deterministic(tpl):
     assert np.array_equal(a.to_template, d.to_template)
     with pytest.raises(ValueError, match="modality"):
         synth.make_subject(tpl, 0, modalities=("pd",))
+
+
+def _brain_points(tpl):
+    return synth.grid_points(tpl.shape, tpl.affine)[tpl.mask]
+
+
+def test_subjects_differ_by_several_mm(tpl):
+    # the non-linear parts of two subjects' deformations, over the brain
+    pts = _brain_points(tpl)
+    a, b = (synth._subject_deformation((2, i), 0.0, 0.0, tuple(synth.VARIABILITY.items()))
+            for i in (0, 1))
+    ua = synth.sample_field(a.forward, a.affine, pts)
+    ub = synth.sample_field(b.forward, b.affine, pts)
+    diff = np.linalg.norm(ua - ub, axis=-1)
+    assert diff.mean() > 3.5 and np.percentile(diff, 95) > 6.0 and diff.max() < 25.0
+    assert np.linalg.norm(ua, axis=-1).mean() > 2.0
+    # a smaller variability gives a proportionally smaller field
+    small = synth.anatomical_deformation(np.random.default_rng(0), max_disp=2.0, fine_disp=0.0,
+                                         ventricle_mm=0.0, cortex_mm=0.0)
+    us = synth.sample_field(small.forward, small.affine, pts)
+    assert np.linalg.norm(us, axis=-1).max() <= 2.0 + 1e-6
+
+
+def test_tissue_driven_flows(tpl):
+    """Ventricle and cortex terms move tissue boundaries, not the whole brain."""
+    zero = dict(max_disp=0.0, fine_disp=0.0)
+    pts = synth.grid_points(tpl.shape, tpl.affine)
+    depth = ndimage.distance_transform_edt(tpl.mask, sampling=tpl.spacing)
+    for key, rng in (("ventricle_mm", 3), ("cortex_mm", 4)):
+        kw = {**zero, "ventricle_mm": 0.0, "cortex_mm": 0.0, key: 2.0}
+        v, caff = synth.anatomical_velocity(np.random.default_rng(rng), **kw)
+        norm = np.linalg.norm(synth.sample_field(v, caff, pts), axis=-1)
+        assert 0.5 < norm[tpl.mask].max() <= 2.0 + 1e-6
+        outside = ndimage.distance_transform_edt(~tpl.mask, sampling=tpl.spacing) > 8.0
+        assert outside.any() and norm[outside].max() < 0.2
+        if key == "ventricle_mm":  # deep: around the ventricles only
+            surface = tpl.mask & (depth <= 8.0)  # the outer 8 mm
+            assert norm[surface].max() < 0.2 * norm.max()
+        else:  # at the grey/white boundary, across the whole cortex
+            edge = tpl.mask & (np.abs(tpl.wm - 0.5) < 0.3)
+            assert np.mean(norm[edge]) > 2 * np.mean(norm[tpl.mask & (tpl.wm > 0.95)])
+
+
+def test_intensity_transfer_nonlinear():
+    x = np.linspace(0.0, 1.0, 201)
+    for seed in range(10):
+        y = synth.intensity_transfer(np.random.default_rng(seed))
+        assert y[0] == 0.0 and y[-1] == 1.0 and np.all(np.diff(y) > 0)
+        f = synth.apply_transfer(x, y)
+        assert np.all(np.diff(f) >= -1e-7)  # monotone
+        # far from every straight line: the residual of the best linear fit
+        fit = np.polyval(np.polyfit(x, f, 1), x)
+        assert np.abs(f - fit).max() > 0.02
+    # linear beyond [0, 1], identity for equally spaced values
+    np.testing.assert_allclose(synth.apply_transfer(x * 1.5, np.linspace(0, 1, 5)), x * 1.5,
+                               atol=1e-6)
+    with pytest.raises(ValueError):
+        synth.apply_transfer(x, [0.0, 0.6, 0.4, 1.0])
+    with pytest.raises(ValueError):
+        synth.intensity_transfer(np.random.default_rng(0), knots=2)
+
+
+def test_subject_intensities_nonlinear_in_tissue(tpl):
+    """Two subjects' T2 differ by more than a linear map of the same tissue contrast."""
+    zero = np.zeros(tpl.shape + (3,), np.float64)
+    a = synth.warp_anatomy(tpl, synth.Deformation(zero, zero.copy(), tpl.affine))
+    kw = dict(gamma_range=(1, 1), bias_range=(0, 0), noise_range=(0, 0))
+    imgs = [synth.subject_contrast(tpl, a, "t2", np.random.default_rng(s), **kw)[0]
+            for s in (0, 1)]
+    p, q = imgs[0][tpl.mask], imgs[1][tpl.mask]
+    resid = q - np.polyval(np.polyfit(p, q, 1), p)
+    assert np.sqrt(np.mean(resid**2)) > 0.02 * q.std()
+    flat = [synth.subject_contrast(tpl, a, "t2", np.random.default_rng(s), transfer_knots=0,
+                                   contrast_jitter=0.0, **kw)[0][tpl.mask] for s in (0, 1)]
+    np.testing.assert_allclose(flat[0], flat[1], atol=1e-6)
 
 
 def test_warp_anatomy_identity(tpl):
@@ -199,18 +282,26 @@ def test_subject_contrast_steps(tpl):
     img, params = synth.subject_contrast(tpl, a, "t1", rng, gamma_range=(1, 1),
                                          bias_range=(0, 0), noise_range=(0, 0))
     base = tpl.image("t1")
-    expected = np.where(a["support"], base / np.percentile(base[tpl.mask], 99), 0)
+    base = base / np.percentile(base[tpl.mask], 99)
+    expected = np.where(a["support"], synth.apply_transfer(base, params["transfer"]), 0)
     np.testing.assert_allclose(img, expected, atol=1e-5)
     assert params["gamma"] == 1 and params["bias"] == 0 and len(params["jitter"]) == 3
-    # the stream is drawn in a fixed order: gamma, bias, noise, three jitters
+    # the stream is drawn in a fixed order: gamma, bias, noise, three jitters, transfer
     ref = np.random.default_rng(5)
     ref.uniform(1, 1), ref.uniform(0, 0), ref.uniform(0, 0)
-    np.testing.assert_allclose(params["jitter"], (1 + 0.05 * ref.uniform(-1, 1, 3)).round(6))
+    np.testing.assert_allclose(params["jitter"], (1 + 0.12 * ref.uniform(-1, 1, 3)).round(6))
+    np.testing.assert_allclose(params["transfer"], synth.intensity_transfer(ref).round(6))
+    # without a transfer the image is the normalised contrast itself
+    linear, p0 = synth.subject_contrast(tpl, a, "t1", np.random.default_rng(5),
+                                        gamma_range=(1, 1), bias_range=(0, 0),
+                                        noise_range=(0, 0), transfer_knots=0)
+    np.testing.assert_allclose(linear, np.where(a["support"], base, 0), atol=1e-5)
+    assert p0["transfer"] is None
     # make_subject is these steps on split streams
     s = synth.make_subject(tpl, [4, 2], modalities=("t2",))
     deform_ss, t2_ss = np.random.SeedSequence([4, 2]).spawn(2)
-    deform = synth._native_deformation(np.random.default_rng(deform_ss), max_disp=5.0,
-                                       sigma_mm=16.0, max_rotation=3.0, max_translation=3.0)
+    deform = synth._native_deformation(np.random.default_rng(deform_ss), max_rotation=3.0,
+                                       max_translation=3.0, **synth.VARIABILITY)
     again, _ = synth.subject_contrast(tpl, synth.warp_anatomy(tpl, deform), "t2",
                                       np.random.default_rng(t2_ss))
     np.testing.assert_array_equal(again, s.images["t2"])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from fastsyn.bench.methods import Method, MethodResult
 from fastsyn.bench.store import ResultStore
 from fastsyn.cli import main
 
@@ -78,14 +79,20 @@ def test_cli_run_resume_and_tables(tiny, tmp_path, capsys):
 
     assert main(["bench", "table", "--results", str(res)]) == 0
     md = capsys.readouterr().out
-    assert "| Method | NCC | NMI | Label Dice | Label Jaccard | Time (s) |" in md
+    assert ("| Method | NCC | NMI | Label Dice | Label Jaccard | Folding (%) | SD log|J| "
+            "| TRE mean (mm) | Time (s) |") in md
     baseline = next(line for line in md.splitlines() if line.startswith("| Baseline"))
     assert baseline.rstrip().endswith("| – |") and " ± " in baseline
     assert "| DIPY |" in md
+    # Jacobian columns measured for every method; TRE blank without a true field
+    dipy = next(line for line in md.splitlines() if line.startswith("| DIPY |"))
+    cells = [c.strip() for c in dipy.strip("|").split("|")]
+    assert " ± " in cells[5] and " ± " in cells[6] and cells[7] == "–"
 
     assert main(["bench", "table", "--results", str(res), "--format", "csv"]) == 0
     csv_lines = capsys.readouterr().out.strip().splitlines()
     assert csv_lines[0].startswith("Dataset,Method,n,NCC mean,NCC std")
+    assert "Folding (%) mean" in csv_lines[0] and "TRE mean (mm) std" in csv_lines[0]
     assert len(csv_lines) == 1 + n_methods
 
     assert main(["bench", "table", "--results", str(res), "--format", "json"]) == 0
@@ -271,3 +278,131 @@ def test_cli_with_external_methods_and_process_pool(tiny, tmp_path, capsys):
     md = capsys.readouterr().out
     for label in ["Baseline", "DIPY"] + [{"ants": "ANTs", "greedy": "greedy"}[m] for m in have]:
         assert f"| {label} |" in md
+
+
+# ------------------------------------------------------------------ masks
+
+_SEEN = []
+
+
+class _Spy(Method):
+    """Records the masks it is given and returns the moving image unchanged."""
+
+    name = "spy"
+    label = "Spy"
+    mask_metrics = ("mi",)
+
+    def _run(self, fixed, moving, fixed_affine, moving_affine, labels, *, metric, levels,
+             threads, fixed_mask=None, moving_mask=None):
+        _SEEN.append((metric, fixed_mask, moving_mask))
+        return MethodResult(moving, labels, np.zeros(fixed.shape + (3,)), 0.01, threads, None)
+
+
+class _SpyNoMask(_Spy):
+    name = "spy-nomask"
+    label = "Spy without masks"
+    mask_metrics = ()
+
+    def _run(self, fixed, moving, fixed_affine, moving_affine, labels, *, metric, levels,
+             threads):
+        _SEEN.append((metric, "called without mask keywords", None))
+        return MethodResult(moving, labels, None, 0.01, threads, None)
+
+
+def test_masks_switch_recorded_and_passed(tiny, tmp_path, monkeypatch):
+    from fastsyn.bench import methods
+    from fastsyn.bench.run import run_benchmark
+
+    # tasks name their methods; the worker looks them up in METHODS
+    monkeypatch.setitem(methods.METHODS, "spy", _Spy)
+    monkeypatch.setitem(methods.METHODS, "spy-nomask", _SpyNoMask)
+
+    res = tmp_path / "res"
+    kw = dict(sample=1, levels=(2, 2), results_dir=res, workers=1, progress=False)
+    keys = {}
+    for mode in ("none", "brain", "nonzero"):
+        _SEEN.clear()
+        run_benchmark(tiny, [_Spy(), _SpyNoMask()], "mi", masks=mode, **kw)
+        recs = [r for r in ResultStore(res).records() if r["config"].get("masks") == mode
+                and r["method"] == "spy"]
+        assert len(recs) == 1 and recs[0]["status"] == "ok"
+        keys[mode] = recs[0]["key"]
+        fixed = tiny / recs[0]["fixed"]
+        brain_ref = np.asarray(nib.load(str(fixed / "mask.nii.gz")).dataobj) > 0
+        image = np.asarray(nib.load(str(fixed / "t1.nii.gz")).dataobj)
+        nomask = [r for r in ResultStore(res).records() if r["method"] == "spy-nomask"]
+        # a method without masks records "none" under every switch: one shared record
+        assert len(nomask) == 1 and nomask[0]["config"]["masks"] == "none"
+        spy = [s for s in _SEEN if s[1] is not None and not isinstance(s[1], str)]
+        if mode == "none":
+            assert [s[1:] for s in _SEEN if not isinstance(s[1], str)] == [(None, None)]
+            assert any(isinstance(s[1], str) for s in _SEEN)  # the first run only
+            continue
+        (_, fixed_mask, moving_mask), = spy
+        assert fixed_mask.dtype == bool and moving_mask.shape == fixed_mask.shape
+        if mode == "brain":  # the dataset's mask.nii.gz of the fixed subject
+            np.testing.assert_array_equal(fixed_mask, brain_ref)
+        else:
+            np.testing.assert_array_equal(fixed_mask, image != 0)
+    assert len(set(keys.values())) == 3  # the switch is part of the record key
+    # CC: the spy has no CC masks, so it records (and receives) none
+    _SEEN.clear()
+    run_benchmark(tiny, [_Spy()], "cc", masks="brain", **kw)
+    cc = [r for r in ResultStore(res).records() if r["config"].get("metric") == "cc"
+          and r["method"] == "spy"]
+    assert cc[0]["config"]["masks"] == "none" and _SEEN == [("cc", None, None)]
+    with pytest.raises(ValueError, match="masks"):
+        run_benchmark(tiny, [_Spy()], "mi", masks="skull", **kw)
+
+
+def test_cli_masks_flag(tiny, tmp_path, capsys):
+    res = tmp_path / "res"
+    args = _run_args(tiny, res, "dipy", "--sample", "1", "--masks", "brain")
+    args[args.index("--metric") + 1] = "mi"
+    assert main(args) == 0
+    rec = next(r for r in ResultStore(res).records() if r["method"] == "dipy")
+    assert rec["config"]["masks"] == "brain" and rec["status"] == "ok"
+    with pytest.raises(SystemExit):
+        main(_run_args(tiny, res, "dipy", "--masks", "skull"))
+    capsys.readouterr()
+
+
+def test_fastsyn_mi_gets_the_masks(tiny, monkeypatch):
+    import fastsyn
+    from fastsyn.bench.methods import get_method
+
+    given = {}
+    original = fastsyn.MIMetric
+
+    def spy(*args, **kwargs):
+        given.update(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(fastsyn, "MIMetric", spy)
+    fixed, moving, fa, ma, labels = _pair_arrays(tiny)
+    fm, mm = fixed != 0, moving != 0
+    get_method("fastsyn").run(fixed, moving, fa, ma, labels, metric="mi", levels=(1,),
+                              threads=1, fixed_mask=fm, moving_mask=mm)
+    np.testing.assert_array_equal(given["static_mask"], fm)
+    np.testing.assert_array_equal(given["moving_mask"], mm)
+    assert get_method("fastsyn").accepts_masks("mi")
+    assert not get_method("fastsyn").accepts_masks("cc")  # fastsyn's CC has no mask
+    with pytest.raises(ValueError, match="fixed_mask"):
+        get_method("fastsyn").run(fixed, moving, fa, ma, labels, metric="mi", levels=(1,),
+                                  threads=1, fixed_mask=fm[1:])
+
+
+@pytest.mark.parametrize("name, marker", [("ants", "ants"), ("greedy", "picsl_greedy")])
+def test_external_methods_with_masks(tiny, name, marker):
+    if importlib.util.find_spec(marker) is None:
+        pytest.skip(f"{marker} not installed")
+    from fastsyn.bench.methods import get_method
+
+    fixed, moving, fa, ma, labels = _pair_arrays(tiny)
+    method = get_method(name)
+    assert method.accepts_masks("mi") and method.accepts_masks("cc")
+    # the tool takes the mask files (ANTs: -x [fixed,moving]; greedy: -gm, -mm)
+    res = method.run(fixed, moving, fa, ma, labels, metric="mi", levels=(2, 2), threads=1,
+                     fixed_mask=fixed != 0, moving_mask=moving != 0)
+    assert res.warped.shape == fixed.shape and res.displacement is not None
+    assert np.isfinite(res.displacement).all() and np.abs(res.displacement).max() > 0

@@ -36,7 +36,11 @@ def _records(root):
                     configs.append(dict(extra, threads=1))
                 metrics = {"ncc": 0.6 + 0.3 * dice + rng.normal(0, 0.01),
                            "nmi": 1.05 + 0.1 * dice, "dice_mean": dice + rng.normal(0, 0.02),
-                           "jaccard_mean": dice - 0.15 + rng.normal(0, 0.02)}
+                           "jaccard_mean": dice - 0.15 + rng.normal(0, 0.02),
+                           "folding_pct": 0.0, "logjac_sd": 0.25 * dice,
+                           # the true field is known on the T1 cohort only
+                           "tre_mean": 9.0 - 5.0 * dice if dataset == "embedded-t1"
+                           else float("nan")}
                 for cfg in configs:
                     rec = {"dataset": dataset, "pair": pair, "method": method,
                            "label": label, "config": dict(cfg, method=method),
@@ -148,7 +152,8 @@ def test_report_sections_and_tables(report):
     # Accuracy tables, one per dataset, in the GSoC report's format.
     header = "<th>Method</th>" + "".join(
         f'<th class="num">{c}</th>'
-        for c in ("NCC", "NMI", "Label Dice", "Label Jaccard", "Time (s)"))
+        for c in ("NCC", "NMI", "Label Dice", "Label Jaccard", "Folding (%)", "SD log|J|",
+                  "TRE mean (mm)", "Time (s)"))
     assert text.count(header) == 2
     assert "embedded-t1" in text and "embedded-multimodal" in text
     assert re.search(r"<td>Baseline</td><td class=\"num\">0\.\d{3} ± 0\.\d{3}</td>", text)
@@ -326,3 +331,26 @@ def test_profile_registration_small_pair(tmp_path):
     else:
         assert result["line_profile"]["fastsyn"]["lines"]
         assert result["line_profile"]["dipy"]["lines"]
+
+
+def test_report_accuracy_quality_columns(report):
+    """Folding, SD log|J| and TRE beside Dice; TRE blank where no truth is known."""
+    _, text = report
+    sections = text.split("<h3 id='acc-")[1:]
+    tables = {sec.split("'", 1)[0]: sec for sec in sections}
+    row = re.compile(r"<tr><td>([^<]+)</td>((?:<td class=\"num\">[^<]*</td>)+)</tr>")
+
+    def cells(section, label):
+        for name, tds in row.findall(section):
+            if name == label:
+                return re.findall(r"<td class=\"num\">([^<]*)</td>", tds)
+        raise AssertionError(f"no row {label!r}")
+
+    t1 = cells(tables["embedded-t1"], "Baseline")
+    multi = cells(tables["embedded-multimodal"], "Baseline")
+    # Method | NCC NMI Dice Jaccard Folding SDlogJ TRE Time | n
+    assert len(t1) == 9
+    assert re.fullmatch(r"\d\.\d{2} ± \d\.\d{2}", t1[6])  # TRE, 2 decimals
+    assert t1[4] == "0.000 ± 0.000" and t1[7] == "–"
+    assert multi[6] == "–"
+    assert "Masks given to the methods: none." in text

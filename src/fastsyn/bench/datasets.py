@@ -74,7 +74,7 @@ __all__ = [
 #: Name of the per-subject completion marker of embedded cohorts.
 _SUBJECT_DONE = ".complete.json"
 #: Bumped whenever the synthetic generator changes its output.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 #: Embedded cohorts: modalities, default subject count, cohort seed and
 #: whether T1 is synthesised from the tissue maps (True) or the real template.

@@ -31,6 +31,16 @@ Methods
 
 A method whose package is missing answers ``available()`` with ``False`` and a
 reason; it never raises at import time.
+
+Masks
+-----
+``run`` takes optional ``fixed_mask`` / ``moving_mask`` (boolean arrays on the
+fixed grid, the moving one prealigned) and hands them to the methods that
+restrict their metric to a mask (:meth:`Method.accepts_masks`): fastsyn's and
+DIPY's MI (``MIMetric(static_mask=, moving_mask=)``), ANTs (``mask`` and
+``moving_mask`` of ``ants.registration``, applied to the SyN stage) and
+greedy (``-gm`` and ``-mm``).  CC in fastsyn and DIPY has no mask: it gets
+none, and the harness records ``masks="none"`` for it.
 """
 
 import importlib.util
@@ -132,6 +142,21 @@ class _PeakRSS:
         return self.peak / 2**20
 
 
+def _check_mask(name, mask, shape):
+    """A mask as a boolean array of the image's shape (``None`` stays ``None``)."""
+    if mask is None:
+        return None
+    arr = np.asarray(mask)
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {arr.shape}, expected {tuple(shape)}")
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be boolean or numeric, got dtype {arr.dtype}")
+    arr = arr != 0
+    if not arr.any():
+        raise ValueError(f"{name} is empty (no nonzero voxel)")
+    return arr
+
+
 def _check_inputs(fixed_img, moving_img, fixed_affine, moving_affine, moving_labels,
                   metric, levels, threads):
     fixed = np.asarray(fixed_img)
@@ -192,6 +217,8 @@ class Method:
     label = "Method"
     defaults = {}
     package = None
+    #: Metrics for which the method restricts its similarity to masks.
+    mask_metrics = ()
 
     def __init__(self, **options):
         unknown = set(options) - set(self.defaults)
@@ -232,6 +259,10 @@ class Method:
         """Threads the method really uses when ``threads`` are requested."""
         return int(threads)
 
+    def accepts_masks(self, metric):
+        """Whether :meth:`run` passes masks on to the registration for ``metric``."""
+        return metric in self.mask_metrics
+
     def available(self, metric=None):
         """Whether the method can run here.
 
@@ -252,7 +283,7 @@ class Method:
         return True, ""
 
     def run(self, fixed_img, moving_img, fixed_affine, moving_affine, moving_labels, *,
-            metric, levels, threads):
+            metric, levels, threads, fixed_mask=None, moving_mask=None):
         """Register ``moving_img`` to ``fixed_img``.
 
         Parameters
@@ -269,6 +300,10 @@ class Method:
             Iterations per pyramid level, coarsest first.
         threads : int
             Threads the method may use.
+        fixed_mask, moving_mask : ndarray, optional
+            Masks of the fixed and of the (prealigned) moving image, same
+            shapes as the images; nonzero is inside.  Used only where
+            :meth:`accepts_masks` says so, ignored otherwise.
 
         Returns
         -------
@@ -279,10 +314,14 @@ class Method:
             raise RuntimeError(f"method {self.name!r} is unavailable: {reason}")
         args = _check_inputs(fixed_img, moving_img, fixed_affine, moving_affine,
                              moving_labels, metric, levels, threads)
-        return self._run(*args[:5], metric=metric, levels=args[5], threads=args[6])
+        masks = {"fixed_mask": _check_mask("fixed_mask", fixed_mask, args[0].shape),
+                 "moving_mask": _check_mask("moving_mask", moving_mask, args[1].shape)}
+        if not self.accepts_masks(metric):
+            masks = {}  # a method without masks never sees the keywords
+        return self._run(*args[:5], metric=metric, levels=args[5], threads=args[6], **masks)
 
     def _run(self, fixed, moving, fixed_affine, moving_affine, labels, *,
-             metric, levels, threads):
+             metric, levels, threads, fixed_mask=None, moving_mask=None):
         raise NotImplementedError
 
 
@@ -312,6 +351,7 @@ class DipyMethod(Method):
     name = "dipy"
     label = "DIPY"
     package = "dipy"
+    mask_metrics = ("mi",)
     defaults = {"radius": 4, "sigma_diff": 2.0, "nbins": 32, "step_length": 0.25,
                 "ss_sigma_factor": 0.2, "opt_tol": 1e-5, "inv_iter": 20,
                 "inv_tol": 1e-3}
@@ -337,7 +377,7 @@ class DipyMethod(Method):
         return ok, reason
 
     def _run(self, fixed, moving, fixed_affine, moving_affine, labels, *,
-             metric, levels, threads):
+             metric, levels, threads, fixed_mask=None, moving_mask=None):
         from dipy.align.imwarp import SymmetricDiffeomorphicRegistration
         o = self.options
         if metric == "cc":
@@ -345,7 +385,8 @@ class DipyMethod(Method):
             m = CCMetric(3, sigma_diff=o["sigma_diff"], radius=o["radius"])
         else:
             from fastsyn import MIMetric
-            m = MIMetric(3, nbins=o["nbins"], num_threads=1)
+            m = MIMetric(3, nbins=o["nbins"], num_threads=1, static_mask=fixed_mask,
+                         moving_mask=moving_mask)
         reg = SymmetricDiffeomorphicRegistration(
             m, level_iters=list(levels), step_length=o["step_length"],
             ss_sigma_factor=o["ss_sigma_factor"], opt_tol=o["opt_tol"],
@@ -360,6 +401,7 @@ class FastsynMethod(Method):
     label = "fastsyn"
     package = "fastsyn"
     defaults = dict(DipyMethod.defaults)
+    mask_metrics = ("mi",)
 
     def available(self, metric=None):
         ok, reason = super().available(metric)
@@ -380,14 +422,15 @@ class FastsynMethod(Method):
         return True, ""
 
     def _run(self, fixed, moving, fixed_affine, moving_affine, labels, *,
-             metric, levels, threads):
+             metric, levels, threads, fixed_mask=None, moving_mask=None):
         import fastsyn
         o = self.options
         if metric == "cc":
             m = fastsyn.CCMetric(3, sigma_diff=o["sigma_diff"], radius=o["radius"],
                                  num_threads=threads)
         else:
-            m = fastsyn.MIMetric(3, nbins=o["nbins"], num_threads=threads)
+            m = fastsyn.MIMetric(3, nbins=o["nbins"], num_threads=threads,
+                                 static_mask=fixed_mask, moving_mask=moving_mask)
         reg = fastsyn.SymmetricDiffeomorphicRegistration(
             m, level_iters=list(levels), step_length=o["step_length"],
             ss_sigma_factor=o["ss_sigma_factor"], opt_tol=o["opt_tol"],
@@ -414,13 +457,14 @@ class FastsynAntsMethod(FastsynMethod):
         return ok, reason
 
     def _run(self, fixed, moving, fixed_affine, moving_affine, labels, *,
-             metric, levels, threads):
+             metric, levels, threads, fixed_mask=None, moving_mask=None):
         import fastsyn
         o = self.options
         if metric == "cc":
             m = fastsyn.CCMetric(3, radius=o["radius"], num_threads=threads)
         else:
-            m = fastsyn.MIMetric(3, nbins=o["nbins"], num_threads=threads)
+            m = fastsyn.MIMetric(3, nbins=o["nbins"], num_threads=threads,
+                                 static_mask=fixed_mask, moving_mask=moving_mask)
         reg = fastsyn.ants_like(m, level_iters=list(levels), num_threads=threads,
                                 step_length=o["grad_step"], flow_sigma=o["flow_sigma"],
                                 total_sigma=o["total_sigma"], inv_iter=o["inv_iter"],
@@ -456,23 +500,30 @@ class AntsMethod(Method):
     name = "ants"
     label = "ANTs"
     package = "ants"
+    mask_metrics = ("cc", "mi")
     defaults = {"cc_radius": 4, "mattes_bins": 32, "grad_step": 0.2,
                 "flow_sigma": 3.0, "total_sigma": 0.0, "timeout": 3600}
 
     def _run(self, fixed, moving, fixed_affine, moving_affine, labels, *,
-             metric, levels, threads):
+             metric, levels, threads, fixed_mask=None, moving_mask=None):
         o = self.options
         with tempfile.TemporaryDirectory(prefix="fastsyn-ants-") as tmp:
             tmp = Path(tmp)
             _write_nifti(tmp / "fixed.nii.gz", fixed.astype(np.float32), fixed_affine)
             _write_nifti(tmp / "moving.nii.gz", moving.astype(np.float32), moving_affine)
             _write_nifti(tmp / "labels.nii.gz", labels, moving_affine)
+            masks = {}
+            for key, mask, aff in (("mask", fixed_mask, fixed_affine),
+                                   ("moving_mask", moving_mask, moving_affine)):
+                if mask is not None:
+                    _write_nifti(tmp / f"{key}.nii.gz", mask.astype(np.uint8), aff)
+                    masks[key] = f"{key}.nii.gz"
             spec = {
                 "tool": "ants", "dir": str(tmp), "levels": list(levels),
                 "syn_metric": "CC" if metric == "cc" else "mattes",
                 "syn_sampling": o["cc_radius"] if metric == "cc" else o["mattes_bins"],
                 "grad_step": o["grad_step"], "flow_sigma": o["flow_sigma"],
-                "total_sigma": o["total_sigma"],
+                "total_sigma": o["total_sigma"], "masks": masks,
             }
             (tmp / "spec.json").write_text(json.dumps(spec))
             env = dict(os.environ)
@@ -503,12 +554,14 @@ def _ants_worker(spec):
     f = ants.image_read(str(tmp / "fixed.nii.gz"))
     m = ants.image_read(str(tmp / "moving.nii.gz"))
     lab = ants.image_read(str(tmp / "labels.nii.gz"))
+    # SyNOnly has one stage, so the masks apply to it (-x [fixed,moving])
+    masks = {k: ants.image_read(str(tmp / name)) for k, name in spec.get("masks", {}).items()}
     t0 = time.perf_counter()
     reg = ants.registration(
         f, m, type_of_transform="SyNOnly", syn_metric=spec["syn_metric"],
         syn_sampling=spec["syn_sampling"], reg_iterations=tuple(spec["levels"]),
         grad_step=spec["grad_step"], flow_sigma=spec["flow_sigma"],
-        total_sigma=spec["total_sigma"], outprefix=str(tmp / "ants_"))
+        total_sigma=spec["total_sigma"], outprefix=str(tmp / "ants_"), **masks)
     seconds = time.perf_counter() - t0
     ants.image_write(reg["warpedmovout"], str(tmp / "warped.nii.gz"))
     wl = ants.apply_transforms(f, lab, reg["fwdtransforms"],
@@ -563,11 +616,12 @@ class GreedyMethod(Method):
     name = "greedy"
     label = "greedy"
     package = "picsl_greedy"
+    mask_metrics = ("cc", "mi")
     defaults = {"ncc_radius": 4, "step": 1.0, "sigma_pre": "1.732vox",
                 "sigma_post": "0.7071vox"}
 
     def _run(self, fixed, moving, fixed_affine, moving_affine, labels, *,
-             metric, levels, threads):
+             metric, levels, threads, fixed_mask=None, moving_mask=None):
         from picsl_greedy import Greedy3D
         o = self.options
         r = int(o["ncc_radius"])
@@ -578,12 +632,19 @@ class GreedyMethod(Method):
             _write_nifti(fx, fixed.astype(np.float32), fixed_affine)
             _write_nifti(mv, moving.astype(np.float32), moving_affine)
             _write_nifti(lb, labels, moving_affine)
+            mask_args = ""
+            for flag, mask, aff, fname in (("-gm", fixed_mask, fixed_affine, "fixed_mask"),
+                                           ("-mm", moving_mask, moving_affine, "moving_mask")):
+                if mask is not None:
+                    path = tmp / f"{fname}.nii.gz"
+                    _write_nifti(path, mask.astype(np.uint8), aff)
+                    mask_args += f" {flag} {path}"
             warp = tmp / "warp.nii.gz"
             g = Greedy3D()
             log = io.StringIO()
             cmd = (f"-d 3 -i {fx} {mv} -n {'x'.join(str(v) for v in levels)} "
                    f"-m {metric_arg} -e {o['step']} -s {o['sigma_pre']} "
-                   f"{o['sigma_post']} -o {warp} -threads {threads}")
+                   f"{o['sigma_post']} -o {warp} -threads {threads}{mask_args}")
             logfile = tmp / "greedy.log"
             try:
                 with _PeakRSS() as mem, _QuietFds(logfile):

@@ -10,8 +10,10 @@
   equal), with the largest difference from the stock twin, and the
   registrations of the results store whose measures agree across thread counts;
 * per dataset, the accuracy table ``Method | NCC | NMI | Label Dice | Label
-  Jaccard | Time (s)`` (mean ± std), a box plot of label Dice per method and a
-  bar plot of time per method;
+  Jaccard | Folding (%) | SD log|J| | TRE mean (mm) | Time (s)`` (mean ± std;
+  TRE where the true displacement is known), the masks the methods were
+  given, a box plot of label Dice per method and a bar plot of time per
+  method;
 * the agreement with ANTs of ``fastsyn bench agreement``: the RMS distance
   (mm) of fastsyn's displacement fields, in DIPY's and in ANTs' configuration,
   to ANTs' inside the brain, with label Dice and time;
@@ -53,7 +55,8 @@ STAGE_COLOURS = {"warping": "#4e79a7", "metric": "#f28e2b", "smoothing": "#59a14
                  "update": "#b07aa1", "inversion": "#e15759", "other": "#bab0ac"}
 PACKAGES = ("fastsyn", "dipy", "numpy", "scipy", "nibabel", "nilearn", "matplotlib",
             "antspyx", "picsl-greedy", "line-profiler", "pytest-benchmark", "asv", "dask")
-ACCURACY_COLUMNS = ("NCC", "NMI", "Label Dice", "Label Jaccard", "Time (s)")
+ACCURACY_COLUMNS = ("NCC", "NMI", "Label Dice", "Label Jaccard", "Folding (%)", "SD log|J|",
+                    "TRE mean (mm)", "Time (s)")
 
 
 # -------------------------------------------------------------- environment
@@ -596,9 +599,19 @@ def _accuracy_dataset(ds, recs, plt):
     if plt is not None and times:
         plots.append(_plot_time_bars(list(times), [t["mean"] for t in times.values()],
                                      [t["std"] for t in times.values()], plt))
-    return {"name": ds, "rows": rows, "plots": plots,
+    # which masks the methods were given (the Baseline is not registered)
+    masks = sorted({str((row.get("config") or {}).get("masks", "none")) for row in rows
+                    if row.get("method") != "baseline"})
+    return {"name": ds, "rows": rows, "plots": plots, "masks": masks,
             "n_pairs": len({r.get("pair") for r in recs}),
             "errors": sum(r.get("errors", 0) for r in rows)}, headline
+
+
+def _accuracy_digits():
+    """Decimals per accuracy column (3 unless the tables module says otherwise)."""
+    from fastsyn.bench.tables import DIGITS
+
+    return {col: DIGITS.get(col, 3) for col in ACCURACY_COLUMNS}
 
 
 def _accuracy_context(records, plt):
@@ -761,8 +774,8 @@ def _render_page(results_dir, out_dir, speed_json=None, profile_json=None,
         cards=_headline_cards(speed, kernel_rows, headline, profile),
         speed=_speed_context(speed, plt),
         kernel_rows=kernel_rows, agreement=_thread_agreement(records),
-        accuracy_columns=list(ACCURACY_COLUMNS), datasets=datasets,
-        throughput=_throughput_context(records),
+        accuracy_columns=list(ACCURACY_COLUMNS), accuracy_digits=_accuracy_digits(),
+        datasets=datasets, throughput=_throughput_context(records),
         profile=_profile_context(profile, plt),
         agreement_ants=_agreement_context(agreement),
         bench=_pytest_context(latest_pytest_benchmarks(benchmark_json_dir)),

@@ -24,9 +24,12 @@ import traceback
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from .store import ResultStore, make_key
 
-__all__ = ["run_benchmark", "run_pair", "available_cores", "BASELINE"]
+__all__ = ["run_benchmark", "run_pair", "available_cores", "BASELINE", "MASK_MODES",
+           "method_masks"]
 
 # run_benchmark is an outline of named steps (pyperf/asv style): check the
 # arguments, plan the pairs and the method configurations, turn them into
@@ -35,6 +38,10 @@ __all__ = ["run_benchmark", "run_pair", "available_cores", "BASELINE"]
 # per method.
 
 BASELINE = "baseline"
+#: Values of the ``masks`` switch: no mask, the nonzero voxels of each image,
+#: or the dataset's brain mask (``mask.nii.gz``; nonzero voxels where a subject
+#: has none).
+MASK_MODES = ("none", "nonzero", "brain")
 _THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -129,6 +136,41 @@ def prealign_task(task):
     return pre, pre.load()
 
 
+def method_masks(pre, data, mode):
+    """The fixed and moving masks handed to the methods under the ``masks`` switch.
+
+    Parameters
+    ----------
+    pre : Prealigned
+        The prealigned pair (its ``fixed_mask`` and prealigned ``moving_mask``).
+    data : dict
+        Its arrays (:meth:`~fastsyn.bench.prealign.Prealigned.load`).
+    mode : {"none", "nonzero", "brain"}
+        See :data:`MASK_MODES`.
+
+    Returns
+    -------
+    (ndarray or None, ndarray or None)
+        Boolean masks on the fixed grid, or ``(None, None)`` for ``"none"``.
+    """
+    if mode not in MASK_MODES:
+        raise ValueError(f"masks must be one of {MASK_MODES}, got {mode!r}")
+    if mode == "none":
+        return None, None
+    from .layout import read_image_data, read_image_header
+
+    def brain(path, image):
+        if mode == "brain" and path is not None:
+            data = read_image_data(read_image_header(path, "mask"), path, "mask")
+            return np.asarray(data).reshape(image.shape) > 0
+        return image != 0
+
+    fixed = brain(pre.fixed_mask, data["fixed"])
+    moving = brain(pre.moving_mask, data["moving"])
+    # an empty mask (a blank image) would stop the metric: use the whole grid
+    return tuple(m if m.any() else np.ones_like(m) for m in (fixed, moving))
+
+
 def baseline_record(task, data, common):
     """The ``Baseline`` record: the measures of the prealigned pair itself."""
     from .evaluate import evaluate_pair
@@ -152,11 +194,13 @@ def method_record(task, spec, data, common):
     from .methods import get_method
 
     method = get_method(spec["name"], **spec["options"])
+    fixed_mask, moving_mask = data.get("method_masks", (None, None))
     start = time.perf_counter()
     res = method.run(data["fixed"], data["moving"], data["affine"],
                      data["affine"], data["moving_labels"],
                      metric=task["metric"], levels=task["levels"],
-                     threads=spec["config"]["threads"])
+                     threads=spec["config"]["threads"],
+                     fixed_mask=fixed_mask, moving_mask=moving_mask)
     ran = time.perf_counter()
     metrics = evaluate_pair(data["fixed"], res.warped, data["fixed_labels"],
                             res.warped_labels, data["mask"],
@@ -202,6 +246,7 @@ def run_pair(task):
     start = time.perf_counter()
     try:
         pre, data = prealign_task(task)
+        data["method_masks"] = method_masks(pre, data, task.get("masks", "none"))
     except Exception as exc:  # recorded, the run goes on
         text = "prealignment failed: " + _error_text(exc)
         for name in pending:
@@ -282,12 +327,14 @@ class _ThreadEnv:
 
 
 def _check_run_args(metric, threads, workers, results_dir, levels, modalities, sample, seed,
-                    dask):
+                    dask, masks="none"):
     """Checked ``levels`` and ``modalities``; every bad argument is named."""
     from .pairs import check_sample_seed
 
     if metric not in ("cc", "mi"):
         raise ValueError(f"metric must be 'cc' or 'mi', got {metric!r}")
+    if not isinstance(masks, str) or masks not in MASK_MODES:
+        raise ValueError(f"masks must be one of {MASK_MODES}, got {masks!r}")
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool)
@@ -352,8 +399,46 @@ def plan_pairs(dataset, modalities, *, sample, seed, cache_dir, resolution):
     return dataset, pairs
 
 
-def method_specs(methods, metric, levels, threads, data_tag, pre_opts, warn):
+def dataset_tag(dataset):
+    """The data version that goes into every record key.
+
+    The folder name (e.g. ``embedded-mono-2mm`` vs ``-1mm``), followed by
+    ``-v<N>`` when the folder's stamp names a generator version (the
+    embedded cohorts), so that records and prealignments of an older
+    generator's images are never taken for the current ones.
+    """
+    root = getattr(dataset, "root", None)
+    if not root:
+        return dataset.name
+    version = _generator_version(dataset)
+    return Path(root).name + (f"-v{version}" if version is not None else "")
+
+
+def _generator_version(dataset):
+    """The generator version in a dataset folder's stamp, or None."""
+    root = getattr(dataset, "root", None)
+    if not root:
+        return None
+    from .layout import read_stamp
+    try:
+        version = read_stamp(Path(root)).get("version")
+    except (OSError, ValueError):
+        return None
+    return version if isinstance(version, int) and not isinstance(version, bool) else None
+
+
+def _prealign_folder(dataset):
+    """Prealignment cache folder of a dataset: its name, versioned like the keys."""
+    version = _generator_version(dataset)
+    return dataset.name + (f"-v{version}" if version is not None else "")
+
+
+def method_specs(methods, metric, levels, threads, data_tag, pre_opts, warn, masks="none"):
     """Available methods as task entries, each with its full configuration.
+
+    The configuration records ``masks``: the switch's value for a method that
+    uses masks with ``metric``, ``"none"`` for one that cannot (its records
+    are then shared by every value of the switch).
 
     Returns
     -------
@@ -364,14 +449,16 @@ def method_specs(methods, metric, levels, threads, data_tag, pre_opts, warn):
     """
     specs, unavailable = _resolve_methods(methods, metric, warn)
     for s in specs:
-        cfg = s.pop("_method").configuration(metric, levels, threads)
-        cfg.update(data=data_tag, prealign=pre_opts)
+        method = s.pop("_method")
+        cfg = method.configuration(metric, levels, threads)
+        cfg.update(data=data_tag, prealign=pre_opts,
+                   masks=masks if method.accepts_masks(metric) else "none")
         s["config"] = cfg
     return specs, unavailable
 
 
 def plan_tasks(dataset, pairs, specs, *, metric, levels, results_dir, cache, pre_opts,
-               data_tag, threads=1):
+               data_tag, threads=1, masks="none"):
     """One task (a plain dict of paths and options) per pair."""
     return [{
         "dataset": dataset.name, "pair": _pair_dict(pair),
@@ -379,7 +466,7 @@ def plan_tasks(dataset, pairs, specs, *, metric, levels, results_dir, cache, pre
         "moving_files": _subject_files(dataset, pair.moving, "truth_from_template"),
         "methods": specs, "metric": metric, "levels": levels,
         "results_dir": str(results_dir), "cache_dir": str(cache),
-        "prealign": pre_opts, "data": data_tag, "threads": threads,
+        "prealign": pre_opts, "data": data_tag, "threads": threads, "masks": masks,
     } for pair in pairs]
 
 
@@ -439,7 +526,7 @@ def _dispatch(todo, *, dask, workers, threads, store, collector, bar, warn):
 def run_benchmark(dataset, methods, metric, *, modalities=None, sample=None, seed=0,
                   threads=1, levels=(20, 20, 10), results_dir, workers=None, dask=None,
                   progress=True, resolution=2.0, cache_dir=None, prealign_options=None,
-                  prealign="fastsyn"):
+                  prealign="fastsyn", masks="none"):
     """Run a cohort benchmark and store its records.
 
     Parameters
@@ -485,6 +572,12 @@ def run_benchmark(dataset, methods, metric, *, modalities=None, sample=None, see
         Who prealigns each pair (see :mod:`fastsyn.bench.prealign`); recorded
         in every record's configuration, so the Baseline row and the caches
         of different prealigners stay apart.
+    masks : {"none", "nonzero", "brain"}
+        Masks handed to every method that accepts them (see
+        :data:`MASK_MODES` and :func:`method_masks`); recorded as ``masks``
+        in each method's configuration, so in its record key.  ``"none"``
+        (the default) leaves every metric on the whole grid, as the methods
+        run out of the box.
 
     Returns
     -------
@@ -494,21 +587,21 @@ def run_benchmark(dataset, methods, metric, *, modalities=None, sample=None, see
         ``unavailable`` (method -> reason), ``results_dir``.
     """
     levels, modalities = _check_run_args(metric, threads, workers, results_dir, levels,
-                                         modalities, sample, seed, dask)
+                                         modalities, sample, seed, dask, masks)
     pre_opts = _prealign_options(prealign_options, prealign)
     warn = _warner(progress)
     store = ResultStore(results_dir)
     results_dir = store.root.resolve()
     dataset, pairs = plan_pairs(dataset, modalities, sample=sample, seed=seed,
                                 cache_dir=cache_dir, resolution=resolution)
-    # the data version (e.g. embedded-mono-2mm vs -1mm) is part of every key
-    data_tag = Path(dataset.root).name if getattr(dataset, "root", None) else dataset.name
+    data_tag = dataset_tag(dataset)
     specs, unavailable = method_specs(methods, metric, levels, threads, data_tag, pre_opts,
-                                      warn)
+                                      warn, masks)
     cache = Path(cache_dir) / "prealign" if cache_dir else results_dir / "prealign"
     tasks = plan_tasks(dataset, pairs, specs, metric=metric, levels=levels,
-                       results_dir=results_dir, cache=(cache / dataset.name).resolve(),
-                       pre_opts=pre_opts, data_tag=data_tag, threads=threads)
+                       results_dir=results_dir,
+                       cache=(cache / _prealign_folder(dataset)).resolve(),
+                       pre_opts=pre_opts, data_tag=data_tag, threads=threads, masks=masks)
     todo = [t for t in tasks if not all(store.has(k) for _, k in _task_keys(t))]
     summary = {"dataset": dataset.name, "pairs": len(tasks),
                "skipped": len(tasks) - len(todo), "ran": 0, "ok": 0, "errors": 0,

@@ -12,10 +12,21 @@ package.  From it we derive
   ``N_REGIONS`` regions, so that Dice measures local alignment,
 * T1-, T2- and FLAIR-like contrasts from the tissue maps (partial volume),
 
-and synthetic subjects: the template warped by a seeded random smooth
-diffeomorphism (a small rigid motion composed with the exponential of a smooth
-stationary velocity field), with gamma, a smooth multiplicative bias field and
-Rician noise.  The ground-truth deformation is kept in both directions.
+and synthetic subjects: the template warped by a seeded random
+diffeomorphism (a small rigid motion composed with the exponential of a
+stationary velocity field), seen through a per-subject random non-linear
+intensity transfer, gamma, a smooth multiplicative bias field and Rician
+noise.  The ground-truth deformation is kept in both directions.
+
+The velocity field of a subject (:func:`anatomical_velocity`) models
+inter-subject variability at the scale of real brains -- several mm of local
+displacement -- as a sum of four parts: smooth random fields at a coarse and a
+fine scale, a ventricle enlargement or shrinkage (flow along the gradient of a
+smoothed map of the deep CSF) and regional cortical thickness changes (flow
+along the gradient of a smoothed white-matter map, with a smooth random
+amplitude that changes sign across the brain).  The tissue-driven parts come
+from the template at :data:`ANATOMY_RESOLUTION`, whatever the cohort's
+resolution, so a subject is the same anatomy on every grid.
 
 Conventions
 -----------
@@ -56,6 +67,13 @@ __all__ = [
     "exp_velocity",
     "invert_displacement",
     "random_deformation",
+    "VARIABILITY",
+    "ANATOMY_RESOLUTION",
+    "CONTROL_SPACING",
+    "anatomical_velocity",
+    "anatomical_deformation",
+    "intensity_transfer",
+    "apply_transfer",
     "synthesize_contrast",
     "bias_field",
     "apply_appearance",
@@ -719,6 +737,15 @@ def random_deformation(
     Deformation
     """
     ndim = len(shape)
+    cshape, caff = _control_grid(shape, affine, control_spacing)
+    v = random_velocity(cshape, caff, rng, max_norm=max_disp, sigma_mm=sigma_mm)
+    return _deformation_from_velocity(v, caff, rng, ndim, max_rotation=max_rotation,
+                                      max_translation=max_translation, center=center)
+
+
+def _control_grid(shape, affine, control_spacing):
+    """A grid of spacing ``control_spacing`` covering a grid's world box plus a margin."""
+    ndim = len(shape)
     affine = _check_affine(affine, ndim)
     if not control_spacing > 0:
         raise ValueError(f"control_spacing must be > 0, got {control_spacing}")
@@ -730,9 +757,15 @@ def random_deformation(
     caff = np.eye(ndim + 1)
     caff[:ndim, :ndim] *= control_spacing
     caff[:ndim, ndim] = lo
-    v = random_velocity(cshape, caff, rng, max_norm=max_disp, sigma_mm=sigma_mm)
+    return cshape, caff
+
+
+def _deformation_from_velocity(v, caff, rng, ndim, *, max_rotation, max_translation, center,
+                               iterations=50, tol=1e-6):
+    """``exp(v)``, its inverse and a random rigid part (drawn from ``rng`` last)."""
     fwd = exp_velocity(v, caff)
-    inv = invert_displacement(fwd, caff, init=exp_velocity(-v, caff), tol=1e-6)
+    inv = invert_displacement(fwd, caff, init=exp_velocity(-v, caff), iterations=iterations,
+                              tol=tol)
     rigid = np.eye(ndim + 1)
     angles = rng.uniform(-1, 1, 3) * max_rotation
     shift = rng.uniform(-1, 1, ndim) * max_translation
@@ -744,6 +777,174 @@ def random_deformation(
     rigid[:ndim, :ndim] = rot
     rigid[:ndim, ndim] = c - rot @ c + shift
     return Deformation(forward=fwd, inverse=inv, affine=caff, rigid=rigid)
+
+
+#: Voxel size (mm) of the template that drives the tissue-dependent parts of
+#: the anatomical variability.
+ANATOMY_RESOLUTION = 2.0
+#: Spacing (mm) of the control grid that carries a subject's deformation: the
+#: finest structure of the flow (the grey/white boundary smoothed over 2 mm)
+#: survives linear interpolation from it, and each subject costs a few seconds.
+CONTROL_SPACING = 3.0
+
+#: Default anatomical variability of the embedded subjects.  ``max_disp`` and
+#: ``fine_disp`` are the peak velocity norms (mm) of the smooth random fields
+#: of widths ``sigma_mm`` and ``fine_sigma_mm``; ``ventricle_mm`` bounds the
+#: flow at the ventricle walls (enlargement or shrinkage) and ``cortex_mm``
+#: the flow of the grey/white boundary (cortical thickness change).  Over the
+#: brain a subject's displacement from the template is about 3-4 mm on
+#: average, so two subjects differ by 4-6 mm, up to 15 mm -- the size of real
+#: inter-subject differences after a rigid alignment.
+VARIABILITY = {"max_disp": 16.0, "sigma_mm": 20.0, "fine_disp": 6.0, "fine_sigma_mm": 8.0,
+               "ventricle_mm": 2.0, "cortex_mm": 1.5}
+
+# Depth (mm from the brain surface) beyond which CSF counts as ventricular,
+# and the smoothing widths (mm) of the ventricle and white-matter maps whose
+# gradients move the ventricle walls and the grey/white boundary.
+_VENTRICLE_DEPTH_MM = 15.0
+_VENTRICLE_SIGMA_MM = 6.0
+_WM_SIGMA_MM = 2.0
+# Width (mm) of the random amplitude field of the cortical change: regions
+# of thickening and thinning a few centimetres across.
+_CORTEX_FIELD_SIGMA_MM = 20.0
+
+
+def _unit_gradient(volume, spacing, mask):
+    """Gradient (per mm) of ``volume``, scaled so its norm reaches 1 in the brain.
+
+    The 99.5th percentile of the norm over ``mask`` is scaled to 1 and larger
+    norms are clipped to 1, so one sharp voxel cannot set the scale.
+    """
+    grad = np.stack(np.gradient(volume.astype(np.float64), *spacing), axis=-1)
+    norm = np.sqrt((grad**2).sum(-1))
+    ref = float(np.percentile(norm[mask], 99.5)) if mask.any() else 0.0
+    if ref <= 0:
+        return np.zeros_like(grad)
+    grad /= ref
+    over = norm / ref > 1.0
+    grad[over] /= (norm[over] / ref)[:, None]
+    return grad
+
+
+@functools.lru_cache(maxsize=1)
+def _anatomy_drivers():
+    """Control grid of the native field of view and the tissue flow fields on it.
+
+    Returns
+    -------
+    cshape : tuple of int
+    caff : ndarray
+        Control grid (spacing :data:`CONTROL_SPACING`) covering the 1 mm
+        template's field of view plus a margin.
+    ventricle, cortex : ndarray, shape ``cshape + (3,)``
+        Unit-peak flows pointing into the ventricles (gradient of the
+        smoothed deep-CSF map) and into the white matter (gradient of the
+        smoothed WM map), sampled on the control grid.
+    """
+    native_maps, native_affine = _native()
+    cshape, caff = _control_grid(native_maps["t1"].shape, native_affine, CONTROL_SPACING)
+    tpl = load_template(ANATOMY_RESOLUTION)
+    spacing = np.asarray(tpl.spacing)
+    depth = ndimage.distance_transform_edt(tpl.mask, sampling=spacing)
+    deep_csf = np.where(depth > _VENTRICLE_DEPTH_MM, tpl.csf, 0.0)
+    vent = ndimage.gaussian_filter(deep_csf, _VENTRICLE_SIGMA_MM / spacing, mode="constant")
+    wm = ndimage.gaussian_filter(tpl.wm.astype(np.float64), _WM_SIGMA_MM / spacing,
+                                 mode="constant")
+    pts = grid_points(cshape, caff)
+    out = []
+    for volume in (vent, wm):
+        grad = _unit_gradient(volume, spacing, tpl.mask)
+        sampled = sample_field(grad, tpl.affine, pts)
+        # outside the template's grid the flows vanish (nearest extension
+        # would copy the edge values into the margin)
+        idx = _to_index(pts, tpl.affine)
+        inside = np.all([(i >= 0) & (i <= n - 1) for i, n in zip(idx, tpl.shape)], axis=0)
+        sampled[~inside] = 0.0
+        sampled.flags.writeable = False
+        out.append(sampled)
+    caff.flags.writeable = False
+    return cshape, caff, out[0], out[1]
+
+
+def anatomical_velocity(rng, *, max_disp=VARIABILITY["max_disp"],
+                        sigma_mm=VARIABILITY["sigma_mm"], fine_disp=VARIABILITY["fine_disp"],
+                        fine_sigma_mm=VARIABILITY["fine_sigma_mm"],
+                        ventricle_mm=VARIABILITY["ventricle_mm"],
+                        cortex_mm=VARIABILITY["cortex_mm"]):
+    """A subject's stationary velocity field over the template's field of view.
+
+    The sum of a coarse and a fine smooth random field, a ventricle term
+    ``a * g_v`` with one random factor ``a`` in ``[-ventricle_mm,
+    ventricle_mm]`` and a cortical term ``c(x) * g_w`` with a smooth random
+    scalar field ``c`` whose peak is ``cortex_mm``; ``g_v`` and ``g_w`` are
+    the unit-peak gradients of the smoothed deep-CSF and white-matter maps
+    (see :func:`_anatomy_drivers`).  Drawn from ``rng`` in that order.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    max_disp, sigma_mm : float
+        Peak norm (mm) and width (mm) of the coarse random field.
+    fine_disp, fine_sigma_mm : float
+        Peak norm and width of the fine random field.
+    ventricle_mm : float
+        Bound of the flow at the ventricle walls (mm).
+    cortex_mm : float
+        Peak flow of the grey/white boundary (mm).
+
+    Returns
+    -------
+    velocity : ndarray, float64, shape ``cshape + (3,)``
+    affine : ndarray
+        Control-grid-to-world affine (spacing :data:`CONTROL_SPACING`).
+    """
+    for name, value in (("max_disp", max_disp), ("fine_disp", fine_disp),
+                        ("ventricle_mm", ventricle_mm), ("cortex_mm", cortex_mm)):
+        if not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be finite and >= 0, got {value}")
+    cshape, caff, g_vent, g_wm = _anatomy_drivers()
+    caff = np.array(caff)
+    v = random_velocity(cshape, caff, rng, max_norm=max_disp, sigma_mm=sigma_mm)
+    v += random_velocity(cshape, caff, rng, max_norm=fine_disp, sigma_mm=fine_sigma_mm)
+    v += (ventricle_mm * rng.uniform(-1, 1)) * g_vent
+    amp = ndimage.gaussian_filter(rng.standard_normal(cshape),
+                                  _CORTEX_FIELD_SIGMA_MM / CONTROL_SPACING, mode="reflect")
+    peak = np.abs(amp).max()
+    amp *= cortex_mm / peak if peak > 0 else 0.0
+    v += amp[..., None] * g_wm
+    return v, caff
+
+
+def anatomical_deformation(rng, *, max_rotation=0.0, max_translation=0.0, center=None,
+                           **variability) -> Deformation:
+    """A subject's deformation: ``exp`` of :func:`anatomical_velocity`, then a rigid motion.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Draws the velocity (see :func:`anatomical_velocity`), then the rigid
+        angles and shift.
+    max_rotation, max_translation, center
+        As in :func:`random_deformation`.
+    **variability
+        Keywords of :func:`anatomical_velocity` (default :data:`VARIABILITY`).
+
+    Returns
+    -------
+    Deformation
+        Subject world point -> template world point, on the control grid of
+        the native template's field of view.
+    """
+    v, caff = anatomical_velocity(rng, **variability)
+    # Starting from exp(-v), 10 fixed-point iterations leave about 1e-3 mm at
+    # 99.9 % of the control points (a few hundredths where the flow compresses
+    # tissue most and the iteration converges slowly): about the 2**-10 mm
+    # the stored fields are rounded to, and Deformation.inverse_points
+    # polishes every query point further.  More iterations cost seconds per
+    # subject for nothing measurable.
+    return _deformation_from_velocity(v, caff, rng, 3, max_rotation=max_rotation,
+                                      max_translation=max_translation, center=center,
+                                      iterations=10, tol=1e-4)
 
 
 # --------------------------------------------------------------------------
@@ -775,6 +976,74 @@ def synthesize_contrast(csf, gm, wm, modality, *, means=None) -> np.ndarray:
     if m.shape != (3,):
         raise ValueError(f"means must hold 3 values (csf, gm, wm), got {means!r}")
     return (np.asarray(csf) * m[0] + np.asarray(gm) * m[1] + np.asarray(wm) * m[2]).astype(np.float32)
+
+
+def intensity_transfer(rng, *, knots=6, concentration=3.0) -> np.ndarray:
+    """A random monotone non-linear intensity transfer, as its knot values.
+
+    The transfer maps ``[0, 1]`` onto ``[0, 1]`` through ``knots`` equally
+    spaced knots whose increments are drawn from a symmetric Dirichlet
+    distribution: every increment is positive (the map is increasing) and
+    they sum to 1.  Lower ``concentration`` bends the map more; with the
+    default a segment's slope is 0.2 to 1.9 times the mean slope (5th to 95th
+    percentile).
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    knots : int
+        Number of knots (at least 3).
+    concentration : float
+        Dirichlet concentration of each increment (> 0).
+
+    Returns
+    -------
+    ndarray, float64, shape ``(knots,)``
+        Values at ``x = linspace(0, 1, knots)``, from 0 to 1.
+    """
+    knots = int(knots)
+    if knots < 3:
+        raise ValueError(f"knots must be >= 3, got {knots}")
+    if not (np.isfinite(concentration) and concentration > 0):
+        raise ValueError(f"concentration must be finite and > 0, got {concentration}")
+    inc = rng.dirichlet(np.full(knots - 1, float(concentration)))
+    y = np.concatenate([[0.0], np.cumsum(inc)])
+    y[-1] = 1.0
+    return y
+
+
+def apply_transfer(image, values) -> np.ndarray:
+    """Apply an intensity transfer given by its knot values.
+
+    A monotone cubic (PCHIP) interpolation through ``(linspace(0, 1, n),
+    values)`` on ``[0, 1]``, continued linearly with the end slopes outside,
+    so intensities above the normalising percentile stay ordered.
+
+    Parameters
+    ----------
+    image : ndarray
+        Intensities, normalised so that the brain's bright end is near 1.
+    values : sequence of float
+        Knot values (see :func:`intensity_transfer`).
+
+    Returns
+    -------
+    ndarray, float32
+    """
+    from scipy.interpolate import PchipInterpolator
+
+    y = np.asarray(values, dtype=np.float64)
+    if y.ndim != 1 or y.size < 2 or np.any(np.diff(y) < 0):
+        raise ValueError(f"values must be a non-decreasing sequence of knots, got {values!r}")
+    x = np.linspace(0.0, 1.0, y.size)
+    f = PchipInterpolator(x, y, extrapolate=False)
+    df = f.derivative()
+    img = np.asarray(image, dtype=np.float64)
+    out = f(np.clip(img, 0.0, 1.0))
+    lo, hi = img < 0.0, img > 1.0
+    out[lo] = y[0] + img[lo] * float(df(0.0))
+    out[hi] = y[-1] + (img[hi] - 1.0) * float(df(1.0))
+    return out.astype(np.float32)
 
 
 def bias_field(points, rng, *, amplitude=0.15, scale_mm=100.0) -> np.ndarray:
@@ -878,22 +1147,31 @@ def _check_modalities(modalities) -> tuple[str, ...]:
     return modalities
 
 
-def _native_deformation(rng, *, max_disp, sigma_mm, max_rotation, max_translation) -> Deformation:
+def _native_deformation(rng, *, max_rotation, max_translation, **variability) -> Deformation:
     """A subject's deformation, drawn over the 1 mm template's field of view.
 
-    Drawing it on the native grid (whatever the cohort resolution) is what
-    makes a subject the same anatomy at every resolution.
+    Drawing it on the native field of view (whatever the cohort resolution)
+    is what makes a subject the same anatomy at every resolution.
     """
-    native_maps, native_affine = _native()
-    return random_deformation(
-        rng,
-        native_maps["t1"].shape,
-        native_affine,
-        max_disp=max_disp,
-        sigma_mm=sigma_mm,
-        max_rotation=max_rotation,
-        max_translation=max_translation,
-    )
+    return anatomical_deformation(rng, max_rotation=max_rotation,
+                                  max_translation=max_translation, **variability)
+
+
+@functools.lru_cache(maxsize=4)
+def _subject_deformation(seed, max_rotation, max_translation, variability):
+    """The deformation of the subject of ``seed`` (a tuple of ints), cached.
+
+    A subject's deformation takes seconds and is the same for every grid and
+    modality, so rebuilding one (another resolution, a damaged cache, the
+    same subject with other modalities) reuses it.  Its stream is the first
+    child of the seed, as in :func:`make_subject`; the arrays are read-only.
+    """
+    (def_ss,) = np.random.SeedSequence(list(seed)).spawn(1)
+    deform = _native_deformation(np.random.default_rng(def_ss), max_rotation=max_rotation,
+                                 max_translation=max_translation, **dict(variability))
+    for arr in (deform.forward, deform.inverse, deform.affine, deform.rigid):
+        arr.flags.writeable = False
+    return deform
 
 
 def warp_anatomy(template: Template, deform: Deformation) -> dict:
@@ -932,8 +1210,14 @@ def warp_anatomy(template: Template, deform: Deformation) -> dict:
 def subject_contrast(template: Template, anatomy: dict, modality: str, rng, *,
                      synthetic_contrast=False, gamma_range=(0.85, 1.15),
                      bias_range=(0.05, 0.20), noise_range=(0.01, 0.03),
-                     contrast_jitter=0.05) -> tuple[np.ndarray, dict]:
+                     contrast_jitter=0.12, transfer_knots=6,
+                     transfer_concentration=3.0) -> tuple[np.ndarray, dict]:
     """One modality of a subject: warped template contrast plus appearance.
+
+    The tissue contrast (partial volume, jittered tissue means), normalised
+    by its 99th percentile in the brain, goes through the subject's random
+    intensity transfer (:func:`intensity_transfer`), is warped, and gets
+    gamma, bias field and Rician noise (:func:`apply_appearance`).
 
     Parameters
     ----------
@@ -942,22 +1226,31 @@ def subject_contrast(template: Template, anatomy: dict, modality: str, rng, *,
         From :func:`warp_anatomy`.
     modality : str
     rng : numpy.random.Generator
-        This modality's own stream; draws gamma, bias, noise and the
-        three tissue jitters, in that order, then the bias field and noise.
+        This modality's own stream; draws gamma, bias, noise, the three
+        tissue jitters and the transfer, in that order, then the bias field
+        and noise.
     synthetic_contrast, gamma_range, bias_range, noise_range, contrast_jitter
         See :func:`make_subject`.
+    transfer_knots, transfer_concentration
+        See :func:`intensity_transfer`; ``transfer_knots=0`` keeps the
+        intensities linear (nothing is drawn for the transfer then).
 
     Returns
     -------
     image : ndarray, float32
     params : dict
-        ``gamma``, ``bias``, ``noise`` and ``jitter`` (JSON-serialisable).
+        ``gamma``, ``bias``, ``noise``, ``jitter`` and ``transfer`` (the knot
+        values, or None), JSON-serialisable.
     """
     gamma = float(rng.uniform(*gamma_range))
     bias = float(rng.uniform(*bias_range))
     noise = float(rng.uniform(*noise_range))
     # drawn for every modality, used or not, so each stream stays aligned
     jitter = 1.0 + contrast_jitter * rng.uniform(-1, 1, 3)
+    transfer = None
+    if transfer_knots:
+        transfer = intensity_transfer(rng, knots=transfer_knots,
+                                      concentration=transfer_concentration)
     if modality == "t1" and not synthetic_contrast:
         base = template.image("t1")
     else:
@@ -966,11 +1259,16 @@ def subject_contrast(template: Template, anatomy: dict, modality: str, rng, *,
             means=np.asarray(CONTRASTS[modality]) * jitter,
         )
     scale = float(np.percentile(base[template.mask], 99)) or 1.0
-    warped = sample_image(base / scale, template.affine, anatomy["mapped"], order=1)
+    base = base / scale
+    if transfer is not None:
+        # outside the brain stays 0 (the transfer maps 0 to 0)
+        base = apply_transfer(base, transfer)
+    warped = sample_image(base, template.affine, anatomy["mapped"], order=1)
     image = apply_appearance(
         warped, anatomy["support"], anatomy["points"], rng, gamma=gamma, bias=bias, noise=noise
     )
-    params = {"gamma": gamma, "bias": bias, "noise": noise, "jitter": jitter.round(6).tolist()}
+    params = {"gamma": gamma, "bias": bias, "noise": noise, "jitter": jitter.round(6).tolist(),
+              "transfer": None if transfer is None else transfer.round(6).tolist()}
     return image, params
 
 
@@ -980,14 +1278,20 @@ def make_subject(
     *,
     modalities=("t1",),
     synthetic_contrast=False,
-    max_disp=5.0,
-    sigma_mm=16.0,
+    max_disp=VARIABILITY["max_disp"],
+    sigma_mm=VARIABILITY["sigma_mm"],
+    fine_disp=VARIABILITY["fine_disp"],
+    fine_sigma_mm=VARIABILITY["fine_sigma_mm"],
+    ventricle_mm=VARIABILITY["ventricle_mm"],
+    cortex_mm=VARIABILITY["cortex_mm"],
     max_rotation=3.0,
     max_translation=3.0,
     gamma_range=(0.85, 1.15),
     bias_range=(0.05, 0.20),
     noise_range=(0.01, 0.03),
-    contrast_jitter=0.05,
+    contrast_jitter=0.12,
+    transfer_knots=6,
+    transfer_concentration=3.0,
 ) -> SyntheticSubject:
     """Make one deterministic synthetic subject.
 
@@ -1005,8 +1309,9 @@ def make_subject(
     synthetic_contrast : bool
         If False, "t1" is the real template T1; other contrasts are always
         synthesised from the tissue maps.
-    max_disp, sigma_mm : float
-        Nonlinear part: velocity norm bound (mm) and smoothness (mm).
+    max_disp, sigma_mm, fine_disp, fine_sigma_mm, ventricle_mm, cortex_mm : float
+        Anatomical variability (see :func:`anatomical_velocity` and
+        :data:`VARIABILITY`).
     max_rotation, max_translation : float
         Rigid part bounds (degrees, mm).
     gamma_range, bias_range, noise_range : tuple of float
@@ -1014,30 +1319,33 @@ def make_subject(
         (relative to the 99th percentile of brain intensities).
     contrast_jitter : float
         Relative jitter of the tissue means of synthesised contrasts.
+    transfer_knots, transfer_concentration
+        The per-modality random intensity transfer (see
+        :func:`intensity_transfer`; 0 knots: none).
 
     Returns
     -------
     SyntheticSubject
     """
     modalities = _check_modalities(modalities)
+    variability = {"max_disp": max_disp, "sigma_mm": sigma_mm, "fine_disp": fine_disp,
+                   "fine_sigma_mm": fine_sigma_mm, "ventricle_mm": ventricle_mm,
+                   "cortex_mm": cortex_mm}
     ss = np.random.SeedSequence(seed)
-    def_ss, *app_ss = ss.spawn(1 + len(modalities))
-    deform = _native_deformation(
-        np.random.default_rng(def_ss),
-        max_disp=max_disp,
-        sigma_mm=sigma_mm,
-        max_rotation=max_rotation,
-        max_translation=max_translation,
-    )
+    _, *app_ss = ss.spawn(1 + len(modalities))
+    deform = _subject_deformation(
+        tuple(int(v) for v in np.atleast_1d(seed)), float(max_rotation),
+        float(max_translation), tuple((k, float(v)) for k, v in variability.items()))
     anatomy = warp_anatomy(template, deform)
     images = {}
-    params = {"seed": [int(s) for s in np.atleast_1d(seed)], "max_disp": max_disp,
-              "sigma_mm": sigma_mm, "rigid": deform.rigid.round(6).tolist(), "modalities": {}}
+    params = {"seed": [int(s) for s in np.atleast_1d(seed)], **variability,
+              "rigid": deform.rigid.round(6).tolist(), "modalities": {}}
     for m, mss in zip(modalities, app_ss):
         images[m], params["modalities"][m] = subject_contrast(
             template, anatomy, m, np.random.default_rng(mss),
             synthetic_contrast=synthetic_contrast, gamma_range=gamma_range,
             bias_range=bias_range, noise_range=noise_range, contrast_jitter=contrast_jitter,
+            transfer_knots=transfer_knots, transfer_concentration=transfer_concentration,
         )
     affine = template.affine
     return SyntheticSubject(

@@ -65,6 +65,11 @@ def _add_run(bsub):
                    help="rigid prealignment of every pair (default fastsyn); recorded in "
                         "each record and cache key")
     p.add_argument("--results", required=True, metavar="RESULTS_DIR")
+    p.add_argument("--masks", default="none", choices=("none", "nonzero", "brain"),
+                   help="masks handed to every method that accepts them: none (default), "
+                        "the nonzero voxels of each image, or the brain mask (the "
+                        "dataset's mask.nii.gz, else nonzero voxels); recorded in each "
+                        "result's configuration")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_run)
 
@@ -91,7 +96,7 @@ def run_run(args):
             sample=args.sample, seed=args.seed, threads=args.threads, levels=args.levels,
             results_dir=args.results, workers=args.workers, dask=args.dask,
             progress=not args.quiet, resolution=args.resolution, cache_dir=args.cache_dir,
-            prealign=args.prealign)
+            prealign=args.prealign, masks=args.masks)
     except KeyboardInterrupt:
         print("\ninterrupted: every finished record is kept; rerun the same "
               "command to continue", file=sys.stderr)
