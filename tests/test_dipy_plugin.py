@@ -11,7 +11,7 @@ PLUGIN = "fastsyn.testing.dipy_patch_plugin"
 
 INNER = """
 from dipy.align import imwarp
-from fastsyn import fields
+import fastsyn._threads
 from fastsyn.patch import is_patched
 
 
@@ -19,7 +19,7 @@ def test_patched():
     assert is_patched()
     assert imwarp.SymmetricDiffeomorphicRegistration.num_threads == 3
     assert imwarp.DiffeomorphicMap.num_threads == 3
-    assert fields._kernel_modules()[0].set_grain(7) == 5
+    assert fastsyn._threads.effective_threads(3, 10) == 2  # grain 5: 10 voxels, 2 threads
 """
 
 

@@ -29,17 +29,18 @@ def pytest_addoption(parser):
                          "-1 all CPUs, -2 all but one; default 2)")
     group.addoption("--fastsyn-grain", type=int, default=1, metavar="VOXELS",
                     help="voxels a kernel thread needs before work is split "
-                         "(fastsyn.fields.parallel_grain); default 1, so that "
+                         "(fastsyn._threads.parallel_grain); default 1, so that "
                          "DIPY's small test images really run on several threads")
 
 
 def pytest_configure(config):
-    from fastsyn import fields, patch_dipy
+    from fastsyn import patch_dipy
+    from fastsyn._threads import parallel_grain
 
     threads = config.getoption("fastsyn_threads")
     grain = config.getoption("fastsyn_grain")
     try:
-        grain_cm = fields.parallel_grain(grain)
+        grain_cm = parallel_grain(grain)
         grain_cm.__enter__()
     except ValueError as exc:
         raise pytest.UsageError(f"--fastsyn-grain: {exc}") from None
