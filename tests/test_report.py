@@ -354,3 +354,20 @@ def test_report_accuracy_quality_columns(report):
     assert t1[4] == "0.000 ± 0.000" and t1[7] == "–"
     assert multi[6] == "–"
     assert "Masks given to the methods: none." in text
+
+
+def test_report_roofline_and_scaling(tmp_path):
+    """Both tables come from real (tiny) runs found beside the results."""
+    from fastsyn.bench.report import write_report
+    from fastsyn.bench.roofline import roofline, scaling
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "roofline.json").write_text(json.dumps(roofline(16, threads=2, repeat=1)))
+    (results / "scaling.json").write_text(json.dumps(
+        scaling(16, threads=(1, 2, 99), repeat=1, syn=False)))
+    page = write_report(results, tmp_path / "out", check_equivalence=False)
+    text = page.read_text()
+    assert "id='roofline'" in text and "GB/s" in text
+    assert "invert (per sweep)" in text and "2 threads" in text
+    assert "Not measured here (more threads than CPUs): 99" in text

@@ -676,6 +676,24 @@ def _agreement_context(agreement):
             "reference": label(agreement.get("reference", "ants"))}
 
 
+def _scaling_context(scaling):
+    """Thread scaling rows keyed by thread count (JSON turns the keys into
+    strings)."""
+    if not scaling or not scaling.get("rows"):
+        return None
+    counts = [int(t) for t in scaling.get("threads", [])]
+
+    def at(mapping, t):
+        return (mapping or {}).get(str(t), (mapping or {}).get(t))
+
+    rows = [{"case": r["case"],
+             "cells": [(at(r["seconds"], t), at(r["speedup"], t), at(r["efficiency"], t))
+                       for t in counts]} for r in scaling["rows"]]
+    return {"size": scaling.get("size"), "cpus": scaling.get("cpus"),
+            "headers": [f"{t} thread{'s' if t > 1 else ''}" for t in counts],
+            "skipped": scaling.get("skipped") or [], "rows": rows}
+
+
 def _profile_context(profile, plt):
     """The stage profile as plain values, with its plot."""
     if not profile or not profile.get("runs"):
@@ -746,7 +764,8 @@ def _find_input(given, name, folders):
 
 def _render_page(results_dir, out_dir, speed_json=None, profile_json=None,
                   benchmark_json_dir=".benchmarks", *, check_equivalence=True,
-                  title="fastsyn benchmark report", agreement_json=None):
+                  title="fastsyn benchmark report", agreement_json=None, roofline_json=None,
+                  scaling_json=None):
     """The report page as text (see :func:`write_report` for the parameters)."""
     out_dir = Path(out_dir)
     search = [Path(results_dir)] if results_dir else []
@@ -754,6 +773,8 @@ def _render_page(results_dir, out_dir, speed_json=None, profile_json=None,
     speed = _read_json(_find_input(speed_json, "speed.json", search), "speed")
     profile = _read_json(_find_input(profile_json, "profile.json", search), "profile")
     agreement = _read_json(_find_input(agreement_json, "agreement.json", search), "agreement")
+    roofline = _read_json(_find_input(roofline_json, "roofline.json", search), "roofline")
+    scaling = _read_json(_find_input(scaling_json, "scaling.json", search), "scaling")
     records = []
     if results_dir and Path(results_dir).is_dir():
         from fastsyn.bench.store import ResultStore
@@ -778,6 +799,7 @@ def _render_page(results_dir, out_dir, speed_json=None, profile_json=None,
         datasets=datasets, throughput=_throughput_context(records),
         profile=_profile_context(profile, plt),
         agreement_ants=_agreement_context(agreement),
+        roofline=roofline, scaling=_scaling_context(scaling),
         bench=_pytest_context(latest_pytest_benchmarks(benchmark_json_dir)),
         asv=(out_dir / "asv" / "index.html").is_file(),
         have_plots=plt is not None)
@@ -785,7 +807,8 @@ def _render_page(results_dir, out_dir, speed_json=None, profile_json=None,
 
 def write_report(results_dir, out_dir, speed_json=None, profile_json=None,
                  benchmark_json_dir=".benchmarks", *, check_equivalence=True,
-                 title="fastsyn benchmark report", agreement_json=None):
+                 title="fastsyn benchmark report", agreement_json=None, roofline_json=None,
+                 scaling_json=None):
     """Write ``out_dir/index.html``.
 
     Parameters
@@ -812,6 +835,9 @@ def write_report(results_dir, out_dir, speed_json=None, profile_json=None,
         Output of ``fastsyn bench agreement``.  When omitted,
         ``agreement.json`` in ``results_dir`` or ``out_dir`` is used if
         present.
+    roofline_json, scaling_json : str or Path, optional
+        Outputs of ``fastsyn bench roofline`` and ``fastsyn bench scaling``
+        (default: ``roofline.json`` / ``scaling.json`` beside the results).
 
     Returns
     -------
@@ -822,7 +848,8 @@ def write_report(results_dir, out_dir, speed_json=None, profile_json=None,
     out_dir.mkdir(parents=True, exist_ok=True)
     text = _render_page(results_dir, out_dir, speed_json, profile_json, benchmark_json_dir,
                         check_equivalence=check_equivalence, title=title,
-                        agreement_json=agreement_json)
+                        agreement_json=agreement_json, roofline_json=roofline_json,
+                        scaling_json=scaling_json)
     page = out_dir / "index.html"
     tmp = out_dir / ".index.html.tmp"
     tmp.write_text(text, encoding="utf-8")
@@ -848,6 +875,8 @@ def main_report(args):
                         speed_json=getattr(args, "speed", None),
                         profile_json=getattr(args, "profile", None),
                         agreement_json=getattr(args, "agreement", None),
+                        roofline_json=getattr(args, "roofline", None),
+                        scaling_json=getattr(args, "scaling", None),
                         benchmark_json_dir=getattr(args, "benchmarks", None) or ".benchmarks")
     print(f"report written to {page}")
     print(f"open it with: xdg-open {page.resolve()}  (or file://{page.resolve()})")

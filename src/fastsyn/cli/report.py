@@ -17,6 +17,10 @@ def add_parser(sub):
     p.add_argument("--agreement", default=None, metavar="FILE",
                    help="JSON of 'fastsyn bench agreement' (default: agreement.json in DIR "
                         "or OUT)")
+    p.add_argument("--roofline", default=None, metavar="FILE",
+                   help="JSON of 'fastsyn bench roofline' (default: roofline.json in DIR or OUT)")
+    p.add_argument("--scaling", default=None, metavar="FILE",
+                   help="JSON of 'fastsyn bench scaling' (default: scaling.json in DIR or OUT)")
     p.add_argument("--benchmarks", default=".benchmarks", metavar="DIR",
                    help="pytest-benchmark storage compared in the report "
                         "(default .benchmarks)")
@@ -32,11 +36,13 @@ def run(args):
     if not Path(args.results).is_dir():
         raise CommandError(f"results folder not found: {args.results}")
     for flag, path in (("--speed", args.speed), ("--profile", args.profile),
-                       ("--agreement", args.agreement)):
+                       ("--agreement", args.agreement), ("--roofline", args.roofline),
+                       ("--scaling", args.scaling)):
         if path is not None and not Path(path).is_file():
             raise CommandError(f"{flag} file not found: {path}")
     page = write_report(args.results, args.out, speed_json=args.speed,
                         profile_json=args.profile, agreement_json=args.agreement,
+                        roofline_json=args.roofline, scaling_json=args.scaling,
                         benchmark_json_dir=args.benchmarks)
     print(f"report written to {page}")
     print(f"open it with: xdg-open {page.resolve()}  (or file://{page.resolve()})")
