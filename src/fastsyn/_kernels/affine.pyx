@@ -172,30 +172,91 @@ cdef inline void _accumulate(const MIParams* P, double sval, double mval,
                              int with_grad, const double* prod, double* joint,
                              double* smarg, double* grad, double* stats) noexcept nogil:
     """One voxel into the partial tables of its block (``with_grad`` false
-    where the moving gradient is zero: its terms would all be zero)."""
+    where the moving gradient is zero: its terms would all be zero).
+
+    ``stats`` (spline mass, voxel count) should point to the caller's locals,
+    not to memory the tables may alias, so that they stay in registers.
+    """
     cdef:
-        Py_ssize_t nb = P.nbins, n = P.nparams, r, c, o, p, base
-        double rn, cn, arg, val
+        Py_ssize_t nb = P.nbins, n = P.nparams, r, c, o, o0, p, base
+        double rn, cn, arg, arg0, val
     rn = _normalize(sval, P.smin, P.sdelta)
     r = _bin(rn, nb, P.padding)
     cn = _normalize(mval, P.mmin, P.mdelta)
     c = _bin(cn, nb, P.padding)
     stats[1] += 1
     smarg[r] += 1
-    arg = (c - 2) - cn
-    for o in range(5):
+    arg0 = (c - 2) - cn
+    # Unless c was clamped up (cn < c), arg0 <= -2: the first bin's weight and
+    # derivative are exactly 0 and adding them changes nothing; skip it.
+    o0 = 1 if c <= cn else 0
+    arg = arg0
+    if o0:
+        arg += 1.0
+    for o in range(o0, 5):
         val = _spline(arg)
         joint[r * nb + c - 2 + o] += val
         stats[0] += val
         arg += 1.0
     if with_grad:
-        arg = (c - 2) - cn
-        for o in range(5):
+        arg = arg0
+        if o0:
+            arg += 1.0
+        for o in range(o0, 5):
             val = _spline_deriv(arg)
             base = (r * nb + c - 2 + o) * n
             for p in range(n):
                 grad[base + p] -= val * prod[p]
             arg += 1.0
+
+
+cdef inline bint _interior_3d(const double* q, Py_ssize_t ns, Py_ssize_t nr,
+                              Py_ssize_t nc) noexcept nogil:
+    """Whether the trilinear cell of ``q`` lies wholly in the grid, the case
+    where ``interp_scalar_3d`` reports "inside" (false for NaN)."""
+    return (0 <= q[0] < ns - 1) and (0 <= q[1] < nr - 1) and (0 <= q[2] < nc - 1)
+
+
+cdef inline double _trilinear_in(const floating* f, Py_ssize_t nr, Py_ssize_t nc,
+                                 const double* q) noexcept nogil:
+    """``interp_scalar_3d`` at a point whose cell is inside the grid (checked
+    by ``_interior_3d``): the same formula, in the same order, without the
+    edge tests; truncation is the floor of these non-negative coordinates."""
+    cdef:
+        Py_ssize_t k = <Py_ssize_t>q[0], i = <Py_ssize_t>q[1], j = <Py_ssize_t>q[2]
+        Py_ssize_t sr = nc, ss = nr * nc, base = k * ss + i * sr + j
+        double ck = q[0] - k, ci = q[1] - i, cj = q[2] - j
+        double ak = 1 - ck, ai = 1 - ci, aj = 1 - cj
+    return (ak * (ai * (aj * f[base] + cj * f[base + 1])
+                  + ci * (aj * f[base + sr] + cj * f[base + sr + 1]))
+            + ck * (ai * (aj * f[base + ss] + cj * f[base + ss + 1])
+                    + ci * (aj * f[base + ss + sr] + cj * f[base + ss + sr + 1])))
+
+
+cdef inline bint _gradient_in_3d(const floating* M, Py_ssize_t ns, Py_ssize_t nr,
+                                 Py_ssize_t nc, const MIParams* P, const double* x,
+                                 double* g) noexcept nogil:
+    """``_gradient_3d`` at the world point ``x`` when all six difference taps
+    are inside the grid (then DIPY's edge rules play no part); false, with
+    ``g`` unspecified, when one is not."""
+    cdef:
+        double dx[3]
+        double qa[3]
+        double qb[3]
+        int p
+    dx[0] = x[0]
+    dx[1] = x[1]
+    dx[2] = x[2]
+    for p in range(3):
+        dx[p] = x[p] - P.h[p]
+        _apply3(P.w2g, dx[0], dx[1], dx[2], qa)
+        dx[p] = x[p] + P.h[p]
+        _apply3(P.w2g, dx[0], dx[1], dx[2], qb)
+        dx[p] = x[p]
+        if not (_interior_3d(qa, ns, nr, nc) and _interior_3d(qb, ns, nr, nc)):
+            return 0
+        g[p] = (_trilinear_in(M, nr, nc, qb) - _trilinear_in(M, nr, nc, qa)) / P.spacing[p]
+    return 1
 
 
 cdef void _block_3d(const double* S, Py_ssize_t ns, Py_ssize_t nr, Py_ssize_t nc,
@@ -209,10 +270,17 @@ cdef void _block_3d(const double* S, Py_ssize_t ns, Py_ssize_t nr, Py_ssize_t nc
         Py_ssize_t zk, zi, zj
         int with_grad, zero
         double y[3]
+        double x[3]
         double g[3]
+        double ybase[3]
+        double xbase[3]
         double prod[MAXP]
         double jrow[3 * MAXP]
+        double ej[3 * MAXP]
+        double local[2]
         double mval
+        const double* A = P.to_moving
+        const double* W = P.to_world
     for t in range(nb * nb):
         joint[t] = 0
     for t in range(nb):
@@ -220,10 +288,18 @@ cdef void _block_3d(const double* S, Py_ssize_t ns, Py_ssize_t nr, Py_ssize_t nc
     if P.want_grad:
         for t in range(nb * nb * n):
             grad[t] = 0
-    stats[0] = 0
-    stats[1] = 0
+        for d in range(3):
+            for p in range(n):
+                ej[d * n + p] = E[(d * n + p) * 4 + 2]
+    local[0] = 0
+    local[1] = 0
     for k in range(k0, k1):
         for i in range(nr):
+            # The first two terms of _apply3 along a row: adding m[2] * j and
+            # then m[3] gives _apply3's bits with a third of its products.
+            for d in range(3):
+                ybase[d] = A[4 * d] * k + A[4 * d + 1] * i
+                xbase[d] = W[4 * d] * k + W[4 * d + 1] * i
             if P.want_grad:
                 # The Jacobian along a row: jrow + E[d, p, 2] * j.
                 for d in range(3):
@@ -234,7 +310,9 @@ cdef void _block_3d(const double* S, Py_ssize_t ns, Py_ssize_t nr, Py_ssize_t nc
                 v = (k * nr + i) * nc + j
                 if smask != NULL and smask[v] == 0:
                     continue
-                _apply3(P.to_moving, <double>k, <double>i, <double>j, y)
+                y[0] = ybase[0] + A[2] * j + A[3]
+                y[1] = ybase[1] + A[6] * j + A[7]
+                y[2] = ybase[2] + A[10] * j + A[11]
                 if mmask != NULL:
                     kk = nearest_index(y[0], mns)
                     ii = nearest_index(y[1], mnr)
@@ -250,21 +328,29 @@ cdef void _block_3d(const double* S, Py_ssize_t ns, Py_ssize_t nr, Py_ssize_t nc
                     if not zero:
                         zero = zb[(zk * (mnr + 3) + zi) * (mnc + 3) + zj]
                     if zero:
-                        _accumulate(P, S[v], 0.0, 0, prod, joint, smarg, grad, stats)
+                        _accumulate(P, S[v], 0.0, 0, prod, joint, smarg, grad, local)
                         continue
-                interp_scalar_3d(M, mns, mnr, mnc, y[0], y[1], y[2], &mval)
+                if _interior_3d(y, mns, mnr, mnc):
+                    mval = _trilinear_in(M, mnr, mnc, y)
+                else:
+                    interp_scalar_3d(M, mns, mnr, mnc, y[0], y[1], y[2], &mval)
                 with_grad = 0
                 if P.want_grad:
-                    _gradient_3d(M, mns, mnr, mnc, P, <double>k, <double>i,
-                                 <double>j, g)
+                    x[0] = xbase[0] + W[2] * j + W[3]
+                    x[1] = xbase[1] + W[6] * j + W[7]
+                    x[2] = xbase[2] + W[10] * j + W[11]
+                    if not _gradient_in_3d(M, mns, mnr, mnc, P, x, g):
+                        _gradient_3d(M, mns, mnr, mnc, P, <double>k, <double>i,
+                                     <double>j, g)
                     with_grad = g[0] != 0 or g[1] != 0 or g[2] != 0
                 if with_grad:
                     for p in range(n):
-                        t = (2 * n + p) * 4 + 2
-                        prod[p] = ((jrow[p] + E[(0 * n + p) * 4 + 2] * j) * g[0]
-                                   + (jrow[n + p] + E[(1 * n + p) * 4 + 2] * j) * g[1]
-                                   + (jrow[2 * n + p] + E[t] * j) * g[2])
-                _accumulate(P, S[v], mval, with_grad, prod, joint, smarg, grad, stats)
+                        prod[p] = ((jrow[p] + ej[p] * j) * g[0]
+                                   + (jrow[n + p] + ej[n + p] * j) * g[1]
+                                   + (jrow[2 * n + p] + ej[2 * n + p] * j) * g[2])
+                _accumulate(P, S[v], mval, with_grad, prod, joint, smarg, grad, local)
+    stats[0] = local[0]
+    stats[1] = local[1]
 
 
 cdef void _block_2d(const double* S, Py_ssize_t nr, Py_ssize_t nc,
@@ -280,6 +366,7 @@ cdef void _block_2d(const double* S, Py_ssize_t nr, Py_ssize_t nc,
         double g[2]
         double prod[MAXP]
         double jrow[2 * MAXP]
+        double local[2]
         double mval
     for t in range(nb * nb):
         joint[t] = 0
@@ -288,8 +375,8 @@ cdef void _block_2d(const double* S, Py_ssize_t nr, Py_ssize_t nc,
     if P.want_grad:
         for t in range(nb * nb * n):
             grad[t] = 0
-    stats[0] = 0
-    stats[1] = 0
+    local[0] = 0
+    local[1] = 0
     for i in range(i0, i1):
         if P.want_grad:
             for d in range(2):
@@ -311,7 +398,7 @@ cdef void _block_2d(const double* S, Py_ssize_t nr, Py_ssize_t nc,
                 if not zero:
                     zero = zb[zi * (mnc + 3) + zj]
                 if zero:
-                    _accumulate(P, S[v], 0.0, 0, prod, joint, smarg, grad, stats)
+                    _accumulate(P, S[v], 0.0, 0, prod, joint, smarg, grad, local)
                     continue
             interp_scalar_2d(M, mnr, mnc, y[0], y[1], &mval)
             with_grad = 0
@@ -322,7 +409,9 @@ cdef void _block_2d(const double* S, Py_ssize_t nr, Py_ssize_t nc,
                 for p in range(n):
                     prod[p] = ((jrow[p] + E[(0 * n + p) * 3 + 1] * j) * g[0]
                                + (jrow[n + p] + E[(1 * n + p) * 3 + 1] * j) * g[1])
-            _accumulate(P, S[v], mval, with_grad, prod, joint, smarg, grad, stats)
+            _accumulate(P, S[v], mval, with_grad, prod, joint, smarg, grad, local)
+    stats[0] = local[0]
+    stats[1] = local[1]
 
 
 cdef void _merge(const double* part, Py_ssize_t nblocks, Py_ssize_t stride,
