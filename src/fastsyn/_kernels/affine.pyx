@@ -21,7 +21,7 @@
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport floor
+from libc.math cimport fabs, floor
 from libc.stdlib cimport free, malloc
 
 from fastsyn._kernels._interp cimport (chunk_threads, interp_scalar_2d,
@@ -31,12 +31,15 @@ cdef enum:
     MAXP = 12  # parameters of the largest DIPY transform (3D affine)
 
 
+
 cdef struct MIParams:
     double to_moving[12]   # static grid -> moving grid (the sampled point)
     double to_world[12]    # static grid -> world, at the moved point
     double w2g[12]         # moving world -> moving grid
     double h[3]            # half the moving spacing (the difference step)
     double spacing[3]
+    double off[3][3]       # off[p]: the gradient tap along world axis p, in moving grid units
+    double rad[3]          # max over p of |off[p][a]| (0 without the gradient)
     double smin, sdelta, mmin, mdelta
     Py_ssize_t nbins, padding, nparams
     int want_grad
@@ -178,31 +181,52 @@ cdef inline void _accumulate(const MIParams* P, double sval, double mval,
     not to memory the tables may alias, so that they stay in registers.
     """
     cdef:
-        Py_ssize_t nb = P.nbins, n = P.nparams, r, c, o, o0, p, base
-        double rn, cn, arg, arg0, val
+        Py_ssize_t nb = P.nbins, n = P.nparams, r, c, o, p, base
+        double rn, cn, arg, val, t, u, t2, u2
+        double w[4]
     rn = _normalize(sval, P.smin, P.sdelta)
     r = _bin(rn, nb, P.padding)
     cn = _normalize(mval, P.mmin, P.mdelta)
     c = _bin(cn, nb, P.padding)
     stats[1] += 1
     smarg[r] += 1
-    arg0 = (c - 2) - cn
-    # Unless c was clamped up (cn < c), arg0 <= -2: the first bin's weight and
-    # derivative are exactly 0 and adding them changes nothing; skip it.
-    o0 = 1 if c <= cn else 0
-    arg = arg0
-    if o0:
-        arg += 1.0
-    for o in range(o0, 5):
+    t = cn - c
+    if 0.0 <= t <= 1.0:
+        # The usual case (cn in its bin, c <= cn <= c + 1): the spline's
+        # pieces are known, bin c - 2 has weight 0 and the other four are
+        # polynomials in t, u = 1 - t; no branches, no divisions.
+        u = 1.0 - t
+        t2 = t * t
+        u2 = u * u
+        w[0] = u2 * u * (1.0 / 6.0)
+        w[1] = (2.0 / 3.0) - t2 + 0.5 * t2 * t
+        w[2] = (2.0 / 3.0) - u2 + 0.5 * u2 * u
+        w[3] = t2 * t * (1.0 / 6.0)
+        base = r * nb + c - 1
+        for o in range(4):
+            joint[base + o] += w[o]
+            stats[0] += w[o]
+        if with_grad:
+            w[0] = 0.5 * u2
+            w[1] = 2.0 * t - 1.5 * t2
+            w[2] = 1.5 * u2 - 2.0 * u
+            w[3] = -0.5 * t2
+            base = base * n
+            for o in range(4):
+                for p in range(n):
+                    grad[base + p] -= w[o] * prod[p]
+                base += n
+        return
+    # cn clamped into the first or last bin: the general form.
+    arg = (c - 2) - cn
+    for o in range(5):
         val = _spline(arg)
         joint[r * nb + c - 2 + o] += val
         stats[0] += val
         arg += 1.0
     if with_grad:
-        arg = arg0
-        if o0:
-            arg += 1.0
-        for o in range(o0, 5):
+        arg = (c - 2) - cn
+        for o in range(5):
             val = _spline_deriv(arg)
             base = (r * nb + c - 2 + o) * n
             for p in range(n):
@@ -215,6 +239,16 @@ cdef inline bint _interior_3d(const double* q, Py_ssize_t ns, Py_ssize_t nr,
     """Whether the trilinear cell of ``q`` lies wholly in the grid, the case
     where ``interp_scalar_3d`` reports "inside" (false for NaN)."""
     return (0 <= q[0] < ns - 1) and (0 <= q[1] < nr - 1) and (0 <= q[2] < nc - 1)
+
+
+cdef inline bint _box_interior_3d(const double* y, const double* rad, Py_ssize_t ns,
+                                 Py_ssize_t nr, Py_ssize_t nc) noexcept nogil:
+    """Whether every point y + o with |o[a]| <= rad[a] has its trilinear cell
+    inside the grid, for points computed as fl(y[a] + o[a]): rounding is
+    monotone, so fl(y - rad) <= fl(y + o) <= fl(y + rad) on every axis."""
+    return ((0 <= y[0] - rad[0]) and (y[0] + rad[0] < ns - 1)
+            and (0 <= y[1] - rad[1]) and (y[1] + rad[1] < nr - 1)
+            and (0 <= y[2] - rad[2]) and (y[2] + rad[2] < nc - 1))
 
 
 cdef inline double _trilinear_in(const floating* f, Py_ssize_t nr, Py_ssize_t nc,
@@ -272,6 +306,8 @@ cdef void _block_3d(const double* S, Py_ssize_t ns, Py_ssize_t nr, Py_ssize_t nc
         double y[3]
         double x[3]
         double g[3]
+        double qa[3]
+        double qb[3]
         double ybase[3]
         double xbase[3]
         double prod[MAXP]
@@ -330,12 +366,25 @@ cdef void _block_3d(const double* S, Py_ssize_t ns, Py_ssize_t nr, Py_ssize_t nc
                     if zero:
                         _accumulate(P, S[v], 0.0, 0, prod, joint, smarg, grad, local)
                         continue
-                if _interior_3d(y, mns, mnr, mnc):
-                    mval = _trilinear_in(M, mnr, mnc, y)
-                else:
-                    interp_scalar_3d(M, mns, mnr, mnc, y[0], y[1], y[2], &mval)
                 with_grad = 0
-                if P.want_grad:
+                if _box_interior_3d(y, P.rad, mns, mnr, mnc):
+                    # The value and all six taps inside the grid: sample
+                    # them without edge tests, the taps as offsets from y.
+                    mval = _trilinear_in(M, mnr, mnc, y)
+                    if P.want_grad:
+                        for d in range(3):
+                            qa[0] = y[0] - P.off[d][0]
+                            qa[1] = y[1] - P.off[d][1]
+                            qa[2] = y[2] - P.off[d][2]
+                            qb[0] = y[0] + P.off[d][0]
+                            qb[1] = y[1] + P.off[d][1]
+                            qb[2] = y[2] + P.off[d][2]
+                            g[d] = ((_trilinear_in(M, mnr, mnc, qb)
+                                     - _trilinear_in(M, mnr, mnc, qa)) / P.spacing[d])
+                        with_grad = g[0] != 0 or g[1] != 0 or g[2] != 0
+                elif P.want_grad:
+                    # Near the edge: DIPY's sampling and edge rules exactly.
+                    interp_scalar_3d(M, mns, mnr, mnc, y[0], y[1], y[2], &mval)
                     x[0] = xbase[0] + W[2] * j + W[3]
                     x[1] = xbase[1] + W[6] * j + W[7]
                     x[2] = xbase[2] + W[10] * j + W[11]
@@ -343,6 +392,8 @@ cdef void _block_3d(const double* S, Py_ssize_t ns, Py_ssize_t nr, Py_ssize_t nc
                         _gradient_3d(M, mns, mnr, mnc, P, <double>k, <double>i,
                                      <double>j, g)
                     with_grad = g[0] != 0 or g[1] != 0 or g[2] != 0
+                else:
+                    interp_scalar_3d(M, mns, mnr, mnc, y[0], y[1], y[2], &mval)
                 if with_grad:
                     for p in range(n):
                         prod[p] = ((jrow[p] + ej[p] * j) * g[0]
@@ -432,7 +483,7 @@ cdef int _fill_params(MIParams* P, const double[::1] to_moving,
                       const double[::1] spacing, int dim, double smin,
                       double sdelta, double mmin, double mdelta, Py_ssize_t nbins,
                       Py_ssize_t padding, Py_ssize_t nparams, bint want_grad) except -1:
-    cdef int t
+    cdef int t, a, p
     if nparams > MAXP:
         raise ValueError(f"at most {MAXP} transform parameters, got {nparams}")
     for t in range(dim * (dim + 1)):
@@ -442,6 +493,17 @@ cdef int _fill_params(MIParams* P, const double[::1] to_moving,
     for t in range(dim):
         P.spacing[t] = spacing[t]
         P.h[t] = 0.5 * spacing[t]
+    for a in range(3):
+        P.rad[a] = 0
+        for p in range(3):
+            P.off[p][a] = 0
+    if want_grad:
+        # The taps w2g (x +- h[p] e_p) are w2g x +- h[p] w2g[:, p]: offsets
+        # from the sampled point, the same for every voxel.
+        for p in range(dim):
+            for a in range(dim):
+                P.off[p][a] = P.h[p] * w2g[a * (dim + 1) + p]
+                P.rad[a] = max(P.rad[a], fabs(P.off[p][a]))
     P.smin = smin
     P.sdelta = sdelta
     P.mmin = mmin
