@@ -154,11 +154,18 @@ def _metric_setup(self, transform, static, moving, static_grid2world=None,
         return
     empty = np.zeros(0, dtype=np.int32)
     dim = self.dim
+    H = self.histogram
+    static = np.ascontiguousarray(self.static, dtype=np.float64).ravel()
+    smask = (empty if self.static_mask is None
+             else np.ascontiguousarray(self.static_mask, dtype=np.int32).ravel())
+    # The static voxels' bins do not change while the optimiser runs.
+    sbins = np.empty(static.size, dtype=np.int16)
+    k_affine.static_bins(static, smask, float(H.smin), float(H.sdelta), H.nbins,
+                         H.padding, sbins, effective_threads(_metric_threads(self),
+                                                             static.size))
     self._fastsyn_dense = {
-        "static": np.ascontiguousarray(self.static).ravel(),
+        "sbins": sbins,
         "moving": _compact(self.moving),
-        "smask": (empty if self.static_mask is None
-                  else np.ascontiguousarray(self.static_mask, dtype=np.int32).ravel()),
         "mmask": (empty if self.moving_mask is None
                   else np.ascontiguousarray(self.moving_mask, dtype=np.int32).ravel()),
         "zero_blocks": _zero_blocks(self.moving, self.moving_world2grid,
@@ -228,12 +235,11 @@ def _metric_update(self, params, update_gradient=True):
         jac = jacobian_coefficients(self.transform, params, static2prealigned).ravel()
     else:
         jac = np.zeros(1)
-    nthreads = effective_threads(_metric_threads(self), state["static"].size)
+    nthreads = effective_threads(_metric_threads(self), state["sbins"].size)
     k_affine.parzen_mi_dense(
-        state["static"], self.static.shape, state["moving"], self.moving.shape,
-        state["smask"], state["mmask"], state["zero_blocks"], _rows(to_moving, dim),
-        _rows(to_world, dim),
-        state["w2g"], state["spacing"], jac, n, float(H.smin), float(H.sdelta),
+        state["sbins"], self.static.shape, state["moving"], self.moving.shape,
+        state["mmask"], state["zero_blocks"], _rows(to_moving, dim),
+        _rows(to_world, dim), state["w2g"], state["spacing"], jac, n,
         float(H.mmin), float(H.mdelta), H.padding, state["bounds"],
         bool(update_gradient), H.joint, H.smarginal, H.mmarginal, H.joint_grad,
         nthreads)
