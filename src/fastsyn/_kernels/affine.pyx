@@ -257,6 +257,26 @@ cdef inline void _accumulate(const MIParams* P, Py_ssize_t r, double mval,
             arg += 1.0
 
 
+cdef inline void _chain_3d(const double* jrow, const double* ej, Py_ssize_t j,
+                           const double* g, Py_ssize_t n, double* prod) noexcept nogil:
+    """prod[p] = sum over d of J[d, p] g[d], J[d, p] = jrow[d, p] + ej[d, p] j;
+    fixed trip counts for DIPY's transforms so that the compiler unrolls."""
+    cdef Py_ssize_t p
+    if n == 6:
+        for p in range(6):
+            prod[p] = ((jrow[p] + ej[p] * j) * g[0] + (jrow[6 + p] + ej[6 + p] * j) * g[1]
+                       + (jrow[12 + p] + ej[12 + p] * j) * g[2])
+    elif n == 12:
+        for p in range(12):
+            prod[p] = ((jrow[p] + ej[p] * j) * g[0] + (jrow[12 + p] + ej[12 + p] * j) * g[1]
+                       + (jrow[24 + p] + ej[24 + p] * j) * g[2])
+    else:
+        for p in range(n):
+            prod[p] = ((jrow[p] + ej[p] * j) * g[0]
+                       + (jrow[n + p] + ej[n + p] * j) * g[1]
+                       + (jrow[2 * n + p] + ej[2 * n + p] * j) * g[2])
+
+
 cdef struct ZeroVoxel:
     # What _accumulate adds for a moving value of 0 (when in its bin): the
     # voxels whose samples read only zeros add these same numbers.
@@ -343,7 +363,7 @@ cdef void _block_3d(const short* SB, Py_ssize_t ns, Py_ssize_t nr, Py_ssize_t nc
         Py_ssize_t nb = P.nbins, n = P.nparams, k, i, j, r, t, d, p, kk, ii, jj
         Py_ssize_t zk, zi, zj
         ZeroVoxel zv
-        int with_grad, zero
+        int with_grad, zero, interior
         double y[3]
         double x[3]
         double g[3]
@@ -397,14 +417,20 @@ cdef void _block_3d(const short* SB, Py_ssize_t ns, Py_ssize_t nr, Py_ssize_t nc
                     jj = nearest_index(y[2], mnc)
                     if kk < 0 or ii < 0 or jj < 0 or mmask[(kk * mnr + ii) * mnc + jj] == 0:
                         continue
+                interior = _box_interior_3d(y, P.rad, mns, mnr, mnc)
                 if zb != NULL:
                     # Every sample of this voxel (value and the six gradient
                     # taps) reads only zeros: value 0, gradient 0, exactly.
-                    zero = (_zero_block(zb, y[0], mns, &zk)
-                            | _zero_block(zb, y[1], mnr, &zi)
-                            | _zero_block(zb, y[2], mnc, &zj))
-                    if not zero:
-                        zero = zb[(zk * (mnr + 3) + zi) * (mnc + 3) + zj]
+                    if interior:
+                        # floor(y) >= 0 here: truncation, no range tests
+                        zero = zb[((<Py_ssize_t>y[0] + 2) * (mnr + 3)
+                                   + <Py_ssize_t>y[1] + 2) * (mnc + 3) + <Py_ssize_t>y[2] + 2]
+                    else:
+                        zero = (_zero_block(zb, y[0], mns, &zk)
+                                | _zero_block(zb, y[1], mnr, &zi)
+                                | _zero_block(zb, y[2], mnc, &zj))
+                        if not zero:
+                            zero = zb[(zk * (mnr + 3) + zi) * (mnc + 3) + zj]
                     if zero and zv.usable:
                         # _accumulate(P, r, 0.0, 0, ...), its numbers known
                         local[1] += 1
@@ -415,7 +441,7 @@ cdef void _block_3d(const short* SB, Py_ssize_t ns, Py_ssize_t nr, Py_ssize_t nc
                         _accumulate(P, r, 0.0, 0, prod, joint, smarg, grad, local)
                         continue
                 with_grad = 0
-                if _box_interior_3d(y, P.rad, mns, mnr, mnc):
+                if interior:
                     # The value and all six taps inside the grid: sample
                     # them without edge tests, the taps as offsets from y.
                     mval = _trilinear_in(M, mnr, mnc, y)
@@ -443,10 +469,7 @@ cdef void _block_3d(const short* SB, Py_ssize_t ns, Py_ssize_t nr, Py_ssize_t nc
                 else:
                     interp_scalar_3d(M, mns, mnr, mnc, y[0], y[1], y[2], &mval)
                 if with_grad:
-                    for p in range(n):
-                        prod[p] = ((jrow[p] + ej[p] * j) * g[0]
-                                   + (jrow[n + p] + ej[n + p] * j) * g[1]
-                                   + (jrow[2 * n + p] + ej[2 * n + p] * j) * g[2])
+                    _chain_3d(jrow, ej, j, g, n, prod)
                 _accumulate(P, r, mval, with_grad, prod, joint, smarg, grad, local)
     stats[0] = local[0]
     stats[1] = local[1]
