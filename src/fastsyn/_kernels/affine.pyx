@@ -537,16 +537,19 @@ cdef void _block_2d(const short* SB, Py_ssize_t nr, Py_ssize_t nc,
 
 
 cdef void _merge(const double* part, Py_ssize_t nblocks, Py_ssize_t stride,
-                 Py_ssize_t size, double* out, int num_threads) noexcept nogil:
-    """out[t] = sum over blocks, in block order, of part[b * stride + t]."""
-    cdef:
-        Py_ssize_t t, b
-        double acc
-    for t in prange(size, schedule="static", num_threads=num_threads):
-        acc = 0
-        for b in range(nblocks):
-            acc = acc + part[b * stride + t]
-        out[t] = acc
+                 Py_ssize_t size, double* out) noexcept nogil:
+    """out[t] = sum over blocks, in block order, of part[b * stride + t].
+
+    Serial: the tables are small next to the blocks' work, and another
+    parallel region would wake (and leave spinning) the pool once more per
+    evaluation.
+    """
+    cdef Py_ssize_t t, b
+    for t in range(size):
+        out[t] = 0
+    for b in range(nblocks):
+        for t in range(size):
+            out[t] = out[t] + part[b * stride + t]
 
 
 cdef int _check_sizes(Py_ssize_t nstatic, Py_ssize_t static_voxels, Py_ssize_t nmoving,
@@ -762,10 +765,10 @@ def parzen_mi_dense(const short[::1] static_bins, tuple static_shape,
                 _block_2d(&static_bins[0], nr, nc, &moving[0], mnr, mnc, mm, zb,
                           bounds[b], bounds[b + 1], &P, E, pj + b * sj, ps + b * nb,
                           pg + b * sg, pst + 2 * b)
-        _merge(pj, nblocks, sj, sj, &joint[0, 0], num_threads)
-        _merge(ps, nblocks, nb, nb, &smarginal[0], 1)
+        _merge(pj, nblocks, sj, sj, &joint[0, 0])
+        _merge(ps, nblocks, nb, nb, &smarginal[0])
         if want_grad:
-            _merge(pg, nblocks, sg, sg, &joint_grad[0, 0, 0], num_threads)
+            _merge(pg, nblocks, sg, sg, &joint_grad[0, 0, 0])
         for b in range(nblocks):
             total = total + pst[2 * b]
             valid = valid + pst[2 * b + 1]
