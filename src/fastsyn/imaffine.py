@@ -194,7 +194,15 @@ def _zero_blocks(moving, world2grid, spacing):
         return np.zeros(0, dtype=np.uint8)
     nonzero = np.pad(moving != 0, 3)
     for axis in range(dim):
-        nonzero = np.lib.stride_tricks.sliding_window_view(nonzero, 4, axis=axis).any(-1)
+        # any() over each window of 4 along the axis, as four shifted views
+        n = nonzero.shape[axis] - 3
+        view = [slice(None)] * dim
+        window = None
+        for shift in range(4):
+            view[axis] = slice(shift, shift + n)
+            part = nonzero[tuple(view)]
+            window = part.copy() if window is None else np.logical_or(window, part, out=window)
+        nonzero = window
     # Window start (f - 1) + 3 in padded units: f + 2 for f = -2 .. n.
     sl = tuple(slice(0, n + 3) for n in moving.shape)
     return np.ascontiguousarray(~nonzero[sl], dtype=np.uint8).ravel()
@@ -506,35 +514,35 @@ def _optimize(self, static, moving, transform, params0, static_grid2world=None,
     moving_g2w0 = self.moving_ss.get_affine(0)
     identity = np.eye(self.dim + 1)
     opt = None
-    for level in range(self.levels - 1, -1, -1):
-        self.current_level = level
-        max_iter = self.level_iters[-1 - level]
-        if self.verbosity >= VerbosityLevels.STATUS:
-            logger.info(f"Optimizing level {level} [max iter: {max_iter}]")
-        shape = self.static_ss.get_domain_shape(level)
-        g2w = self.static_ss.get_affine(level)
-        src_g2w = identity if static_g2w0 is None else static_g2w0
-        dst_g2w = identity if g2w is None else g2w
-        current_static = _resample_to(self.static_ss.get_image(level), src_g2w, shape,
-                                      dst_g2w, nearest=False, num_threads=nthreads)
-        current_mask = None
-        if self.static_mask is not None:
-            current_mask = _resample_to(self.static_mask, src_g2w, shape, dst_g2w,
-                                        nearest=True,
-                                        num_threads=nthreads).astype(np.int32)
-        self.metric.setup(transform, current_static, self.moving_ss.get_image(level),
-                          static_grid2world=g2w, moving_grid2world=moving_g2w0,
-                          starting_affine=self.starting_affine,
-                          static_mask=current_mask, moving_mask=self.moving_mask)
-        if self.options is None:
-            self.options = {"gtol": 1e-4}
-        self.options["maxfun" if self.method == "L-BFGS-B" else "maxiter"] = max_iter
-        with _serial_blas():
+    with _serial_blas():
+        for level in range(self.levels - 1, -1, -1):
+            self.current_level = level
+            max_iter = self.level_iters[-1 - level]
+            if self.verbosity >= VerbosityLevels.STATUS:
+                logger.info(f"Optimizing level {level} [max iter: {max_iter}]")
+            shape = self.static_ss.get_domain_shape(level)
+            g2w = self.static_ss.get_affine(level)
+            src_g2w = identity if static_g2w0 is None else static_g2w0
+            dst_g2w = identity if g2w is None else g2w
+            current_static = _resample_to(self.static_ss.get_image(level), src_g2w, shape,
+                                          dst_g2w, nearest=False, num_threads=nthreads)
+            current_mask = None
+            if self.static_mask is not None:
+                current_mask = _resample_to(self.static_mask, src_g2w, shape, dst_g2w,
+                                            nearest=True,
+                                            num_threads=nthreads).astype(np.int32)
+            self.metric.setup(transform, current_static, self.moving_ss.get_image(level),
+                              static_grid2world=g2w, moving_grid2world=moving_g2w0,
+                              starting_affine=self.starting_affine,
+                              static_mask=current_mask, moving_mask=self.moving_mask)
+            if self.options is None:
+                self.options = {"gtol": 1e-4}
+            self.options["maxfun" if self.method == "L-BFGS-B" else "maxiter"] = max_iter
             opt = Optimizer(self.metric.distance_and_gradient, self.params0,
                             method=self.method, jac=True, options=self.options)
-        step = self.transform.param_to_matrix(opt.xopt)
-        self.starting_affine = step.dot(self.starting_affine)
-        self.params0 = self.transform.get_identity_parameters()
+            step = self.transform.param_to_matrix(opt.xopt)
+            self.starting_affine = step.dot(self.starting_affine)
+            self.params0 = self.transform.get_identity_parameters()
     result = AffineMap(self.starting_affine, domain_grid_shape=shape0,
                        domain_grid2world=static_g2w0, codomain_grid_shape=moving_shape0,
                        codomain_grid2world=moving_g2w0)
