@@ -27,8 +27,12 @@ resampled per level and the result at the end with threaded kernels.
 Sums are accumulated per block of slices fixed by the image shape and merged
 in block order: results are bitwise identical for every ``num_threads``.
 They differ from DIPY's in the last bits (DIPY sums all voxels in one running
-sum), which the optimiser can amplify into small differences of the final
-transform; ``tests/test_imaffine.py`` states the tolerances.
+sum; the kernel also forms the gradient taps and the spline weights in
+cheaper but algebraically equal ways, see its module comment), which the
+optimiser can amplify into small differences of the final transform, and
+into a different number of metric evaluations near convergence (where its
+line search works on differences of the order of the rounding);
+``tests/test_imaffine.py`` states the tolerances.
 
 Sparse sampling (``sampling_proportion`` not None) runs DIPY's own code for
 the histogram and its gradient, on one thread.
