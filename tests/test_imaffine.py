@@ -353,3 +353,82 @@ def test_bad_constructor_arguments():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fastsyn.AffineRegistration(level_iters=[1, 1], factors=[2, 1], sigmas=[1, 0])
+
+
+def test_metric_clamped_bins_matches_dipy(pair3d):
+    """Moving values all well above 0: the zero-padded samples at the edge of
+    the moving grid fall below the lowest bin, where the kernel leaves its
+    closed-form in-bin weights for the general spline; same as DIPY."""
+    pair = dict(pair3d)
+    pair["moving"] = (pair["moving"] + 0.5 * pair["moving"].max()).astype(np.float32)
+    transform = tf.AffineTransform3D()
+    theta = _theta(transform, 7)
+    dipy_out, fast_out = _metrics(pair, transform, theta)
+    # the case is exercised: some sampled values are below the image minimum
+    metric = dipy_imaffine.MutualInformationMetric()
+    metric.setup(transform, pair["static"].astype(np.float64),
+                 pair["moving"].astype(np.float64), static_grid2world=pair["static_affine"],
+                 moving_grid2world=pair["moving_affine"])
+    metric.distance(theta)
+    warped = metric.affine_map.transform(metric.moving)
+    assert ((warped > 0) & (warped < metric.moving.min())).any()
+    _assert_same_metric(dipy_out, fast_out)
+
+
+def test_static_bins_follow_dipy_rule(pair3d):
+    """The static bins computed once per level are DIPY's: clamp(int(x /
+    sdelta - smin)), and -1 outside the static mask."""
+    from fastsyn._kernels import affine as k_affine
+
+    metric = dipy_imaffine.MutualInformationMetric(nbins=24)
+    static = pair3d["static"].astype(np.float64)
+    metric.setup(tf.RigidTransform3D(), static, pair3d["moving"].astype(np.float64),
+                 static_grid2world=pair3d["static_affine"],
+                 moving_grid2world=pair3d["moving_affine"])
+    H = metric.histogram
+    mask = pair3d["static_mask"].astype(np.int32).ravel()
+    bins = np.clip((static.ravel() / H.sdelta - H.smin).astype(np.int64), H.padding,
+                   H.nbins - 1 - H.padding)
+    assert len(np.unique(bins)) > 10
+    for smask, expected in ((np.zeros(0, dtype=np.int32), bins),
+                            (mask, np.where(mask == 0, -1, bins))):
+        out = np.empty(static.size, dtype=np.int16)
+        k_affine.static_bins(static.ravel(), smask, float(H.smin), float(H.sdelta), H.nbins,
+                             H.padding, out, 2)
+        assert np.array_equal(out, expected)
+
+
+def _kernel_args(**change):
+    """Arguments of parzen_mi_dense for a small 3D case (a rigid transform)."""
+    shape, mshape, nb, n = (4, 5, 6), (5, 5, 5), 12, 6
+    args = dict(static_bins=np.full(np.prod(shape), 5, dtype=np.int16), static_shape=shape,
+                moving=np.ones(np.prod(mshape)), moving_shape=mshape,
+                mmask=np.zeros(0, dtype=np.int32), zero_blocks=np.zeros(0, dtype=np.uint8),
+                to_moving=np.eye(4)[:3].ravel(), to_world=np.eye(4)[:3].ravel(),
+                moving_world2grid=np.eye(4)[:3].ravel(), moving_spacing=np.ones(3),
+                jac=np.zeros(3 * n * 4), nparams=n, mmin=0.0, mdelta=0.1, padding=2,
+                bounds=np.array([0, 2, 4], dtype=np.intp), want_grad=True,
+                joint=np.zeros((nb, nb)), smarginal=np.zeros(nb), mmarginal=np.zeros(nb),
+                joint_grad=np.zeros((nb, nb, n)), num_threads=2)
+    args.update(change)
+    return list(args.values())
+
+
+@pytest.mark.parametrize("change", [
+    {"static_bins": np.zeros(119, dtype=np.int16)},
+    {"moving": np.ones(124)},
+    {"mmask": np.ones(7, dtype=np.int32)},
+    {"zero_blocks": np.zeros(10, dtype=np.uint8)},
+    {"bounds": np.array([0, 2, 3], dtype=np.intp)},
+    {"bounds": np.array([0, 3, 2, 4], dtype=np.intp)},
+    {"padding": 1},
+    {"joint_grad": np.zeros((12, 12, 5))},
+    {"jac": np.zeros(10)},
+], ids=lambda c: next(iter(c)))
+def test_kernel_rejects_inconsistent_arrays(change):
+    """Every array the kernel indexes is checked against the shapes first."""
+    from fastsyn._kernels import affine as k_affine
+
+    k_affine.parzen_mi_dense(*_kernel_args())  # the unchanged arguments are accepted
+    with pytest.raises(ValueError):
+        k_affine.parzen_mi_dense(*_kernel_args(**change))

@@ -27,13 +27,18 @@ resampled per level and the result at the end with threaded kernels.
 Sums are accumulated per block of slices fixed by the image shape and merged
 in block order: results are bitwise identical for every ``num_threads``.
 They differ from DIPY's in the last bits (DIPY sums all voxels in one running
-sum), which the optimiser can amplify into small differences of the final
-transform; ``tests/test_imaffine.py`` states the tolerances.
+sum; the kernel also forms the gradient taps and the spline weights in
+cheaper but algebraically equal ways, see its module comment), which the
+optimiser can amplify into small differences of the final transform, and
+into a different number of metric evaluations near convergence (where its
+line search works on differences of the order of the rounding);
+``tests/test_imaffine.py`` states the tolerances.
 
 Sparse sampling (``sampling_proportion`` not None) runs DIPY's own code for
 the histogram and its gradient, on one thread.
 """
 
+from contextlib import nullcontext
 from warnings import warn
 
 import numpy as np
@@ -154,11 +159,18 @@ def _metric_setup(self, transform, static, moving, static_grid2world=None,
         return
     empty = np.zeros(0, dtype=np.int32)
     dim = self.dim
+    H = self.histogram
+    static = np.ascontiguousarray(self.static, dtype=np.float64).ravel()
+    smask = (empty if self.static_mask is None
+             else np.ascontiguousarray(self.static_mask, dtype=np.int32).ravel())
+    # The static voxels' bins do not change while the optimiser runs.
+    sbins = np.empty(static.size, dtype=np.int16)
+    k_affine.static_bins(static, smask, float(H.smin), float(H.sdelta), H.nbins,
+                         H.padding, sbins, effective_threads(_metric_threads(self),
+                                                             static.size))
     self._fastsyn_dense = {
-        "static": np.ascontiguousarray(self.static).ravel(),
+        "sbins": sbins,
         "moving": _compact(self.moving),
-        "smask": (empty if self.static_mask is None
-                  else np.ascontiguousarray(self.static_mask, dtype=np.int32).ravel()),
         "mmask": (empty if self.moving_mask is None
                   else np.ascontiguousarray(self.moving_mask, dtype=np.int32).ravel()),
         "zero_blocks": _zero_blocks(self.moving, self.moving_world2grid,
@@ -186,7 +198,15 @@ def _zero_blocks(moving, world2grid, spacing):
         return np.zeros(0, dtype=np.uint8)
     nonzero = np.pad(moving != 0, 3)
     for axis in range(dim):
-        nonzero = np.lib.stride_tricks.sliding_window_view(nonzero, 4, axis=axis).any(-1)
+        # any() over each window of 4 along the axis, as four shifted views
+        n = nonzero.shape[axis] - 3
+        view = [slice(None)] * dim
+        window = None
+        for shift in range(4):
+            view[axis] = slice(shift, shift + n)
+            part = nonzero[tuple(view)]
+            window = part.copy() if window is None else np.logical_or(window, part, out=window)
+        nonzero = window
     # Window start (f - 1) + 3 in padded units: f + 2 for f = -2 .. n.
     sl = tuple(slice(0, n + 3) for n in moving.shape)
     return np.ascontiguousarray(~nonzero[sl], dtype=np.uint8).ravel()
@@ -228,12 +248,11 @@ def _metric_update(self, params, update_gradient=True):
         jac = jacobian_coefficients(self.transform, params, static2prealigned).ravel()
     else:
         jac = np.zeros(1)
-    nthreads = effective_threads(_metric_threads(self), state["static"].size)
+    nthreads = effective_threads(_metric_threads(self), state["sbins"].size)
     k_affine.parzen_mi_dense(
-        state["static"], self.static.shape, state["moving"], self.moving.shape,
-        state["smask"], state["mmask"], state["zero_blocks"], _rows(to_moving, dim),
-        _rows(to_world, dim),
-        state["w2g"], state["spacing"], jac, n, float(H.smin), float(H.sdelta),
+        state["sbins"], self.static.shape, state["moving"], self.moving.shape,
+        state["mmask"], state["zero_blocks"], _rows(to_moving, dim),
+        _rows(to_world, dim), state["w2g"], state["spacing"], jac, n,
         float(H.mmin), float(H.mdelta), H.padding, state["bounds"],
         bool(update_gradient), H.joint, H.smarginal, H.mmarginal, H.joint_grad,
         nthreads)
@@ -464,6 +483,25 @@ def _starting_affine(starting_affine, dim, static, static_grid2world, moving,
     raise ValueError("Invalid starting_affine matrix")
 
 
+def _serial_blas():
+    """One BLAS thread while the optimiser runs.
+
+    scipy's L-BFGS-B (1.15) makes a few BLAS calls on vectors of the
+    parameter count at every iteration; with a multi-threaded OpenBLAS each
+    call wakes its thread pool, which cost ~3 ms of CPU per iteration here
+    (~0.02 ms on one thread), and more in wall time on a loaded machine.
+    Arrays that small are computed by the same single-threaded code either
+    way, so the results do not change.  The previous limits are restored on
+    exit.  A no-op without ``threadpoolctl`` (a dependency of scikit-learn,
+    which nilearn brings in).
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with nilearn
+        return nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def _optimize(self, static, moving, transform, params0, static_grid2world=None,
               moving_grid2world=None, starting_affine=None, ret_metric=False,
               static_mask=None, moving_mask=None):
@@ -480,34 +518,35 @@ def _optimize(self, static, moving, transform, params0, static_grid2world=None,
     moving_g2w0 = self.moving_ss.get_affine(0)
     identity = np.eye(self.dim + 1)
     opt = None
-    for level in range(self.levels - 1, -1, -1):
-        self.current_level = level
-        max_iter = self.level_iters[-1 - level]
-        if self.verbosity >= VerbosityLevels.STATUS:
-            logger.info(f"Optimizing level {level} [max iter: {max_iter}]")
-        shape = self.static_ss.get_domain_shape(level)
-        g2w = self.static_ss.get_affine(level)
-        src_g2w = identity if static_g2w0 is None else static_g2w0
-        dst_g2w = identity if g2w is None else g2w
-        current_static = _resample_to(self.static_ss.get_image(level), src_g2w, shape,
-                                      dst_g2w, nearest=False, num_threads=nthreads)
-        current_mask = None
-        if self.static_mask is not None:
-            current_mask = _resample_to(self.static_mask, src_g2w, shape, dst_g2w,
-                                        nearest=True,
-                                        num_threads=nthreads).astype(np.int32)
-        self.metric.setup(transform, current_static, self.moving_ss.get_image(level),
-                          static_grid2world=g2w, moving_grid2world=moving_g2w0,
-                          starting_affine=self.starting_affine,
-                          static_mask=current_mask, moving_mask=self.moving_mask)
-        if self.options is None:
-            self.options = {"gtol": 1e-4}
-        self.options["maxfun" if self.method == "L-BFGS-B" else "maxiter"] = max_iter
-        opt = Optimizer(self.metric.distance_and_gradient, self.params0,
-                        method=self.method, jac=True, options=self.options)
-        step = self.transform.param_to_matrix(opt.xopt)
-        self.starting_affine = step.dot(self.starting_affine)
-        self.params0 = self.transform.get_identity_parameters()
+    with _serial_blas():
+        for level in range(self.levels - 1, -1, -1):
+            self.current_level = level
+            max_iter = self.level_iters[-1 - level]
+            if self.verbosity >= VerbosityLevels.STATUS:
+                logger.info(f"Optimizing level {level} [max iter: {max_iter}]")
+            shape = self.static_ss.get_domain_shape(level)
+            g2w = self.static_ss.get_affine(level)
+            src_g2w = identity if static_g2w0 is None else static_g2w0
+            dst_g2w = identity if g2w is None else g2w
+            current_static = _resample_to(self.static_ss.get_image(level), src_g2w, shape,
+                                          dst_g2w, nearest=False, num_threads=nthreads)
+            current_mask = None
+            if self.static_mask is not None:
+                current_mask = _resample_to(self.static_mask, src_g2w, shape, dst_g2w,
+                                            nearest=True,
+                                            num_threads=nthreads).astype(np.int32)
+            self.metric.setup(transform, current_static, self.moving_ss.get_image(level),
+                              static_grid2world=g2w, moving_grid2world=moving_g2w0,
+                              starting_affine=self.starting_affine,
+                              static_mask=current_mask, moving_mask=self.moving_mask)
+            if self.options is None:
+                self.options = {"gtol": 1e-4}
+            self.options["maxfun" if self.method == "L-BFGS-B" else "maxiter"] = max_iter
+            opt = Optimizer(self.metric.distance_and_gradient, self.params0,
+                            method=self.method, jac=True, options=self.options)
+            step = self.transform.param_to_matrix(opt.xopt)
+            self.starting_affine = step.dot(self.starting_affine)
+            self.params0 = self.transform.get_identity_parameters()
     result = AffineMap(self.starting_affine, domain_grid_shape=shape0,
                        domain_grid2world=static_g2w0, codomain_grid_shape=moving_shape0,
                        codomain_grid2world=moving_g2w0)

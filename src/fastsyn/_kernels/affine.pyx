@@ -14,6 +14,20 @@
 #     J[d, p] = E[d, p, 0] k + E[d, p, 1] i + E[d, p, 2] j + E[d, p, 3]
 # (E already holds the map from the static grid to the pre-aligned space).
 #
+# Where the time goes, and what is cut (3D; the finest level dominates):
+# * the static voxels' bins are fixed per level (static_bins), not per call;
+# * a voxel whose seven samples read only zeros of the moving image adds
+#   precomputed weights (the zero-block table);
+# * where the sampled point and its six gradient taps all lie inside the
+#   moving grid (one box test), they are sampled without DIPY's edge tests and
+#   the taps are taken as fixed offsets from the point, w2g (x +- h e_p) =
+#   y +- h w2g[:, p] (DIPY forms the product per tap: the tap coordinates
+#   differ by rounding, the gradient by ~1e-14 relative); elsewhere DIPY's
+#   sampling and edge rules are followed exactly;
+# * a moving value inside its bin (all but clamped values) gets its four
+#   nonzero spline weights and derivatives as polynomials of its offset in the
+#   bin, without branches or divisions (the same numbers up to rounding).
+#
 # Determinism: the static grid is cut in blocks of consecutive slices (rows in
 # 2D) chosen from the shape only; each block fills its own partial tables,
 # which are then summed in block order.  The result does not depend on the
@@ -21,14 +35,15 @@
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport floor
+from libc.math cimport fabs, floor
 from libc.stdlib cimport free, malloc
 
-from fastsyn._kernels._interp cimport (chunk_threads, interp_scalar_2d,
+from fastsyn._kernels._interp cimport (chunk_threads, ifloor, interp_scalar_2d,
                                        interp_scalar_3d, nearest_index, number)
 
 cdef enum:
     MAXP = 12  # parameters of the largest DIPY transform (3D affine)
+
 
 
 cdef struct MIParams:
@@ -37,7 +52,9 @@ cdef struct MIParams:
     double w2g[12]         # moving world -> moving grid
     double h[3]            # half the moving spacing (the difference step)
     double spacing[3]
-    double smin, sdelta, mmin, mdelta
+    double off[3][3]       # off[p]: the gradient tap along world axis p, in moving grid units
+    double rad[3]          # max over p of |off[p][a]| (0 without the gradient)
+    double mmin, mdelta
     Py_ssize_t nbins, padding, nparams
     int want_grad
 
@@ -159,29 +176,87 @@ cdef inline int _zero_block(const unsigned char* zb, double y, Py_ssize_t n,
     """Index of the 4-voxel window floor(y) - 1 .. floor(y) + 2 in the
     zero-block table (``n + 3`` entries for floor(y) in -2 .. n), or -1 when
     the window lies wholly outside the grid (it then holds only zeros)."""
-    cdef double f
     if not (y >= -2.0 and y < n + 1.0):
         idx[0] = -1
         return 1
-    f = floor(y)
-    idx[0] = <Py_ssize_t>f + 2
+    idx[0] = ifloor(y) + 2
     return 0
 
 
-cdef inline void _accumulate(const MIParams* P, double sval, double mval,
+cdef inline int _spline_weights(double t, double* w) noexcept nogil:
+    """The four nonzero Parzen weights of a value at t in [0, 1] past its bin
+    c: bins c - 1 .. c + 2 (bin c - 2 has weight exactly 0); the pieces of
+    the cubic spline are known there, so no branches and no divisions."""
+    cdef double u = 1.0 - t, t2 = t * t, u2 = u * u
+    w[0] = u2 * u * (1.0 / 6.0)
+    w[1] = (2.0 / 3.0) - t2 + 0.5 * t2 * t
+    w[2] = (2.0 / 3.0) - u2 + 0.5 * u2 * u
+    w[3] = t2 * t * (1.0 / 6.0)
+    return 0
+
+
+cdef inline void _sub_scaled(double* out, double w, const double* x,
+                             Py_ssize_t n) noexcept nogil:
+    """out[p] -= w * x[p]; fixed trip counts for DIPY's transforms so that
+    the compiler unrolls them (the same operations, the same bits)."""
+    cdef Py_ssize_t p
+    if n == 6:
+        for p in range(6):
+            out[p] -= w * x[p]
+    elif n == 12:
+        for p in range(12):
+            out[p] -= w * x[p]
+    elif n == 3:
+        for p in range(3):
+            out[p] -= w * x[p]
+    else:
+        for p in range(n):
+            out[p] -= w * x[p]
+
+
+cdef inline void _add_weights(Py_ssize_t base, const double* w, double* joint,
+                              double* stats) noexcept nogil:
+    cdef int o
+    for o in range(4):
+        joint[base + o] += w[o]
+        stats[0] += w[o]
+
+
+cdef inline void _accumulate(const MIParams* P, Py_ssize_t r, double mval,
                              int with_grad, const double* prod, double* joint,
                              double* smarg, double* grad, double* stats) noexcept nogil:
-    """One voxel into the partial tables of its block (``with_grad`` false
-    where the moving gradient is zero: its terms would all be zero)."""
+    """One voxel, of static bin ``r``, into the partial tables of its block
+    (``with_grad`` false where the moving gradient is zero: its terms would
+    all be zero).
+
+    ``stats`` (spline mass, voxel count) should point to the caller's locals,
+    not to memory the tables may alias, so that they stay in registers.
+    """
     cdef:
-        Py_ssize_t nb = P.nbins, n = P.nparams, r, c, o, p, base
-        double rn, cn, arg, val
-    rn = _normalize(sval, P.smin, P.sdelta)
-    r = _bin(rn, nb, P.padding)
+        Py_ssize_t nb = P.nbins, n = P.nparams, c, o, base
+        double cn, arg, val, t, u, t2, u2
+        double w[4]
     cn = _normalize(mval, P.mmin, P.mdelta)
     c = _bin(cn, nb, P.padding)
     stats[1] += 1
     smarg[r] += 1
+    t = cn - c
+    if 0.0 <= t <= 1.0:
+        # The usual case: cn in its bin, c <= cn <= c + 1.
+        _spline_weights(t, w)
+        base = r * nb + c - 1
+        _add_weights(base, w, joint, stats)
+        if with_grad:
+            u = 1.0 - t
+            t2 = t * t
+            u2 = u * u
+            base = base * n
+            _sub_scaled(grad + base, 0.5 * u2, prod, n)
+            _sub_scaled(grad + base + n, 2.0 * t - 1.5 * t2, prod, n)
+            _sub_scaled(grad + base + 2 * n, 1.5 * u2 - 2.0 * u, prod, n)
+            _sub_scaled(grad + base + 3 * n, -0.5 * t2, prod, n)
+        return
+    # cn clamped into the first or last bin: the general form.
     arg = (c - 2) - cn
     for o in range(5):
         val = _spline(arg)
@@ -192,27 +267,131 @@ cdef inline void _accumulate(const MIParams* P, double sval, double mval,
         arg = (c - 2) - cn
         for o in range(5):
             val = _spline_deriv(arg)
-            base = (r * nb + c - 2 + o) * n
-            for p in range(n):
-                grad[base + p] -= val * prod[p]
+            _sub_scaled(grad + (r * nb + c - 2 + o) * n, val, prod, n)
             arg += 1.0
 
 
-cdef void _block_3d(const double* S, Py_ssize_t ns, Py_ssize_t nr, Py_ssize_t nc,
+cdef inline void _chain_3d(const double* jrow, const double* ej, Py_ssize_t j,
+                           const double* g, Py_ssize_t n, double* prod) noexcept nogil:
+    """prod[p] = sum over d of J[d, p] g[d], J[d, p] = jrow[d, p] + ej[d, p] j;
+    fixed trip counts for DIPY's transforms so that the compiler unrolls."""
+    cdef Py_ssize_t p
+    if n == 6:
+        for p in range(6):
+            prod[p] = ((jrow[p] + ej[p] * j) * g[0] + (jrow[6 + p] + ej[6 + p] * j) * g[1]
+                       + (jrow[12 + p] + ej[12 + p] * j) * g[2])
+    elif n == 12:
+        for p in range(12):
+            prod[p] = ((jrow[p] + ej[p] * j) * g[0] + (jrow[12 + p] + ej[12 + p] * j) * g[1]
+                       + (jrow[24 + p] + ej[24 + p] * j) * g[2])
+    else:
+        for p in range(n):
+            prod[p] = ((jrow[p] + ej[p] * j) * g[0]
+                       + (jrow[n + p] + ej[n + p] * j) * g[1]
+                       + (jrow[2 * n + p] + ej[2 * n + p] * j) * g[2])
+
+
+cdef struct ZeroVoxel:
+    # What _accumulate adds for a moving value of 0 (when in its bin): the
+    # voxels whose samples read only zeros add these same numbers.
+    int usable
+    Py_ssize_t c
+    double w[4]
+
+
+cdef inline void _zero_voxel(const MIParams* P, ZeroVoxel* z) noexcept nogil:
+    cdef double cn = _normalize(0.0, P.mmin, P.mdelta), t
+    z.c = _bin(cn, P.nbins, P.padding)
+    t = cn - z.c
+    z.usable = 0.0 <= t <= 1.0
+    if z.usable:
+        _spline_weights(t, z.w)
+
+
+cdef inline bint _interior_3d(const double* q, Py_ssize_t ns, Py_ssize_t nr,
+                              Py_ssize_t nc) noexcept nogil:
+    """Whether the trilinear cell of ``q`` lies wholly in the grid, the case
+    where ``interp_scalar_3d`` reports "inside" (false for NaN)."""
+    return (0 <= q[0] < ns - 1) and (0 <= q[1] < nr - 1) and (0 <= q[2] < nc - 1)
+
+
+cdef inline bint _box_interior_3d(const double* y, const double* rad, Py_ssize_t ns,
+                                 Py_ssize_t nr, Py_ssize_t nc) noexcept nogil:
+    """Whether every point y + o with |o[a]| <= rad[a] has its trilinear cell
+    inside the grid, for points computed as fl(y[a] + o[a]): rounding is
+    monotone, so fl(y - rad) <= fl(y + o) <= fl(y + rad) on every axis."""
+    return ((0 <= y[0] - rad[0]) and (y[0] + rad[0] < ns - 1)
+            and (0 <= y[1] - rad[1]) and (y[1] + rad[1] < nr - 1)
+            and (0 <= y[2] - rad[2]) and (y[2] + rad[2] < nc - 1))
+
+
+cdef inline double _trilinear_in(const floating* f, Py_ssize_t nr, Py_ssize_t nc,
+                                 const double* q) noexcept nogil:
+    """``interp_scalar_3d`` at a point whose cell is inside the grid (checked
+    by ``_interior_3d``): the same formula, in the same order, without the
+    edge tests; truncation is the floor of these non-negative coordinates."""
+    cdef:
+        Py_ssize_t k = <Py_ssize_t>q[0], i = <Py_ssize_t>q[1], j = <Py_ssize_t>q[2]
+        Py_ssize_t sr = nc, ss = nr * nc, base = k * ss + i * sr + j
+        double ck = q[0] - k, ci = q[1] - i, cj = q[2] - j
+        double ak = 1 - ck, ai = 1 - ci, aj = 1 - cj
+    return (ak * (ai * (aj * f[base] + cj * f[base + 1])
+                  + ci * (aj * f[base + sr] + cj * f[base + sr + 1]))
+            + ck * (ai * (aj * f[base + ss] + cj * f[base + ss + 1])
+                    + ci * (aj * f[base + ss + sr] + cj * f[base + ss + sr + 1])))
+
+
+cdef inline bint _gradient_in_3d(const floating* M, Py_ssize_t ns, Py_ssize_t nr,
+                                 Py_ssize_t nc, const MIParams* P, const double* x,
+                                 double* g) noexcept nogil:
+    """``_gradient_3d`` at the world point ``x`` when all six difference taps
+    are inside the grid (then DIPY's edge rules play no part); false, with
+    ``g`` unspecified, when one is not."""
+    cdef:
+        double dx[3]
+        double qa[3]
+        double qb[3]
+        int p
+    dx[0] = x[0]
+    dx[1] = x[1]
+    dx[2] = x[2]
+    for p in range(3):
+        dx[p] = x[p] - P.h[p]
+        _apply3(P.w2g, dx[0], dx[1], dx[2], qa)
+        dx[p] = x[p] + P.h[p]
+        _apply3(P.w2g, dx[0], dx[1], dx[2], qb)
+        dx[p] = x[p]
+        if not (_interior_3d(qa, ns, nr, nc) and _interior_3d(qb, ns, nr, nc)):
+            return 0
+        g[p] = (_trilinear_in(M, nr, nc, qb) - _trilinear_in(M, nr, nc, qa)) / P.spacing[p]
+    return 1
+
+
+cdef void _block_3d(const short* SB, Py_ssize_t ns, Py_ssize_t nr, Py_ssize_t nc,
                     const floating* M, Py_ssize_t mns, Py_ssize_t mnr, Py_ssize_t mnc,
-                    const int* smask, const int* mmask, const unsigned char* zb,
+                    const int* mmask, const unsigned char* zb,
                     Py_ssize_t k0, Py_ssize_t k1,
                     const MIParams* P, const double* E, double* joint, double* smarg,
                     double* grad, double* stats) noexcept nogil:
     cdef:
-        Py_ssize_t nb = P.nbins, n = P.nparams, k, i, j, v, t, d, p, kk, ii, jj
+        Py_ssize_t nb = P.nbins, n = P.nparams, k, i, j, r, t, d, p, kk, ii, jj
         Py_ssize_t zk, zi, zj
-        int with_grad, zero
+        ZeroVoxel zv
+        int with_grad, zero, interior
         double y[3]
+        double x[3]
         double g[3]
+        double qa[3]
+        double qb[3]
+        double ybase[3]
+        double xbase[3]
         double prod[MAXP]
         double jrow[3 * MAXP]
+        double ej[3 * MAXP]
+        double local[2]
         double mval
+        const double* A = P.to_moving
+        const double* W = P.to_world
     for t in range(nb * nb):
         joint[t] = 0
     for t in range(nb):
@@ -220,10 +399,19 @@ cdef void _block_3d(const double* S, Py_ssize_t ns, Py_ssize_t nr, Py_ssize_t nc
     if P.want_grad:
         for t in range(nb * nb * n):
             grad[t] = 0
-    stats[0] = 0
-    stats[1] = 0
+        for d in range(3):
+            for p in range(n):
+                ej[d * n + p] = E[(d * n + p) * 4 + 2]
+    local[0] = 0
+    local[1] = 0
+    _zero_voxel(P, &zv)
     for k in range(k0, k1):
         for i in range(nr):
+            # The first two terms of _apply3 along a row: adding m[2] * j and
+            # then m[3] gives _apply3's bits with a third of its products.
+            for d in range(3):
+                ybase[d] = A[4 * d] * k + A[4 * d + 1] * i
+                xbase[d] = W[4 * d] * k + W[4 * d + 1] * i
             if P.want_grad:
                 # The Jacobian along a row: jrow + E[d, p, 2] * j.
                 for d in range(3):
@@ -231,55 +419,90 @@ cdef void _block_3d(const double* S, Py_ssize_t ns, Py_ssize_t nr, Py_ssize_t nc
                         t = (d * n + p) * 4
                         jrow[d * n + p] = E[t] * k + E[t + 1] * i + E[t + 3]
             for j in range(nc):
-                v = (k * nr + i) * nc + j
-                if smask != NULL and smask[v] == 0:
+                r = SB[(k * nr + i) * nc + j]
+                if r < 0:
                     continue
-                _apply3(P.to_moving, <double>k, <double>i, <double>j, y)
+                y[0] = ybase[0] + A[2] * j + A[3]
+                y[1] = ybase[1] + A[6] * j + A[7]
+                y[2] = ybase[2] + A[10] * j + A[11]
                 if mmask != NULL:
                     kk = nearest_index(y[0], mns)
                     ii = nearest_index(y[1], mnr)
                     jj = nearest_index(y[2], mnc)
                     if kk < 0 or ii < 0 or jj < 0 or mmask[(kk * mnr + ii) * mnc + jj] == 0:
                         continue
+                interior = _box_interior_3d(y, P.rad, mns, mnr, mnc)
                 if zb != NULL:
                     # Every sample of this voxel (value and the six gradient
                     # taps) reads only zeros: value 0, gradient 0, exactly.
-                    zero = (_zero_block(zb, y[0], mns, &zk)
-                            | _zero_block(zb, y[1], mnr, &zi)
-                            | _zero_block(zb, y[2], mnc, &zj))
-                    if not zero:
-                        zero = zb[(zk * (mnr + 3) + zi) * (mnc + 3) + zj]
-                    if zero:
-                        _accumulate(P, S[v], 0.0, 0, prod, joint, smarg, grad, stats)
+                    if interior:
+                        # floor(y) >= 0 here: truncation, no range tests
+                        zero = zb[((<Py_ssize_t>y[0] + 2) * (mnr + 3)
+                                   + <Py_ssize_t>y[1] + 2) * (mnc + 3) + <Py_ssize_t>y[2] + 2]
+                    else:
+                        zero = (_zero_block(zb, y[0], mns, &zk)
+                                | _zero_block(zb, y[1], mnr, &zi)
+                                | _zero_block(zb, y[2], mnc, &zj))
+                        if not zero:
+                            zero = zb[(zk * (mnr + 3) + zi) * (mnc + 3) + zj]
+                    if zero and zv.usable:
+                        # _accumulate(P, r, 0.0, 0, ...), its numbers known
+                        local[1] += 1
+                        smarg[r] += 1
+                        _add_weights(r * nb + zv.c - 1, zv.w, joint, local)
                         continue
-                interp_scalar_3d(M, mns, mnr, mnc, y[0], y[1], y[2], &mval)
+                    if zero:
+                        _accumulate(P, r, 0.0, 0, prod, joint, smarg, grad, local)
+                        continue
                 with_grad = 0
-                if P.want_grad:
-                    _gradient_3d(M, mns, mnr, mnc, P, <double>k, <double>i,
-                                 <double>j, g)
+                if interior:
+                    # The value and all six taps inside the grid: sample
+                    # them without edge tests, the taps as offsets from y.
+                    mval = _trilinear_in(M, mnr, mnc, y)
+                    if P.want_grad:
+                        for d in range(3):
+                            qa[0] = y[0] - P.off[d][0]
+                            qa[1] = y[1] - P.off[d][1]
+                            qa[2] = y[2] - P.off[d][2]
+                            qb[0] = y[0] + P.off[d][0]
+                            qb[1] = y[1] + P.off[d][1]
+                            qb[2] = y[2] + P.off[d][2]
+                            g[d] = ((_trilinear_in(M, mnr, mnc, qb)
+                                     - _trilinear_in(M, mnr, mnc, qa)) / P.spacing[d])
+                        with_grad = g[0] != 0 or g[1] != 0 or g[2] != 0
+                elif P.want_grad:
+                    # Near the edge: DIPY's sampling and edge rules exactly.
+                    interp_scalar_3d(M, mns, mnr, mnc, y[0], y[1], y[2], &mval)
+                    x[0] = xbase[0] + W[2] * j + W[3]
+                    x[1] = xbase[1] + W[6] * j + W[7]
+                    x[2] = xbase[2] + W[10] * j + W[11]
+                    if not _gradient_in_3d(M, mns, mnr, mnc, P, x, g):
+                        _gradient_3d(M, mns, mnr, mnc, P, <double>k, <double>i,
+                                     <double>j, g)
                     with_grad = g[0] != 0 or g[1] != 0 or g[2] != 0
+                else:
+                    interp_scalar_3d(M, mns, mnr, mnc, y[0], y[1], y[2], &mval)
                 if with_grad:
-                    for p in range(n):
-                        t = (2 * n + p) * 4 + 2
-                        prod[p] = ((jrow[p] + E[(0 * n + p) * 4 + 2] * j) * g[0]
-                                   + (jrow[n + p] + E[(1 * n + p) * 4 + 2] * j) * g[1]
-                                   + (jrow[2 * n + p] + E[t] * j) * g[2])
-                _accumulate(P, S[v], mval, with_grad, prod, joint, smarg, grad, stats)
+                    _chain_3d(jrow, ej, j, g, n, prod)
+                _accumulate(P, r, mval, with_grad, prod, joint, smarg, grad, local)
+    stats[0] = local[0]
+    stats[1] = local[1]
 
 
-cdef void _block_2d(const double* S, Py_ssize_t nr, Py_ssize_t nc,
+cdef void _block_2d(const short* SB, Py_ssize_t nr, Py_ssize_t nc,
                     const floating* M, Py_ssize_t mnr, Py_ssize_t mnc,
-                    const int* smask, const int* mmask, const unsigned char* zb,
+                    const int* mmask, const unsigned char* zb,
                     Py_ssize_t i0, Py_ssize_t i1,
                     const MIParams* P, const double* E, double* joint, double* smarg,
                     double* grad, double* stats) noexcept nogil:
     cdef:
-        Py_ssize_t nb = P.nbins, n = P.nparams, i, j, v, t, d, p, ii, jj, zi, zj
+        Py_ssize_t nb = P.nbins, n = P.nparams, i, j, r, t, d, p, ii, jj, zi, zj
         int with_grad, zero
         double y[2]
         double g[2]
         double prod[MAXP]
         double jrow[2 * MAXP]
+        double local[2]
         double mval
     for t in range(nb * nb):
         joint[t] = 0
@@ -288,8 +511,8 @@ cdef void _block_2d(const double* S, Py_ssize_t nr, Py_ssize_t nc,
     if P.want_grad:
         for t in range(nb * nb * n):
             grad[t] = 0
-    stats[0] = 0
-    stats[1] = 0
+    local[0] = 0
+    local[1] = 0
     for i in range(i0, i1):
         if P.want_grad:
             for d in range(2):
@@ -297,8 +520,8 @@ cdef void _block_2d(const double* S, Py_ssize_t nr, Py_ssize_t nc,
                     t = (d * n + p) * 3
                     jrow[d * n + p] = E[t] * i + E[t + 2]
         for j in range(nc):
-            v = i * nc + j
-            if smask != NULL and smask[v] == 0:
+            r = SB[i * nc + j]
+            if r < 0:
                 continue
             _apply2(P.to_moving, <double>i, <double>j, y)
             if mmask != NULL:
@@ -311,7 +534,7 @@ cdef void _block_2d(const double* S, Py_ssize_t nr, Py_ssize_t nc,
                 if not zero:
                     zero = zb[zi * (mnc + 3) + zj]
                 if zero:
-                    _accumulate(P, S[v], 0.0, 0, prod, joint, smarg, grad, stats)
+                    _accumulate(P, r, 0.0, 0, prod, joint, smarg, grad, local)
                     continue
             interp_scalar_2d(M, mnr, mnc, y[0], y[1], &mval)
             with_grad = 0
@@ -322,28 +545,55 @@ cdef void _block_2d(const double* S, Py_ssize_t nr, Py_ssize_t nc,
                 for p in range(n):
                     prod[p] = ((jrow[p] + E[(0 * n + p) * 3 + 1] * j) * g[0]
                                + (jrow[n + p] + E[(1 * n + p) * 3 + 1] * j) * g[1])
-            _accumulate(P, S[v], mval, with_grad, prod, joint, smarg, grad, stats)
+            _accumulate(P, r, mval, with_grad, prod, joint, smarg, grad, local)
+    stats[0] = local[0]
+    stats[1] = local[1]
 
 
 cdef void _merge(const double* part, Py_ssize_t nblocks, Py_ssize_t stride,
-                 Py_ssize_t size, double* out, int num_threads) noexcept nogil:
-    """out[t] = sum over blocks, in block order, of part[b * stride + t]."""
-    cdef:
-        Py_ssize_t t, b
-        double acc
-    for t in prange(size, schedule="static", num_threads=num_threads):
-        acc = 0
-        for b in range(nblocks):
-            acc = acc + part[b * stride + t]
-        out[t] = acc
+                 Py_ssize_t size, double* out) noexcept nogil:
+    """out[t] = sum over blocks, in block order, of part[b * stride + t].
+
+    Serial: the tables are small next to the blocks' work, and another
+    parallel region would wake (and leave spinning) the pool once more per
+    evaluation.
+    """
+    cdef Py_ssize_t t, b
+    for t in range(size):
+        out[t] = 0
+    for b in range(nblocks):
+        for t in range(size):
+            out[t] = out[t] + part[b * stride + t]
+
+
+cdef int _check_sizes(Py_ssize_t nstatic, Py_ssize_t static_voxels, Py_ssize_t nmoving,
+                      Py_ssize_t moving_voxels, Py_ssize_t nmmask, Py_ssize_t nzero,
+                      Py_ssize_t zero_entries, const Py_ssize_t[::1] bounds,
+                      Py_ssize_t nslices, Py_ssize_t nb, Py_ssize_t padding,
+                      Py_ssize_t nsmarg, Py_ssize_t nmmarg, Py_ssize_t ncols) except -1:
+    """Every index the blocks form stays inside the arrays they read."""
+    cdef Py_ssize_t b
+    if nstatic != static_voxels or nmoving != moving_voxels or moving_voxels == 0:
+        raise ValueError("parzen_mi_dense: image sizes do not match their shapes")
+    if nmmask not in (0, moving_voxels) or nzero not in (0, zero_entries):
+        raise ValueError("parzen_mi_dense: mmask or zero_blocks does not match the moving grid")
+    if padding < 2 or nb <= 2 * padding or nsmarg != nb or nmmarg != nb or ncols != nb:
+        raise ValueError("parzen_mi_dense: the histogram needs padding >= 2 and "
+                         "nbins > 2 * padding, square")
+    if bounds.shape[0] < 1 or bounds[0] != 0 or bounds[bounds.shape[0] - 1] != nslices:
+        raise ValueError("parzen_mi_dense: bounds must run from 0 to the slice count")
+    for b in range(bounds.shape[0] - 1):
+        if bounds[b] > bounds[b + 1]:
+            raise ValueError("parzen_mi_dense: bounds must not decrease")
+    return 0
 
 
 cdef int _fill_params(MIParams* P, const double[::1] to_moving,
                       const double[::1] to_world, const double[::1] w2g,
-                      const double[::1] spacing, int dim, double smin,
-                      double sdelta, double mmin, double mdelta, Py_ssize_t nbins,
+                      const double[::1] spacing, int dim, double mmin,
+                      double mdelta, Py_ssize_t nbins,
                       Py_ssize_t padding, Py_ssize_t nparams, bint want_grad) except -1:
-    cdef int t
+    cdef int t, a, p
     if nparams > MAXP:
         raise ValueError(f"at most {MAXP} transform parameters, got {nparams}")
     for t in range(dim * (dim + 1)):
@@ -353,8 +603,17 @@ cdef int _fill_params(MIParams* P, const double[::1] to_moving,
     for t in range(dim):
         P.spacing[t] = spacing[t]
         P.h[t] = 0.5 * spacing[t]
-    P.smin = smin
-    P.sdelta = sdelta
+    for a in range(3):
+        P.rad[a] = 0
+        for p in range(3):
+            P.off[p][a] = 0
+    if want_grad:
+        # The taps w2g (x +- h[p] e_p) are w2g x +- h[p] w2g[:, p]: offsets
+        # from the sampled point, the same for every voxel.
+        for p in range(dim):
+            for a in range(dim):
+                P.off[p][a] = P.h[p] * w2g[a * (dim + 1) + p]
+                P.rad[a] = max(P.rad[a], fabs(P.off[p][a]))
     P.mmin = mmin
     P.mdelta = mdelta
     P.nbins = nbins
@@ -364,29 +623,73 @@ cdef int _fill_params(MIParams* P, const double[::1] to_moving,
     return 0
 
 
-def parzen_mi_dense(const double[::1] static, tuple static_shape,
+def static_bins(const double[::1] static, const int[::1] smask, double smin,
+                double sdelta, Py_ssize_t nbins, Py_ssize_t padding, short[::1] out,
+                int num_threads):
+    """The Parzen bin of every static voxel, once per level.
+
+    The static image and its histogram settings do not change while the
+    optimiser runs, so :func:`parzen_mi_dense` reads these bins instead of
+    normalising and binning the static value at every evaluation (DIPY's
+    rule: ``clamp(int(x / sdelta - smin), padding, nbins - 1 - padding)``).
+
+    Parameters
+    ----------
+    static : array, shape (N,)
+        The flattened static image.
+    smask : int32 array, shape (N,) or (0,)
+        Static mask (voxels with 0 get bin -1: left out); empty for none.
+    smin, sdelta : float
+        DIPY's histogram settings (``ParzenJointHistogram.setup``).
+    nbins, padding : int
+        Number of bins (at most 32767) and bins of padding at each side.
+    out : int16 array, shape (N,)
+        The bins.
+    num_threads : int
+        Number of OpenMP threads.
+    """
+    cdef Py_ssize_t n = static.shape[0], v
+    cdef const int* sm = &smask[0] if smask.shape[0] > 0 else NULL
+    if out.shape[0] != n or (smask.shape[0] != 0 and smask.shape[0] != n):
+        raise ValueError("static_bins: static, smask and out must have one entry per voxel")
+    if not (0 <= padding and 2 * padding < nbins <= 32767):
+        raise ValueError(f"static_bins: bad nbins {nbins} or padding {padding}")
+    if n == 0:
+        return
+    num_threads = chunk_threads(num_threads, (n + 65535) // 65536)
+    with nogil:
+        for v in prange(n, schedule="static", num_threads=num_threads):
+            if sm != NULL and sm[v] == 0:
+                out[v] = -1
+            else:
+                out[v] = <short>_bin(_normalize(static[v], smin, sdelta), nbins, padding)
+
+
+def parzen_mi_dense(const short[::1] static_bins, tuple static_shape,
                     const floating[::1] moving, tuple moving_shape,
-                    const int[::1] smask, const int[::1] mmask,
-                    const unsigned char[::1] zero_blocks, const double[::1] to_moving, const double[::1] to_world,
+                    const int[::1] mmask, const unsigned char[::1] zero_blocks,
+                    const double[::1] to_moving, const double[::1] to_world,
                     const double[::1] moving_world2grid,
                     const double[::1] moving_spacing, const double[::1] jac,
-                    Py_ssize_t nparams, double smin, double sdelta, double mmin,
-                    double mdelta, Py_ssize_t padding, const Py_ssize_t[::1] bounds,
-                    bint want_grad, double[:, ::1] joint, double[::1] smarginal,
-                    double[::1] mmarginal, double[:, :, ::1] joint_grad,
-                    int num_threads):
+                    Py_ssize_t nparams, double mmin, double mdelta, Py_ssize_t padding,
+                    const Py_ssize_t[::1] bounds, bint want_grad, double[:, ::1] joint,
+                    double[::1] smarginal, double[::1] mmarginal,
+                    double[:, :, ::1] joint_grad, int num_threads):
     """Joint Parzen histogram and its parameter gradient, DIPY-normalised.
 
     Parameters
     ----------
-    static, moving : array, shape (N,)
-        Flattened C-contiguous images (static float64; moving float64, or
-        float32 when its values are float32 numbers: the samples are then
-        bitwise the same and the memory traffic half); their grid shapes
-        (2 or 3 sizes) are ``static_shape`` and ``moving_shape``.
-    smask, mmask : int32 array, shape (N,) or (0,)
-        Static mask on the static grid and moving mask on the moving grid
-        (sampled nearest-neighbour); empty for no mask.
+    static_bins : int16 array, shape (N,)
+        The static image's bins from :func:`static_bins` (with the same
+        ``nbins`` and ``padding``; -1 for voxels outside the static mask),
+        flattened; its grid shape (2 or 3 sizes) is ``static_shape``.
+    moving : array, shape (M,)
+        Flattened C-contiguous moving image (float64, or float32 when its
+        values are float32 numbers: the samples are then bitwise the same and
+        the memory traffic half); its grid shape is ``moving_shape``.
+    mmask : int32 array, shape (M,) or (0,)
+        Moving mask on the moving grid (sampled nearest-neighbour); empty for
+        no mask.
     zero_blocks : uint8 array, shape (prod(moving_shape + 3),) or (0,)
         Entry ``f + 2`` (per axis) is 1 when the moving voxels ``f - 1 ..
         f + 2`` (outside the grid counting as zero) are all zero; a voxel
@@ -403,10 +706,10 @@ def parzen_mi_dense(const double[::1] static, tuple static_shape,
         comment); ignored unless ``want_grad``.
     nparams : int
         Number of transform parameters (at most 12).
-    smin, sdelta, mmin, mdelta : float
-        DIPY's histogram settings (``ParzenJointHistogram.setup``).
+    mmin, mdelta : float
+        DIPY's moving histogram settings (``ParzenJointHistogram.setup``).
     padding : int
-        Bins of padding at each side (2 for the cubic spline).
+        Bins of padding at each side (at least 2, for the cubic spline).
     bounds : array of intp, shape (nblocks + 1,)
         First slice (row in 2D) of each block, then the number of slices;
         chosen from the shape only.
@@ -434,18 +737,25 @@ def parzen_mi_dense(const double[::1] static, tuple static_shape,
         double* pg
         double* pst
         double total = 0, valid = 0, norm
-        const int* sm = &smask[0] if smask.shape[0] > 0 else NULL
         const int* mm = &mmask[0] if mmask.shape[0] > 0 else NULL
         const unsigned char* zb = &zero_blocks[0] if zero_blocks.shape[0] > 0 else NULL
         const double* E = &jac[0] if want_grad else NULL
     _fill_params(&P, to_moving, to_world, moving_world2grid, moving_spacing, dim,
-                 smin, sdelta, mmin, mdelta, nb, padding, nparams, want_grad)
+                 mmin, mdelta, nb, padding, nparams, want_grad)
     if dim == 3:
         ns, nr, nc = static_shape
         mns, mnr, mnc = moving_shape
     else:
         nr, nc = static_shape
         mnr, mnc = moving_shape
+    _check_sizes(static_bins.shape[0], ns * nr * nc, moving.shape[0], mns * mnr * mnc,
+                 mmask.shape[0], zero_blocks.shape[0], (mns + 3) * (mnr + 3) * (mnc + 3)
+                 if dim == 3 else (mnr + 3) * (mnc + 3), bounds, ns if dim == 3 else nr,
+                 nb, padding, smarginal.shape[0], mmarginal.shape[0], joint.shape[1])
+    if want_grad and (joint_grad.shape[0] != nb or joint_grad.shape[1] != nb
+                      or joint_grad.shape[2] != nparams
+                      or jac.shape[0] != dim * nparams * (dim + 1)):
+        raise ValueError("parzen_mi_dense: joint_grad or jac does not match nbins, nparams")
     if not want_grad:
         sg = 0
     pj = <double*>malloc(nblocks * sj * sizeof(double))
@@ -462,17 +772,17 @@ def parzen_mi_dense(const double[::1] static, tuple static_shape,
     with nogil:
         for b in prange(nblocks, schedule="dynamic", num_threads=num_threads):
             if dim == 3:
-                _block_3d(&static[0], ns, nr, nc, &moving[0], mns, mnr, mnc, sm, mm, zb,
+                _block_3d(&static_bins[0], ns, nr, nc, &moving[0], mns, mnr, mnc, mm, zb,
                           bounds[b], bounds[b + 1], &P, E, pj + b * sj, ps + b * nb,
                           pg + b * sg, pst + 2 * b)
             else:
-                _block_2d(&static[0], nr, nc, &moving[0], mnr, mnc, sm, mm, zb,
+                _block_2d(&static_bins[0], nr, nc, &moving[0], mnr, mnc, mm, zb,
                           bounds[b], bounds[b + 1], &P, E, pj + b * sj, ps + b * nb,
                           pg + b * sg, pst + 2 * b)
-        _merge(pj, nblocks, sj, sj, &joint[0, 0], num_threads)
-        _merge(ps, nblocks, nb, nb, &smarginal[0], 1)
+        _merge(pj, nblocks, sj, sj, &joint[0, 0])
+        _merge(ps, nblocks, nb, nb, &smarginal[0])
         if want_grad:
-            _merge(pg, nblocks, sg, sg, &joint_grad[0, 0, 0], num_threads)
+            _merge(pg, nblocks, sg, sg, &joint_grad[0, 0, 0])
         for b in range(nblocks):
             total = total + pst[2 * b]
             valid = valid + pst[2 * b + 1]
