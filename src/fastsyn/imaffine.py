@@ -686,23 +686,15 @@ def affine_registration(moving, static, moving_affine=None, static_affine=None,
     nthreads = resolve_num_threads(num_threads)
     if metric != "MI":
         raise ValueError(f"metric must be 'MI', got {metric!r}")
-    static, static_affine = _load("static", static, static_affine)
-    moving, moving_affine = _load("moving", moving, moving_affine)
-    static = check_image("static", static, numeric=True)
-    moving = check_image("moving", moving, numeric=True)
+    (static, moving, static_affine, moving_affine, static_mask,
+     moving_mask) = _checked_pair(static, moving, static_affine, moving_affine, static_mask,
+                                  moving_mask)
     dim = static.ndim
-    if moving.ndim != dim:
-        raise ValueError(f"moving must have {dim} dimensions like static, "
-                         f"got shape {moving.shape}")
-    static_affine = check_affine("static_affine", static_affine, dim, invertible=True)
-    moving_affine = check_affine("moving_affine", moving_affine, dim, invertible=True)
     starting_was_supplied = starting_affine is not None
     if starting_affine is None:
         starting_affine = np.eye(dim + 1)
     starting_affine = check_affine("starting_affine", starting_affine, dim,
                                    invertible=True)
-    static_mask = _check_mask("static_mask", static_mask, static.shape)
-    moving_mask = _check_mask("moving_mask", moving_mask, moving.shape)
     if pipeline is None:
         pipeline = ["center_of_mass", "translation", "rigid", "affine"]
     if isinstance(pipeline, str) or not hasattr(pipeline, "__iter__"):
@@ -744,6 +736,24 @@ def affine_registration(moving, static, moving_affine=None, static_affine=None,
     if ret_metric:
         return resampled, final_affine, xopt, fopt
     return resampled, final_affine
+
+
+def _checked_pair(static, moving, static_affine, moving_affine, static_mask, moving_mask):
+    """The two images (arrays, nibabel images or paths), their grid-to-world
+    matrices and masks, checked; every problem names its argument."""
+    static, static_affine = _load("static", static, static_affine)
+    moving, moving_affine = _load("moving", moving, moving_affine)
+    static = check_image("static", static, numeric=True)
+    moving = check_image("moving", moving, numeric=True)
+    dim = static.ndim
+    if moving.ndim != dim:
+        raise ValueError(f"moving must have {dim} dimensions like static, "
+                         f"got shape {moving.shape}")
+    static_affine = check_affine("static_affine", static_affine, dim, invertible=True)
+    moving_affine = check_affine("moving_affine", moving_affine, dim, invertible=True)
+    static_mask = _check_mask("static_mask", static_mask, static.shape)
+    moving_mask = _check_mask("moving_mask", moving_mask, moving.shape)
+    return static, moving, static_affine, moving_affine, static_mask, moving_mask
 
 
 def _check_mask(name, mask, shape):
