@@ -263,3 +263,35 @@ def test_map_level_change_and_composition_match_dipy():
     np.testing.assert_allclose(ours.forward, stock.forward, **tol)
     np.testing.assert_allclose(ours.backward, stock.backward, **tol)
     np.testing.assert_array_equal(ours.disp_world2grid, stock.disp_world2grid)
+
+
+# Targets exactly on and just around the grid's edges: the whole-cell fast
+# paths of the composition, the inversion and the linear warp decide "inside"
+# from 0 <= x < n - 1, which must agree with DIPY's corner-by-corner rule
+# (x = n - 1 exactly is outside for a composition, -0.0 and 0 are inside).
+_EDGE_TARGETS = (0.0, -0.0, -1e-9, 1e-9, 5.5, 6.0 - 1e-9, 6.0, 6.0 + 1e-9, 6.5, -0.5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_edge_targets_match_dipy(dtype):
+    shape = (7, 7, 7)               # n - 1 = 6 on every axis
+    d2 = smooth_field(shape, dtype, seed=11, amplitude=2)
+    image = smooth_image(shape, dtype, seed=12)
+    grid = np.indices(shape, dtype=np.float64)
+    for axis in range(3):
+        for target in _EDGE_TARGETS:
+            d1 = np.zeros(shape + (3,), dtype=np.float64)
+            d1[..., axis] = target - grid[axis]      # every voxel lands on `target`
+            d1 = d1.astype(dtype)
+            ours, _ = fields.compose_vector_fields_3d(d1, d2, None, None, 1.0)
+            ref, _ = vfu.compose_vector_fields_3d(d1, d2, None, None, 1.0, None)
+            ref = np.asarray(ref)
+            # Same voxels zeroed (outside), same values elsewhere (test_compose's bound).
+            assert np.array_equal(ours == 0, ref == 0), (axis, target)
+            atol = 4 * EPS[dtype] * max(np.abs(ref).max(), 1)
+            np.testing.assert_allclose(ours, ref, rtol=0, atol=atol)
+            warped = fields.warp_3d(image, d1, None, None, None, np.array(shape, np.int32))
+            ref_w = np.asarray(vfu.warp_3d(image, d1, None, None, None,
+                                           np.array(shape, np.int32)))
+            np.testing.assert_allclose(warped, ref_w, rtol=0,
+                                       atol=16 * EPS[dtype] * np.abs(image).max())

@@ -199,6 +199,73 @@ cdef inline int interp_vector_3d(const floating* f, Py_ssize_t ns, Py_ssize_t nr
     return 1 if inside == 8 else 0
 
 
+cdef inline int interp_vector_3d_cell(const floating* f, Py_ssize_t ns,
+                                      Py_ssize_t nr, Py_ssize_t nc, double dk,
+                                      double di, double dj,
+                                      double* out) noexcept nogil:
+    """interp_vector_3d for callers that discard the zero-padded partial sum
+    (compositions, inversions): 1 and the same bits where the whole cell is
+    inside the grid, else 0 with ``out`` untouched.
+
+    The cell is inside exactly when 0 <= coordinate < n - 1 on every axis
+    (NaN fails the test), so no corner test and no floor is needed, and the
+    helper is small enough to be inlined into the callers' loops.
+    """
+    cdef:
+        Py_ssize_t k, i, j, base, sr = nc * 3, ss = nr * nc * 3
+        double ck, ci, cj, ak, ai, aj, w, o0, o1, o2
+    if not (0 <= dk < ns - 1 and 0 <= di < nr - 1 and 0 <= dj < nc - 1):
+        return 0
+    k = <Py_ssize_t>dk
+    i = <Py_ssize_t>di
+    j = <Py_ssize_t>dj
+    ck = dk - k
+    ci = di - i
+    cj = dj - j
+    ak = 1 - ck
+    ai = 1 - ci
+    aj = 1 - cj
+    base = k * ss + i * sr + j * 3
+    # The products and sums of interp_vector_3d's whole-cell branch, in order.
+    w = ak * ai * aj
+    o0 = w * f[base]
+    o1 = w * f[base + 1]
+    o2 = w * f[base + 2]
+    w = ak * ai * cj
+    o0 += w * f[base + 3]
+    o1 += w * f[base + 4]
+    o2 += w * f[base + 5]
+    w = ak * ci * aj
+    o0 += w * f[base + sr]
+    o1 += w * f[base + sr + 1]
+    o2 += w * f[base + sr + 2]
+    w = ak * ci * cj
+    o0 += w * f[base + sr + 3]
+    o1 += w * f[base + sr + 4]
+    o2 += w * f[base + sr + 5]
+    base = base + ss
+    w = ck * ai * aj
+    o0 += w * f[base]
+    o1 += w * f[base + 1]
+    o2 += w * f[base + 2]
+    w = ck * ai * cj
+    o0 += w * f[base + 3]
+    o1 += w * f[base + 4]
+    o2 += w * f[base + 5]
+    w = ck * ci * aj
+    o0 += w * f[base + sr]
+    o1 += w * f[base + sr + 1]
+    o2 += w * f[base + sr + 2]
+    w = ck * ci * cj
+    o0 += w * f[base + sr + 3]
+    o1 += w * f[base + sr + 4]
+    o2 += w * f[base + sr + 5]
+    out[0] = o0
+    out[1] = o1
+    out[2] = o2
+    return 1
+
+
 cdef inline int interp_vector_2d(const floating* f, Py_ssize_t nr, Py_ssize_t nc,
                                  double di, double dj, double* out) noexcept nogil:
     """Bilinear sample of a (nr, nc, 2) C-contiguous field."""
@@ -304,6 +371,35 @@ cdef inline int interp_scalar_3d(const floating* f, Py_ssize_t ns, Py_ssize_t nr
         inside += 1
     out[0] = acc
     return 1 if inside == 8 else 0
+
+
+cdef inline int interp_scalar_3d_fast(const floating* f, Py_ssize_t ns,
+                                      Py_ssize_t nr, Py_ssize_t nc, double dk,
+                                      double di, double dj,
+                                      double* out) noexcept nogil:
+    """interp_scalar_3d with its whole-cell branch small enough to inline
+    (0 <= coordinate < n - 1 on every axis, same products in the same order,
+    so the same bits); other points go through interp_scalar_3d."""
+    cdef:
+        Py_ssize_t k, i, j, base, sr = nc, ss = nr * nc
+        double ck, ci, cj, ak, ai, aj
+    if not (0 <= dk < ns - 1 and 0 <= di < nr - 1 and 0 <= dj < nc - 1):
+        return interp_scalar_3d(f, ns, nr, nc, dk, di, dj, out)
+    k = <Py_ssize_t>dk
+    i = <Py_ssize_t>di
+    j = <Py_ssize_t>dj
+    ck = dk - k
+    ci = di - i
+    cj = dj - j
+    ak = 1 - ck
+    ai = 1 - ci
+    aj = 1 - cj
+    base = k * ss + i * sr + j
+    out[0] = (ak * (ai * (aj * f[base] + cj * f[base + 1])
+                    + ci * (aj * f[base + sr] + cj * f[base + sr + 1]))
+              + ck * (ai * (aj * f[base + ss] + cj * f[base + ss + 1])
+                      + ci * (aj * f[base + ss + sr] + cj * f[base + ss + sr + 1])))
+    return 1
 
 
 cdef inline int interp_scalar_2d(const floating* f, Py_ssize_t nr, Py_ssize_t nc,

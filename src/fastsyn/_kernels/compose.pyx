@@ -12,7 +12,7 @@ from fastsyn._kernels._interp cimport (chunk_threads, Affine2, Affine3, affine2_
                                        affine2_point, affine2_vector,
                                        affine3_from, affine3_point,
                                        affine3_vector, interp_vector_2d,
-                                       interp_vector_3d)
+                                       interp_vector_3d, interp_vector_3d_cell)
 
 
 cdef void _compose_slice_3d(const floating* d1, const floating* d2,
@@ -35,8 +35,10 @@ cdef void _compose_slice_3d(const floating* d1, const floating* d2,
             d2v = d1[v + 2]
             affine3_vector(disp_aff, d0, d1v, d2v, dv)
             affine3_point(index_aff, <double>k, <double>i, <double>j, x)
-            if interp_vector_3d(d2, ns2, nr2, nc2, x[0] + dv[0], x[1] + dv[1],
-                                x[2] + dv[2], val):
+            # The composition is zero wherever the cell leaves the grid, so
+            # the whole-cell helper (inlined, no corner tests) is enough.
+            if interp_vector_3d_cell(d2, ns2, nr2, nc2, x[0] + dv[0], x[1] + dv[1],
+                                     x[2] + dv[2], val):
                 comp[v] = <floating>(t * val[0] + d0)
                 comp[v + 1] = <floating>(t * val[1] + d1v)
                 comp[v + 2] = <floating>(t * val[2] + d2v)

@@ -14,7 +14,8 @@ from fastsyn._kernels._interp cimport (chunk_threads, Affine2, Affine3, affine2_
                                        affine2_point, affine2_vector,
                                        affine3_from, affine3_point,
                                        affine3_vector, interp_scalar_2d,
-                                       interp_scalar_3d, interp_vector_2d,
+                                       interp_scalar_3d, interp_scalar_3d_fast,
+                                       interp_vector_2d,
                                        interp_vector_3d, nearest_index, number)
 
 
@@ -61,7 +62,7 @@ cdef void _warp_slice_3d(const image_real* vol, Py_ssize_t vns, Py_ssize_t vnr,
     for i in range(onr):
         for j in range(onc):
             _target_3d(d, dns, dnr, dnc, k, i, j, idx_in, idx_out, disp, y)
-            interp_scalar_3d(vol, vns, vnr, vnc, y[0], y[1], y[2], &val)
+            interp_scalar_3d_fast(vol, vns, vnr, vnc, y[0], y[1], y[2], &val)
             out[(k * onr + i) * onc + j] = <image_real>val
 
 
