@@ -32,6 +32,7 @@ def _replacements():
             "_connect_functions": fs_imwarp._connect_functions,
             "_init_optimizer": fs_imwarp._init_optimizer,
             "_iterate": fs_imwarp._iterate,
+            "_optimize": fs_imwarp._optimize,
         },
         dipy_imwarp.DiffeomorphicMap: {
             "_get_warping_function": fs_imwarp._get_warping_function,
