@@ -16,7 +16,7 @@ from libc.math cimport sqrt
 from fastsyn._kernels._interp cimport (chunk_threads, Affine2, Affine3, affine2_from,
                                        affine2_vector, affine3_from,
                                        affine3_vector, interp_vector_2d,
-                                       interp_vector_3d_cell)
+                                       interp_vector_3d)
 
 
 cdef inline double _step_factor(double mag, double maxlen,
@@ -32,20 +32,18 @@ cdef inline void _compose_voxel_3d(floating* p, floating* q, const floating* d,
                                    Py_ssize_t nc, const Affine3* w2g,
                                    int diagonal) noexcept nogil:
     cdef:
-        double p0 = p[v], p1 = p[v + 1], p2 = p[v + 2]
         double dv[3]
         double val[3]
     if diagonal:
-        dv[0] = w2g.m[0] * p0
-        dv[1] = w2g.m[5] * p1
-        dv[2] = w2g.m[10] * p2
+        dv[0] = w2g.m[0] * p[v]
+        dv[1] = w2g.m[5] * p[v + 1]
+        dv[2] = w2g.m[10] * p[v + 2]
     else:
-        affine3_vector(w2g, p0, p1, p2, dv)
-    # DIPY's composition is zero wherever its trilinear cell leaves the grid.
-    if interp_vector_3d_cell(d, ns, nr, nc, k + dv[0], i + dv[1], j + dv[2], val):
-        q[v] = <floating>(val[0] + p0)
-        q[v + 1] = <floating>(val[1] + p1)
-        q[v + 2] = <floating>(val[2] + p2)
+        affine3_vector(w2g, p[v], p[v + 1], p[v + 2], dv)
+    if interp_vector_3d(d, ns, nr, nc, k + dv[0], i + dv[1], j + dv[2], val):
+        q[v] = <floating>(val[0] + p[v])
+        q[v + 1] = <floating>(val[1] + p[v + 1])
+        q[v + 2] = <floating>(val[2] + p[v + 2])
     else:
         q[v] = 0
         q[v + 1] = 0
@@ -60,29 +58,11 @@ cdef inline double _norm(const floating* q, Py_ssize_t v, double inv_s0,
 
 cdef inline void _update_voxel_3d(floating* p, const floating* q, Py_ssize_t v,
                                   double inv_s0, double inv_s1, double inv_s2,
-                                  double maxlen, double maxlen_sq_lo,
-                                  double epsilon) noexcept nogil:
-    # The step is clipped only where |q| > maxlen, which most voxels are not:
-    # |q|^2 <= maxlen_sq_lo (a hair below maxlen^2) proves sqrt(|q|^2) <=
-    # maxlen without the square root; the rest take the exact test, so the
-    # factor is the one _step_factor gives.
-    cdef:
-        double a = q[v] * inv_s0, b = q[v + 1] * inv_s1, c = q[v + 2] * inv_s2
-        double sq = a * a + b * b + c * c, f = epsilon
-    if sq > maxlen_sq_lo:
-        f = _step_factor(sqrt(sq), maxlen, epsilon)
+                                  double maxlen, double epsilon) noexcept nogil:
+    cdef double f = _step_factor(_norm(q, v, inv_s0, inv_s1, inv_s2), maxlen, epsilon)
     p[v] = <floating>(p[v] - f * q[v])
     p[v + 1] = <floating>(p[v + 1] - f * q[v + 1])
     p[v + 2] = <floating>(p[v + 2] - f * q[v + 2])
-
-
-cdef inline double _sq_threshold(double maxlen) noexcept nogil:
-    """A bound below maxlen^2 with a margin far above rounding (-1 when
-    maxlen^2 is not finite, so that every voxel takes the exact test)."""
-    cdef double t = maxlen * maxlen * (1 - 1e-9)
-    if not (t < 1.7e308):
-        return -1
-    return t
 
 
 cdef void _sweep_slice_3d(floating* p, floating* q, const floating* d,
@@ -93,21 +73,27 @@ cdef void _sweep_slice_3d(floating* p, floating* q, const floating* d,
                           double* slice_sum, double* slice_max) noexcept nogil:
     cdef:
         Py_ssize_t i, j, v, base = k * nr * nc * 3
-        double mag, total = 0, mx = 0, maxlen_sq_lo = _sq_threshold(maxlen)
+        double mag, total = 0, mx = 0
         # An axis-aligned grid (the usual case) needs 3 products, not 9.
         int diagonal = (not w2g.none and w2g.m[1] == 0 and w2g.m[2] == 0
                         and w2g.m[4] == 0 and w2g.m[6] == 0 and w2g.m[8] == 0
                         and w2g.m[9] == 0)
-    # A sweep composes (after updating, but for the first) or only updates
-    # (the last).  One composing loop, so that the composition is inlined
-    # at a single site; the do_update test is loop-invariant.
-    if do_compose:
+    # The three sweep kinds get their own loops so that no test is left in
+    # the inner loop.
+    if do_update and do_compose:
         for i in range(nr):
             for j in range(nc):
                 v = base + (i * nc + j) * 3
-                if do_update:
-                    _update_voxel_3d(p, q, v, inv_s0, inv_s1, inv_s2, maxlen,
-                                     maxlen_sq_lo, epsilon)
+                _update_voxel_3d(p, q, v, inv_s0, inv_s1, inv_s2, maxlen, epsilon)
+                _compose_voxel_3d(p, q, d, v, k, i, j, ns, nr, nc, w2g, diagonal)
+                mag = _norm(q, v, inv_s0, inv_s1, inv_s2)
+                total += mag
+                if mx < mag:
+                    mx = mag
+    elif do_compose:
+        for i in range(nr):
+            for j in range(nc):
+                v = base + (i * nc + j) * 3
                 _compose_voxel_3d(p, q, d, v, k, i, j, ns, nr, nc, w2g, diagonal)
                 mag = _norm(q, v, inv_s0, inv_s1, inv_s2)
                 total += mag
@@ -117,8 +103,7 @@ cdef void _sweep_slice_3d(floating* p, floating* q, const floating* d,
         for i in range(nr):
             for j in range(nc):
                 v = base + (i * nc + j) * 3
-                _update_voxel_3d(p, q, v, inv_s0, inv_s1, inv_s2, maxlen, maxlen_sq_lo,
-                                 epsilon)
+                _update_voxel_3d(p, q, v, inv_s0, inv_s1, inv_s2, maxlen, epsilon)
     slice_sum[k] = total
     slice_max[k] = mx
 
