@@ -16,7 +16,9 @@ Methods
     configuration records ``metric_impl="fastsyn.MIMetric"``). Serial.
 ``fastsyn``
     ``fastsyn.SymmetricDiffeomorphicRegistration`` with ``fastsyn.CCMetric`` or
-    ``fastsyn.MIMetric`` and the requested thread count.
+    ``fastsyn.MIMetric`` and the requested thread count.  MI takes the
+    ``nbins``, ``sigma_diff``, ``clip`` and ``sampling`` options (the
+    metric's own defaults, see :class:`fastsyn.MIMetric`).
 ``fastsyn-ants``
     fastsyn in its ANTs-faithful mode (:func:`fastsyn.ants_like`: ANTs'
     pyramid, ITK's update smoothing, ANTs' convergence test) with the
@@ -400,7 +402,8 @@ class FastsynMethod(Method):
     name = "fastsyn"
     label = "fastsyn"
     package = "fastsyn"
-    defaults = dict(DipyMethod.defaults)
+    # clip and sampling are MIMetric's (its defaults); MI also takes sigma_diff
+    defaults = {**DipyMethod.defaults, "clip": (0.5, 99.5), "sampling": None}
     mask_metrics = ("mi",)
 
     def available(self, metric=None):
@@ -429,8 +432,10 @@ class FastsynMethod(Method):
             m = fastsyn.CCMetric(3, sigma_diff=o["sigma_diff"], radius=o["radius"],
                                  num_threads=threads)
         else:
-            m = fastsyn.MIMetric(3, nbins=o["nbins"], num_threads=threads,
-                                 static_mask=fixed_mask, moving_mask=moving_mask)
+            m = fastsyn.MIMetric(3, nbins=o["nbins"], sigma_diff=o["sigma_diff"],
+                                 clip=tuple(o["clip"]), sampling=o["sampling"],
+                                 num_threads=threads, static_mask=fixed_mask,
+                                 moving_mask=moving_mask)
         reg = fastsyn.SymmetricDiffeomorphicRegistration(
             m, level_iters=list(levels), step_length=o["step_length"],
             ss_sigma_factor=o["ss_sigma_factor"], opt_tol=o["opt_tol"],
