@@ -129,6 +129,7 @@ def test_summarize_gains_over_ants_per_direction(tmp_path):
                "status": "error", "error": "boom"})
     n16 = {r["name"]: r for r in study.summarize(plan, store)}["nbins=16"]
     assert n16["n"] == 2 and n16["errors"] == 1 and n16["directions"]["t2←t1"] is None
+    assert n16["vs_default"] == pytest.approx(0.03)  # paired: pairs a and b only
 
 
 def test_combine_winners_takes_the_best_level_of_each_factor():

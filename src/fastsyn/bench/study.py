@@ -350,9 +350,9 @@ def _merge_plan(path, plan):
     if (old.get("version") != _PLAN_VERSION or old.get("pairs") != plan["pairs"]
             or old.get("threads") != plan["threads"]):
         return plan
-    names = {s["name"] for s in plan["settings"]}
-    kept = [s for s in old.get("settings", []) if s["name"] not in names]
-    return dict(plan, settings=kept + plan["settings"],
+    new = {s["name"]: s for s in plan["settings"]}
+    old_settings = [new.pop(s["name"], s) for s in old.get("settings", [])]
+    return dict(plan, settings=old_settings + list(new.values()),
                 unavailable={**old.get("unavailable", {}), **plan["unavailable"]})
 
 
@@ -572,8 +572,8 @@ def summarize(plan, store):
         / ``seconds`` (``{"mean", "std", "n"}`` or None), ``directions``
         (direction -> mean Dice), ``vs_ants`` (direction -> mean paired gain
         over ANTs with the same masks, else unmasked ANTs), ``min_vs_ants``
-        (its smallest value) and ``vs_default`` (mean Dice minus the
-        default's).
+        (its smallest value) and ``vs_default`` (mean paired Dice gain over
+        the default).
     """
     from .store import ResultStore
 
@@ -596,7 +596,7 @@ def summarize(plan, store):
 
     rows = [_row("Baseline", "baseline", "baseline", "none",
                  *collect(plan["baseline_keys"]), directions, pair_dir)]
-    for s in plan["settings"]:
+    for s in sorted(plan["settings"], key=_rank):
         rows.append(_row(s["name"], s["factor"], s["method"], s["masks"],
                          *collect(s["keys"]), directions, pair_dir))
     ants = {r["masks"]: r for r in rows if r["method"] == "ants"}
@@ -608,11 +608,25 @@ def summarize(plan, store):
         r["vs_ants"] = gains
         vals = [g for g in gains.values() if g is not None]
         r["min_vs_ants"] = min(vals) if vals else None
-        r["vs_default"] = (r["dice"]["mean"] - default["dice"]["mean"]
-                           if default and r["dice"] and default["dice"] else None)
+        # paired, like the gains over ANTs: a partial row is not compared
+        # with the default's other pairs
+        diffs = [] if default is None else [
+            v - default["_dice"][p] for p, v in r["_dice"].items()
+            if v is not None and default["_dice"].get(p) is not None]
+        r["vs_default"] = float(np.mean(diffs)) if diffs else None
     for r in rows:
         r.pop("_dice")
     return rows
+
+
+def _rank(setting):
+    """Table order: anchors, the default, the sweep (in :data:`FACTORS`
+    order), the ANTs mode, the combinations; plan order within each."""
+    factor = setting["factor"]
+    if factor in FACTORS:
+        return 2 + list(FACTORS).index(factor)
+    return {"anchor": 0, "default": 1, "mode": 2 + len(FACTORS)}.get(factor,
+                                                                    3 + len(FACTORS))
 
 
 def combine_winners(rows, margin=WIN_MARGIN):
