@@ -48,6 +48,9 @@ def test_parse_setting_canonical_names_and_errors():
     assert s.options == {"nbins": 16, "clip": [1.0, 99.0]}
     assert study.parse_setting("nbins=32").name == "default"  # the default's own value
     assert study.parse_setting("ants-mode").method == "fastsyn-ants"
+    # MI's smoothing is its own harness option (CC keeps DIPY's sigma_diff)
+    assert study.parse_setting("sigma_diff=1").options == {"mi_sigma_diff": 1.0}
+    assert study.current_defaults()["sigma_diff"] == FastsynMethod.defaults["mi_sigma_diff"]
     assert study.parse_setting("sampling=none").name == "default"
     for bad in ("nbins", "bins=16", "nbins=x", "clip=50:10", "masks=skull", "nbins=16+nbins=24"):
         with pytest.raises(ValueError):

@@ -68,6 +68,8 @@ _QUICK_LEVELS = {"nbins": (16,), "masks": ("brain",)}
 _COMBINABLE = ("nbins", "clip", "sigma_diff", "step_length", "sampling")
 NOT_STUDIED = ("Parzen window on the static side (cubic vs box as in Mattes/ITK): "
                "needs a change of the MI kernel (fastsyn/_kernels/mi.pyx)")
+#: Harness option of a factor where the names differ (CC has its own sigma_diff).
+_OPTION = {"sigma_diff": "mi_sigma_diff"}
 #: Smallest mean-Dice gain over the default that makes a level a winner.
 WIN_MARGIN = 0.001
 _PLAN_VERSION = 1
@@ -117,7 +119,7 @@ def current_defaults():
     d = FastsynMethod.defaults
     return {"nbins": int(d["nbins"]), "masks": "none",
             "clip": tuple(float(v) for v in d["clip"]),
-            "sigma_diff": float(d["sigma_diff"]), "step_length": float(d["step_length"]),
+            "sigma_diff": float(d["mi_sigma_diff"]), "step_length": float(d["step_length"]),
             "sampling": None if d["sampling"] is None else float(d["sampling"])}
 
 
@@ -159,7 +161,8 @@ def _fastsyn_setting(changes, factor):
         return Setting("default", "default", "fastsyn")
     order = [k for k in FACTORS if k in changes]
     name = "+".join(f"{k}={_text(k, changes[k])}" for k in order)
-    options = {k: (list(v) if k == "clip" else v) for k, v in changes.items() if k != "masks"}
+    options = {_OPTION.get(k, k): (list(v) if k == "clip" else v)
+               for k, v in changes.items() if k != "masks"}
     return Setting(name, factor if len(changes) == 1 else "combination", "fastsyn",
                    options, changes.get("masks", "none"))
 
