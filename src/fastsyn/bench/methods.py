@@ -16,7 +16,10 @@ Methods
     configuration records ``metric_impl="fastsyn.MIMetric"``). Serial.
 ``fastsyn``
     ``fastsyn.SymmetricDiffeomorphicRegistration`` with ``fastsyn.CCMetric`` or
-    ``fastsyn.MIMetric`` and the requested thread count.
+    ``fastsyn.MIMetric`` and the requested thread count.  MI takes the
+    ``nbins``, ``mi_sigma_diff``, ``clip`` and ``sampling`` options (the
+    metric's own defaults, see :class:`fastsyn.MIMetric`); ``sigma_diff``
+    is CC's.
 ``fastsyn-ants``
     fastsyn in its ANTs-faithful mode (:func:`fastsyn.ants_like`: ANTs'
     pyramid, ITK's update smoothing, ANTs' convergence test) with the
@@ -352,9 +355,10 @@ class DipyMethod(Method):
     label = "DIPY"
     package = "dipy"
     mask_metrics = ("mi",)
-    defaults = {"radius": 4, "sigma_diff": 2.0, "nbins": 32, "step_length": 0.25,
-                "ss_sigma_factor": 0.2, "opt_tol": 1e-5, "inv_iter": 20,
-                "inv_tol": 1e-3}
+    # sigma_diff smooths CC's updates (DIPY's 2), mi_sigma_diff MI's (MIMetric's 3)
+    defaults = {"radius": 4, "sigma_diff": 2.0, "nbins": 32, "mi_sigma_diff": 3.0,
+                "step_length": 0.25, "ss_sigma_factor": 0.2, "opt_tol": 1e-5,
+                "inv_iter": 20, "inv_tol": 1e-3}
 
     def effective_threads(self, threads):
         return 1
@@ -385,8 +389,8 @@ class DipyMethod(Method):
             m = CCMetric(3, sigma_diff=o["sigma_diff"], radius=o["radius"])
         else:
             from fastsyn import MIMetric
-            m = MIMetric(3, nbins=o["nbins"], num_threads=1, static_mask=fixed_mask,
-                         moving_mask=moving_mask)
+            m = MIMetric(3, nbins=o["nbins"], sigma_diff=o["mi_sigma_diff"], num_threads=1,
+                         static_mask=fixed_mask, moving_mask=moving_mask)
         reg = SymmetricDiffeomorphicRegistration(
             m, level_iters=list(levels), step_length=o["step_length"],
             ss_sigma_factor=o["ss_sigma_factor"], opt_tol=o["opt_tol"],
@@ -400,7 +404,8 @@ class FastsynMethod(Method):
     name = "fastsyn"
     label = "fastsyn"
     package = "fastsyn"
-    defaults = dict(DipyMethod.defaults)
+    # clip and sampling are MIMetric's (its defaults); MI also takes sigma_diff
+    defaults = {**DipyMethod.defaults, "clip": (0.5, 99.5), "sampling": None}
     mask_metrics = ("mi",)
 
     def available(self, metric=None):
@@ -429,8 +434,10 @@ class FastsynMethod(Method):
             m = fastsyn.CCMetric(3, sigma_diff=o["sigma_diff"], radius=o["radius"],
                                  num_threads=threads)
         else:
-            m = fastsyn.MIMetric(3, nbins=o["nbins"], num_threads=threads,
-                                 static_mask=fixed_mask, moving_mask=moving_mask)
+            m = fastsyn.MIMetric(3, nbins=o["nbins"], sigma_diff=o["mi_sigma_diff"],
+                                 clip=tuple(o["clip"]), sampling=o["sampling"],
+                                 num_threads=threads, static_mask=fixed_mask,
+                                 moving_mask=moving_mask)
         reg = fastsyn.SymmetricDiffeomorphicRegistration(
             m, level_iters=list(levels), step_length=o["step_length"],
             ss_sigma_factor=o["ss_sigma_factor"], opt_tol=o["opt_tol"],

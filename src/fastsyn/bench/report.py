@@ -17,6 +17,9 @@
 * the agreement with ANTs of ``fastsyn bench agreement``: the RMS distance
   (mm) of fastsyn's displacement fields, in DIPY's and in ANTs' configuration,
   to ANTs' inside the brain, with label Dice and time;
+* the MI study of ``fastsyn bench study`` (``study-*.json`` plans in the
+  results folder): a table of the fastsyn MI settings against ANTs Mattes and
+  greedy NMI and a plot of Dice per setting with the anchors as lines;
 * the stage profile of ``fastsyn profile`` (table, stacked bars, busiest lines);
 * the newest pytest-benchmark run under ``.benchmarks/`` compared with the one
   before it;
@@ -457,6 +460,34 @@ def _plot_stage_profile(profile, plt):
     return _svg(fig, plt)
 
 
+_ANCHOR_STYLE = {"ANTs Mattes": ("#e15759", "--"), "greedy NMI": ("#59a14f", "-."),
+                 "Baseline": ("#7f7f7f", ":")}
+
+
+def _plot_study(rows, plt):
+    """Mean Dice (± std) of every fastsyn setting, its direction means as dots,
+    and the unmasked anchors and the baseline as horizontal lines."""
+    runs = [r for r in rows if r["factor"] not in ("anchor", "baseline") and r["dice"]]
+    fig, ax = plt.subplots(figsize=(max(6.2, 0.42 * len(runs) + 2.6), 4.2))
+    x = np.arange(len(runs))
+    for i, r in enumerate(runs):
+        vals = [v for v in r["directions"].values() if v is not None]
+        ax.scatter([i] * len(vals), vals, s=9, color="#9fb7d4", zorder=2,
+                   label="direction mean" if i == 0 else None)
+    ax.errorbar(x, [r["dice"]["mean"] for r in runs], yerr=[r["dice"]["std"] for r in runs],
+                fmt="o", color="#4e79a7", capsize=3, zorder=3, label="fastsyn (mean ± std)")
+    for r in rows:
+        style = _ANCHOR_STYLE.get(r["name"])
+        if style and r["dice"] and r["masks"] == "none":
+            ax.axhline(r["dice"]["mean"], color=style[0], linestyle=style[1], linewidth=1.4,
+                       label=f"{r['name']} {r['dice']['mean']:.3f}")
+    ax.set_xticks(x, [r["name"] for r in runs], rotation=40, ha="right", fontsize=8)
+    ax.set_ylabel("label Dice (mean over labels)")
+    ax.set_title("MI study: Dice per setting", loc="left", fontweight="bold")
+    ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return _svg(fig, plt)
+
+
 # ---------------------------------------------------------- text formatting
 # Jinja2 filters: each turns a number (or None) into the text of one cell.
 def _fmt(value, digits=3, unit=""):
@@ -502,6 +533,10 @@ def _signed_percent(value):
     return f"{value:+.1%}"
 
 
+def _signed(value, digits=3):
+    return "–" if value is None else f"{float(value):+.{digits}f}"
+
+
 def _blank_none(value):
     # Missing values print as empty cells, not as the text "None".
     return "" if value is None else value
@@ -536,7 +571,8 @@ def _templates():
                              trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True)
     env.filters.update(number=_fmt, diff=_diff, seconds=_seconds, times=_times,
-                       mean_std=_mean_std, signed_percent=_signed_percent)
+                       mean_std=_mean_std, signed_percent=_signed_percent,
+                       signed=_signed)
     return env
 
 
@@ -694,6 +730,27 @@ def _scaling_context(scaling):
             "skipped": scaling.get("skipped") or [], "rows": rows}
 
 
+def _study_context(results_dir, plt):
+    """Each MI study of the results folder: its plan, rows and plot."""
+    if not results_dir:
+        return []
+    from fastsyn.bench.study import read_plans, summarize
+
+    out = []
+    for plan in read_plans(results_dir):
+        rows = summarize(plan, results_dir)
+        directions = list(rows[0]["directions"]) if rows else []
+        out.append({"data": plan["data"], "levels": plan["levels"],
+                    "threads": plan["threads"], "n_pairs": len(plan["pairs"]),
+                    "seed": plan["seed"], "directions": directions, "rows": rows,
+                    "defaults": plan.get("defaults") or {},
+                    "not_studied": plan.get("not_studied") or [],
+                    "unavailable": plan.get("unavailable") or {},
+                    "plot": _plot_study(rows, plt) if plt is not None and any(
+                        r["dice"] for r in rows) else None})
+    return out
+
+
 def _profile_context(profile, plt):
     """The stage profile as plain values, with its plot."""
     if not profile or not profile.get("runs"):
@@ -800,6 +857,7 @@ def _render_page(results_dir, out_dir, speed_json=None, profile_json=None,
         profile=_profile_context(profile, plt),
         agreement_ants=_agreement_context(agreement),
         roofline=roofline, scaling=_scaling_context(scaling),
+        studies=_study_context(results_dir, plt),
         bench=_pytest_context(latest_pytest_benchmarks(benchmark_json_dir)),
         asv=(out_dir / "asv" / "index.html").is_file(),
         have_plots=plt is not None)

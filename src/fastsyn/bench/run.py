@@ -380,8 +380,12 @@ def _prealign_options(options, prealign="fastsyn"):
     return pre_opts
 
 
-def plan_pairs(dataset, modalities, *, sample, seed, cache_dir, resolution):
+def plan_pairs(dataset, modalities, *, sample, seed, cache_dir, resolution, pairs=None):
     """Load the dataset (a name or folder) and choose its pairs.
+
+    ``pairs`` (a list of :class:`~fastsyn.bench.pairs.Pair`) replaces the
+    choice of :func:`~fastsyn.bench.pairs.make_pairs`; each must name
+    subjects and modalities of the dataset.
 
     Returns
     -------
@@ -393,10 +397,32 @@ def plan_pairs(dataset, modalities, *, sample, seed, cache_dir, resolution):
     if isinstance(dataset, (str, Path)):
         from .datasets import load_dataset
         dataset = load_dataset(str(dataset), cache_dir=cache_dir, resolution=resolution)
+    if pairs is not None:
+        return dataset, _check_given_pairs(dataset, pairs)
     pairs = make_pairs(dataset, modalities, sample=sample, seed=seed)
     if not pairs:
         raise ValueError(f"dataset {dataset.name!r} gives no pairs")
     return dataset, pairs
+
+
+def _check_given_pairs(dataset, pairs):
+    """Explicit pairs, each checked against the dataset's subjects and modalities."""
+    from .pairs import Pair
+
+    names = {s.name for s in dataset.subjects}
+    pairs = list(pairs)
+    if not pairs:
+        raise ValueError("pairs must name at least one pair")
+    for p in pairs:
+        if not isinstance(p, Pair):
+            raise TypeError(f"pairs must be Pair objects, got {type(p).__name__}")
+        if p.fixed not in names or p.moving not in names:
+            raise ValueError(f"pair {p.id} names a subject that dataset "
+                             f"{dataset.name!r} does not have")
+        if {p.fixed_modality, p.moving_modality} - set(dataset.modalities):
+            raise ValueError(f"pair {p.id} names a modality that dataset "
+                             f"{dataset.name!r} does not have")
+    return pairs
 
 
 def dataset_tag(dataset):
@@ -526,7 +552,7 @@ def _dispatch(todo, *, dask, workers, threads, store, collector, bar, warn):
 def run_benchmark(dataset, methods, metric, *, modalities=None, sample=None, seed=0,
                   threads=1, levels=(20, 20, 10), results_dir, workers=None, dask=None,
                   progress=True, resolution=2.0, cache_dir=None, prealign_options=None,
-                  prealign="fastsyn", masks="none"):
+                  prealign="fastsyn", masks="none", pairs=None):
     """Run a cohort benchmark and store its records.
 
     Parameters
@@ -578,6 +604,10 @@ def run_benchmark(dataset, methods, metric, *, modalities=None, sample=None, see
         in each method's configuration, so in its record key.  ``"none"``
         (the default) leaves every metric on the whole grid, as the methods
         run out of the box.
+    pairs : list of Pair, optional
+        Run these pairs instead of the ones ``modalities``, ``sample`` and
+        ``seed`` choose (the MI study balances its cross-modality directions
+        this way, see :func:`fastsyn.bench.study.study_pairs`).
 
     Returns
     -------
@@ -593,7 +623,8 @@ def run_benchmark(dataset, methods, metric, *, modalities=None, sample=None, see
     store = ResultStore(results_dir)
     results_dir = store.root.resolve()
     dataset, pairs = plan_pairs(dataset, modalities, sample=sample, seed=seed,
-                                cache_dir=cache_dir, resolution=resolution)
+                                cache_dir=cache_dir, resolution=resolution,
+                                pairs=pairs)
     data_tag = dataset_tag(dataset)
     specs, unavailable = method_specs(methods, metric, levels, threads, data_tag, pre_opts,
                                       warn, masks)

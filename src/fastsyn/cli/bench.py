@@ -1,4 +1,4 @@
-"""``fastsyn bench run|table|speed|agreement``: accuracy and speed benchmarks."""
+"""``fastsyn bench run|table|speed|agreement|study``: accuracy and speed benchmarks."""
 
 import json
 import sys
@@ -29,6 +29,7 @@ def add_parser(sub):
     _add_roofline(bsub)
     _add_scaling(bsub)
     _add_agreement(bsub)
+    _add_study(bsub)
     return p
 
 
@@ -335,3 +336,77 @@ def run_agreement(args):
     for r in failed:
         print(f"{r['pair']} {r['metric']}: {r['error']}", file=sys.stderr)
     return 1 if failed else 0
+
+
+# ----------------------------------------------------------------- bench study
+def _add_study(bsub):
+    p = bsub.add_parser("study", help="MI accuracy study: fastsyn MI settings against "
+                                      "ANTs Mattes and greedy NMI (resumable)")
+    p.add_argument("--dataset", default="embedded-multi", metavar="NAME_OR_DIR",
+                   help="a multimodal cohort (default embedded-multi)")
+    p.add_argument("--resolution", type=positive_float, default=2.0, metavar="MM",
+                   help="voxel size of the embedded cohorts (default 2)")
+    p.add_argument("--sample", type=positive_int, default=12, metavar="N",
+                   help="pairs, balanced over the cross-modality directions (default 12)")
+    p.add_argument("--seed", type=int, default=0, metavar="S")
+    p.add_argument("--levels", type=level_list, default=(20, 20, 10), metavar="L1,L2,...",
+                   help="iterations per level, coarsest first (default 20,20,10)")
+    p.add_argument("--grid", default="default", choices=("default", "quick", "none"),
+                   help="default: one factor at a time (bins, masks, clipping, sigma_diff, "
+                        "step length, sampling) and the ANTs mode, then the combination "
+                        "of the winners; quick: 16 bins and brain masks; none: the "
+                        "default only (with --setting)")
+    p.add_argument("--setting", action="append", default=[], metavar="SPEC",
+                   help="one more setting, e.g. nbins=16+clip=1:99 or ants-mode "
+                        "(repeatable)")
+    p.add_argument("--no-combine", action="store_true",
+                   help="do not run the combinations of the winners")
+    p.add_argument("--no-anchors", action="store_true",
+                   help="do not run ANTs Mattes and greedy NMI")
+    p.add_argument("--anchor-masks", default="none", metavar="LIST",
+                   help="masks values of the anchors, e.g. none,brain (default none)")
+    p.add_argument("--threads", type=positive_int, default=1, metavar="T",
+                   help="threads per registration (default 1)")
+    p.add_argument("--workers", type=positive_int, default=1, metavar="W",
+                   help="concurrent pairs (default 1)")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="cache for built cohorts and prealigned pairs")
+    p.add_argument("--results", required=True, metavar="RESULTS_DIR")
+    p.add_argument("--format", default="markdown", choices=("markdown", "json"))
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=run_study)
+
+
+def run_study(args):
+    """Handler of ``fastsyn bench study``; returns the exit status."""
+    from fastsyn.bench import study
+    from fastsyn.bench.datasets import EMBEDDED
+    from fastsyn.bench.run import MASK_MODES
+
+    if args.dataset not in EMBEDDED and not Path(args.dataset).expanduser().is_dir():
+        raise CommandError(f"unknown dataset {args.dataset!r}: neither "
+                           f"{' nor '.join(sorted(EMBEDDED))} nor an existing folder")
+    try:
+        settings = [study.parse_setting(s) for s in args.setting]
+    except ValueError as exc:
+        raise CommandError(f"--setting: {exc}") from None
+    anchor_masks = _names(args.anchor_masks)
+    bad = [m for m in anchor_masks if m not in MASK_MODES]
+    if not anchor_masks or bad:
+        raise CommandError(f"--anchor-masks must list values of {MASK_MODES}, "
+                           f"got {args.anchor_masks!r}")
+    log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    try:
+        rows = study.run_study(
+            args.dataset, results_dir=args.results, resolution=args.resolution,
+            sample=args.sample, seed=args.seed, levels=args.levels, grid=args.grid,
+            settings=settings, anchors=not args.no_anchors, anchor_masks=anchor_masks,
+            combine=False if args.no_combine else None, threads=args.threads,
+            workers=args.workers, cache_dir=args.cache_dir, progress=not args.quiet,
+            log=log)
+    except KeyboardInterrupt:
+        print("\ninterrupted: every finished record is kept; rerun the same "
+              "command to continue", file=sys.stderr)
+        return 130
+    print(study.format_study(rows, args.format), end="")
+    return 1 if any(r["errors"] for r in rows) else 0

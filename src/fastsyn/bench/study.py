@@ -1,0 +1,720 @@
+"""The MIMetric accuracy study: fastsyn MI settings against ANTs and greedy.
+
+A study registers the same prealigned cross-modality pairs with a grid of
+fastsyn MI settings and with two anchors, ANTs SyN Mattes (32 bins) and
+greedy NMI, and summarises per setting: mean label Dice ± std, the mean of
+every direction (``t1←t2``: T1 fixed, T2 moving), the smallest per-direction
+gain over ANTs, TRE, SD log|J|, folding and time.
+
+Steps (each a function, so the CLI and the report reuse them):
+
+1. :func:`study_pairs` draws the pairs, balanced over the directions;
+2. :func:`study_grid` lists the settings: the current defaults, one factor
+   changed at a time (:data:`FACTORS`), fastsyn's ANTs mode, and the anchors;
+3. :func:`run_study` runs every setting through :func:`run_benchmark`, so
+   the records live in the harness's results store (a rerun skips them), and
+   writes the plan (settings and record keys) to ``study-<data>-<levels>.json``;
+   with ``combine=True`` it then runs the combinations of the factors whose
+   best level beat the default (:func:`combine_winners`);
+4. :func:`summarize` turns a plan and the store into rows and
+   :func:`format_study` prints them; the HTML report reads the same plans.
+
+Not studied: the Parzen window on the static side (cubic, as now, against
+Mattes/ITK's box window) needs a change of the MI kernel.
+"""
+
+import itertools
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "FACTORS",
+    "GRIDS",
+    "NOT_STUDIED",
+    "Setting",
+    "current_defaults",
+    "parse_setting",
+    "study_grid",
+    "anchor_settings",
+    "study_pairs",
+    "run_study",
+    "summarize",
+    "combine_winners",
+    "format_study",
+    "read_plans",
+]
+
+#: Levels of each studied factor; the sweep changes one factor at a time
+#: away from the current default (which is one of its levels).
+FACTORS = {
+    "nbins": (16, 24, 32, 48),
+    "masks": ("none", "nonzero", "brain"),
+    "clip": ((0.5, 99.5), (0.0, 100.0), (1.0, 99.0)),
+    "sigma_diff": (1.0, 2.0, 3.0),
+    "step_length": (0.25, 0.35),
+    "sampling": (None, 0.3),
+}
+#: Factors the sweep changes, per grid name (``none``: the default only).
+GRIDS = {"default": tuple(FACTORS), "quick": ("nbins", "masks"), "none": ()}
+#: The quick grid's levels (a first look: the two factors that moved most).
+_QUICK_LEVELS = {"nbins": (16,), "masks": ("brain",)}
+#: Factors a combination of winners may take (the MIMetric and SDR defaults;
+#: masks are data, not a default).
+_COMBINABLE = ("nbins", "clip", "sigma_diff", "step_length", "sampling")
+NOT_STUDIED = ("Parzen window on the static side (cubic vs box as in Mattes/ITK): "
+               "needs a change of the MI kernel (fastsyn/_kernels/mi.pyx)")
+#: Harness option of a factor where the names differ (CC has its own sigma_diff).
+_OPTION = {"sigma_diff": "mi_sigma_diff"}
+#: Smallest mean-Dice gain over the default that makes a level a winner.
+WIN_MARGIN = 0.001
+_PLAN_VERSION = 1
+
+
+# ------------------------------------------------------------------ settings
+@dataclass
+class Setting:
+    """One row of the study.
+
+    Attributes
+    ----------
+    name : str
+        ``default``, ``nbins=16``, ``nbins=16+clip=1:99``, ``ANTs mode``,
+        ``ANTs Mattes``, ...
+    factor : str
+        The factor it varies (``default``, a key of :data:`FACTORS`,
+        ``combination``, ``mode``) or ``anchor``.
+    method : str
+        Harness method (``fastsyn``, ``fastsyn-ants``, ``ants``, ``greedy``).
+    options : dict
+        Method options that differ from the method's defaults.
+    masks : str
+        The harness's ``masks`` switch for this row.
+    """
+
+    name: str
+    factor: str
+    method: str
+    options: dict = field(default_factory=dict)
+    masks: str = "none"
+
+    @property
+    def anchor(self):
+        """Whether this is a reference method rather than a fastsyn setting."""
+        return self.factor == "anchor"
+
+    def to_dict(self):
+        return {"name": self.name, "factor": self.factor, "method": self.method,
+                "options": dict(self.options), "masks": self.masks}
+
+
+def current_defaults():
+    """The current value of every factor (the harness's ``fastsyn`` defaults)."""
+    from .methods import FastsynMethod
+
+    d = FastsynMethod.defaults
+    return {"nbins": int(d["nbins"]), "masks": "none",
+            "clip": tuple(float(v) for v in d["clip"]),
+            "sigma_diff": float(d["mi_sigma_diff"]), "step_length": float(d["step_length"]),
+            "sampling": None if d["sampling"] is None else float(d["sampling"])}
+
+
+def _normal(factor, value):
+    """A factor's value in its canonical type (so equal settings share a key)."""
+    if factor == "nbins":
+        return int(value)
+    if factor == "masks":
+        from .run import MASK_MODES
+        if value not in MASK_MODES:
+            raise ValueError(f"masks must be one of {MASK_MODES}, got {value!r}")
+        return value
+    if factor == "clip":
+        lo, hi = (float(v) for v in value)
+        if not 0 <= lo < hi <= 100:
+            raise ValueError(f"clip must be percentiles 0 <= lo < hi <= 100, got {value!r}")
+        return (lo, hi)
+    if factor == "sampling":
+        return None if value is None else float(value)
+    if factor in ("sigma_diff", "step_length"):
+        return float(value)
+    raise ValueError(f"unknown factor {factor!r}; known: {sorted(FACTORS)}")
+
+
+def _text(factor, value):
+    if factor == "clip":
+        return ":".join(f"{v:g}" for v in value)
+    if value is None:
+        return "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _fastsyn_setting(changes, factor):
+    """A fastsyn setting from factor values (those equal to the default dropped)."""
+    defaults = current_defaults()
+    changes = {k: _normal(k, v) for k, v in changes.items()}
+    changes = {k: v for k, v in changes.items() if v != defaults[k]}
+    if not changes:
+        return Setting("default", "default", "fastsyn")
+    order = [k for k in FACTORS if k in changes]
+    name = "+".join(f"{k}={_text(k, changes[k])}" for k in order)
+    options = {_OPTION.get(k, k): (list(v) if k == "clip" else v)
+               for k, v in changes.items() if k != "masks"}
+    return Setting(name, factor if len(changes) == 1 else "combination", "fastsyn",
+                   options, changes.get("masks", "none"))
+
+
+def ants_mode_setting():
+    """fastsyn's ANTs-faithful configuration (:func:`fastsyn.ants_like`, 32 bins)."""
+    return Setting("ANTs mode", "mode", "fastsyn-ants")
+
+
+def _parse_value(factor, text):
+    text = text.strip()
+    if factor == "masks":
+        return _normal(factor, text)
+    if factor == "sampling" and text.lower() == "none":
+        return None
+    try:
+        if factor == "clip":
+            lo, hi = text.replace(",", ":").split(":")
+            value = (float(lo), float(hi))
+        else:
+            value = int(text) if factor == "nbins" else float(text)
+    except ValueError:
+        raise ValueError(f"bad value {text!r} for {factor}") from None
+    return _normal(factor, value)
+
+
+def parse_setting(text):
+    """A setting from its name.
+
+    Parameters
+    ----------
+    text : str
+        ``default``, ``ants-mode`` (or ``ANTs mode``) or factor values joined
+        by ``+``: ``nbins=16``, ``masks=brain+nbins=24``, ``clip=1:99``,
+        ``sigma_diff=3``, ``step_length=0.35``, ``sampling=0.3``.
+
+    Returns
+    -------
+    Setting
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"a setting must be a non-empty string, got {text!r}")
+    t = text.strip()
+    if t == "default":
+        return _fastsyn_setting({}, "default")
+    if t.lower().replace(" ", "-") == "ants-mode":
+        return ants_mode_setting()
+    changes = {}
+    for item in t.split("+"):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in FACTORS:
+            raise ValueError(f"bad setting item {item!r} in {text!r}: expected "
+                             f"FACTOR=VALUE with FACTOR one of {sorted(FACTORS)}")
+        if key in changes:
+            raise ValueError(f"factor {key!r} given twice in {text!r}")
+        changes[key] = _parse_value(key, value)
+    return _fastsyn_setting(changes, next(iter(changes)))
+
+
+def study_grid(grid="default"):
+    """The fastsyn settings of a grid: the default, then one factor at a time.
+
+    Parameters
+    ----------
+    grid : {"default", "quick", "none"}
+        ``default``: every level of :data:`FACTORS` and the ANTs mode;
+        ``quick``: 16 bins and brain masks; ``none``: the default alone.
+
+    Returns
+    -------
+    list of Setting
+    """
+    if grid not in GRIDS:
+        raise ValueError(f"grid must be one of {sorted(GRIDS)}, got {grid!r}")
+    defaults = current_defaults()
+    out = [_fastsyn_setting({}, "default")]
+    for factor in GRIDS[grid]:
+        levels = _QUICK_LEVELS[factor] if grid == "quick" else FACTORS[factor]
+        for level in levels:
+            if _normal(factor, level) != defaults[factor]:
+                out.append(_fastsyn_setting({factor: level}, factor))
+    if grid == "default":
+        out.append(ants_mode_setting())
+    return out
+
+
+def anchor_settings(masks=("none",)):
+    """ANTs SyN Mattes (32 bins) and greedy NMI, once per masks value."""
+    out = []
+    for m in masks:
+        tag = "" if m == "none" else f" [{m}]"
+        out.append(Setting(f"ANTs Mattes{tag}", "anchor", "ants", {}, m))
+        out.append(Setting(f"greedy NMI{tag}", "anchor", "greedy", {}, m))
+    return out
+
+
+# --------------------------------------------------------------------- pairs
+def _direction(pair):
+    return f"{pair.fixed_modality}←{pair.moving_modality}"
+
+
+def study_pairs(dataset, sample=None, seed=0):
+    """Cross-modality pairs, balanced over the directions.
+
+    The harness's random sample of ordered pairs leaves directions out (seed
+    0, 6 pairs of embedded-multi: 3 of its 6 directions), so the study takes
+    the subject pairs of :func:`~fastsyn.bench.pairs.make_pairs` in a seeded
+    order and gives them the directions in turn (``t1←t2``, ``t1←flair``,
+    ...); after one round over the subject pairs the next round shifts the
+    directions by one.  ``sample`` = 6 covers the 6 directions of three
+    modalities once, 12 twice, each pair a different subject pair; a
+    smaller sample is a prefix of a larger one.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        A dataset with at least two modalities.
+    sample : int, optional
+        Number of pairs; every subject pair in every direction when omitted.
+    seed : int
+        Seed of the order of the subject pairs.
+
+    Returns
+    -------
+    list of Pair
+    """
+    from .pairs import Pair, check_sample_seed, make_pairs
+
+    check_sample_seed(sample, seed)
+    mods = list(dataset.modalities)
+    if len(mods) < 2:
+        raise ValueError(f"dataset {dataset.name!r} has one modality; the MI study "
+                         "needs cross-modality pairs")
+    directions = list(itertools.permutations(mods, 2))
+    subject_pairs = make_pairs([s.name for s in dataset.subjects])
+    order = np.random.default_rng(int(seed)).permutation(len(subject_pairs))
+    total = len(subject_pairs) * len(directions)
+    n = total if sample is None else min(int(sample), total)
+    out = []
+    for rnd in range(len(directions)):
+        for j, idx in enumerate(order):
+            if len(out) == n:
+                return out
+            sp = subject_pairs[idx]
+            fm, mm = directions[(j + rnd) % len(directions)]
+            out.append(Pair(sp.fixed, sp.moving, fm, mm))
+    return out
+
+
+# ---------------------------------------------------------------------- plan
+def _plan_path(results_dir, data_tag, levels):
+    return Path(results_dir) / f"study-{data_tag}-{'x'.join(str(v) for v in levels)}.json"
+
+
+def _setting_keys(setting, dataset, pairs, *, levels, threads, data_tag, pre_opts, warn):
+    """Record key of every pair for one setting, or None if the method cannot run."""
+    from .methods import get_method
+    from .run import method_specs
+    from .store import make_key
+
+    method = get_method(setting.method, **setting.options)
+    specs, unavailable = method_specs([method], "mi", levels, threads, data_tag, pre_opts,
+                                      warn, setting.masks)
+    if not specs:
+        return None, unavailable.get(method.name, "unavailable")
+    cfg = specs[0]["config"]
+    return {p.id: make_key(dataset.name, p.id, method.name, cfg) for p in pairs}, None
+
+
+def _baseline_keys(dataset, pairs, data_tag, pre_opts):
+    from .run import BASELINE, _baseline_config
+    from .store import make_key
+
+    cfg = _baseline_config({"data": data_tag, "prealign": pre_opts})
+    return {p.id: make_key(dataset.name, p.id, BASELINE, cfg) for p in pairs}
+
+
+def _merge_plan(path, plan):
+    """The plan to write: ``plan``, after the settings of an older plan of the
+    same pairs (a confirmation run adds rows to its study)."""
+    if not path.is_file():
+        return plan
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return plan
+    if (old.get("version") != _PLAN_VERSION or old.get("pairs") != plan["pairs"]
+            or old.get("threads") != plan["threads"]):
+        return plan
+    new = {s["name"]: s for s in plan["settings"]}
+    old_settings = [new.pop(s["name"], s) for s in old.get("settings", [])]
+    return dict(plan, settings=old_settings + list(new.values()),
+                unavailable={**old.get("unavailable", {}), **plan["unavailable"]})
+
+
+def _write_plan(path, plan):
+    plan = _merge_plan(path, plan)
+    tmp = path.with_name("." + path.name + ".tmp")
+    tmp.write_text(json.dumps(plan, indent=1, ensure_ascii=False))
+    os.replace(tmp, path)
+    return plan
+
+
+def read_plans(results_dir):
+    """The study plans of a results folder (``study-*.json``), oldest first."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        return []
+    plans = []
+    for p in sorted(root.glob("study-*.json"), key=lambda q: q.stat().st_mtime):
+        try:
+            plan = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(plan, dict) and plan.get("version") == _PLAN_VERSION:
+            plans.append(plan)
+    return plans
+
+
+# ----------------------------------------------------------------------- run
+def _run_setting(setting, dataset, pairs, common):
+    from .methods import get_method
+    from .run import run_benchmark
+
+    return run_benchmark(dataset, [get_method(setting.method, **setting.options)], "mi",
+                         pairs=pairs, masks=setting.masks, **common)
+
+
+def run_study(dataset="embedded-multi", *, results_dir, resolution=2.0, sample=12, seed=0,
+              levels=(20, 20, 10), grid="default", settings=(), anchors=True,
+              anchor_masks=("none",), combine=None, threads=1, workers=1, cache_dir=None,
+              progress=True, log=print):
+    """Run the MI study and return its summary rows.
+
+    Parameters
+    ----------
+    dataset : str or Dataset
+        A multimodal dataset (default the embedded cohort ``embedded-multi``).
+    results_dir : str or Path
+        The harness's results store; the plan goes to
+        ``study-<data>-<levels>.json`` in it.
+    resolution : float
+        Voxel size (mm) of an embedded cohort.
+    sample, seed : int
+        Pairs of :func:`study_pairs`.
+    levels : sequence of int
+        Iterations per pyramid level, coarsest first, for every method.
+    grid : {"default", "quick", "none"}
+        Settings of :func:`study_grid`.
+    settings : sequence of str or Setting
+        More settings (:func:`parse_setting`), e.g. the winners of a coarser
+        study to confirm.
+    anchors : bool
+        Run ANTs Mattes and greedy NMI (those installed).
+    anchor_masks : sequence of str
+        ``masks`` values the anchors run with.
+    combine : bool, optional
+        After the sweep, run the combinations of :func:`combine_winners`
+        (default: for the ``default`` grid).
+    threads, workers : int
+        Threads per registration and concurrent pairs.
+    cache_dir : str or Path, optional
+        Cache of built cohorts and prealignments.
+    progress : bool
+        Progress bars of the harness.
+    log : callable or None
+        Receives one line per setting.
+
+    Returns
+    -------
+    list of dict
+        :func:`summarize` of the plan.
+    """
+    from .run import _check_run_args, _prealign_options, _warner, dataset_tag, plan_pairs
+    from .store import ResultStore
+
+    levels, _ = _check_run_args("mi", threads, workers, results_dir, levels, None, sample,
+                                seed, None)
+    log = log or (lambda msg: None)
+    dataset, _ = plan_pairs(dataset, None, sample=None, seed=0, cache_dir=cache_dir,
+                            resolution=resolution)
+    pairs = study_pairs(dataset, sample, seed)
+    rows = [parse_setting(s) if isinstance(s, str) else s for s in settings]
+    todo = _unique(study_grid(grid) + rows)
+    if anchors:
+        todo = anchor_settings(anchor_masks) + todo
+    store = ResultStore(results_dir)
+    ctx = {"dataset": dataset, "pairs": pairs, "levels": levels, "threads": threads,
+           "data_tag": dataset_tag(dataset), "pre_opts": _prealign_options(None),
+           "warn": _warner(progress)}
+    path = _plan_path(store.root, ctx["data_tag"], levels)
+    plan = _plan(ctx, todo, grid, sample, seed, resolution)
+    plan = _write_plan(path, plan)
+    common = {"levels": levels, "threads": threads, "workers": workers,
+              "results_dir": store.root, "cache_dir": cache_dir, "progress": progress}
+    _run_all(todo, plan, ctx, common, log)
+    if combine if combine is not None else grid == "default":
+        extra = [s for s in combine_winners(summarize(plan, store))
+                 if s.name not in {t.name for t in todo}]
+        if extra:
+            log("combinations of the winners: " + ", ".join(s.name for s in extra))
+            plan = _write_plan(path, _plan(ctx, todo + extra, grid, sample, seed,
+                                           resolution))
+            _run_all(extra, plan, ctx, common, log)
+    log(f"study plan: {path}")
+    return summarize(plan, store)
+
+
+def _unique(settings):
+    seen, out = set(), []
+    for s in settings:
+        if s.name not in seen:
+            seen.add(s.name)
+            out.append(s)
+    return out
+
+
+def _plan(ctx, settings, grid, sample, seed, resolution):
+    """The study's plan: pairs, settings and the record key of every cell."""
+    dataset, pairs = ctx["dataset"], ctx["pairs"]
+    entries, unavailable = [], {}
+    for s in settings:
+        keys, reason = _setting_keys(s, dataset, pairs, levels=ctx["levels"],
+                                     threads=ctx["threads"], data_tag=ctx["data_tag"],
+                                     pre_opts=ctx["pre_opts"], warn=ctx["warn"])
+        if keys is None:
+            unavailable[s.name] = reason
+            continue
+        entries.append(dict(s.to_dict(), keys=keys))
+    return {"version": _PLAN_VERSION, "dataset": dataset.name, "data": ctx["data_tag"],
+            "resolution": resolution, "levels": list(ctx["levels"]),
+            "threads": ctx["threads"], "grid": grid, "sample": sample, "seed": seed,
+            "pairs": [{"id": p.id, "direction": _direction(p)} for p in pairs],
+            "baseline_keys": _baseline_keys(dataset, pairs, ctx["data_tag"],
+                                            ctx["pre_opts"]),
+            "settings": entries, "unavailable": unavailable,
+            "defaults": {k: _text(k, v) for k, v in current_defaults().items()},
+            "not_studied": [NOT_STUDIED]}
+
+
+def _run_all(settings, plan, ctx, common, log):
+    planned = {s["name"] for s in plan["settings"]}
+    for i, s in enumerate(settings, 1):
+        if s.name not in planned:
+            log(f"[{i}/{len(settings)}] {s.name}: skipped "
+                f"({plan['unavailable'].get(s.name, 'unavailable')})")
+            continue
+        summary = _run_setting(s, ctx["dataset"], ctx["pairs"], common)
+        log(f"[{i}/{len(settings)}] {s.name}: {summary['ok']} new record(s), "
+            f"{summary['skipped']} pair(s) already done, {summary['errors']} error(s)")
+
+
+# ------------------------------------------------------------------- summary
+def _stat(values):
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return None
+    a = np.asarray(vals)
+    return {"mean": float(a.mean()), "std": float(a.std()), "n": int(a.size)}
+
+
+def _metric(rec, name):
+    if name == "seconds":
+        return rec.get("seconds")
+    return (rec.get("metrics") or {}).get(name)
+
+
+def _row(name, factor, method, masks, recs, errors, directions, pair_dir):
+    """One summary row from the finished records (``{pair id: record}``)."""
+    dice = {p: _metric(r, "dice_mean") for p, r in recs.items()}
+    by_dir = {d: _stat(v for p, v in dice.items() if pair_dir[p] == d) for d in directions}
+    return {"name": name, "factor": factor, "method": method, "masks": masks,
+            "n": len(recs), "errors": errors, "dice": _stat(dice.values()),
+            "directions": {d: (s["mean"] if s else None) for d, s in by_dir.items()},
+            "tre": _stat(_metric(r, "tre_mean") for r in recs.values()),
+            "logjac_sd": _stat(_metric(r, "logjac_sd") for r in recs.values()),
+            "folding": _stat(_metric(r, "folding_pct") for r in recs.values()),
+            "seconds": _stat(_metric(r, "seconds") for r in recs.values()),
+            "_dice": dice}
+
+
+def _gains(row, ref, directions, pair_dir):
+    """Mean paired Dice gain of ``row`` over ``ref`` per direction."""
+    out = {}
+    for d in directions:
+        diffs = [row["_dice"][p] - ref["_dice"][p] for p in row["_dice"]
+                 if pair_dir[p] == d and p in ref["_dice"]
+                 and row["_dice"][p] is not None and ref["_dice"][p] is not None]
+        out[d] = float(np.mean(diffs)) if diffs else None
+    return out
+
+
+def summarize(plan, store):
+    """Summary rows of a study.
+
+    Parameters
+    ----------
+    plan : dict
+        A study plan (:func:`run_study` writes it; :func:`read_plans` reads it).
+    store : ResultStore or str or Path
+        The results store.
+
+    Returns
+    -------
+    list of dict
+        The ``Baseline`` row, then one row per setting in plan order.  Each
+        row: ``name``, ``factor``, ``method``, ``masks``, ``n`` (finished
+        pairs), ``errors``, ``dice`` / ``tre`` / ``logjac_sd`` / ``folding``
+        / ``seconds`` (``{"mean", "std", "n"}`` or None), ``directions``
+        (direction -> mean Dice), ``vs_ants`` (direction -> mean paired gain
+        over ANTs with the same masks, else unmasked ANTs), ``min_vs_ants``
+        (its smallest value) and ``vs_default`` (mean paired Dice gain over
+        the default).
+    """
+    from .store import ResultStore
+
+    if not isinstance(store, ResultStore):
+        store = ResultStore(store)
+    pair_dir = {p["id"]: p["direction"] for p in plan["pairs"]}
+    directions = list(dict.fromkeys(pair_dir.values()))
+
+    def collect(keys):
+        recs, errors = {}, 0
+        for pid, key in keys.items():
+            rec = store.get(key)
+            if rec is None:
+                continue
+            if rec.get("status") == "ok":
+                recs[pid] = rec
+            else:
+                errors += 1
+        return recs, errors
+
+    rows = [_row("Baseline", "baseline", "baseline", "none",
+                 *collect(plan["baseline_keys"]), directions, pair_dir)]
+    for s in sorted(plan["settings"], key=_rank):
+        rows.append(_row(s["name"], s["factor"], s["method"], s["masks"],
+                         *collect(s["keys"]), directions, pair_dir))
+    ants = {r["masks"]: r for r in rows if r["method"] == "ants"}
+    default = next((r for r in rows if r["name"] == "default"), None)
+    for r in rows:
+        ref = ants.get(r["masks"], ants.get("none"))
+        gains = (_gains(r, ref, directions, pair_dir) if ref is not None and r is not ref
+                 else {d: None for d in directions})
+        r["vs_ants"] = gains
+        vals = [g for g in gains.values() if g is not None]
+        r["min_vs_ants"] = min(vals) if vals else None
+        # paired, like the gains over ANTs: a partial row is not compared
+        # with the default's other pairs
+        diffs = [] if default is None else [
+            v - default["_dice"][p] for p, v in r["_dice"].items()
+            if v is not None and default["_dice"].get(p) is not None]
+        r["vs_default"] = float(np.mean(diffs)) if diffs else None
+    for r in rows:
+        r.pop("_dice")
+    return rows
+
+
+def _rank(setting):
+    """Table order: anchors, the default, the sweep (in :data:`FACTORS`
+    order), the ANTs mode, the combinations; plan order within each."""
+    factor = setting["factor"]
+    if factor in FACTORS:
+        return 2 + list(FACTORS).index(factor)
+    return {"anchor": 0, "default": 1, "mode": 2 + len(FACTORS)}.get(factor,
+                                                                    3 + len(FACTORS))
+
+
+def combine_winners(rows, margin=WIN_MARGIN):
+    """Combinations of the sweep's winners.
+
+    A factor's winner is its level with the best mean Dice when that beats
+    the default by more than ``margin``; only the factors of MIMetric and
+    the optimizer combine (masks are data, not a default).  With two or more
+    winners the result is their full combination and, with three or more,
+    also the combination of the two largest gains.
+
+    Parameters
+    ----------
+    rows : list of dict
+        :func:`summarize` of a sweep.
+    margin : float
+
+    Returns
+    -------
+    list of Setting
+    """
+    winners = []
+    for factor in _COMBINABLE:
+        cands = [r for r in rows if r["factor"] == factor and r["vs_default"] is not None]
+        if not cands:
+            continue
+        best = max(cands, key=lambda r: r["vs_default"])
+        if best["vs_default"] > margin:
+            winners.append((best["vs_default"], parse_setting(best["name"])))
+    winners.sort(key=lambda w: -w[0])
+    out = []
+    picks = [len(winners)] + ([2] if len(winners) >= 3 else [])
+    for k in picks:
+        if k < 2:
+            continue
+        changes = {}
+        for _, s in winners[:k]:
+            changes.update(_changes_of(s))
+        out.append(_fastsyn_setting(changes, "combination"))
+    return out
+
+
+def _changes_of(setting):
+    """Factor values of a fastsyn setting (inverse of :func:`_fastsyn_setting`)."""
+    if setting.name == "default":
+        return {}
+    return {k: _parse_value(k, v) for k, _, v in
+            (item.partition("=") for item in setting.name.split("+"))}
+
+
+def _cell(stat, digits=3):
+    if not stat:
+        return "–"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def _num(value, digits=3, signed=False):
+    if value is None:
+        return "–"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def format_study(rows, fmt="markdown"):
+    """The study table as markdown (or JSON).
+
+    Columns: Setting | Factor | Dice | one column per direction | min Δ vs
+    ANTs | Δ vs default | TRE (mm) | SD log|J| | Folding (%) | Time (s) | n.
+    """
+    if fmt == "json":
+        return json.dumps(rows, indent=1, ensure_ascii=False) + "\n"
+    if fmt != "markdown":
+        raise ValueError(f"fmt must be 'markdown' or 'json', got {fmt!r}")
+    directions = list(rows[0]["directions"]) if rows else []
+    head = (["Setting", "Factor", "Dice"] + directions
+            + ["min Δ vs ANTs", "Δ vs default", "TRE (mm)", "SD log|J|", "Folding (%)",
+               "Time (s)", "n"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in rows:
+        name = r["name"] + (f" [{r['masks']}]" if r["masks"] != "none"
+                            and r["factor"] not in ("masks", "anchor") else "")
+        cells = ([name, r["factor"], _cell(r["dice"])]
+                 + [_num(r["directions"][d]) for d in directions]
+                 + [_num(r["min_vs_ants"], signed=True), _num(r["vs_default"], signed=True),
+                    _cell(r["tre"], 2), _cell(r["logjac_sd"]), _cell(r["folding"]),
+                    _cell(r["seconds"], 2), f"{r['n']}" + (f" ({r['errors']} err)"
+                                                         if r["errors"] else "")])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

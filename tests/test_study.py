@@ -1,0 +1,201 @@
+"""The MI study (`fastsyn bench study`): settings, balanced pairs, records in
+the results store, resume, summary rows, CLI and report section."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from fastsyn.bench import study
+from fastsyn.bench.methods import FastsynMethod
+from fastsyn.bench.store import ResultStore
+from fastsyn.cli import main
+
+LEVELS = (3, 2)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    from fastsyn.bench.datasets import load_dataset
+
+    cache = tmp_path_factory.mktemp("study-cache")
+    ds = load_dataset("embedded-multi", cache_dir=cache, resolution=6.0, n_subjects=2,
+                      progress=False)
+    return ds, cache
+
+
+@pytest.fixture(scope="module")
+def ran(cohort, tmp_path_factory):
+    """One pair, two fastsyn settings, no anchors (ANTs would take most of the budget)."""
+    ds, cache = cohort
+    res = tmp_path_factory.mktemp("study-results")
+    lines = []
+    rows = study.run_study(ds, results_dir=res, resolution=6.0, sample=1, levels=LEVELS,
+                           grid="none", settings=["nbins=16"], anchors=False,
+                           cache_dir=cache, progress=False, log=lines.append)
+    return SimpleNamespace(ds=ds, cache=cache, res=res, rows=rows, lines=lines)
+
+
+def _fake_dataset(n=4, mods=("t1", "t2", "flair")):
+    return SimpleNamespace(name="fake", modalities=list(mods),
+                           subjects=[SimpleNamespace(name=f"S{i}") for i in range(n)])
+
+
+# ------------------------------------------------------------ settings, pairs
+def test_parse_setting_canonical_names_and_errors():
+    s = study.parse_setting("clip=1:99+nbins=16+masks=brain")
+    assert s.name == "nbins=16+masks=brain+clip=1:99"  # factor order, not input order
+    assert s.method == "fastsyn" and s.masks == "brain" and s.factor == "combination"
+    assert s.options == {"nbins": 16, "clip": [1.0, 99.0]}
+    assert study.parse_setting("nbins=32").name == "default"  # the default's own value
+    assert study.parse_setting("ants-mode").method == "fastsyn-ants"
+    # MI's smoothing is its own harness option (CC keeps DIPY's sigma_diff)
+    assert study.parse_setting("sigma_diff=1").options == {"mi_sigma_diff": 1.0}
+    assert study.current_defaults()["sigma_diff"] == FastsynMethod.defaults["mi_sigma_diff"]
+    assert study.parse_setting("sampling=none").name == "default"
+    for bad in ("nbins", "bins=16", "nbins=x", "clip=50:10", "masks=skull", "nbins=16+nbins=24"):
+        with pytest.raises(ValueError):
+            study.parse_setting(bad)
+
+
+def test_default_grid_is_one_factor_at_a_time():
+    grid = study.study_grid("default")
+    names = [s.name for s in grid]
+    assert names[0] == "default" and names[-1] == "ANTs mode"
+    assert len(names) == len(set(names))
+    defaults = study.current_defaults()
+    expected = sum(1 for f, levels in study.FACTORS.items() for v in levels
+                   if study._normal(f, v) != defaults[f])
+    assert len(grid) == expected + 2
+    assert all("+" not in n for n in names)
+    assert {s.factor for s in grid[1:-1]} == set(study.FACTORS)
+    assert [s.name for s in study.study_grid("none")] == ["default"]
+    with pytest.raises(ValueError):
+        study.study_grid("huge")
+
+
+def test_study_pairs_balance_directions_and_nest():
+    ds = _fake_dataset()
+    six = study.study_pairs(ds, 6, seed=3)
+    dirs = [(p.fixed_modality, p.moving_modality) for p in six]
+    assert len(set(dirs)) == 6  # every direction once
+    assert len({(p.fixed, p.moving) for p in six}) == 6  # each a different subject pair
+    twelve = study.study_pairs(ds, 12, seed=3)
+    assert twelve[:6] == six
+    counts = {}
+    for p in twelve:
+        counts[(p.fixed_modality, p.moving_modality)] = counts.get(
+            (p.fixed_modality, p.moving_modality), 0) + 1
+    assert sorted(counts.values()) == [2] * 6
+    assert len(study.study_pairs(ds)) == 6 * 6  # 6 subject pairs x 6 directions
+    assert study.study_pairs(ds, 6, seed=4) != six
+    with pytest.raises(ValueError):
+        study.study_pairs(_fake_dataset(mods=("t1",)), 2)
+
+
+# ---------------------------------------------------------------- summary
+def _put(store, pair, method, tag, dice):
+    return store.put({"dataset": "d", "pair": pair, "method": method, "config": {"t": tag},
+                      "status": "ok", "seconds": 1.0,
+                      "metrics": {"dice_mean": dice, "tre_mean": 1.0, "logjac_sd": 0.1,
+                                  "folding_pct": 0.0}})
+
+
+def test_summarize_gains_over_ants_per_direction(tmp_path):
+    store = ResultStore(tmp_path)
+    pairs = [("a", "t1←t2"), ("b", "t1←t2"), ("c", "t2←t1")]
+    values = {"Baseline": (0.5, 0.5, 0.5), "ANTs Mattes": (0.60, 0.62, 0.70),
+              "default": (0.61, 0.61, 0.66), "nbins=16": (0.63, 0.65, 0.71)}
+    methods = {"Baseline": "baseline", "ANTs Mattes": "ants"}
+    factors = {"ANTs Mattes": "anchor", "default": "default", "nbins=16": "nbins"}
+    keys = {name: {p: _put(store, p, methods.get(name, "fastsyn"), name, v[i])
+                   for i, (p, _) in enumerate(pairs)} for name, v in values.items()}
+    plan = {"pairs": [{"id": p, "direction": d} for p, d in pairs],
+            "baseline_keys": keys.pop("Baseline"),
+            "settings": [{"name": n, "factor": factors[n], "method": methods.get(n, "fastsyn"),
+                          "options": {}, "masks": "none", "keys": k} for n, k in keys.items()]}
+    rows = {r["name"]: r for r in study.summarize(plan, store)}
+    assert list(rows) == ["Baseline", "ANTs Mattes", "default", "nbins=16"]
+    d = rows["default"]
+    assert d["directions"]["t1←t2"] == pytest.approx(0.61)
+    assert d["vs_ants"]["t1←t2"] == pytest.approx(0.0)
+    assert d["vs_ants"]["t2←t1"] == pytest.approx(-0.04)
+    assert d["min_vs_ants"] == pytest.approx(-0.04)
+    n16 = rows["nbins=16"]
+    assert n16["min_vs_ants"] == pytest.approx(0.01)
+    assert n16["vs_default"] == pytest.approx((0.63 + 0.65 + 0.71 - 0.61 - 0.61 - 0.66) / 3)
+    assert rows["ANTs Mattes"]["min_vs_ants"] is None
+    assert rows["Baseline"]["n"] == 3 and n16["n"] == 3
+    text = study.format_study(list(rows.values()))
+    assert "| nbins=16 | nbins | 0.663 ± " in text and "+0.010" in text
+    # a missing record is not counted; an error record is counted as an error
+    store.put({"dataset": "d", "pair": "c", "method": "fastsyn", "config": {"t": "nbins=16"},
+               "status": "error", "error": "boom"})
+    n16 = {r["name"]: r for r in study.summarize(plan, store)}["nbins=16"]
+    assert n16["n"] == 2 and n16["errors"] == 1 and n16["directions"]["t2←t1"] is None
+    assert n16["vs_default"] == pytest.approx(0.03)  # paired: pairs a and b only
+
+
+def test_combine_winners_takes_the_best_level_of_each_factor():
+    def row(name, factor, gain):
+        return {"name": name, "factor": factor, "vs_default": gain}
+
+    rows = [row("default", "default", 0.0), row("nbins=16", "nbins", 0.02),
+            row("nbins=24", "nbins", 0.01), row("clip=1:99", "clip", 0.005),
+            row("sigma_diff=3", "sigma_diff", -0.01), row("masks=brain", "masks", 0.05),
+            row("sampling=0.3", "sampling", 0.0001)]
+    combos = [s.name for s in study.combine_winners(rows)]
+    assert combos == ["nbins=16+clip=1:99"]  # masks are data; 0.0001 is noise
+    rows.append(row("step_length=0.35", "step_length", 0.03))
+    combos = [s.name for s in study.combine_winners(rows)]
+    assert combos == ["nbins=16+clip=1:99+step_length=0.35", "nbins=16+step_length=0.35"]
+    assert study.combine_winners(rows[:3][:1]) == []
+
+
+# ------------------------------------------------------- runs, resume, CLI
+def test_study_run_writes_records_and_summary(ran):
+    recs = ResultStore(ran.res).records(status="ok")
+    assert sorted(r["method"] for r in recs) == ["baseline", "fastsyn", "fastsyn"]
+    nbins = sorted(r["config"]["nbins"] for r in recs if r["method"] == "fastsyn")
+    assert nbins == [16, FastsynMethod.defaults["nbins"]]
+    assert [r["name"] for r in ran.rows] == ["Baseline", "default", "nbins=16"]
+    for r in ran.rows:
+        assert r["n"] == 1 and r["errors"] == 0 and 0 < r["dice"]["mean"] <= 1
+    assert ran.rows[1]["seconds"]["mean"] > 0 and ran.rows[0]["seconds"] is None
+    assert list(ran.rows[1]["directions"]) == ["t1←t2"]
+    assert len(list(ran.res.glob("study-embedded-multi-6mm-v*-3x2.json"))) == 1
+
+
+def test_rerun_skips_finished_records_and_cli_exits_0(ran, capsys):
+    store = ResultStore(ran.res)
+    before = {p: p.stat().st_mtime_ns for p in store.root.rglob("*.json")}
+    rc = main(["bench", "study", "--dataset", str(ran.ds.root), "--resolution", "6",
+               "--sample", "1", "--levels", ",".join(map(str, LEVELS)), "--grid", "none",
+               "--setting", "nbins=16", "--no-anchors", "--cache-dir", str(ran.cache),
+               "--results", str(ran.res)])
+    out = capsys.readouterr()
+    assert rc == 0
+    assert "0 new record(s), 1 pair(s) already done" in out.err
+    after = {p: p.stat().st_mtime_ns for p in store.root.rglob("*.json")
+             if not p.name.startswith("study-")}
+    assert after == {p: t for p, t in before.items() if not p.name.startswith("study-")}
+    assert "| default | default |" in out.out and "| nbins=16 | nbins |" in out.out
+
+
+def test_cli_study_rejects_bad_arguments(tmp_path, capsys):
+    assert main(["bench", "study", "--results", str(tmp_path), "--setting", "bins=3"]) == 2
+    assert main(["bench", "study", "--results", str(tmp_path), "--anchor-masks", "x"]) == 2
+    assert main(["bench", "study", "--results", str(tmp_path), "--dataset", "nope"]) == 2
+    assert "fastsyn: error:" in capsys.readouterr().err
+
+
+def test_report_renders_the_study_section(ran, tmp_path):
+    from fastsyn.bench.report import write_report
+
+    page = write_report(ran.res, tmp_path / "out", check_equivalence=False,
+                        benchmark_json_dir=tmp_path / "nobench").read_text()
+    section = page[page.index("id='mi-study'"):]
+    section = section[:section.index("<h2", 10)]
+    assert "nbins=16" in section and "t1←t2" in section
+    assert section.count("<tr>") == 1 + 3  # header and Baseline, default, nbins=16
+    assert "Parzen window" in section  # what was not studied is said
+    assert "<svg" in section
