@@ -3,6 +3,7 @@ test, and the options that switch them on (directly and through the patch)."""
 
 import numpy as np
 import pytest
+from conftest import load_pair, smooth_field
 from scipy import ndimage
 from scipy.special import iv
 
@@ -10,8 +11,6 @@ import fastsyn
 from fastsyn import fields
 from fastsyn.imwarp import ants_convergence_value
 from fastsyn.pyramid import AntsScaleSpace, ants_shrink_factors
-
-from conftest import load_pair, smooth_field
 
 
 # --------------------------------------------------------- discrete Gaussian

@@ -25,6 +25,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import load_pair
 from dipy.align import affine_registration as dipy_affine_registration
 from dipy.align import imaffine as dipy_imaffine
 from dipy.align import transforms as tf
@@ -32,7 +33,6 @@ from dipy.align.scalespace import IsotropicScaleSpace
 
 import fastsyn
 from fastsyn import imaffine
-from conftest import load_pair
 
 TRANSFORMS_3D = [tf.TranslationTransform3D, tf.RigidTransform3D,
                  tf.RigidIsoScalingTransform3D, tf.RigidScalingTransform3D,

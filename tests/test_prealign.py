@@ -12,9 +12,9 @@ import importlib.util
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import load_pair
 from scipy import ndimage
 
-from conftest import load_pair
 from fastsyn.bench.prealign import PREALIGNERS, _rigid_params, cache_folder, prealign_pair
 
 FAST = {"level_iters": (30, 15), "sigmas": (1.0, 0.0), "factors": (2, 1)}

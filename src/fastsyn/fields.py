@@ -11,7 +11,6 @@ from collections import namedtuple
 
 import numpy as np
 
-from fastsyn._kernels import cc as k_cc
 from fastsyn._kernels import compose as k_compose
 from fastsyn._kernels import gradient as k_gradient
 from fastsyn._kernels import invert as k_invert

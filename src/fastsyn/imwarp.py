@@ -34,7 +34,6 @@ from fastsyn._validation import (
     check_real,
     check_shape,
 )
-from fastsyn.pyramid import AntsScaleSpace
 from fastsyn.fields import (
     InversionWorkspace,
     check_warp_volume,
@@ -44,6 +43,7 @@ from fastsyn.fields import (
     resample_unchecked,
     warp_unchecked,
 )
+from fastsyn.pyramid import AntsScaleSpace
 
 __all__ = [
     "DiffeomorphicMap",

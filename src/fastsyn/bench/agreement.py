@@ -25,12 +25,13 @@ grid, no prealignment needed) and pairs of the embedded cohorts prealigned by
 the harness (:func:`fastsyn.bench.run.prealign_task`, cached).
 """
 
-import json
 import logging
 import time
 from pathlib import Path
 
 import numpy as np
+
+from fastsyn.bench.store import write_json
 
 __all__ = ["CONFIGS", "REFERENCE", "field_distance", "agreement_pair", "package_pair",
            "cohort_pairs", "run_agreement", "format_agreement", "agreement_command",
@@ -426,8 +427,5 @@ def agreement_command(*, pairs=("pair3d", "pair3d_multimodal"), dataset=None, sa
                            threads=threads, log=log)
     print(format_agreement(result))
     if out:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
-        print(f"wrote {out}")
+        print(f"wrote {write_json(out, result)}")
     return result

@@ -33,7 +33,6 @@ run; it is restored afterwards.
 
 import argparse
 import io
-import json
 import linecache
 import logging
 import os
@@ -44,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 import fastsyn
+from fastsyn.bench.store import write_json
 
 __all__ = [
     "STAGES",
@@ -621,12 +621,7 @@ def profile_command(*, pair=None, fixed=None, moving=None, metric="cc", threads=
     else:
         print(_format_lines(result))
     if out:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=1, default=_json_default))
-        os.replace(tmp, out)
-        print(f"\nprofile saved to {out}")
+        print(f"\nprofile saved to {write_json(out, result, default=_json_default)}")
     return result
 
 

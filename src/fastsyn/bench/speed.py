@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fastsyn.bench.store import write_json
+
 __all__ = ["main_speed", "make_field", "make_pair", "run_speed", "speed_command",
            "thread_counts"]
 
@@ -213,8 +215,7 @@ def make_moved_pair(size=128, *, degrees=6.0, shift=(3.0, -2.0, 4.0)):
 def _prealign_cases(size, quick):
     """``{case: {impl-kind: fn(threads)}}`` of the harness's rigid and affine
     prealignment, for each prealigner of :mod:`fastsyn.bench.prealign`."""
-    from fastsyn.bench.prealign import (DEFAULT_FACTORS, DEFAULT_LEVEL_ITERS,
-                                        DEFAULT_SIGMAS, RIGID)
+    from fastsyn.bench.prealign import DEFAULT_FACTORS, DEFAULT_LEVEL_ITERS, DEFAULT_SIGMAS, RIGID
 
     static, moving, affine = make_moved_pair(size)
     static, moving = static.astype(np.float64), moving.astype(np.float64)
@@ -521,10 +522,7 @@ def speed_command(*, size=None, levels=None, repeat=3, threads=None, metrics=("c
                        include_prealign=include_prealign, quick=quick)
     print(format_speed(result))
     if out:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
-        print(f"wrote {out}")
+        print(f"wrote {write_json(out, result)}")
     return result
 
 

@@ -28,6 +28,17 @@ __all__ = ["config_hash", "make_key", "ResultStore"]
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
+def write_json(path, data, *, default=str):
+    """Write ``data`` as JSON to ``path`` atomically (parents created): a
+    reader sees the old file or the complete new one, never half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=default))
+    os.replace(tmp, path)
+    return path
+
+
 def _safe(name, what):
     if not isinstance(name, str) or not name:
         raise ValueError(f"{what} must be a non-empty string, got {name!r}")

@@ -269,9 +269,9 @@ def run_scaling(args):
 
 def _write_json(path, result):
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(result, indent=2, default=str))
-        print(f"wrote {path}")
+        from fastsyn.bench.store import write_json
+
+        print(f"wrote {write_json(path, result)}")
 
 
 
