@@ -26,7 +26,7 @@ from fastsyn.imwarp import DiffeomorphicMap, SymmetricDiffeomorphicRegistration,
 from fastsyn.metrics import CCMetric, MIMetric
 from fastsyn.patch import patch_dipy
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AffineRegistration",
