@@ -225,7 +225,8 @@ def _metric_step(self, clock, forward):
     metric = self.metric
     before = getattr(metric, "smoothing_seconds", 0.0)
     start = time.perf_counter()
-    if getattr(self, "flow_sigma", None) is None:
+    if getattr(self, "flow_sigma", None) is None or not hasattr(metric, "sigma_diff"):
+        # (DIPY's SSD and EM metrics have no sigma_diff: they keep their own rule)
         step = metric.compute_forward() if forward else metric.compute_backward()
     else:
         # ANTs smooths the update in the optimizer (flow_sigma): the metric's
