@@ -206,3 +206,15 @@ def test_ants_like_preset():
         "ants", 3.0, 0.0, "ants")
     assert sdr.step_length == 0.2 and sdr.opt_tol == 1e-7 and sdr.level_iters == [40, 20, 0]
     assert fastsyn.ants_like(fastsyn.CCMetric(3), flow_sigma=1.0).flow_sigma == 1.0
+
+
+def test_flow_sigma_with_a_metric_without_sigma_diff(pair):
+    """DIPY's SSD metric has no sigma_diff: the ANTs update smoothing still runs."""
+    from dipy.align.metrics import SSDMetric
+
+    sdr = fastsyn.SymmetricDiffeomorphicRegistration(SSDMetric(3), level_iters=[3, 2, 1],
+                                                     flow_sigma=3.0, num_threads=2)
+    mapping = sdr.optimize(pair["static"], pair["moving"],
+                           static_grid2world=pair["static_affine"],
+                           moving_grid2world=pair["moving_affine"])
+    assert np.isfinite(mapping.forward).all() and np.abs(mapping.forward).max() > 0
