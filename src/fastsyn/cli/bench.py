@@ -37,6 +37,14 @@ def _names(text):
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
+def _metric_list(text):
+    """``--metric``: a comma-separated list of cc and/or mi."""
+    metrics = tuple(_names(text))
+    if not metrics or any(m not in ("cc", "mi") for m in metrics):
+        raise CommandError(f"--metric must list cc and/or mi, got {text!r}")
+    return metrics
+
+
 # ------------------------------------------------------------------- bench run
 def _add_run(bsub):
     p = bsub.add_parser("run", help="register and evaluate a cohort (resumable)")
@@ -207,10 +215,7 @@ def run_speed(args):
     """Handler of ``fastsyn bench speed``; returns the exit status."""
     from fastsyn.bench import speed
 
-    metrics = tuple(_names(args.metric))
-    bad = [m for m in metrics if m not in ("cc", "mi")]
-    if not metrics or bad:
-        raise CommandError(f"--metric must list cc and/or mi, got {args.metric!r}")
+    metrics = _metric_list(args.metric)
     speed.speed_command(
         size=args.size, levels=args.levels, repeat=args.repeat, threads=args.threads,
         metrics=metrics, include_syn=not args.no_syn,
@@ -309,10 +314,7 @@ def run_agreement(args):
     from fastsyn.bench.methods import get_method
     from fastsyn.data import PAIRS
 
-    metrics = tuple(_names(args.metric))
-    bad = [m for m in metrics if m not in ("cc", "mi")]
-    if not metrics or bad:
-        raise CommandError(f"--metric must list cc and/or mi, got {args.metric!r}")
+    metrics = _metric_list(args.metric)
     pairs = tuple(_names(args.pairs))
     unknown = [p for p in pairs if p not in PAIRS]
     if unknown:
