@@ -333,3 +333,14 @@ def test_bench_roofline_and_scaling(clean_env, tmp_path):
     result = json.loads(out.read_text())
     assert result["skipped"] == [4096] and result["threads"][0] == 1
     assert any(r["case"].startswith("SyN MI") for r in result["rows"])
+
+
+def test_bench_scaling_at_a_resolution(clean_env, tmp_path):
+    """--resolution runs on the whole template grid (here 8 mm: 25x29x24)."""
+    out = tmp_path / "scaling-8mm.json"
+    stdout = ok(fastsyn(clean_env, tmp_path, "bench", "scaling", "--resolution", "8",
+                        "--threads", "1,2", "--repeat", "1", "--levels", "2,1", "--out", out))
+    assert "thread scaling, 8mm 25x29x24" in stdout
+    assert json.loads(out.read_text())["grid"] == "8mm 25x29x24"
+    proc = fastsyn(clean_env, tmp_path, "bench", "scaling", "--resolution", "8", "--size", "9")
+    assert proc.returncode == 2 and "not allowed with argument" in proc.stderr

@@ -371,3 +371,23 @@ def test_report_roofline_and_scaling(tmp_path):
     assert "id='roofline'" in text and "GB/s" in text
     assert "invert (per sweep)" in text and "2 threads" in text
     assert "Not measured here (more threads than CPUs): 99" in text
+
+
+def test_report_one_scaling_table_per_grid(tmp_path):
+    """scaling.json and scaling-*.json beside the results give a table each,
+    in that order; --scaling picks files explicitly."""
+    from fastsyn.bench.report import write_report
+    from fastsyn.bench.roofline import scaling
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "scaling.json").write_text(json.dumps(
+        scaling(16, threads=(1, 2), repeat=1, syn=False)))
+    (results / "scaling-8mm.json").write_text(json.dumps(
+        scaling("8mm", threads=(1, 2), repeat=1, syn=False)))
+    text = write_report(results, tmp_path / "out", check_equivalence=False).read_text()
+    assert text.index("Thread scaling, 16³") < text.index("Thread scaling, 8mm 25x29x24")
+    page = write_report(results, tmp_path / "one", check_equivalence=False,
+                        scaling_json=str(results / "scaling-8mm.json"))
+    text = page.read_text()
+    assert "Thread scaling, 8mm 25x29x24" in text and "Thread scaling, 16³" not in text

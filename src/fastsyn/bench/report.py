@@ -712,6 +712,11 @@ def _agreement_context(agreement):
             "reference": label(agreement.get("reference", "ants"))}
 
 
+def _scaling_contexts(results):
+    """One scaling table per result (see :func:`_scaling_context`)."""
+    return [c for c in map(_scaling_context, results) if c]
+
+
 def _scaling_context(scaling):
     """Thread scaling rows keyed by thread count (JSON turns the keys into
     strings)."""
@@ -725,7 +730,9 @@ def _scaling_context(scaling):
     rows = [{"case": r["case"],
              "cells": [(at(r["seconds"], t), at(r["speedup"], t), at(r["efficiency"], t))
                        for t in counts]} for r in scaling["rows"]]
-    return {"size": scaling.get("size"), "cpus": scaling.get("cpus"),
+    size = scaling.get("size")
+    grid = (scaling.get("grid") or f"{size}^3").replace("^3", "³")
+    return {"grid": grid, "cpus": scaling.get("cpus"),
             "headers": [f"{t} thread{'s' if t > 1 else ''}" for t in counts],
             "skipped": scaling.get("skipped") or [], "rows": rows}
 
@@ -819,6 +826,22 @@ def _find_input(given, name, folders):
     return next((d / name for d in folders if (d / name).is_file()), None)
 
 
+def _scaling_inputs(given, folders):
+    """Scaling JSON files: those given (a path or a sequence of paths), else
+    ``scaling.json`` and ``scaling-*.json`` of the first folder holding any."""
+    if isinstance(given, str):
+        given = [p for p in given.split(",") if p]
+    if given is not None:
+        return [given] if isinstance(given, Path) else list(given)
+    for d in folders:
+        found = sorted(d.glob("scaling-*.json"))
+        if (d / "scaling.json").is_file():
+            found.insert(0, d / "scaling.json")
+        if found:
+            return found
+    return []
+
+
 def _render_page(results_dir, out_dir, speed_json=None, profile_json=None,
                   benchmark_json_dir=".benchmarks", *, check_equivalence=True,
                   title="fastsyn benchmark report", agreement_json=None, roofline_json=None,
@@ -831,7 +854,7 @@ def _render_page(results_dir, out_dir, speed_json=None, profile_json=None,
     profile = _read_json(_find_input(profile_json, "profile.json", search), "profile")
     agreement = _read_json(_find_input(agreement_json, "agreement.json", search), "agreement")
     roofline = _read_json(_find_input(roofline_json, "roofline.json", search), "roofline")
-    scaling = _read_json(_find_input(scaling_json, "scaling.json", search), "scaling")
+    scaling = [_read_json(p, "scaling") for p in _scaling_inputs(scaling_json, search)]
     records = []
     if results_dir and Path(results_dir).is_dir():
         from fastsyn.bench.store import ResultStore
@@ -856,7 +879,7 @@ def _render_page(results_dir, out_dir, speed_json=None, profile_json=None,
         datasets=datasets, throughput=_throughput_context(records),
         profile=_profile_context(profile, plt),
         agreement_ants=_agreement_context(agreement),
-        roofline=roofline, scaling=_scaling_context(scaling),
+        roofline=roofline, scaling=_scaling_contexts(scaling),
         studies=_study_context(results_dir, plt),
         bench=_pytest_context(latest_pytest_benchmarks(benchmark_json_dir)),
         asv=(out_dir / "asv" / "index.html").is_file(),
@@ -893,9 +916,12 @@ def write_report(results_dir, out_dir, speed_json=None, profile_json=None,
         Output of ``fastsyn bench agreement``.  When omitted,
         ``agreement.json`` in ``results_dir`` or ``out_dir`` is used if
         present.
-    roofline_json, scaling_json : str or Path, optional
-        Outputs of ``fastsyn bench roofline`` and ``fastsyn bench scaling``
-        (default: ``roofline.json`` / ``scaling.json`` beside the results).
+    roofline_json : str or Path, optional
+        Output of ``fastsyn bench roofline`` (default: ``roofline.json``
+        beside the results).
+    scaling_json : str, Path or sequence of them, optional
+        Outputs of ``fastsyn bench scaling``, a table each (default:
+        ``scaling.json`` and ``scaling-*.json`` beside the results).
 
     Returns
     -------

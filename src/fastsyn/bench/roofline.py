@@ -67,13 +67,13 @@ def copy_bandwidth(threads=1, *, mebibytes=256, repeat=5):
     return 2 * src.nbytes / best
 
 
-def _kernel_calls(size):
-    """One callable per kernel (taking a thread count) on a size^3 case."""
+def _kernel_calls(grid):
+    """One callable per kernel (taking a thread count) on the grid's shape."""
     import fastsyn
     from fastsyn import fields
-    from fastsyn.bench.speed import make_field
+    from fastsyn.bench.speed import grid_shape, make_field
 
-    shape = (size,) * 3
+    shape = grid_shape(grid)
     field = make_field(shape, amplitude=4.0, seed=1)
     other = make_field(shape, amplitude=4.0, seed=2)
     image = np.ascontiguousarray(field[..., 0] * 10 + 50)
@@ -137,8 +137,9 @@ def roofline(size=128, *, threads=None, repeat=3):
 
     Parameters
     ----------
-    size : int
-        Edge of the cubic float32 test case.
+    size : int or str
+        The float32 test grid (:func:`fastsyn.bench.speed.parse_grid`): an
+        edge (cubic case) or a resolution such as ``"1mm"``.
     threads : int, optional
         Threads for the kernels and the bandwidth (default: all CPUs).
     repeat : int
@@ -152,8 +153,10 @@ def roofline(size=128, *, threads=None, repeat=3):
     """
     threads = cpu_count() if threads is None else int(threads)
     bandwidth = copy_bandwidth(threads)
+    from fastsyn.bench.speed import grid_label, grid_shape
+
     calls, sweeps = _kernel_calls(size)
-    voxels = size**3
+    voxels = int(np.prod(grid_shape(size)))
     rows = []
     for name, fn in calls.items():
         seconds = _median_time(lambda fn=fn: fn(threads), repeat)
@@ -164,15 +167,15 @@ def roofline(size=128, *, threads=None, repeat=3):
         rows.append({"kernel": label, "bytes_per_voxel": KERNELS[name],
                      "ns_per_voxel": measured, "bound_ns_per_voxel": bound,
                      "fraction_of_bound": bound / measured})
-    return {"size": size, "threads": threads, "bandwidth_gbs": bandwidth / 1e9,
-            "rows": rows}
+    return {"size": size, "grid": grid_label(size), "threads": threads,
+            "bandwidth_gbs": bandwidth / 1e9, "rows": rows}
 
 
 def _syn_seconds(size, metric, threads, levels):
     import fastsyn
-    from fastsyn.bench.speed import make_pair
+    from fastsyn.bench.speed import grid_pair
 
-    static, moving, affine = make_pair(size)
+    static, moving, affine = grid_pair(size)
     m = fastsyn.CCMetric(3, radius=4) if metric == "cc" else fastsyn.MIMetric(3)
     sdr = fastsyn.SymmetricDiffeomorphicRegistration(m, level_iters=list(levels),
                                                      num_threads=threads)
@@ -188,8 +191,9 @@ def scaling(size=128, *, threads=(1, 2, 4, 8, 16), repeat=3, syn=True,
 
     Parameters
     ----------
-    size : int
-        Edge of the cubic case (kernels and SyN).
+    size : int or str
+        The grid of the kernels and SyN (:func:`fastsyn.bench.speed.parse_grid`):
+        an edge or a resolution such as ``"1mm"``.
     threads : sequence of int
         Thread counts; 1 is always measured (the reference), counts above the
         machine's CPUs are listed as not measured.
@@ -206,6 +210,8 @@ def scaling(size=128, *, threads=(1, 2, 4, 8, 16), repeat=3, syn=True,
         ``cpus``, ``threads`` (measured), ``skipped`` and ``rows``: case,
         seconds per thread count, speed-up and efficiency per count.
     """
+    from fastsyn.bench.speed import grid_label
+
     ncpu = cpu_count()
     wanted = sorted({1, *(int(t) for t in threads)})
     measured = [t for t in wanted if t <= ncpu]
@@ -223,13 +229,18 @@ def scaling(size=128, *, threads=(1, 2, 4, 8, 16), repeat=3, syn=True,
         rows.append({"case": name, "seconds": seconds,
                      "speedup": {t: seconds[1] / seconds[t] for t in measured},
                      "efficiency": {t: seconds[1] / seconds[t] / t for t in measured}})
-    return {"size": size, "cpus": ncpu, "threads": measured, "skipped": skipped,
-            "rows": rows}
+    return {"size": size, "grid": grid_label(size), "cpus": ncpu, "threads": measured,
+            "skipped": skipped, "rows": rows}
+
+
+def _grid_of(result):
+    """The grid label of a result (older results: a cubic ``size``)."""
+    return result.get("grid") or f"{result['size']}^3"
 
 
 def format_roofline(result):
     """The roofline table as text."""
-    lines = [f"roofline, {result['size']}^3 float32, {result['threads']} thread(s), "
+    lines = [f"roofline, {_grid_of(result)} float32, {result['threads']} thread(s), "
              f"copy bandwidth {result['bandwidth_gbs']:.1f} GB/s",
              f"{'kernel':<24}{'B/voxel':>8}{'ns/voxel':>10}{'bound':>8}{'of bound':>10}"]
     for r in result["rows"]:
@@ -242,7 +253,7 @@ def format_scaling(result):
     """The scaling table as text (seconds, speed-up, efficiency per count)."""
     counts = result["threads"]
     head = "".join(f"{t:>18}" for t in counts)
-    lines = [f"thread scaling, {result['size']}^3, {result['cpus']} CPUs"
+    lines = [f"thread scaling, {_grid_of(result)}, {result['cpus']} CPUs"
              + (f" (not measured: {result['skipped']})" if result["skipped"] else ""),
              f"{'case':<28}{head}",
              f"{'':<28}" + "".join(f"{'s  x  eff':>18}" for _ in counts)]

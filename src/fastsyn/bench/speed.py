@@ -29,8 +29,9 @@ import numpy as np
 
 from fastsyn.bench.store import write_json
 
-__all__ = ["main_speed", "make_field", "make_pair", "run_speed", "speed_command",
-           "thread_counts"]
+__all__ = ["MEMORY_TARGETS", "TIME_TARGETS", "grid_label", "grid_pair", "grid_shape",
+           "main_speed", "make_field", "make_pair", "parse_grid", "run_speed",
+           "speed_command", "target_checks", "thread_counts"]
 
 #: Implementation name of fastsyn's ANTs mode in rows and ratios.
 ANTS_MODE = "fastsyn-ants"
@@ -56,43 +57,107 @@ def make_field(shape, *, amplitude=3.0, seed=0, dtype=np.float32):
     return np.ascontiguousarray(field.astype(dtype))
 
 
-def make_pair(size=128, *, seed=0):
-    """A ~size³ T1 pair from nilearn's MNI152 template and a smooth warp.
+def make_pair(size=128, *, seed=0, resolution=None):
+    """A T1 pair from nilearn's MNI152 template and a smooth warp.
 
-    Returns static, moving (float32) and the grid-to-world affine.
+    Parameters
+    ----------
+    size : int, optional
+        Longest edge, in voxels, of the brain's bounding box (the template is
+        cropped to it and zoomed); ignored when ``resolution`` is given.
+    seed : int, optional
+        Seed of the warp.
+    resolution : float, optional
+        Voxel size in mm of the whole, uncropped template grid (1 gives the
+        1 mm MNI152 grid, 197 x 233 x 189 voxels): a real brain size.
+
+    Returns
+    -------
+    static, moving : ndarray (float32)
+    affine : ndarray, shape (4, 4)
+        The grid-to-world affine (isotropic voxels).
     """
     from nilearn.datasets import load_mni152_template
     from scipy import ndimage
 
     template = load_mni152_template(resolution=1)
     data = np.asarray(template.get_fdata(), dtype=np.float32)
-    nz = np.argwhere(data > 0)
-    lo, hi = nz.min(0), nz.max(0) + 1
-    data = data[tuple(slice(a, b) for a, b in zip(lo, hi))]
-    zoom = size / max(data.shape)
-    static = ndimage.zoom(data, zoom, order=1).astype(np.float32)
+    if resolution is None:
+        nz = np.argwhere(data > 0)
+        lo, hi = nz.min(0), nz.max(0) + 1
+        data = data[tuple(slice(a, b) for a, b in zip(lo, hi))]
+        zoom = size / max(data.shape)
+    else:
+        zoom = 1.0 / float(resolution)
+    static = data if zoom == 1.0 else ndimage.zoom(data, zoom, order=1).astype(np.float32)
     disp = make_field(static.shape, amplitude=3.0, seed=seed, dtype=np.float64)
     grid = np.indices(static.shape, dtype=np.float64)
     coords = grid + np.moveaxis(disp, -1, 0)
+    del grid, disp
     moving = ndimage.map_coordinates(static, coords, order=1).astype(np.float32)
     affine = np.diag([1.0 / zoom] * 3 + [1.0])
-    return static, moving, affine
+    return np.ascontiguousarray(static), moving, affine
+
+
+def parse_grid(text):
+    """A speed grid from text: ``"128"`` (cropped brain, longest edge 128
+    voxels) or ``"1mm"`` (the whole MNI152 grid at 1 mm); returns an int or
+    a string ending in ``mm``."""
+    text = str(text).strip()
+    try:
+        if text.endswith("mm"):
+            if float(text[:-2]) > 0:
+                return text
+        elif int(text) >= 8:
+            return int(text)
+    except ValueError:
+        pass
+    raise ValueError(f"a speed grid is an edge of at least 8 voxels (128) or a resolution "
+                     f"in mm (1mm), got {text!r}")
+
+
+def grid_pair(grid, *, seed=0):
+    """:func:`make_pair` for a grid of :func:`parse_grid`."""
+    grid = parse_grid(grid)
+    if isinstance(grid, str):
+        return make_pair(seed=seed, resolution=float(grid[:-2]))
+    return make_pair(grid, seed=seed)
+
+
+def grid_shape(grid):
+    """The voxel shape of the kernels' case on ``grid``: ``(N, N, N)`` for
+    an edge, the template grid's shape for a resolution."""
+    grid = parse_grid(grid)
+    if isinstance(grid, int):
+        return (grid,) * 3
+    from nilearn.datasets import load_mni152_template
+
+    zoom = 1.0 / float(grid[:-2])
+    return tuple(int(round(s * zoom)) for s in load_mni152_template(resolution=1).shape)
+
+
+def grid_label(grid):
+    """``"128^3"`` or ``"1mm 197x233x189"``."""
+    grid = parse_grid(grid)
+    if isinstance(grid, int):
+        return f"{grid}^3"
+    return f"{grid} {'x'.join(map(str, grid_shape(grid)))}"
 
 
 # ------------------------------------------------------------------ kernels
-def _kernel_cases(size):
+def _kernel_cases(grid):
     import dipy.align.vector_fields as vfu
 
     from fastsyn import fields
 
-    shape = (size, size, size)
+    shape = grid_shape(grid)
     field = make_field(shape, amplitude=4.0, seed=1)
     other = make_field(shape, amplitude=4.0, seed=2)
     image = np.ascontiguousarray(field[..., 0] * 10)
     w2g, spacing = np.eye(4), np.ones(3)
     eye = np.eye(4)
     out_shape = np.array(shape, dtype=np.int32)
-    label = f"{size}^3 float32"
+    label = f"{grid_label(grid)} float32"
     return {
         f"compose {label}": (
             lambda: vfu.compose_vector_fields_3d(field, other, None, w2g, 1.0, None),
@@ -150,7 +215,7 @@ def _peak_rss_mb():
 
 def _syn_worker(impl, threads, size, levels, metric):
     """Run one registration; print a JSON line with time and peak RSS."""
-    static, moving, affine = make_pair(size)
+    static, moving, affine = grid_pair(size)
     import dipy.align.imwarp as dipy_imwarp
     from dipy.align.metrics import CCMetric as DipyCC
 
@@ -203,7 +268,7 @@ def make_moved_pair(size=128, *, degrees=6.0, shift=(3.0, -2.0, 4.0)):
     so that a rigid prealignment has something to find."""
     from scipy import ndimage
 
-    static, moving, affine = make_pair(size)
+    static, moving, affine = grid_pair(size)
     c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
     rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
     centre = (np.array(static.shape) - 1) / 2
@@ -225,7 +290,7 @@ def _prealign_cases(size, quick):
                            ("affine", ["center_of_mass", "translation", "rigid", "affine"])):
         params = {"level_iters": list(iters), "sigmas": list(DEFAULT_SIGMAS),
                   "factors": list(DEFAULT_FACTORS), "nbins": 32, "pipeline": pipeline}
-        case = f"{kind} prealign {size}^3 MI {'/'.join(map(str, iters))}"
+        case = f"{kind} prealign {grid_label(size)} MI {'/'.join(map(str, iters))}"
         cases[case] = {name: (lambda t, fn=fn, p=params: fn(static, moving, affine, affine,
                                                             p, t))
                        for name, fn in RIGID.items()}
@@ -242,7 +307,7 @@ def _time_prealign(size, quick, repeat, counts, external, record, log):
     os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(counts[-1]))
     # first calls pay one-off costs (imports, ITK's start-up): warm every
     # tool up on a small copy before the timed rounds
-    for fns in _prealign_cases(min(size, 32), True).values():
+    for fns in _prealign_cases(32, True).values():
         for name in ("dipy", "fastsyn", *external):
             if name in fns:
                 fns[name](counts[-1])
@@ -409,11 +474,11 @@ def run_speed(*, size=128, syn_size=None, levels=(20, 20, 10), repeat=3, threads
 
     if include_syn:
         for metric in metrics:
-            case = (f"SyN {metric.upper()} {syn_size}^3 levels "
+            case = (f"SyN {metric.upper()} {grid_label(syn_size)} levels "
                     f"{'/'.join(map(str, levels))}")
             impls = (["dipy"] if metric == "cc" else []) + fast_impls + mode_impls
             impls += [name for name in external if name != "ants" or metric != "cc" or ants_cc]
-            pair = make_pair(syn_size) if set(impls) & {"ants", "greedy"} else None
+            pair = grid_pair(syn_size) if set(impls) & {"ants", "greedy"} else None
             samples = {impl: [] for impl in impls}
             peaks, extra = {}, {}
             for r in range(repeat):
@@ -432,18 +497,61 @@ def run_speed(*, size=128, syn_size=None, levels=(20, 20, 10), repeat=3, threads
     if include_prealign:
         _time_prealign(syn_size, quick, repeat, counts, external, record, log)
     env = dict(_environment(all_threads), threads_timed=list(counts))
-    return {"environment": env, "rows": rows, "ratios": ratios}
+    result = {"environment": env, "rows": rows, "ratios": ratios}
+    result["targets"] = target_checks(result)
+    return result
+
+
+#: The speed targets (issue #11): fastsyn's SyN time on all threads over the
+#: tool's, same run; and fastsyn's peak memory over stock DIPY's.
+TIME_TARGETS = (("CC", "greedy", 0.8), ("MI", "greedy", 1.0), ("MI", "ants", 0.2))
+MEMORY_TARGETS = (("CC", "dipy", 1.0),)
+
+
+def target_checks(result):
+    """The targets' ratios measured in ``result`` (a :func:`run_speed` dict).
+
+    Returns
+    -------
+    list of dict
+        ``case``, ``what`` (``time`` or ``peak memory``), ``baseline``,
+        ``ratio`` (fastsyn on its largest thread count over the baseline;
+        below 1: fastsyn faster or leaner), ``target`` and ``met``, for every
+        end-to-end SyN case where both were measured.
+    """
+    checks = []
+    cases = dict.fromkeys(r["case"] for r in result["rows"] if r["case"].startswith("SyN "))
+    for case in cases:
+        rows = {r["impl"]: r for r in result["rows"]
+                if r["case"] == case and r["impl"] != "fastsyn"}
+        ours = [r for r in result["rows"] if r["case"] == case and r["impl"] == "fastsyn"]
+        if not ours:
+            continue
+        ours = max(ours, key=lambda r: r["threads"])
+        metric = case.split()[1]
+        for what, targets, key in (("time", TIME_TARGETS, "median_s"),
+                                   ("peak memory", MEMORY_TARGETS, "peak_mem_mb")):
+            for m, baseline, target in targets:
+                base = rows.get(baseline, {}).get(key)
+                if m != metric or not base or ours.get(key) is None:
+                    continue
+                ratio = ours[key] / base
+                checks.append({"case": case, "what": what, "baseline": baseline,
+                               "threads": ours["threads"], "ratio": float(ratio),
+                               "target": target, "met": bool(ratio <= target)})
+    return checks
 
 
 def format_speed(result):
     """The speed table as text."""
     lines = [f"{'case':<38} {'impl':<12} {'thr':>3} {'median s':>9} {'min':>8} {'max':>8} "
-             f"{'peak MB':>8} {'vs dipy':>8}"]
+             f"{'peak GB':>8} {'vs dipy':>8}"]
     base = {r["case"]: r["median_s"] for r in result["rows"] if r["impl"] == "dipy"}
     for r in result["rows"]:
         ratio = base.get(r["case"])
         ratio = f"{ratio / r['median_s']:7.2f}x" if ratio else "       -"
-        peak = f"{r['peak_mem_mb']:8.1f}" if r.get("peak_mem_mb") is not None else "       -"
+        peak = (f"{r['peak_mem_mb'] / 1024:8.3f}" if r.get("peak_mem_mb") is not None
+                else "       -")
         lines.append(f"{r['case']:<38} {r['impl']:<12} {r['threads']:>3} {r['median_s']:9.3f} "
                      f"{r['min_s']:8.3f} {r['max_s']:8.3f} {peak} {ratio}")
     lines.append("")
@@ -453,6 +561,15 @@ def format_speed(result):
             continue
         lines.append(f"  {q['case']:<38} {q['threads']:>2} threads vs {q['baseline']:<9} "
                      f"{q['speedup']:6.2f}x")
+    checks = target_checks(result)
+    if checks:
+        lines.append("")
+        lines.append("targets (fastsyn on its largest thread count over the baseline, same run; "
+                     "lower is better):")
+        for c in checks:
+            lines.append(f"  {c['case']:<38} {c['what']:<11} vs {c['baseline']:<7} "
+                         f"{c['ratio']:6.2f}  target <= {c['target']:.2f}  "
+                         f"{'met' if c['met'] else 'NOT met'}")
     mode = [q for q in result["ratios"] if q.get("impl") == ANTS_MODE]
     if mode:
         lines.append("")
@@ -470,8 +587,10 @@ def speed_command(*, size=None, levels=None, repeat=3, threads=None, metrics=("c
 
     Parameters
     ----------
-    size : int, optional
-        Edge of the cubic cases; default 128, or 64 when ``quick``.
+    size : int or str, optional
+        The grid (:func:`parse_grid`): an edge in voxels (default 128, or 64
+        when ``quick``) or a resolution such as ``"1mm"`` (the whole MNI152
+        grid: a real brain size); the kernels run on its shape.
     levels : sequence of int, optional
         SyN iterations per level; default (20, 20, 10), or (4, 4, 2) when
         ``quick``.
@@ -514,7 +633,8 @@ def speed_command(*, size=None, levels=None, repeat=3, threads=None, metrics=("c
     levels = tuple(int(v) for v in levels)
     counts = thread_counts(threads)
     external = available_external() if external is None else tuple(external)
-    log(f"fastsyn bench speed: kernels at {size}^3, SyN at {size}^3 levels {levels}, "
+    size = parse_grid(size)
+    log(f"fastsyn bench speed: kernels and SyN at {grid_label(size)}, levels {levels}, "
         f"fastsyn on {', '.join(map(str, counts))} thread(s), {repeat} interleaved rounds")
     result = run_speed(size=size, levels=levels, repeat=repeat, threads=counts,
                        metrics=tuple(metrics), include_syn=include_syn, external=external,
@@ -562,7 +682,7 @@ def _cli(argv=None):
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--worker", nargs=5, metavar=("IMPL", "THREADS", "SIZE", "LEVELS",
                                                       "METRIC"), help=argparse.SUPPRESS)
-    parser.add_argument("--size", type=int, default=None)
+    parser.add_argument("--size", type=parse_grid, default=None)
     parser.add_argument("--threads", default=None)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--levels", default=None)
@@ -578,7 +698,8 @@ def _cli(argv=None):
     args = parser.parse_args(argv)
     if args.worker:
         impl, threads, size, levels, metric = args.worker
-        _syn_worker(impl, int(threads), int(size), tuple(map(int, levels.split(","))), metric)
+        _syn_worker(impl, int(threads), parse_grid(size), tuple(map(int, levels.split(","))),
+                    metric)
         return
     main_speed(args)
 

@@ -183,10 +183,26 @@ def _tables_text(records, datasets, fmt):
 
 
 # ----------------------------------------------------------------- bench speed
+def _add_grid(p):
+    grid = p.add_mutually_exclusive_group()
+    grid.add_argument("--size", type=positive_int, default=None, metavar="N",
+                      help="the brain's bounding box zoomed to a longest edge of N voxels; "
+                           "kernels on N^3 (default 128; 64 with --quick)")
+    grid.add_argument("--resolution", type=positive_float, default=None, metavar="MM",
+                      help="the whole MNI152 grid at MM mm instead (1: 197x233x189, a real "
+                           "brain size); kernels on the same grid")
+
+
+def _grid(args):
+    """The grid of --size / --resolution (None: the command's default)."""
+    if args.resolution is not None:
+        return f"{args.resolution:g}mm"
+    return args.size
+
+
 def _add_speed(bsub):
     p = bsub.add_parser("speed", help="kernel and end-to-end timings")
-    p.add_argument("--size", type=positive_int, default=None,
-                   help="edge of the cubic cases in voxels (default 128; 64 with --quick)")
+    _add_grid(p)
     p.add_argument("--threads", type=thread_list, default=None, metavar="T1,T2,...",
                    help="fastsyn thread counts to time, e.g. 1,2,4 or 'all' (default "
                         "1,all); one thread is always timed, as the serial reference")
@@ -217,7 +233,7 @@ def run_speed(args):
 
     metrics = _metric_list(args.metric)
     speed.speed_command(
-        size=args.size, levels=args.levels, repeat=args.repeat, threads=args.threads,
+        size=_grid(args), levels=args.levels, repeat=args.repeat, threads=args.threads,
         metrics=metrics, include_syn=not args.no_syn,
         external=None if args.external is None else tuple(_names(args.external)),
         ants_cc=args.ants_cc, out=args.out, quick=args.quick,
@@ -250,7 +266,7 @@ def run_roofline(args):
 
 def _add_scaling(bsub):
     p = bsub.add_parser("scaling", help="speed-up and parallel efficiency over thread counts")
-    p.add_argument("--size", type=positive_int, default=128, metavar="N")
+    _add_grid(p)
     p.add_argument("--threads", type=thread_counts, default=(1, 2, 4, 8, 16), metavar="LIST",
                    help="thread counts (default 1,2,4,8,16; counts above the CPUs are "
                         "reported as not measured)")
@@ -265,7 +281,7 @@ def run_scaling(args):
     """Handler of ``fastsyn bench scaling``."""
     from fastsyn.bench.roofline import format_scaling, scaling
 
-    result = scaling(args.size, threads=args.threads, repeat=args.repeat, syn=not args.no_syn,
+    result = scaling(_grid(args) or 128, threads=args.threads, repeat=args.repeat, syn=not args.no_syn,
                      levels=args.levels)
     print(format_scaling(result))
     _write_json(args.out, result)

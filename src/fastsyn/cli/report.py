@@ -19,8 +19,9 @@ def add_parser(sub):
                         "or OUT)")
     p.add_argument("--roofline", default=None, metavar="FILE",
                    help="JSON of 'fastsyn bench roofline' (default: roofline.json in DIR or OUT)")
-    p.add_argument("--scaling", default=None, metavar="FILE",
-                   help="JSON of 'fastsyn bench scaling' (default: scaling.json in DIR or OUT)")
+    p.add_argument("--scaling", default=None, metavar="FILE[,FILE...]",
+                   help="JSON of 'fastsyn bench scaling', one table each (default: "
+                        "scaling.json and scaling-*.json in DIR or OUT)")
     p.add_argument("--benchmarks", default=".benchmarks", metavar="DIR",
                    help="pytest-benchmark storage compared in the report "
                         "(default .benchmarks)")
@@ -35,14 +36,15 @@ def run(args):
 
     if not Path(args.results).is_dir():
         raise CommandError(f"results folder not found: {args.results}")
+    scaling = None if args.scaling is None else [p for p in args.scaling.split(",") if p]
     for flag, path in (("--speed", args.speed), ("--profile", args.profile),
                        ("--agreement", args.agreement), ("--roofline", args.roofline),
-                       ("--scaling", args.scaling)):
+                       *(("--scaling", p) for p in scaling or ())):
         if path is not None and not Path(path).is_file():
             raise CommandError(f"{flag} file not found: {path}")
     page = write_report(args.results, args.out, speed_json=args.speed,
                         profile_json=args.profile, agreement_json=args.agreement,
-                        roofline_json=args.roofline, scaling_json=args.scaling,
+                        roofline_json=args.roofline, scaling_json=scaling,
                         benchmark_json_dir=args.benchmarks)
     print(f"report written to {page}")
     print(f"open it with: xdg-open {page.resolve()}  (or file://{page.resolve()})")
