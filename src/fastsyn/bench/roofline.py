@@ -171,11 +171,10 @@ def roofline(size=128, *, threads=None, repeat=3):
             "bandwidth_gbs": bandwidth / 1e9, "rows": rows}
 
 
-def _syn_seconds(size, metric, threads, levels):
+def _syn_seconds(pair, metric, threads, levels):
     import fastsyn
-    from fastsyn.bench.speed import grid_pair
 
-    static, moving, affine = grid_pair(size)
+    static, moving, affine = pair
     m = fastsyn.CCMetric(3, radius=4) if metric == "cc" else fastsyn.MIMetric(3)
     sdr = fastsyn.SymmetricDiffeomorphicRegistration(m, level_iters=list(levels),
                                                      num_threads=threads)
@@ -220,9 +219,12 @@ def scaling(size=128, *, threads=(1, 2, 4, 8, 16), repeat=3, syn=True,
     cases = {name: (lambda t, fn=fn: _median_time(lambda: fn(t), repeat))
              for name, fn in calls.items()}
     if syn:
+        from fastsyn.bench.speed import grid_pair
+
+        pair = grid_pair(size)  # built once: at 1 mm it takes seconds
         for metric in ("cc", "mi"):
             cases[f"SyN {metric.upper()} {'/'.join(map(str, levels))}"] = (
-                lambda t, metric=metric: _syn_seconds(size, metric, t, levels))
+                lambda t, metric=metric: _syn_seconds(pair, metric, t, levels))
     rows = []
     for name, timer in cases.items():
         seconds = {t: timer(t) for t in measured}
