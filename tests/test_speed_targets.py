@@ -50,3 +50,20 @@ def test_target_checks():
     assert not checks[(mi, "time", "greedy")]["met"]
     assert checks[(mi, "time", "ants")]["ratio"] == pytest.approx(0.25)
     assert target_checks({"rows": rows[:1]}) == []
+
+
+@pytest.mark.parametrize("kernel, cls", [("cc step", "CCMetric"), ("mi step", "MIMetric")])
+def test_roofline_times_the_metric_step_alone(monkeypatch, kernel, cls):
+    """The metric is set up once per thread count, not inside every timed call."""
+    import fastsyn
+    from fastsyn.bench.roofline import _kernel_calls
+
+    starts = []
+    original = getattr(fastsyn, cls).initialize_iteration
+    monkeypatch.setattr(getattr(fastsyn, cls), "initialize_iteration",
+                        lambda self: (starts.append(1), original(self))[1])
+    calls, _ = _kernel_calls(16)
+    for _ in range(3):
+        calls[kernel](1)
+    calls[kernel](2)
+    assert len(starts) == 2
