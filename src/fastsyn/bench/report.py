@@ -732,7 +732,7 @@ def _scaling_context(scaling):
                        for t in counts]} for r in scaling["rows"]]
     size = scaling.get("size")
     grid = (scaling.get("grid") or f"{size}^3").replace("^3", "³")
-    return {"grid": grid, "cpus": scaling.get("cpus"),
+    return {"grid": grid, "note": scaling.get("note"), "cpus": scaling.get("cpus"),
             "headers": [f"{t} thread{'s' if t > 1 else ''}" for t in counts],
             "skipped": scaling.get("skipped") or [], "rows": rows}
 

@@ -260,6 +260,7 @@ def format_scaling(result):
     counts = result["threads"]
     head = "".join(f"{t:>18}" for t in counts)
     lines = [f"thread scaling, {_grid_of(result)}, {result['cpus']} CPUs"
+             + (f"; {result['note']}" if result.get("note") else "")
              + (f" (not measured: {result['skipped']})" if result["skipped"] else ""),
              f"{'case':<28}{head}",
              f"{'':<28}" + "".join(f"{'s  x  eff':>18}" for _ in counts)]
