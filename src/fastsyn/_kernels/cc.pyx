@@ -4,9 +4,11 @@
 # the border, then DIPY's five per-voxel factors.  The box sums are exact
 # explicit sums (no running add/subtract), so a window of zeros sums to exactly
 # zero as in DIPY and the result does not depend on where a thread starts.
-# Each thread owns a contiguous run of output slices and keeps a ring of
-# in-plane box-summed slices; a slice's 3D sum adds the ring's planes in
-# ascending slice order.
+# Each thread owns a contiguous run of output slices; for each, it sums the
+# quantities over the window's slices first (ascending, a block of in-plane
+# voxels at a time, so the partial sums stay in L1 while the images stream
+# from L2), then in-plane along j and i.  Summing across slices first reads
+# 8 bytes of image per voxel and slice instead of 40 bytes of summed planes.
 #
 # Steps: the forward/backward CC gradient with the image gradient computed on
 # the fly (DIPY stores two gradient volumes), energy kept per slice/row and
@@ -22,7 +24,8 @@ from fastsyn._kernels._interp cimport (chunk_threads, Affine2, Affine3, affine2_
 
 
 cdef enum:
-    NQ = 5   # I, I*I, J, J*J, I*J
+    NQ = 5        # I, I*I, J, J*J, I*J
+    KBLOCK = 512  # in-plane voxels whose slice sums are kept together
 
 
 cdef inline Py_ssize_t _imax(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -33,29 +36,34 @@ cdef inline Py_ssize_t _imin(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return a if a < b else b
 
 
-cdef void _box_plane(const floating* I, const floating* J, Py_ssize_t nr,
-                     Py_ssize_t nc, Py_ssize_t radius, double* row,
-                     double* hsum, double* plane) noexcept nogil:
-    """In-plane clipped box sums of the five quantities of one slice.
+cdef void _quantities(const floating* I, const floating* J, Py_ssize_t n,
+                      double* q) noexcept nogil:
+    """The five quantities of n voxels, laid out [q][v] with stride n."""
+    cdef:
+        Py_ssize_t v
+        double a, b
+    for v in range(n):
+        a = I[v]
+        b = J[v]
+        q[v] = a
+        q[n + v] = a * a
+        q[2 * n + v] = b
+        q[3 * n + v] = b * b
+        q[4 * n + v] = a * b
 
-    ``plane`` and ``hsum`` are laid out [q][i][j]; ``row`` holds NQ * nc.
-    """
+
+cdef void _inplane_sums(const double* src, Py_ssize_t nr, Py_ssize_t nc,
+                        Py_ssize_t radius, double* hsum, double* out) noexcept nogil:
+    """Clipped in-plane box sums of the five planes of ``src`` ([q][i][j]):
+    along j into ``hsum``, then along i into ``out``, each an explicit sum
+    in ascending offset order."""
     cdef:
         Py_ssize_t i, j, t, q, lo, hi, ii, npl = nr * nc
-        double a, b
-        double* src
+        const double* a
         double* dst
-    for i in range(nr):
-        for j in range(nc):
-            a = I[i * nc + j]
-            b = J[i * nc + j]
-            row[j] = a
-            row[nc + j] = a * a
-            row[2 * nc + j] = b
-            row[3 * nc + j] = b * b
-            row[4 * nc + j] = a * b
-        for q in range(NQ):
-            src = row + q * nc
+    for q in range(NQ):
+        for i in range(nr):
+            a = src + q * npl + i * nc
             dst = hsum + q * npl + i * nc
             for j in range(nc):
                 dst[j] = 0
@@ -63,18 +71,17 @@ cdef void _box_plane(const floating* I, const floating* J, Py_ssize_t nr,
                 lo = _imax(0, -t)
                 hi = _imin(nc, nc - t)
                 for j in range(lo, hi):
-                    dst[j] += src[j + t]
-    for q in range(NQ):
+                    dst[j] += a[j + t]
         for i in range(nr):
-            dst = plane + q * npl + i * nc
+            dst = out + q * npl + i * nc
             for j in range(nc):
                 dst[j] = 0
             lo = _imax(0, i - radius)
             hi = _imin(nr - 1, i + radius)
             for ii in range(lo, hi + 1):
-                src = hsum + q * npl + ii * nc
+                a = hsum + q * npl + ii * nc
                 for j in range(nc):
-                    dst[j] += src[j]
+                    dst[j] += a[j]
 
 
 cdef inline void _write_factors(floating* f, double Ival, double Jval,
@@ -87,41 +94,62 @@ cdef inline void _write_factors(floating* f, double Ival, double Jval,
     f[4] = <floating>(s[3] - Jmean * s[2] - Jmean * s[2] + cnt * Jmean * Jmean)
 
 
+cdef void _slice_sums(const floating* I, const floating* J, Py_ssize_t npl,
+                      Py_ssize_t lo, Py_ssize_t hi, double* col) noexcept nogil:
+    """Sums over slices lo..hi (ascending) of the five quantities of every
+    in-plane voxel, a block of voxels at a time so that the sums stay in
+    the L1 cache while the slices stream through."""
+    cdef:
+        Py_ssize_t k, v, v0, v1
+        double a, b
+        const floating* Ik
+        const floating* Jk
+    v0 = 0
+    while v0 < npl:
+        v1 = _imin(npl, v0 + KBLOCK)
+        for v in range(v0, v1):
+            col[v] = 0
+            col[npl + v] = 0
+            col[2 * npl + v] = 0
+            col[3 * npl + v] = 0
+            col[4 * npl + v] = 0
+        for k in range(lo, hi + 1):
+            Ik = I + k * npl
+            Jk = J + k * npl
+            for v in range(v0, v1):
+                a = Ik[v]
+                b = Jk[v]
+                col[v] += a
+                col[npl + v] += a * a
+                col[2 * npl + v] += b
+                col[3 * npl + v] += b * b
+                col[4 * npl + v] += a * b
+        v0 = v1
+
+
 cdef void _factors_chunk_3d(const floating* I, const floating* J, Py_ssize_t ns,
                             Py_ssize_t nr, Py_ssize_t nc, Py_ssize_t radius,
                             Py_ssize_t s0, Py_ssize_t s1, floating* factors,
                             int* failed) noexcept nogil:
     cdef:
-        Py_ssize_t side = 2 * radius + 1, npl = nr * nc
-        Py_ssize_t s, k, i, j, q, v, next_k, lo, hi, ci, cj
-        double* ring = <double*>malloc(side * NQ * npl * sizeof(double))
+        Py_ssize_t npl = nr * nc
+        Py_ssize_t s, i, j, q, v, lo, hi, ci, cj
+        double* col = <double*>malloc(NQ * npl * sizeof(double))
         double* hsum = <double*>malloc(NQ * npl * sizeof(double))
-        double* row = <double*>malloc(NQ * nc * sizeof(double))
         double* acc = <double*>malloc(NQ * npl * sizeof(double))
-        double* plane
         double sums[NQ]
         double ck
-    if ring == NULL or hsum == NULL or row == NULL or acc == NULL:
+    if col == NULL or hsum == NULL or acc == NULL:
         failed[0] = 1
-        free(ring)
+        free(col)
         free(hsum)
-        free(row)
         free(acc)
         return
-    next_k = _imax(0, s0 - radius)
     for s in range(s0, s1):
         lo = _imax(0, s - radius)
         hi = _imin(ns - 1, s + radius)
-        while next_k <= hi:
-            _box_plane(I + next_k * npl, J + next_k * npl, nr, nc, radius, row,
-                       hsum, ring + (next_k % side) * NQ * npl)
-            next_k += 1
-        for v in range(NQ * npl):
-            acc[v] = 0
-        for k in range(lo, hi + 1):
-            plane = ring + (k % side) * NQ * npl
-            for v in range(NQ * npl):
-                acc[v] += plane[v]
+        _slice_sums(I, J, npl, lo, hi, col)
+        _inplane_sums(col, nr, nc, radius, hsum, acc)
         ck = hi - lo + 1
         for i in range(nr):
             ci = _imin(nr - 1, i + radius) - _imax(0, i - radius) + 1
@@ -132,9 +160,8 @@ cdef void _factors_chunk_3d(const floating* I, const floating* J, Py_ssize_t ns,
                     sums[q] = acc[q * npl + v]
                 _write_factors(factors + (s * npl + v) * 5, I[s * npl + v],
                                J[s * npl + v], sums, ck * ci * cj)
-    free(ring)
+    free(col)
     free(hsum)
-    free(row)
     free(acc)
 
 
@@ -163,16 +190,17 @@ def cc_factors_2d(const floating[:, ::1] static, const floating[:, ::1] moving,
         Py_ssize_t nr = static.shape[0], nc = static.shape[1], npl = nr * nc
         Py_ssize_t i, j, q, v, ci, cj
         double* hsum = <double*>malloc(NQ * npl * sizeof(double))
-        double* row = <double*>malloc(NQ * nc * sizeof(double))
+        double* quantities = <double*>malloc(NQ * npl * sizeof(double))
         double* plane = <double*>malloc(NQ * npl * sizeof(double))
         double sums[NQ]
-    if hsum == NULL or row == NULL or plane == NULL:
+    if hsum == NULL or quantities == NULL or plane == NULL:
         free(hsum)
-        free(row)
+        free(quantities)
         free(plane)
         raise MemoryError("cc_factors_2d: could not allocate the window buffers")
     with nogil:
-        _box_plane(&static[0, 0], &moving[0, 0], nr, nc, radius, row, hsum, plane)
+        _quantities(&static[0, 0], &moving[0, 0], npl, quantities)
+        _inplane_sums(quantities, nr, nc, radius, hsum, plane)
         for i in range(nr):
             ci = _imin(nr - 1, i + radius) - _imax(0, i - radius) + 1
             for j in range(nc):
@@ -183,7 +211,7 @@ def cc_factors_2d(const floating[:, ::1] static, const floating[:, ::1] moving,
                 _write_factors(&factors[i, j, 0], static[i, j], moving[i, j],
                                sums, <double>(ci * cj))
     free(hsum)
-    free(row)
+    free(quantities)
     free(plane)
 
 
