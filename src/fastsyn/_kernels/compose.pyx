@@ -266,9 +266,12 @@ cdef void _resample_slice_3d(const floating* field, Py_ssize_t ns, Py_ssize_t nr
         double val[3]
     for i in range(onr):
         for j in range(onc):
-            # DIPY keeps the zero-padded partial sum near the border.
-            interp_vector_3d(field, ns, nr, nc, k * factors[0], i * factors[1],
-                             j * factors[2], val)
+            # Whole cells take the inlined sample (same bits); near the border
+            # DIPY keeps the zero-padded partial sum.
+            if not interp_vector_3d_cell(field, ns, nr, nc, k * factors[0],
+                                         i * factors[1], j * factors[2], val):
+                interp_vector_3d(field, ns, nr, nc, k * factors[0], i * factors[1],
+                                 j * factors[2], val)
             v = ((k * onr + i) * onc + j) * 3
             out[v] = <floating>val[0]
             out[v + 1] = <floating>val[1]
