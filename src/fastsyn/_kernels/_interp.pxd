@@ -82,130 +82,15 @@ cdef inline void affine2_vector(const Affine2* a, double x0, double x1,
         y[1] = a.m[3] * x0 + a.m[4] * x1
 
 
-cdef inline int interp_vector_3d(const floating* f, Py_ssize_t ns, Py_ssize_t nr,
-                                 Py_ssize_t nc, double dk, double di, double dj,
-                                 double* out) noexcept nogil:
-    """Trilinear sample of a (ns, nr, nc, 3) C-contiguous field."""
-    cdef:
-        Py_ssize_t k, i, j, base, sr = nc * 3, ss = nr * nc * 3
-        double ck, ci, cj, ak, ai, aj, w
-        int inside = 0, kin0, kin1, iin0, iin1, jin0, jin1
-    out[0] = 0
-    out[1] = 0
-    out[2] = 0
-    if not (-1 < dk < ns and -1 < di < nr and -1 < dj < nc):
-        return 0
-    k = ifloor(dk)
-    i = ifloor(di)
-    j = ifloor(dj)
-    ck = dk - k
-    ci = di - i
-    cj = dj - j
-    ak = 1 - ck
-    ai = 1 - ci
-    aj = 1 - cj
-    kin0 = k >= 0
-    kin1 = k + 1 < ns
-    iin0 = i >= 0
-    iin1 = i + 1 < nr
-    jin0 = j >= 0
-    jin1 = j + 1 < nc
-    base = k * ss + i * sr + j * 3
-    if kin0 and kin1 and iin0 and iin1 and jin0 and jin1:
-        # Whole cell inside: the common case, no per-corner tests.
-        w = ak * ai * aj
-        out[0] = w * f[base]
-        out[1] = w * f[base + 1]
-        out[2] = w * f[base + 2]
-        w = ak * ai * cj
-        out[0] += w * f[base + 3]
-        out[1] += w * f[base + 4]
-        out[2] += w * f[base + 5]
-        w = ak * ci * aj
-        out[0] += w * f[base + sr]
-        out[1] += w * f[base + sr + 1]
-        out[2] += w * f[base + sr + 2]
-        w = ak * ci * cj
-        out[0] += w * f[base + sr + 3]
-        out[1] += w * f[base + sr + 4]
-        out[2] += w * f[base + sr + 5]
-        base = base + ss
-        w = ck * ai * aj
-        out[0] += w * f[base]
-        out[1] += w * f[base + 1]
-        out[2] += w * f[base + 2]
-        w = ck * ai * cj
-        out[0] += w * f[base + 3]
-        out[1] += w * f[base + 4]
-        out[2] += w * f[base + 5]
-        w = ck * ci * aj
-        out[0] += w * f[base + sr]
-        out[1] += w * f[base + sr + 1]
-        out[2] += w * f[base + sr + 2]
-        w = ck * ci * cj
-        out[0] += w * f[base + sr + 3]
-        out[1] += w * f[base + sr + 4]
-        out[2] += w * f[base + sr + 5]
-        return 1
-    if kin0 and iin0 and jin0:
-        w = ak * ai * aj
-        out[0] += w * f[base]
-        out[1] += w * f[base + 1]
-        out[2] += w * f[base + 2]
-        inside += 1
-    if kin0 and iin0 and jin1:
-        w = ak * ai * cj
-        out[0] += w * f[base + 3]
-        out[1] += w * f[base + 4]
-        out[2] += w * f[base + 5]
-        inside += 1
-    if kin0 and iin1 and jin0:
-        w = ak * ci * aj
-        out[0] += w * f[base + sr]
-        out[1] += w * f[base + sr + 1]
-        out[2] += w * f[base + sr + 2]
-        inside += 1
-    if kin0 and iin1 and jin1:
-        w = ak * ci * cj
-        out[0] += w * f[base + sr + 3]
-        out[1] += w * f[base + sr + 4]
-        out[2] += w * f[base + sr + 5]
-        inside += 1
-    base = base + ss
-    if kin1 and iin0 and jin0:
-        w = ck * ai * aj
-        out[0] += w * f[base]
-        out[1] += w * f[base + 1]
-        out[2] += w * f[base + 2]
-        inside += 1
-    if kin1 and iin0 and jin1:
-        w = ck * ai * cj
-        out[0] += w * f[base + 3]
-        out[1] += w * f[base + 4]
-        out[2] += w * f[base + 5]
-        inside += 1
-    if kin1 and iin1 and jin0:
-        w = ck * ci * aj
-        out[0] += w * f[base + sr]
-        out[1] += w * f[base + sr + 1]
-        out[2] += w * f[base + sr + 2]
-        inside += 1
-    if kin1 and iin1 and jin1:
-        w = ck * ci * cj
-        out[0] += w * f[base + sr + 3]
-        out[1] += w * f[base + sr + 4]
-        out[2] += w * f[base + sr + 5]
-        inside += 1
-    return 1 if inside == 8 else 0
-
-
 cdef inline int interp_vector_3d_cell(const floating* f, Py_ssize_t ns,
                                       Py_ssize_t nr, Py_ssize_t nc, double dk,
                                       double di, double dj,
                                       double* out) noexcept nogil:
-    """interp_vector_3d for callers that discard the zero-padded partial sum
-    (compositions, inversions): 1 and the same bits where the whole cell is
-    inside the grid, else 0 with ``out`` untouched.
+    """Trilinear sample of a (ns, nr, nc, 3) field inside one whole cell:
+    1 and the sample where the whole cell is inside the grid, else 0 with
+    ``out`` untouched.  interp_vector_3d's whole-cell case; callers that
+    discard the zero-padded partial sum (compositions, inversions) call it
+    directly.
 
     The cell is inside exactly when 0 <= coordinate < n - 1 on every axis
     (NaN fails the test), so no corner test and no floor is needed, and the
@@ -226,7 +111,6 @@ cdef inline int interp_vector_3d_cell(const floating* f, Py_ssize_t ns,
     ai = 1 - ci
     aj = 1 - cj
     base = k * ss + i * sr + j * 3
-    # The products and sums of interp_vector_3d's whole-cell branch, in order.
     w = ak * ai * aj
     o0 = w * f[base]
     o1 = w * f[base + 1]
@@ -264,6 +148,83 @@ cdef inline int interp_vector_3d_cell(const floating* f, Py_ssize_t ns,
     out[1] = o1
     out[2] = o2
     return 1
+
+
+cdef inline int interp_vector_3d(const floating* f, Py_ssize_t ns, Py_ssize_t nr,
+                                 Py_ssize_t nc, double dk, double di, double dj,
+                                 double* out) noexcept nogil:
+    """Trilinear sample of a (ns, nr, nc, 3) C-contiguous field."""
+    cdef:
+        Py_ssize_t k, i, j, base, sr = nc * 3, ss = nr * nc * 3
+        double ck, ci, cj, ak, ai, aj, w
+        int kin0, kin1, iin0, iin1, jin0, jin1
+    out[0] = 0
+    out[1] = 0
+    out[2] = 0
+    if not (-1 < dk < ns and -1 < di < nr and -1 < dj < nc):
+        return 0
+    # Whole cell inside: the common case, no per-corner tests.
+    if interp_vector_3d_cell(f, ns, nr, nc, dk, di, dj, out):
+        return 1
+    k = ifloor(dk)
+    i = ifloor(di)
+    j = ifloor(dj)
+    ck = dk - k
+    ci = di - i
+    cj = dj - j
+    ak = 1 - ck
+    ai = 1 - ci
+    aj = 1 - cj
+    kin0 = k >= 0
+    kin1 = k + 1 < ns
+    iin0 = i >= 0
+    iin1 = i + 1 < nr
+    jin0 = j >= 0
+    jin1 = j + 1 < nc
+    base = k * ss + i * sr + j * 3
+    if kin0 and iin0 and jin0:
+        w = ak * ai * aj
+        out[0] += w * f[base]
+        out[1] += w * f[base + 1]
+        out[2] += w * f[base + 2]
+    if kin0 and iin0 and jin1:
+        w = ak * ai * cj
+        out[0] += w * f[base + 3]
+        out[1] += w * f[base + 4]
+        out[2] += w * f[base + 5]
+    if kin0 and iin1 and jin0:
+        w = ak * ci * aj
+        out[0] += w * f[base + sr]
+        out[1] += w * f[base + sr + 1]
+        out[2] += w * f[base + sr + 2]
+    if kin0 and iin1 and jin1:
+        w = ak * ci * cj
+        out[0] += w * f[base + sr + 3]
+        out[1] += w * f[base + sr + 4]
+        out[2] += w * f[base + sr + 5]
+    base = base + ss
+    if kin1 and iin0 and jin0:
+        w = ck * ai * aj
+        out[0] += w * f[base]
+        out[1] += w * f[base + 1]
+        out[2] += w * f[base + 2]
+    if kin1 and iin0 and jin1:
+        w = ck * ai * cj
+        out[0] += w * f[base + 3]
+        out[1] += w * f[base + 4]
+        out[2] += w * f[base + 5]
+    if kin1 and iin1 and jin0:
+        w = ck * ci * aj
+        out[0] += w * f[base + sr]
+        out[1] += w * f[base + sr + 1]
+        out[2] += w * f[base + sr + 2]
+    if kin1 and iin1 and jin1:
+        w = ck * ci * cj
+        out[0] += w * f[base + sr + 3]
+        out[1] += w * f[base + sr + 4]
+        out[2] += w * f[base + sr + 5]
+    # A partial cell (the whole cells returned above): the zero-padded sum.
+    return 0
 
 
 cdef inline int interp_vector_2d(const floating* f, Py_ssize_t nr, Py_ssize_t nc,
@@ -450,6 +411,25 @@ cdef inline Py_ssize_t nearest_index(double x, Py_ssize_t n) noexcept nogil:
     if i >= n:
         return -1
     return i
+
+
+cdef inline number nearest_3d(const number* vol, Py_ssize_t ns, Py_ssize_t nr,
+                              Py_ssize_t nc, const double* y) noexcept nogil:
+    """DIPY's nearest-neighbour sample of a (ns, nr, nc) volume at y (0 outside)."""
+    cdef Py_ssize_t k = nearest_index(y[0], ns), i = nearest_index(y[1], nr)
+    cdef Py_ssize_t j = nearest_index(y[2], nc)
+    if k < 0 or i < 0 or j < 0:
+        return 0
+    return vol[(k * nr + i) * nc + j]
+
+
+cdef inline number nearest_2d(const number* img, Py_ssize_t nr, Py_ssize_t nc,
+                              const double* y) noexcept nogil:
+    """DIPY's nearest-neighbour sample of an (nr, nc) image at y (0 outside)."""
+    cdef Py_ssize_t i = nearest_index(y[0], nr), j = nearest_index(y[1], nc)
+    if i < 0 or j < 0:
+        return 0
+    return img[i * nc + j]
 
 
 cdef inline Affine3 affine3_from(const double[::1] m, bint none) noexcept nogil:

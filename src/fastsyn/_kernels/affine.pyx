@@ -39,7 +39,8 @@ from libc.math cimport fabs, floor
 from libc.stdlib cimport free, malloc
 
 from fastsyn._kernels._interp cimport (chunk_threads, ifloor, interp_scalar_2d,
-                                       interp_scalar_3d, nearest_index, number)
+                                       interp_scalar_3d, nearest_2d, nearest_3d,
+                                       nearest_index, number)
 
 cdef enum:
     MAXP = 12  # parameters of the largest DIPY transform (3D affine)
@@ -830,18 +831,12 @@ cdef void _resample_nn_slice_3d(const number* vol, Py_ssize_t vns, Py_ssize_t vn
                                 Py_ssize_t vnc, const double* m, Py_ssize_t k,
                                 Py_ssize_t onr, Py_ssize_t onc, number* out) noexcept nogil:
     cdef:
-        Py_ssize_t i, j, kk, ii, jj
+        Py_ssize_t i, j
         double y[3]
     for i in range(onr):
         for j in range(onc):
             _apply3(m, <double>k, <double>i, <double>j, y)
-            kk = nearest_index(y[0], vns)
-            ii = nearest_index(y[1], vnr)
-            jj = nearest_index(y[2], vnc)
-            if kk < 0 or ii < 0 or jj < 0:
-                out[(k * onr + i) * onc + j] = 0
-            else:
-                out[(k * onr + i) * onc + j] = vol[(kk * vnr + ii) * vnc + jj]
+            out[(k * onr + i) * onc + j] = nearest_3d(vol, vns, vnr, vnc, y)
 
 
 def transform_affine_3d(const double[:, :, ::1] volume, const double[::1] comp,
@@ -892,16 +887,11 @@ cdef void _resample_nn_row_2d(const number* img, Py_ssize_t vnr, Py_ssize_t vnc,
                               const double* m, Py_ssize_t i, Py_ssize_t onc,
                               number* out) noexcept nogil:
     cdef:
-        Py_ssize_t j, ii, jj
+        Py_ssize_t j
         double y[2]
     for j in range(onc):
         _apply2(m, <double>i, <double>j, y)
-        ii = nearest_index(y[0], vnr)
-        jj = nearest_index(y[1], vnc)
-        if ii < 0 or jj < 0:
-            out[i * onc + j] = 0
-        else:
-            out[i * onc + j] = img[ii * vnc + jj]
+        out[i * onc + j] = nearest_2d(img, vnr, vnc, y)
 
 
 def transform_affine_2d(const double[:, ::1] image, const double[::1] comp,

@@ -16,7 +16,8 @@ from fastsyn._kernels._interp cimport (chunk_threads, Affine2, Affine3, affine2_
                                        affine3_vector, interp_scalar_2d,
                                        interp_scalar_3d, interp_scalar_3d_fast,
                                        interp_vector_2d,
-                                       interp_vector_3d, nearest_index, number)
+                                       interp_vector_3d, nearest_2d, nearest_3d,
+                                       number)
 
 
 ctypedef fused image_real:
@@ -96,18 +97,12 @@ cdef void _warp_nn_slice_3d(const number* vol, Py_ssize_t vns, Py_ssize_t vnr,
                             const Affine3* idx_out, const Affine3* disp,
                             number* out) noexcept nogil:
     cdef:
-        Py_ssize_t i, j, kk, ii, jj
+        Py_ssize_t i, j
         double y[3]
     for i in range(onr):
         for j in range(onc):
             _target_3d(d, dns, dnr, dnc, k, i, j, idx_in, idx_out, disp, y)
-            kk = nearest_index(y[0], vns)
-            ii = nearest_index(y[1], vnr)
-            jj = nearest_index(y[2], vnc)
-            if kk < 0 or ii < 0 or jj < 0:
-                out[(k * onr + i) * onc + j] = 0
-            else:
-                out[(k * onr + i) * onc + j] = vol[(kk * vnr + ii) * vnc + jj]
+            out[(k * onr + i) * onc + j] = nearest_3d(vol, vns, vnr, vnc, y)
 
 
 def warp_3d_nn(const number[:, :, ::1] volume, const floating[:, :, :, ::1] d,
@@ -197,16 +192,11 @@ cdef void _warp_nn_row_2d(const number* img, Py_ssize_t vnr, Py_ssize_t vnc,
                           const Affine2* idx_out, const Affine2* disp,
                           number* out) noexcept nogil:
     cdef:
-        Py_ssize_t j, ii, jj
+        Py_ssize_t j
         double y[2]
     for j in range(onc):
         _target_2d(d, dnr, dnc, i, j, idx_in, idx_out, disp, y)
-        ii = nearest_index(y[0], vnr)
-        jj = nearest_index(y[1], vnc)
-        if ii < 0 or jj < 0:
-            out[i * onc + j] = 0
-        else:
-            out[i * onc + j] = img[ii * vnc + jj]
+        out[i * onc + j] = nearest_2d(img, vnr, vnc, y)
 
 
 def warp_2d_nn(const number[:, ::1] image, const floating[:, :, ::1] d,
