@@ -56,6 +56,7 @@ __all__ = [
     "Subject",
     "Dataset",
     "EMBEDDED",
+    "NAMED",
     "GENERATOR_VERSION",
     "STAMP",
     "load_dataset",
@@ -92,6 +93,11 @@ EMBEDDED = {
 # --------------------------------------------------------------------------
 # Displacement files
 # --------------------------------------------------------------------------
+
+
+#: Every dataset known by name: the embedded cohorts and the real-anatomy set
+#: (:mod:`fastsyn.bench.realset`, built into the cache on first use).
+NAMED = (*EMBEDDED, "real")
 
 
 def save_displacement(disp, affine, path) -> None:
@@ -329,7 +335,8 @@ def load_dataset(name_or_dir, *, cache_dir=None, resolution=2.0, n_subjects=None
     ----------
     name_or_dir : str or pathlib.Path
         ``"embedded-mono"`` (8 subjects, modality ``t1``), ``"embedded-multi"``
-        (7 subjects, ``t1``, ``t2``, ``flair``), or a folder in the layout
+        (7 subjects, ``t1``, ``t2``, ``flair``), ``"real"`` (the real-anatomy
+        study set of :mod:`fastsyn.bench.realset`), or a folder in the layout
         ``DIR/<subject>/<modality>.nii.gz`` + ``labels.nii.gz``.
     cache_dir : str or pathlib.Path, optional
         Root of the embedded-cohort cache; the cohort lives in
@@ -360,6 +367,13 @@ def load_dataset(name_or_dir, *, cache_dir=None, resolution=2.0, n_subjects=None
         ``n_subjects`` / ``resolution``.
     """
     n_subjects = _check_n_subjects(n_subjects)
+    if isinstance(name_or_dir, str) and name_or_dir == "real":
+        from .realset import load_real_set
+
+        ds = load_real_set(cache_dir=cache_dir, progress=progress)
+        if n_subjects is not None:
+            ds.subjects = ds.subjects[:n_subjects]
+        return ds
     if isinstance(name_or_dir, str) and name_or_dir in EMBEDDED:
         return _load_embedded(name_or_dir, cache_dir=cache_dir, resolution=resolution,
                               n_subjects=n_subjects, progress=progress)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -82,12 +82,18 @@ class Dataset:
     root : pathlib.Path
     subjects : list of Subject
     modalities : list of str
+        Every modality of the dataset.  A *sparse* dataset (stamp
+        ``"sparse_modalities": true``) lets a subject have only some of them.
+    synthetic : list of str
+        Subjects marked synthetic in the stamp (pairs of two of them are left
+        out by :func:`~fastsyn.bench.pairs.make_pairs`).
     """
 
     name: str
     root: Path
     subjects: list[Subject]
     modalities: list[str]
+    synthetic: list[str] = field(default_factory=list)
 
     @property
     def multimodal(self) -> bool:
@@ -501,8 +507,15 @@ def load_folder(root, *, name=None, n_subjects=None, check=True) -> Dataset:
         dirs = dirs[:n_subjects]
     subjects = [subject_from_dir(d) for d in dirs]
     modalities = dataset_modalities(root, stamp, subjects)
+    sparse = bool(stamp.get("sparse_modalities"))
     for s in subjects:
-        keep_modalities(root, s, modalities)
+        if sparse:
+            s.images = {m: s.images[m] for m in modalities if m in s.images}
+            if not s.images:
+                raise ValueError(f"dataset {root}: subject {s.name!r} has none of the "
+                                 f"modalities {modalities}")
+        else:
+            keep_modalities(root, s, modalities)
         if check:
             check_subject(s)
     return Dataset(
@@ -510,4 +523,5 @@ def load_folder(root, *, name=None, n_subjects=None, check=True) -> Dataset:
         root=root,
         subjects=subjects,
         modalities=modalities,
+        synthetic=[str(n) for n in stamp.get("synthetic", [])],
     )

@@ -405,7 +405,9 @@ class FastsynMethod(Method):
     label = "fastsyn"
     package = "fastsyn"
     # clip and sampling are MIMetric's (its defaults); MI also takes sigma_diff
-    defaults = {**DipyMethod.defaults, "clip": (0.5, 99.5), "sampling": None}
+    # pyramid and total_sigma are SymmetricDiffeomorphicRegistration's
+    defaults = {**DipyMethod.defaults, "clip": (0.5, 99.5), "sampling": None,
+                "pyramid": "dipy", "total_sigma": 0.0, "reinvert": True}
     mask_metrics = ("mi",)
 
     def available(self, metric=None):
@@ -441,7 +443,8 @@ class FastsynMethod(Method):
         reg = fastsyn.SymmetricDiffeomorphicRegistration(
             m, level_iters=list(levels), step_length=o["step_length"],
             ss_sigma_factor=o["ss_sigma_factor"], opt_tol=o["opt_tol"],
-            inv_iter=o["inv_iter"], inv_tol=o["inv_tol"], num_threads=threads)
+            inv_iter=o["inv_iter"], inv_tol=o["inv_tol"], num_threads=threads,
+            pyramid=o["pyramid"], total_sigma=o["total_sigma"], reinvert=o["reinvert"])
         return _run_syn(reg, fixed, moving, fixed_affine, moving_affine, labels, threads)
 
 

@@ -123,6 +123,30 @@ def _names_and_modalities(source, modalities):
     return names, mods
 
 
+def _available(source, pairs):
+    """The pairs a dataset can register: on a sparse dataset (subjects with
+    different modalities), those whose two images exist, both directions of
+    a subject pair, and no pair of two synthetic subjects."""
+    from .datasets import Dataset
+
+    if not isinstance(source, Dataset):
+        return pairs
+    have = {s.name: set(s.images) for s in source.subjects}
+    synthetic = set(source.synthetic)
+    sparse = any(h != set(source.modalities) for h in have.values())
+    if not sparse and not synthetic:
+        return pairs
+    out = []
+    for p in pairs:
+        if p.fixed in synthetic and p.moving in synthetic:
+            continue
+        for q in ((p, Pair(p.moving, p.fixed, p.moving_modality, p.fixed_modality))
+                  if sparse else (p,)):
+            if q.fixed_modality in have[q.fixed] and q.moving_modality in have[q.moving]:
+                out.append(q)
+    return list(dict.fromkeys(out))
+
+
 def check_sample_seed(sample, seed) -> None:
     """Check the sampling arguments of :func:`make_pairs`.
 
@@ -187,6 +211,7 @@ def make_pairs(dataset_or_subject_names, modalities=None, *, sample=None, seed=0
             pairs.append(Pair(a, b, mods[0], mods[0]))
         else:
             pairs.extend(Pair(a, b, fm, mm) for fm, mm in itertools.permutations(mods, 2))
+    pairs = _available(dataset_or_subject_names, pairs)
     if sample is None:
         return pairs
     check_sample_seed(sample, seed)

@@ -42,6 +42,8 @@ __all__ = [
     "study_grid",
     "anchor_settings",
     "study_pairs",
+    "split_halves",
+    "HALVES",
     "run_study",
     "summarize",
     "combine_winners",
@@ -55,17 +57,24 @@ FACTORS = {
     "nbins": (16, 24, 32, 48),
     "masks": ("none", "nonzero", "brain"),
     "clip": ((0.5, 99.5), (0.0, 100.0), (1.0, 99.0)),
-    "sigma_diff": (1.0, 2.0, 3.0),
-    "step_length": (0.25, 0.35),
+    "sigma_diff": (1.0, 1.5, 2.0, 3.0),
+    "step_length": (0.25, 0.35, 0.5),
     "sampling": (None, 0.3),
+    "pyramid": ("dipy", "ants"),
+    "total_sigma": (0.0, 0.5),
+    "inv_iter": (20, 5),
+    "reinvert": (True, False),
 }
 #: Factors the sweep changes, per grid name (``none``: the default only).
-GRIDS = {"default": tuple(FACTORS), "quick": ("nbins", "masks"), "none": ()}
+GRIDS = {"default": tuple(FACTORS), "quick": ("nbins", "masks"), "none": (),
+         "syn": ("sigma_diff", "step_length", "pyramid", "total_sigma", "inv_iter",
+                 "reinvert")}
 #: The quick grid's levels (a first look: the two factors that moved most).
 _QUICK_LEVELS = {"nbins": (16,), "masks": ("brain",)}
 #: Factors a combination of winners may take (the MIMetric and SDR defaults;
 #: masks are data, not a default).
-_COMBINABLE = ("nbins", "clip", "sigma_diff", "step_length", "sampling")
+_COMBINABLE = ("nbins", "clip", "sigma_diff", "step_length", "sampling", "pyramid",
+               "total_sigma", "inv_iter", "reinvert")
 NOT_STUDIED = ("Parzen window on the static side (cubic vs box as in Mattes/ITK): "
                "needs a change of the MI kernel (fastsyn/_kernels/mi.pyx)")
 #: Harness option of a factor where the names differ (CC has its own sigma_diff).
@@ -73,6 +82,9 @@ _OPTION = {"sigma_diff": "mi_sigma_diff"}
 #: Smallest mean-Dice gain over the default that makes a level a winner.
 WIN_MARGIN = 0.001
 _PLAN_VERSION = 1
+#: The two halves of a study's pairs: settings are chosen on the first and
+#: reported on the second.
+HALVES = ("tune", "report")
 
 
 # ------------------------------------------------------------------ settings
@@ -120,13 +132,23 @@ def current_defaults():
     return {"nbins": int(d["nbins"]), "masks": "none",
             "clip": tuple(float(v) for v in d["clip"]),
             "sigma_diff": float(d["mi_sigma_diff"]), "step_length": float(d["step_length"]),
-            "sampling": None if d["sampling"] is None else float(d["sampling"])}
+            "sampling": None if d["sampling"] is None else float(d["sampling"]),
+            "pyramid": str(d["pyramid"]), "total_sigma": float(d["total_sigma"]),
+            "inv_iter": int(d["inv_iter"]), "reinvert": bool(d["reinvert"])}
 
 
 def _normal(factor, value):
     """A factor's value in its canonical type (so equal settings share a key)."""
-    if factor == "nbins":
+    if factor in ("nbins", "inv_iter"):
         return int(value)
+    if factor == "reinvert":
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"reinvert must be True or False, got {value!r}")
+        return bool(value)
+    if factor == "pyramid":
+        if value not in FACTORS["pyramid"]:
+            raise ValueError(f"pyramid must be one of {FACTORS['pyramid']}, got {value!r}")
+        return value
     if factor == "masks":
         from .run import MASK_MODES
         if value not in MASK_MODES:
@@ -139,7 +161,7 @@ def _normal(factor, value):
         return (lo, hi)
     if factor == "sampling":
         return None if value is None else float(value)
-    if factor in ("sigma_diff", "step_length"):
+    if factor in ("sigma_diff", "step_length", "total_sigma"):
         return float(value)
     raise ValueError(f"unknown factor {factor!r}; known: {sorted(FACTORS)}")
 
@@ -174,8 +196,13 @@ def ants_mode_setting():
 
 def _parse_value(factor, text):
     text = text.strip()
-    if factor == "masks":
+    if factor in ("masks", "pyramid"):
         return _normal(factor, text)
+    if factor == "reinvert":
+        flag = {"true": True, "1": True, "false": False, "0": False}.get(text.lower())
+        if flag is None:
+            raise ValueError(f"bad value {text!r} for reinvert (true or false)")
+        return flag
     if factor == "sampling" and text.lower() == "none":
         return None
     try:
@@ -183,7 +210,7 @@ def _parse_value(factor, text):
             lo, hi = text.replace(",", ":").split(":")
             value = (float(lo), float(hi))
         else:
-            value = int(text) if factor == "nbins" else float(text)
+            value = int(text) if factor in ("nbins", "inv_iter") else float(text)
     except ValueError:
         raise ValueError(f"bad value {text!r} for {factor}") from None
     return _normal(factor, value)
@@ -265,38 +292,80 @@ def _direction(pair):
     return f"{pair.fixed_modality}←{pair.moving_modality}"
 
 
-def study_pairs(dataset, sample=None, seed=0):
+def study_pairs(dataset, sample=None, seed=0, half=None):
     """Cross-modality pairs, balanced over the directions.
 
-    The harness's random sample of ordered pairs leaves directions out (seed
-    0, 6 pairs of embedded-multi: 3 of its 6 directions), so the study takes
-    the subject pairs of :func:`~fastsyn.bench.pairs.make_pairs` in a seeded
-    order and gives them the directions in turn (``t1←t2``, ``t1←flair``,
-    ...); after one round over the subject pairs the next round shifts the
-    directions by one.  ``sample`` = 6 covers the 6 directions of three
-    modalities once, 12 twice, each pair a different subject pair; a
-    smaller sample is a prefix of a larger one.
+    On a dataset whose subjects all have every modality (the embedded
+    cohorts), the harness's random sample of ordered pairs leaves directions
+    out (seed 0, 6 pairs of embedded-multi: 3 of its 6 directions), so the
+    study takes the subject pairs of :func:`~fastsyn.bench.pairs.make_pairs`
+    in a seeded order and gives them the directions in turn (``t1←t2``,
+    ``t1←flair``, ...); after one round over the subject pairs the next
+    round shifts the directions by one.  ``sample`` = 6 covers the 6
+    directions of three modalities once, 12 twice, each pair a different
+    subject pair; a smaller sample is a prefix of a larger one.
+
+    On a sparse dataset (subjects with different modalities, e.g. ``real``)
+    every pair :func:`~fastsyn.bench.pairs.make_pairs` allows is a
+    candidate; they are taken one direction after the other in turn, in a
+    seeded order within each direction.
 
     Parameters
     ----------
     dataset : Dataset
         A dataset with at least two modalities.
     sample : int, optional
-        Number of pairs; every subject pair in every direction when omitted.
+        Number of pairs; every candidate pair when omitted.
     seed : int
-        Seed of the order of the subject pairs.
+        Seed of the order of the pairs.
+    half : {None, "tune", "report"}, optional
+        One half of the pairs (:func:`split_halves`): settings are chosen on
+        ``tune`` and reported on ``report``.
 
     Returns
     -------
     list of Pair
     """
-    from .pairs import Pair, check_sample_seed, make_pairs
+    from .pairs import check_sample_seed
 
     check_sample_seed(sample, seed)
+    if half not in (None, *HALVES):
+        raise ValueError(f"half must be one of {HALVES} or None, got {half!r}")
     mods = list(dataset.modalities)
     if len(mods) < 2:
         raise ValueError(f"dataset {dataset.name!r} has one modality; the MI study "
                          "needs cross-modality pairs")
+    if _sparse(dataset):
+        out = _sparse_pairs(dataset, sample, seed)
+    else:
+        out = _rotated_pairs(dataset, mods, sample, seed)
+    return out if half is None else split_halves(out)[half]
+
+
+def _sparse(dataset):
+    return any(set(getattr(s, "images", dataset.modalities)) != set(dataset.modalities)
+               for s in dataset.subjects)
+
+
+def _sparse_pairs(dataset, sample, seed):
+    from .pairs import make_pairs
+
+    by_dir = {}
+    for p in make_pairs(dataset):
+        by_dir.setdefault(_direction(p), []).append(p)
+    rng = np.random.default_rng(int(seed))
+    queues = [[ps[i] for i in rng.permutation(len(ps))] for ps in by_dir.values()]
+    out = []
+    while any(queues):
+        for q in queues:
+            if q:
+                out.append(q.pop(0))
+    return out if sample is None else out[:int(sample)]
+
+
+def _rotated_pairs(dataset, mods, sample, seed):
+    from .pairs import Pair, make_pairs
+
     directions = list(itertools.permutations(mods, 2))
     subject_pairs = make_pairs([s.name for s in dataset.subjects])
     order = np.random.default_rng(int(seed)).permutation(len(subject_pairs))
@@ -313,9 +382,32 @@ def study_pairs(dataset, sample=None, seed=0):
     return out
 
 
+def split_halves(pairs):
+    """The tune and report halves of a list of pairs.
+
+    Within each direction, in list order, pairs alternate between the two
+    halves (the first to ``tune``), so both halves cover every direction
+    that has two or more pairs.
+
+    Returns
+    -------
+    dict
+        ``{"tune": [...], "report": [...]}``, each in list order.
+    """
+    seen, out = {}, {h: [] for h in HALVES}
+    for p in pairs:
+        d = _direction(p)
+        k = seen.get(d, 0)
+        seen[d] = k + 1
+        out[HALVES[k % 2]].append(p)
+    return out
+
+
 # ---------------------------------------------------------------------- plan
-def _plan_path(results_dir, data_tag, levels):
-    return Path(results_dir) / f"study-{data_tag}-{'x'.join(str(v) for v in levels)}.json"
+def _plan_path(results_dir, data_tag, levels, half=None):
+    tail = "" if half is None else f"-{half}"
+    return (Path(results_dir)
+            / f"study-{data_tag}-{'x'.join(str(v) for v in levels)}{tail}.json")
 
 
 def _setting_keys(setting, dataset, pairs, *, levels, threads, data_tag, pre_opts, warn):
@@ -395,7 +487,7 @@ def _run_setting(setting, dataset, pairs, common):
 def run_study(dataset="embedded-multi", *, results_dir, resolution=2.0, sample=12, seed=0,
               levels=(20, 20, 10), grid="default", settings=(), anchors=True,
               anchor_masks=("none",), combine=None, threads=1, workers=1, cache_dir=None,
-              progress=True, log=print):
+              half=None, progress=True, log=print):
     """Run the MI study and return its summary rows.
 
     Parameters
@@ -427,6 +519,9 @@ def run_study(dataset="embedded-multi", *, results_dir, resolution=2.0, sample=1
         Threads per registration and concurrent pairs.
     cache_dir : str or Path, optional
         Cache of built cohorts and prealignments.
+    half : {None, "tune", "report"}, optional
+        Run one half of the pairs (:func:`split_halves`); its plan is
+        ``study-<data>-<levels>-<half>.json``.
     progress : bool
         Progress bars of the harness.
     log : callable or None
@@ -445,7 +540,7 @@ def run_study(dataset="embedded-multi", *, results_dir, resolution=2.0, sample=1
     log = log or (lambda msg: None)
     dataset, _ = plan_pairs(dataset, None, sample=None, seed=0, cache_dir=cache_dir,
                             resolution=resolution)
-    pairs = study_pairs(dataset, sample, seed)
+    pairs = study_pairs(dataset, sample, seed, half)
     rows = [parse_setting(s) if isinstance(s, str) else s for s in settings]
     todo = _unique(study_grid(grid) + rows)
     if anchors:
@@ -453,14 +548,14 @@ def run_study(dataset="embedded-multi", *, results_dir, resolution=2.0, sample=1
     store = ResultStore(results_dir)
     ctx = {"dataset": dataset, "pairs": pairs, "levels": levels, "threads": threads,
            "data_tag": dataset_tag(dataset), "pre_opts": _prealign_options(None),
-           "warn": _warner(progress)}
-    path = _plan_path(store.root, ctx["data_tag"], levels)
+           "warn": _warner(progress), "half": half}
+    path = _plan_path(store.root, ctx["data_tag"], levels, half)
     plan = _plan(ctx, todo, grid, sample, seed, resolution)
     plan = _write_plan(path, plan)
     common = {"levels": levels, "threads": threads, "workers": workers,
               "results_dir": store.root, "cache_dir": cache_dir, "progress": progress}
     _run_all(todo, plan, ctx, common, log)
-    if combine if combine is not None else grid == "default":
+    if combine if combine is not None else grid in ("default", "syn"):
         extra = [s for s in combine_winners(summarize(plan, store))
                  if s.name not in {t.name for t in todo}]
         if extra:
@@ -496,6 +591,7 @@ def _plan(ctx, settings, grid, sample, seed, resolution):
     return {"version": _PLAN_VERSION, "dataset": dataset.name, "data": ctx["data_tag"],
             "resolution": resolution, "levels": list(ctx["levels"]),
             "threads": ctx["threads"], "grid": grid, "sample": sample, "seed": seed,
+            "half": ctx.get("half"),
             "pairs": [{"id": p.id, "direction": _direction(p)} for p in pairs],
             "baseline_keys": _baseline_keys(dataset, pairs, ctx["data_tag"],
                                             ctx["pre_opts"]),

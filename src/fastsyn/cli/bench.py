@@ -85,7 +85,7 @@ def _add_run(bsub):
 
 def run_run(args):
     """Handler of ``fastsyn bench run``; returns the exit status."""
-    from fastsyn.bench.datasets import EMBEDDED
+    from fastsyn.bench.datasets import NAMED
     from fastsyn.bench.methods import METHODS
     from fastsyn.bench.run import run_benchmark
 
@@ -95,9 +95,9 @@ def run_run(args):
     unknown = [m for m in methods if m.lower() not in METHODS]
     if unknown:
         raise CommandError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
-    if args.dataset not in EMBEDDED and not Path(args.dataset).expanduser().is_dir():
+    if args.dataset not in NAMED and not Path(args.dataset).expanduser().is_dir():
         raise CommandError(f"unknown dataset {args.dataset!r}: neither "
-                           f"{' nor '.join(sorted(EMBEDDED))} nor an existing folder")
+                           f"{' nor '.join(NAMED)} nor an existing folder")
     try:
         summary = run_benchmark(
             args.dataset, methods, args.metric,
@@ -326,7 +326,7 @@ def _add_agreement(bsub):
 def run_agreement(args):
     """Handler of ``fastsyn bench agreement``; returns the exit status."""
     from fastsyn.bench import agreement
-    from fastsyn.bench.datasets import EMBEDDED
+    from fastsyn.bench.datasets import NAMED
     from fastsyn.bench.methods import get_method
     from fastsyn.data import PAIRS
 
@@ -335,10 +335,10 @@ def run_agreement(args):
     unknown = [p for p in pairs if p not in PAIRS]
     if unknown:
         raise CommandError(f"unknown pair(s) {unknown}; choose from {', '.join(PAIRS)}")
-    if args.dataset is not None and args.dataset not in EMBEDDED \
+    if args.dataset is not None and args.dataset not in NAMED \
             and not Path(args.dataset).expanduser().is_dir():
         raise CommandError(f"unknown dataset {args.dataset!r}: neither "
-                           f"{' nor '.join(sorted(EMBEDDED))} nor an existing folder")
+                           f"{' nor '.join(NAMED)} nor an existing folder")
     if not pairs and args.dataset is None:
         raise CommandError("nothing to register: give --pairs or --dataset")
     for name in (agreement.REFERENCE, *agreement.CONFIGS):
@@ -364,16 +364,22 @@ def _add_study(bsub):
                    help="a multimodal cohort (default embedded-multi)")
     p.add_argument("--resolution", type=positive_float, default=2.0, metavar="MM",
                    help="voxel size of the embedded cohorts (default 2)")
-    p.add_argument("--sample", type=positive_int, default=12, metavar="N",
-                   help="pairs, balanced over the cross-modality directions (default 12)")
+    p.add_argument("--sample", type=positive_int, default=None, metavar="N",
+                   help="pairs, balanced over the cross-modality directions (default 12 "
+                        "of an embedded cohort, every pair of another dataset)")
     p.add_argument("--seed", type=int, default=0, metavar="S")
+    p.add_argument("--half", default=None, choices=("tune", "report"),
+                   help="one half of the pairs: choose settings on 'tune', report on "
+                        "'report' (default: all the pairs)")
     p.add_argument("--levels", type=level_list, default=(20, 20, 10), metavar="L1,L2,...",
                    help="iterations per level, coarsest first (default 20,20,10)")
-    p.add_argument("--grid", default="default", choices=("default", "quick", "none"),
+    p.add_argument("--grid", default="default", choices=("default", "quick", "syn", "none"),
                    help="default: one factor at a time (bins, masks, clipping, sigma_diff, "
-                        "step length, sampling) and the ANTs mode, then the combination "
-                        "of the winners; quick: 16 bins and brain masks; none: the "
-                        "default only (with --setting)")
+                        "step length, sampling, pyramid, total-field smoothing, inversion "
+                        "sweeps) and the ANTs mode, then the combination of the winners; "
+                        "syn: the optimizer's factors only (sigma_diff, step length, "
+                        "pyramid, total_sigma, inv_iter); quick: 16 bins and brain masks; "
+                        "none: the default only (with --setting)")
     p.add_argument("--setting", action="append", default=[], metavar="SPEC",
                    help="one more setting, e.g. nbins=16+clip=1:99 or ants-mode "
                         "(repeatable)")
@@ -398,12 +404,12 @@ def _add_study(bsub):
 def run_study(args):
     """Handler of ``fastsyn bench study``; returns the exit status."""
     from fastsyn.bench import study
-    from fastsyn.bench.datasets import EMBEDDED
+    from fastsyn.bench.datasets import EMBEDDED, NAMED
     from fastsyn.bench.run import MASK_MODES
 
-    if args.dataset not in EMBEDDED and not Path(args.dataset).expanduser().is_dir():
+    if args.dataset not in NAMED and not Path(args.dataset).expanduser().is_dir():
         raise CommandError(f"unknown dataset {args.dataset!r}: neither "
-                           f"{' nor '.join(sorted(EMBEDDED))} nor an existing folder")
+                           f"{' nor '.join(NAMED)} nor an existing folder")
     try:
         settings = [study.parse_setting(s) for s in args.setting]
     except ValueError as exc:
@@ -417,7 +423,9 @@ def run_study(args):
     try:
         rows = study.run_study(
             args.dataset, results_dir=args.results, resolution=args.resolution,
-            sample=args.sample, seed=args.seed, levels=args.levels, grid=args.grid,
+            sample=(args.sample if args.sample is not None
+                    else 12 if args.dataset in EMBEDDED else None),
+            seed=args.seed, half=args.half, levels=args.levels, grid=args.grid,
             settings=settings, anchors=not args.no_anchors, anchor_masks=anchor_masks,
             combine=False if args.no_combine else None, threads=args.threads,
             workers=args.workers, cache_dir=args.cache_dir, progress=not args.quiet,

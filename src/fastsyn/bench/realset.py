@@ -1,0 +1,300 @@
+"""The real-anatomy study set: real contrasts of real brains, offline.
+
+Registration defaults must be chosen on data like the users', and warps of
+one template are not: this set pairs *different* real anatomies across
+*real* contrasts.  It is a folder dataset (:mod:`fastsyn.bench.layout`)
+named ``real``, built on first use into the cache from files that ship with
+fastsyn, or by ``fastsyn prepare spm12 SPM12_DIR DST`` from a copy of SPM12.
+
+Subjects
+--------
+``avg152``
+    T1, T2 and PD: SPM12's ``canonical/avg152{T1,T2,PD}.nii`` (MNI's ICBM152
+    linear averages), three real contrasts of one population anatomy.
+``avg305``
+    T1: ``canonical/avg305T1.nii`` (MNI305 average).
+``colin27``
+    T1: ``canonical/single_subj_T1.nii`` (one person scanned 27 times).
+``mni2009``
+    T1: nilearn's bundled MNI152 2009 template, resampled to the same grid.
+``synthetic01``, ``synthetic02``
+    T2-like and FLAIR-like images of the embedded multimodal cohort's first
+    two subjects (:mod:`fastsyn.bench.synth`: synthetic contrasts on warps of
+    the 2009 template), the "real T1 against a synthetic T2/FLAIR" check.
+
+The SPM images share SPM's 2 mm MNI grid (91 x 109 x 91); all are in MNI
+space after an affine registration, so the remaining differences between two
+of them are anatomy, which is what a deformable method must recover.  The
+files that ship are SPM12's own, gzip-compressed
+(``fastsyn/data/real/NOTICE.txt`` keeps MNI's copyright notice).
+
+Pairs (:func:`fastsyn.bench.pairs.make_pairs`): every ordered pair of two
+different subjects and two different modalities that both exist, except two
+synthetic subjects (that is the embedded cohort's own job): T1<->T2 and
+T1<->PD between the averages and the T1 anatomies, T1<->T2/FLAIR and
+PD/T2<->FLAIR/T2 against the synthetic subjects.  There is no T2<->PD pair
+of two real anatomies (only avg152 has both).
+
+Masks and labels (the same for every method)
+--------------------------------------------
+Brain mask: the MNI152 2009 brain mask (:func:`fastsyn.bench.synth.brain_mask`)
+sampled on each SPM grid; the synthetic subjects keep their own.  Every image
+is multiplied by its mask (skull-stripped).  Labels: three tissue classes
+(1 CSF, 2 GM, 3 WM) from :func:`tissue_classes`, a one-dimensional k-means of
+the subject's T1 intensities inside its mask, applied the same way to every
+subject (the T2/PD of avg152 share avg152T1's classes; a synthetic subject
+takes them from its synthetic T1, which is not registered).  No real regional
+atlas ships offline with a licence that allows it, so there are no regional
+labels: Dice here measures tissue overlap only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "REAL",
+    "REALSET_VERSION",
+    "SPM12_IMAGES",
+    "tissue_classes",
+    "build_real_set",
+    "load_real_set",
+    "shipped_images_available",
+]
+
+#: Name of the dataset (``load_dataset("real")``).
+REAL = "real"
+#: Bumped whenever the set's images, masks or labels change.
+REALSET_VERSION = 1
+#: (subject, modality) -> stem of the SPM12 ``canonical/`` image.
+SPM12_IMAGES = {
+    ("avg152", "t1"): "avg152T1",
+    ("avg152", "t2"): "avg152T2",
+    ("avg152", "pd"): "avg152PD",
+    ("avg305", "t1"): "avg305T1",
+    ("colin27", "t1"): "single_subj_T1",
+}
+#: Embedded-multi subjects used as synthetic T2/FLAIR partners, and their names here.
+_SYNTHETIC = {"S01": "synthetic01", "S02": "synthetic02"}
+_SYNTHETIC_MODALITIES = ("t2", "flair")
+_MODALITIES = ("t1", "t2", "pd", "flair")
+TISSUE_NAMES = {1: "csf", 2: "gm", 3: "wm"}
+
+
+# --------------------------------------------------------------------- labels
+def tissue_classes(t1, mask, *, iterations=100):
+    """Three tissue classes of a T1 image by a 1-D k-means inside a mask.
+
+    Lloyd's algorithm on the intensities of the masked voxels, started from
+    their 15th, 50th and 85th percentiles (deterministic: no random start);
+    the classes are numbered by increasing centre (1 CSF, 2 GM, 3 WM on a
+    T1-weighted image).
+
+    Parameters
+    ----------
+    t1 : array
+        T1-weighted image.
+    mask : array
+        Brain mask (nonzero inside), same shape.
+    iterations : int
+        Maximum Lloyd iterations (it stops when no voxel changes class).
+
+    Returns
+    -------
+    labels : ndarray of int16
+        0 outside the mask, 1-3 inside.
+    """
+    t1 = np.asarray(t1, dtype=np.float64)
+    inside = np.asarray(mask) != 0
+    if t1.shape != inside.shape:
+        raise ValueError(f"t1 and mask shapes differ: {t1.shape} vs {inside.shape}")
+    values = t1[inside]
+    if values.size < 3 or not np.ptp(values) > 0:
+        raise ValueError("the T1 image has no contrast inside the mask: cannot "
+                         "classify tissues")
+    centres = np.percentile(values, (15, 50, 85))
+    assign = None
+    for _ in range(int(iterations)):
+        # 1-D: the nearest centre is decided by the midpoints between sorted centres
+        cuts = (centres[:-1] + centres[1:]) / 2
+        new = np.searchsorted(cuts, values)
+        if assign is not None and np.array_equal(new, assign):
+            break
+        assign = new
+        centres = np.array([values[assign == k].mean() if np.any(assign == k) else centres[k]
+                            for k in range(3)])
+        centres.sort()
+    labels = np.zeros(t1.shape, dtype=np.int16)
+    labels[inside] = assign + 1
+    return labels
+
+
+# --------------------------------------------------------------------- images
+def _shipped_root():
+    from importlib.resources import files
+    return files("fastsyn.data").joinpath("real")
+
+
+def shipped_images_available():
+    """Whether the SPM12 images ship with this installation of fastsyn."""
+    root = _shipped_root()
+    return all(root.joinpath(f"{stem}.nii.gz").is_file() for stem in SPM12_IMAGES.values())
+
+
+def _spm_image(source, stem):
+    """(data, affine) of one SPM12 canonical image, from a folder or the package."""
+    import gzip
+    import io
+
+    import nibabel as nib
+
+    if source is None:
+        raw = gzip.decompress(_shipped_root().joinpath(f"{stem}.nii.gz").read_bytes())
+        img = nib.Nifti1Image.from_stream(io.BytesIO(raw))
+        where = f"fastsyn's shipped {stem}.nii.gz"
+    else:
+        folder = Path(source).expanduser()
+        path = next((p for p in (folder / "canonical" / f"{stem}.nii",
+                                 folder / "canonical" / f"{stem}.nii.gz",
+                                 folder / f"{stem}.nii", folder / f"{stem}.nii.gz")
+                     if p.is_file()), None)
+        if path is None:
+            raise FileNotFoundError(f"SPM12 image {stem}.nii not found under {folder} "
+                                    "(expected SPM12_DIR/canonical/{stem}.nii)")
+        img = nib.load(str(path))
+        where = str(path)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    if data.ndim != 3 or not np.isfinite(data).all() or not np.ptp(data) > 0:
+        raise ValueError(f"{where}: expected a finite 3D image with contrast, got shape "
+                         f"{data.shape}")
+    return data, np.asarray(img.affine, dtype=np.float64)
+
+
+def _mni2009_on(shape, affine):
+    """(T1, brain mask) of the MNI152 2009 template sampled on a grid."""
+    from . import synth
+
+    tpl = synth.load_template(2.0)
+    points = synth.grid_points(shape, affine)
+    t1 = synth.sample_image(tpl.t1, tpl.affine, points, order=1).reshape(shape)
+    mask = synth.sample_image(tpl.mask.astype(np.float32), tpl.affine, points,
+                              order=0).reshape(shape) > 0.5
+    return t1.astype(np.float32), mask
+
+
+def _real_subjects(spm_dir):
+    """Yield (name, images, labels, mask, affine) for the real anatomies."""
+    ref, affine = _spm_image(spm_dir, SPM12_IMAGES[("avg152", "t1")])
+    mni_t1, mask = _mni2009_on(ref.shape, affine)
+    by_subject = {}
+    for (subject, modality), stem in SPM12_IMAGES.items():
+        data, aff = (ref, affine) if stem == "avg152T1" else _spm_image(spm_dir, stem)
+        if data.shape != ref.shape or not np.allclose(aff, affine, atol=1e-3):
+            raise ValueError(f"SPM12 image {stem} is not on avg152T1's grid")
+        by_subject.setdefault(subject, {})[modality] = data
+    by_subject["mni2009"] = {"t1": mni_t1}
+    for name, images in by_subject.items():
+        labels = tissue_classes(images["t1"], mask)
+        yield name, {m: np.where(mask, v, 0).astype(np.float32) for m, v in images.items()}, \
+            labels, mask, affine
+
+
+def _synthetic_subjects(cache_dir, progress):
+    import nibabel as nib
+
+    from .datasets import load_dataset
+
+    cohort = load_dataset("embedded-multi", cache_dir=cache_dir, resolution=2.0,
+                          n_subjects=len(_SYNTHETIC), progress=progress)
+    for s in cohort.subjects:
+        mask = np.asarray(nib.load(str(s.mask)).dataobj) > 0
+        t1 = nib.load(str(s.images["t1"]))
+        affine = np.asarray(t1.affine, dtype=np.float64)
+        labels = tissue_classes(np.asarray(t1.dataobj), mask)
+        images = {m: np.where(mask, np.asarray(nib.load(str(s.images[m])).dataobj), 0)
+                  .astype(np.float32) for m in _SYNTHETIC_MODALITIES}
+        yield _SYNTHETIC[s.name], images, labels, mask, affine
+
+
+# ---------------------------------------------------------------------- build
+def build_real_set(dst, *, spm_dir=None, cache_dir=None, progress=True):
+    """Write the real-anatomy study set into ``dst`` (see the module docstring).
+
+    Parameters
+    ----------
+    dst : str or Path
+        Output folder (created; finished subjects are replaced).
+    spm_dir : str or Path, optional
+        A copy of SPM12 (its ``canonical/`` folder is read); default the
+        images shipped in ``fastsyn.data``.
+    cache_dir : str or Path, optional
+        Cache of the embedded cohort (for the synthetic subjects).
+    progress : bool
+        Show progress bars.
+
+    Returns
+    -------
+    Dataset
+    """
+    from tqdm.auto import tqdm
+
+    from .convert import _write_subject
+    from .layout import load_folder, write_dataset_stamp
+
+    dst = Path(dst).expanduser()
+    if dst.exists() and not dst.is_dir():
+        raise ValueError(f"destination {dst} exists and is not a folder")
+    if spm_dir is None and not shipped_images_available():
+        raise FileNotFoundError("the SPM12 images are not shipped with this installation: "
+                                "run `fastsyn prepare spm12 SPM12_DIR DST` with a copy of "
+                                "SPM12 and use --dataset DST")
+    dst.mkdir(parents=True, exist_ok=True)
+    names, synthetic = [], []
+    subjects = [*_real_subjects(spm_dir), *_synthetic_subjects(cache_dir, progress)]
+    for name, images, labels, mask, affine in tqdm(subjects, desc="building the real set",
+                                                   unit="subject", disable=not progress):
+        _write_subject(dst, name, images, labels, mask, affine)
+        names.append(name)
+        if name in _SYNTHETIC.values():
+            synthetic.append(name)
+    source = "SPM12 copy " + str(spm_dir) if spm_dir is not None else "fastsyn.data.real"
+    write_dataset_stamp(dst, REAL, _MODALITIES, names, sparse_modalities=True,
+                        synthetic=synthetic, labels=TISSUE_NAMES, source=source,
+                        version=REALSET_VERSION, generator="fastsyn.bench.realset")
+    return load_folder(dst, check=False)
+
+
+def load_real_set(*, cache_dir=None, progress=True):
+    """The real-anatomy set, built into the cache on first use.
+
+    Parameters
+    ----------
+    cache_dir : str or Path, optional
+        Cache root (default ``$FASTSYN_CACHE`` or ``~/.cache/fastsyn``); the
+        set lives in ``<cache_dir>/real``.
+    progress : bool
+
+    Returns
+    -------
+    Dataset
+    """
+    from .datasets import default_cache_root
+    from .layout import STAMP, load_folder
+
+    base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
+    root = base / REAL
+    stamp = root / STAMP
+    current = False
+    if stamp.is_file():
+        try:
+            info = json.loads(stamp.read_text())
+            current = (info.get("version") == REALSET_VERSION
+                       and info.get("generator") == "fastsyn.bench.realset")
+        except (OSError, json.JSONDecodeError):
+            current = False
+    if not current:
+        build_real_set(root, cache_dir=cache_dir, progress=progress)
+    return load_folder(root, name=REAL, check=False)
