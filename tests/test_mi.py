@@ -5,6 +5,7 @@ import pytest
 from conftest import load_pair, smooth_image
 from scipy import ndimage
 
+import fastsyn
 from fastsyn.metrics import MIMetric, mi_from_histogram
 
 
@@ -336,3 +337,69 @@ def test_mi_syn_on_multimodal_fixtures(name):
     if name == "pair3d_inverted":
         dice_cc = _register_fixture(pair, CCMetric(3))
         assert dice_mi > dice_cc + 0.03, (before, dice_mi, dice_cc)
+
+
+# --------------------------------------- MI's own SyN settings (issue 18)
+def _count_inversions(monkeypatch):
+    import fastsyn.imwarp as fs_imwarp
+
+    counts = {"calls": 0, "sweeps": 0}
+    real = fs_imwarp.invert_unchecked
+
+    def counting(*args, **kwargs):
+        result = real(*args, **kwargs)
+        counts["calls"] += 1
+        counts["sweeps"] += result.iterations
+        return result
+
+    monkeypatch.setattr(fs_imwarp, "invert_unchecked", counting)
+    return counts
+
+
+def test_fewer_inversions_are_deterministic_and_cheaper(monkeypatch):
+    static, moving, _, _ = _synthetic_pair_3d()
+    counts = _count_inversions(monkeypatch)
+    runs = {}
+    for options in ({"reinvert": True, "inversion_sweeps": 0},
+                    {"reinvert": False, "inversion_sweeps": 1}):
+        for n in (1, 2):
+            counts.update(calls=0, sweeps=0)
+            sdr = fastsyn.SymmetricDiffeomorphicRegistration(
+                MIMetric(3, nbins=16), level_iters=[6, 4], num_threads=n, **options)
+            mapping = sdr.optimize(static, moving)
+            runs[(options["reinvert"], n)] = (mapping.forward, mapping.backward,
+                                              dict(counts), sdr.iterations_run)
+    dipy_rule, cheap = runs[(True, 1)], runs[(False, 1)]
+    for key in ((True, 2), (False, 2)):  # bitwise identical for every thread count
+        assert np.array_equal(runs[key][0], runs[(key[0], 1)][0])
+        assert np.array_equal(runs[key][1], runs[(key[0], 1)][1])
+    iterations = cheap[3]
+    # two inversions per iteration of one sweep each, plus the two
+    # full inversions that end each of the two levels
+    assert cheap[2]["calls"] == 2 * iterations + 2 * 2
+    assert cheap[2]["sweeps"] < dipy_rule[2]["sweeps"] / 2
+    assert dipy_rule[2]["calls"] == 4 * dipy_rule[3]
+    # the forward fields stay close to DIPY's rule (displacements of a few voxels)
+    assert np.abs(cheap[0] - dipy_rule[0]).max() < 0.5 * np.abs(dipy_rule[0]).max()
+
+
+def test_syn_settings_follow_the_metric_unless_given():
+    from fastsyn.imwarp import DIPY_SYN_SETTINGS
+
+    cc = fastsyn.SymmetricDiffeomorphicRegistration(fastsyn.CCMetric(3))
+    for name, value in DIPY_SYN_SETTINGS.items():
+        got = getattr(cc, name)
+        assert (got or 0) == value if name == "inversion_sweeps" else got == value
+    mi = fastsyn.SymmetricDiffeomorphicRegistration(MIMetric(3))
+    for name, value in MIMetric.syn_defaults.items():
+        got = getattr(mi, name)
+        assert (got or 0) == value if name == "inversion_sweeps" else got == value
+    explicit = fastsyn.SymmetricDiffeomorphicRegistration(
+        MIMetric(3), pyramid="dipy", reinvert=True, inversion_sweeps=0, step_length=0.25,
+        total_sigma=0.0)
+    assert (explicit.pyramid, explicit.reinvert, explicit.inversion_sweeps,
+            explicit.step_length, explicit.total_sigma) == ("dipy", True, None, 0.25, 0.0)
+    with pytest.raises(ValueError, match="inversion_sweeps"):
+        fastsyn.SymmetricDiffeomorphicRegistration(MIMetric(3), inversion_sweeps=-1)
+    with pytest.raises(TypeError, match="reinvert"):
+        fastsyn.SymmetricDiffeomorphicRegistration(MIMetric(3), reinvert="no")

@@ -284,10 +284,12 @@ def _apply_step(self, field, step, world2grid, spacing, nthreads, direction):
         discrete_smooth_unchecked(field, total_sigma, nthreads)
 
 
-def _invert_models(self, world2grid, spacing, nthreads):
+def _invert_models(self, world2grid, spacing, nthreads, max_iter=None):
     """The four warm-started inversions of DIPY's ``__invert_models``, in
     place, sharing one scratch workspace; with ``reinvert=False`` only the
-    first two (forward fields into backward ones)."""
+    first two (forward fields into backward ones).  ``max_iter`` caps the
+    fixed-point sweeps of each (default ``inv_iter``)."""
+    max_iter = self.inv_iter if max_iter is None else max_iter
     ws = getattr(self, "_inversion_workspace", None)
     shape, dtype = self.static_to_ref.forward.shape, self.static_to_ref.forward.dtype
     if ws is None or not ws.fits(shape, dtype):
@@ -297,12 +299,12 @@ def _invert_models(self, world2grid, spacing, nthreads):
         dmap.forward = np.ascontiguousarray(dmap.forward, dtype=dtype)
         dmap.backward = np.ascontiguousarray(dmap.backward, dtype=dtype)
     for dmap in (self.static_to_ref, self.moving_to_ref):
-        invert_unchecked(dmap.forward, world2grid, spacing, self.inv_iter, self.inv_tol,
+        invert_unchecked(dmap.forward, world2grid, spacing, max_iter, self.inv_tol,
                          dmap.backward, nthreads, ws)
     if not getattr(self, "reinvert", True):
         return
     for dmap in (self.static_to_ref, self.moving_to_ref):
-        invert_unchecked(dmap.backward, world2grid, spacing, self.inv_iter, self.inv_tol,
+        invert_unchecked(dmap.backward, world2grid, spacing, max_iter, self.inv_tol,
                          dmap.forward, nthreads, ws)
 
 
@@ -371,7 +373,8 @@ def _iterate(self):
                     f"\t{(fw_energy + bw_energy):.6f}\t{ch}")
 
     with clock("inversion"):
-        _invert_models(self, disp_world2grid, disp_spacing, nthreads)
+        _invert_models(self, disp_world2grid, disp_spacing, nthreads,
+                       getattr(self, "inversion_sweeps", None))
 
     if self.callback is not None:
         self.callback(self, RegistrationStages.ITER_END)
@@ -416,6 +419,12 @@ def _optimize(self):
         while self.niter < max_iter and self.opt_tol < derivative:
             derivative = self._iterate()
             self.niter += 1
+        if getattr(self, "inversion_sweeps", None) is not None and self.niter > 0:
+            # The iterations inverted with a few sweeps only: the level ends
+            # with inversions to DIPY's tolerance (inv_iter, inv_tol).
+            with self._stage_clock("inversion"):
+                _invert_models(self, self.static_ss.get_affine_inv(level),
+                               self.static_ss.get_spacing(level), _threads_of(self))
         self.full_energy_profile.extend(self.energy_list)
         if self.callback is not None:
             self.callback(self, RegistrationStages.SCALE_END)
@@ -573,6 +582,25 @@ def check_syn_options(*, pyramid="dipy", flow_sigma=None, total_sigma=0.0,
             "convergence": convergence, "reinvert": bool(reinvert)}
 
 
+#: DIPY's values of the SyN settings a metric may prefer others for
+#: (``syn_defaults``, e.g. :attr:`fastsyn.MIMetric.syn_defaults`).
+DIPY_SYN_SETTINGS = {"step_length": 0.25, "pyramid": "dipy", "total_sigma": 0.0,
+                     "reinvert": True, "inversion_sweeps": 0}
+
+
+def _metric_preferences(metric):
+    """``prefer(name, value)``: ``value`` if given, else the metric's
+    ``syn_defaults`` entry, else DIPY's value."""
+    prefs = getattr(metric, "syn_defaults", None)
+    prefs = prefs if isinstance(prefs, dict) else {}
+
+    def prefer(name, value):
+        if value is not None:
+            return value
+        return prefs.get(name, DIPY_SYN_SETTINGS[name])
+    return prefer
+
+
 @contextmanager
 def _metric_threads(metric, num_threads):
     """Let a fastsyn metric with ``num_threads=None`` follow the optimizer."""
@@ -600,8 +628,9 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
         :class:`~fastsyn.MIMetric`, or any DIPY metric).
     level_iters : list of int, optional
         Iterations per pyramid level, coarsest first (default [100, 100, 25]).
-    step_length : float, optional
-        Length of the largest update vector at each iteration (voxels).
+    step_length : float or None, optional
+        Length of the largest update vector at each iteration (voxels);
+        None: the metric's preference, else DIPY's 0.25 (see Notes).
     ss_sigma_factor : float, optional
         Scale-space smoothing factor.
     opt_tol : float, optional
@@ -617,29 +646,38 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
         Threads to use (None: OpenMP default, honouring ``OMP_NUM_THREADS``;
         negative: counts back from the number of CPUs).  A fastsyn metric
         whose own ``num_threads`` is None follows this value.
-    pyramid : {"dipy", "ants"}, optional
+    pyramid : {"dipy", "ants"} or None, optional
         DIPY's scale space, or ANTs' pyramid (:mod:`fastsyn.pyramid`: integer
         shrink factors ``2**level``, ITK's discrete Gaussian of ``level``
-        voxels, intensities normalised once).
+        voxels, intensities normalised once); None: the metric's
+        preference, else ``"dipy"``.
     flow_sigma : float or None, optional
         ANTs' update-field variance (voxels): every update is smoothed with
         ITK's discrete Gaussian in the optimizer
         (:func:`fastsyn.fields.discrete_gaussian_smooth_field`) and the
         metric's own ``sigma_diff`` smoothing is skipped.  None keeps DIPY's
         behaviour (the metric smooths).
-    total_sigma : float, optional
+    total_sigma : float or None, optional
         ANTs' total-field variance (voxels): the accumulated fields are
-        smoothed the same way after every composition (0: never).
+        smoothed the same way after every composition (0: never); None: the
+        metric's preference, else 0.
     convergence : {"dipy", "ants"}, optional
         DIPY's energy-derivative test (window ``energy_window``), or ANTs'
         (:func:`ants_convergence_value`, window 8).
-    reinvert : bool, optional
+    reinvert : bool or None, optional
         After inverting the updated forward fields into the backward ones,
         invert the backward fields back into the forward ones, as DIPY does
         (True, four inversions per iteration).  False keeps the forward
         fields as the updates left them and inverts only once (two
         inversions per iteration: about half the inversion time); the final
-        map is built from them the same way.
+        map is built from them the same way.  None: the metric's preference,
+        else True.
+    inversion_sweeps : int or None, optional
+        Fixed-point sweeps of each inversion inside the iterations (each is
+        warm-started from the previous iteration's inverse, which is close);
+        every level then ends with inversions to ``inv_iter``/``inv_tol``.
+        0 (DIPY's rule): every inversion runs to ``inv_tol`` or ``inv_iter``
+        sweeps.  None: the metric's preference, else 0.
 
     Attributes
     ----------
@@ -649,12 +687,22 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
         and ``total``.
     iterations_run : int
         Number of SyN iterations performed over all levels.
+
+    Notes
+    -----
+    ``step_length``, ``pyramid``, ``total_sigma``, ``reinvert`` and
+    ``inversion_sweeps`` left at None take the metric's ``syn_defaults``
+    (a dict; :attr:`fastsyn.MIMetric.syn_defaults` holds the settings the
+    real-anatomy study chose for MI), else DIPY's values
+    (:data:`DIPY_SYN_SETTINGS`).  With fastsyn's ``CCMetric`` or any DIPY
+    metric the registration is therefore DIPY's algorithm.
     """
 
-    def __init__(self, metric, *, level_iters=None, step_length=0.25,
+    def __init__(self, metric, *, level_iters=None, step_length=None,
                  ss_sigma_factor=0.2, opt_tol=None, inv_iter=20, inv_tol=1e-3,
-                 callback=None, num_threads=None, pyramid="dipy", flow_sigma=None,
-                 total_sigma=0.0, convergence="dipy", reinvert=True):
+                 callback=None, num_threads=None, pyramid=None, flow_sigma=None,
+                 total_sigma=None, convergence="dipy", reinvert=None,
+                 inversion_sweeps=None):
         resolve_num_threads(num_threads)
         if not isinstance(metric, SimilarityMetric):
             raise TypeError("metric must be a SimilarityMetric (e.g. fastsyn.CCMetric or "
@@ -668,6 +716,12 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
                                  f"counts, got {level_iters!r}")
             level_iters = [check_integer(f"level_iters[{i}]", n, low=0)
                            for i, n in enumerate(level_iters)]
+        prefer = _metric_preferences(metric)
+        step_length, pyramid, total_sigma, reinvert, inversion_sweeps = (
+            prefer(name, value) for name, value in (
+                ("step_length", step_length), ("pyramid", pyramid),
+                ("total_sigma", total_sigma), ("reinvert", reinvert),
+                ("inversion_sweeps", inversion_sweeps)))
         step_length = check_real("step_length", step_length, low=0, low_inclusive=False)
         ss_sigma_factor = check_real("ss_sigma_factor", ss_sigma_factor, low=0)
         options = check_syn_options(pyramid=pyramid, flow_sigma=flow_sigma,
@@ -677,6 +731,7 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
             opt_tol = _ANTS_THRESHOLD if options["convergence"] == "ants" else 1e-5
         opt_tol = check_real("opt_tol", opt_tol)
         inv_iter = check_integer("inv_iter", inv_iter, low=0)
+        inversion_sweeps = check_integer("inversion_sweeps", inversion_sweeps, low=0)
         inv_tol = check_real("inv_tol", inv_tol, low=0)
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
@@ -684,6 +739,8 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
                            ss_sigma_factor=ss_sigma_factor, opt_tol=opt_tol,
                            inv_iter=inv_iter, inv_tol=inv_tol, callback=callback)
         self.num_threads = num_threads
+        # 0: DIPY's rule (every inversion to inv_tol), kept as None
+        self.inversion_sweeps = inversion_sweeps or None
         for name, value in options.items():
             setattr(self, name, value)
         self.stage_times = {}

@@ -235,10 +235,17 @@ class Method:
     def __repr__(self):
         return f"{type(self).__name__}({self.options})"
 
+    #: Options added after records were stored: left out of the
+    #: configuration while they hold this value, so the older records keep
+    #: their keys.
+    _LATER_OPTIONS = {"inversion_sweeps": None}
+
     @property
     def config(self):
         """Method parameters (without metric, levels and threads)."""
-        return {"method": self.name, **self.options}
+        return {"method": self.name,
+                **{k: v for k, v in self.options.items()
+                   if k not in self._LATER_OPTIONS or v != self._LATER_OPTIONS[k]}}
 
     def configuration(self, metric, levels, threads):
         """The full configuration of a run, as stored in results.
@@ -407,7 +414,8 @@ class FastsynMethod(Method):
     # clip and sampling are MIMetric's (its defaults); MI also takes sigma_diff
     # pyramid and total_sigma are SymmetricDiffeomorphicRegistration's
     defaults = {**DipyMethod.defaults, "clip": (0.5, 99.5), "sampling": None,
-                "pyramid": "dipy", "total_sigma": 0.0, "reinvert": True}
+                "pyramid": "dipy", "total_sigma": 0.0, "reinvert": True,
+                "inversion_sweeps": None}
     mask_metrics = ("mi",)
 
     def available(self, metric=None):
@@ -444,7 +452,8 @@ class FastsynMethod(Method):
             m, level_iters=list(levels), step_length=o["step_length"],
             ss_sigma_factor=o["ss_sigma_factor"], opt_tol=o["opt_tol"],
             inv_iter=o["inv_iter"], inv_tol=o["inv_tol"], num_threads=threads,
-            pyramid=o["pyramid"], total_sigma=o["total_sigma"], reinvert=o["reinvert"])
+            pyramid=o["pyramid"], total_sigma=o["total_sigma"], reinvert=o["reinvert"],
+            inversion_sweeps=o["inversion_sweeps"])
         return _run_syn(reg, fixed, moving, fixed_affine, moving_affine, labels, threads)
 
 

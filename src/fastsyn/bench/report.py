@@ -750,7 +750,7 @@ def _study_context(results_dir, plt):
         out.append({"data": plan["data"], "levels": plan["levels"],
                     "threads": plan["threads"], "n_pairs": len(plan["pairs"]),
                     "seed": plan["seed"], "directions": directions, "rows": rows,
-                    "defaults": plan.get("defaults") or {},
+                    "half": plan.get("half"), "defaults": plan.get("defaults") or {},
                     "not_studied": plan.get("not_studied") or [],
                     "unavailable": plan.get("unavailable") or {},
                     "plot": _plot_study(rows, plt) if plt is not None and any(

@@ -64,17 +64,18 @@ FACTORS = {
     "total_sigma": (0.0, 0.5),
     "inv_iter": (20, 5),
     "reinvert": (True, False),
+    "inversion_sweeps": (None, 2, 1),
 }
 #: Factors the sweep changes, per grid name (``none``: the default only).
 GRIDS = {"default": tuple(FACTORS), "quick": ("nbins", "masks"), "none": (),
          "syn": ("sigma_diff", "step_length", "pyramid", "total_sigma", "inv_iter",
-                 "reinvert")}
+                 "reinvert", "inversion_sweeps")}
 #: The quick grid's levels (a first look: the two factors that moved most).
 _QUICK_LEVELS = {"nbins": (16,), "masks": ("brain",)}
 #: Factors a combination of winners may take (the MIMetric and SDR defaults;
 #: masks are data, not a default).
 _COMBINABLE = ("nbins", "clip", "sigma_diff", "step_length", "sampling", "pyramid",
-               "total_sigma", "inv_iter", "reinvert")
+               "total_sigma", "inv_iter", "reinvert", "inversion_sweeps")
 NOT_STUDIED = ("Parzen window on the static side (cubic vs box as in Mattes/ITK): "
                "needs a change of the MI kernel (fastsyn/_kernels/mi.pyx)")
 #: Harness option of a factor where the names differ (CC has its own sigma_diff).
@@ -134,7 +135,9 @@ def current_defaults():
             "sigma_diff": float(d["mi_sigma_diff"]), "step_length": float(d["step_length"]),
             "sampling": None if d["sampling"] is None else float(d["sampling"]),
             "pyramid": str(d["pyramid"]), "total_sigma": float(d["total_sigma"]),
-            "inv_iter": int(d["inv_iter"]), "reinvert": bool(d["reinvert"])}
+            "inv_iter": int(d["inv_iter"]), "reinvert": bool(d["reinvert"]),
+            "inversion_sweeps": (None if d["inversion_sweeps"] is None
+                                 else int(d["inversion_sweeps"]))}
 
 
 def _normal(factor, value):
@@ -161,6 +164,8 @@ def _normal(factor, value):
         return (lo, hi)
     if factor == "sampling":
         return None if value is None else float(value)
+    if factor == "inversion_sweeps":
+        return None if value is None else int(value)
     if factor in ("sigma_diff", "step_length", "total_sigma"):
         return float(value)
     raise ValueError(f"unknown factor {factor!r}; known: {sorted(FACTORS)}")
@@ -203,14 +208,15 @@ def _parse_value(factor, text):
         if flag is None:
             raise ValueError(f"bad value {text!r} for reinvert (true or false)")
         return flag
-    if factor == "sampling" and text.lower() == "none":
+    if factor in ("sampling", "inversion_sweeps") and text.lower() == "none":
         return None
     try:
         if factor == "clip":
             lo, hi = text.replace(",", ":").split(":")
             value = (float(lo), float(hi))
         else:
-            value = int(text) if factor in ("nbins", "inv_iter") else float(text)
+            value = (int(text) if factor in ("nbins", "inv_iter", "inversion_sweeps")
+                     else float(text))
     except ValueError:
         raise ValueError(f"bad value {text!r} for {factor}") from None
     return _normal(factor, value)

@@ -210,6 +210,10 @@ class MIMetric(MetricInputs, SimilarityMetric):
     registration, not to the metric.
     """
 
+    #: Settings of :class:`fastsyn.SymmetricDiffeomorphicRegistration` that a
+    #: registration with this metric takes unless given (see the Notes).
+    syn_defaults = {}
+
     def __init__(self, dim, *, nbins=32, sigma_diff=3.0, smooth=None,
                  sampling=None, seed=0, clip=(0.5, 99.5), static_mask=None,
                  moving_mask=None, num_threads=None):
