@@ -235,17 +235,10 @@ class Method:
     def __repr__(self):
         return f"{type(self).__name__}({self.options})"
 
-    #: Options added after records were stored: left out of the
-    #: configuration while they hold this value, so the older records keep
-    #: their keys.
-    _LATER_OPTIONS = {"inversion_sweeps": None}
-
     @property
     def config(self):
         """Method parameters (without metric, levels and threads)."""
-        return {"method": self.name,
-                **{k: v for k, v in self.options.items()
-                   if k not in self._LATER_OPTIONS or v != self._LATER_OPTIONS[k]}}
+        return {"method": self.name, **self.options}
 
     def configuration(self, metric, levels, threads):
         """The full configuration of a run, as stored in results.
@@ -362,8 +355,8 @@ class DipyMethod(Method):
     label = "DIPY"
     package = "dipy"
     mask_metrics = ("mi",)
-    # sigma_diff smooths CC's updates (DIPY's 2), mi_sigma_diff MI's (MIMetric's 3)
-    defaults = {"radius": 4, "sigma_diff": 2.0, "nbins": 32, "mi_sigma_diff": 3.0,
+    # sigma_diff smooths CC's updates (DIPY's 2), mi_sigma_diff MI's (MIMetric's 2)
+    defaults = {"radius": 4, "sigma_diff": 2.0, "nbins": 32, "mi_sigma_diff": 2.0,
                 "step_length": 0.25, "ss_sigma_factor": 0.2, "opt_tol": 1e-5,
                 "inv_iter": 20, "inv_tol": 1e-3}
 
@@ -412,10 +405,12 @@ class FastsynMethod(Method):
     label = "fastsyn"
     package = "fastsyn"
     # clip and sampling are MIMetric's (its defaults); MI also takes sigma_diff
-    # pyramid and total_sigma are SymmetricDiffeomorphicRegistration's
+    # pyramid, total_sigma and reinvert are SymmetricDiffeomorphicRegistration's
+    # (DIPY's values for both metrics); mi_inversion_sweeps is its
+    # inversion_sweeps for MI (MIMetric.syn_defaults; CC keeps DIPY's rule)
     defaults = {**DipyMethod.defaults, "clip": (0.5, 99.5), "sampling": None,
                 "pyramid": "dipy", "total_sigma": 0.0, "reinvert": True,
-                "inversion_sweeps": None}
+                "mi_inversion_sweeps": 1}
     mask_metrics = ("mi",)
 
     def available(self, metric=None):
@@ -453,7 +448,7 @@ class FastsynMethod(Method):
             ss_sigma_factor=o["ss_sigma_factor"], opt_tol=o["opt_tol"],
             inv_iter=o["inv_iter"], inv_tol=o["inv_tol"], num_threads=threads,
             pyramid=o["pyramid"], total_sigma=o["total_sigma"], reinvert=o["reinvert"],
-            inversion_sweeps=o["inversion_sweeps"])
+            inversion_sweeps=o["mi_inversion_sweeps"] if metric == "mi" else None)
         return _run_syn(reg, fixed, moving, fixed_affine, moving_affine, labels, threads)
 
 

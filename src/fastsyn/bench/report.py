@@ -741,16 +741,19 @@ def _study_context(results_dir, plt):
     """Each MI study of the results folder: its plan, rows and plot."""
     if not results_dir:
         return []
-    from fastsyn.bench.study import read_plans, summarize
+    from fastsyn.bench.study import not_run, read_plans, summarize
 
     out = []
     for plan in read_plans(results_dir):
         rows = summarize(plan, results_dir)
+        planned = not_run(rows)
+        rows = [r for r in rows if r["name"] not in planned]
         directions = list(rows[0]["directions"]) if rows else []
         out.append({"data": plan["data"], "levels": plan["levels"],
                     "threads": plan["threads"], "n_pairs": len(plan["pairs"]),
                     "seed": plan["seed"], "directions": directions, "rows": rows,
                     "half": plan.get("half"), "defaults": plan.get("defaults") or {},
+                    "not_run": planned,
                     "not_studied": plan.get("not_studied") or [],
                     "unavailable": plan.get("unavailable") or {},
                     "plot": _plot_study(rows, plt) if plt is not None and any(

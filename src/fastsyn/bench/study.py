@@ -48,6 +48,7 @@ __all__ = [
     "summarize",
     "combine_winners",
     "format_study",
+    "not_run",
     "read_plans",
 ]
 
@@ -64,7 +65,7 @@ FACTORS = {
     "total_sigma": (0.0, 0.5),
     "inv_iter": (20, 5),
     "reinvert": (True, False),
-    "inversion_sweeps": (None, 2, 1),
+    "inversion_sweeps": (0, 2, 1),
 }
 #: Factors the sweep changes, per grid name (``none``: the default only).
 GRIDS = {"default": tuple(FACTORS), "quick": ("nbins", "masks"), "none": (),
@@ -79,7 +80,7 @@ _COMBINABLE = ("nbins", "clip", "sigma_diff", "step_length", "sampling", "pyrami
 NOT_STUDIED = ("Parzen window on the static side (cubic vs box as in Mattes/ITK): "
                "needs a change of the MI kernel (fastsyn/_kernels/mi.pyx)")
 #: Harness option of a factor where the names differ (CC has its own sigma_diff).
-_OPTION = {"sigma_diff": "mi_sigma_diff"}
+_OPTION = {"sigma_diff": "mi_sigma_diff", "inversion_sweeps": "mi_inversion_sweeps"}
 #: Smallest mean-Dice gain over the default that makes a level a winner.
 WIN_MARGIN = 0.001
 _PLAN_VERSION = 1
@@ -136,8 +137,7 @@ def current_defaults():
             "sampling": None if d["sampling"] is None else float(d["sampling"]),
             "pyramid": str(d["pyramid"]), "total_sigma": float(d["total_sigma"]),
             "inv_iter": int(d["inv_iter"]), "reinvert": bool(d["reinvert"]),
-            "inversion_sweeps": (None if d["inversion_sweeps"] is None
-                                 else int(d["inversion_sweeps"]))}
+            "inversion_sweeps": int(d["mi_inversion_sweeps"])}
 
 
 def _normal(factor, value):
@@ -165,7 +165,7 @@ def _normal(factor, value):
     if factor == "sampling":
         return None if value is None else float(value)
     if factor == "inversion_sweeps":
-        return None if value is None else int(value)
+        return 0 if value is None else int(value)
     if factor in ("sigma_diff", "step_length", "total_sigma"):
         return float(value)
     raise ValueError(f"unknown factor {factor!r}; known: {sorted(FACTORS)}")
@@ -208,7 +208,7 @@ def _parse_value(factor, text):
         if flag is None:
             raise ValueError(f"bad value {text!r} for reinvert (true or false)")
         return flag
-    if factor in ("sampling", "inversion_sweeps") and text.lower() == "none":
+    if factor == "sampling" and text.lower() == "none":
         return None
     try:
         if factor == "clip":
@@ -809,7 +809,10 @@ def format_study(rows, fmt="markdown"):
             + ["min Δ vs ANTs", "Δ vs default", "TRE (mm)", "SD log|J|", "Folding (%)",
                "Time (s)", "n"])
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    planned = not_run(rows)
     for r in rows:
+        if r["name"] in planned:
+            continue
         name = r["name"] + (f" [{r['masks']}]" if r["masks"] != "none"
                             and r["factor"] not in ("masks", "anchor") else "")
         cells = ([name, r["factor"], _cell(r["dice"])]
@@ -819,4 +822,12 @@ def format_study(rows, fmt="markdown"):
                     _cell(r["seconds"], 2), f"{r['n']}" + (f" ({r['errors']} err)"
                                                          if r["errors"] else "")])
         lines.append("| " + " | ".join(cells) + " |")
+    if planned:
+        lines.append("")
+        lines.append("Planned, not run (no record): " + ", ".join(planned))
     return "\n".join(lines) + "\n"
+
+
+def not_run(rows):
+    """Names of the rows without any record (planned, never run)."""
+    return [r["name"] for r in rows if r["n"] == 0 and not r["errors"]]
