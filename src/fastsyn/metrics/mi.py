@@ -200,7 +200,7 @@ class MIMetric(MetricInputs, SimilarityMetric):
       (``reinvert=False``) it lost 0.003 and nearly doubled SD log|J|.
     * Not taken: ANTs' pyramid -0.004, greedy-like total-field smoothing
       (``total_sigma=0.5``) -0.003, ``step_length=0.5`` +0.001 but 0.24 %
-      folded voxels, image-nonzero masks -0.007.
+      folded voxels, image-nonzero masks -0.022.
     * Kept from the embedded-cohort study (which alone cannot choose a
       default: warps of one template reward heavier smoothing): 32 bins,
       ``clip=(0.5, 99.5)``, ``sampling=None`` (0.3 is a speed option).
