@@ -133,6 +133,13 @@ def test_summarize_gains_over_ants_per_direction(tmp_path):
     n16 = {r["name"]: r for r in study.summarize(plan, store)}["nbins=16"]
     assert n16["n"] == 2 and n16["errors"] == 1 and n16["directions"]["t2←t1"] is None
     assert n16["vs_default"] == pytest.approx(0.03)  # paired: pairs a and b only
+    # a planned setting without any record is listed, not shown as an empty row
+    plan["settings"].append({"name": "nbins=24", "factor": "nbins", "method": "fastsyn",
+                             "options": {}, "masks": "none", "keys": {"a": "no/such/key"}})
+    rows = study.summarize(plan, store)
+    assert study.not_run(rows) == ["nbins=24"]
+    text = study.format_study(rows)
+    assert "| nbins=24 |" not in text and "Planned, not run (no record): nbins=24" in text
 
 
 def test_combine_winners_takes_the_best_level_of_each_factor():
