@@ -368,9 +368,13 @@ def load_dataset(name_or_dir, *, cache_dir=None, resolution=2.0, n_subjects=None
     """
     n_subjects = _check_n_subjects(n_subjects)
     if isinstance(name_or_dir, str) and name_or_dir == "real":
-        from .realset import load_real_set
+        from .realset import SYNTHETIC_COHORT, load_real_set
 
-        ds = load_real_set(cache_dir=cache_dir, progress=progress)
+        base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
+        ds = load_real_set(
+            base / "real", progress=progress,
+            synthetic_cohort=lambda: load_dataset(**SYNTHETIC_COHORT, cache_dir=cache_dir,
+                                                  progress=progress))
         if n_subjects is not None:
             ds.subjects = ds.subjects[:n_subjects]
         return ds

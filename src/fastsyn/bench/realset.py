@@ -58,6 +58,7 @@ import numpy as np
 __all__ = [
     "REAL",
     "REALSET_VERSION",
+    "SYNTHETIC_COHORT",
     "SPM12_IMAGES",
     "tissue_classes",
     "build_real_set",
@@ -79,6 +80,9 @@ SPM12_IMAGES = {
 }
 #: Embedded-multi subjects used as synthetic T2/FLAIR partners, and their names here.
 _SYNTHETIC = {"S01": "synthetic01", "S02": "synthetic02"}
+#: The cohort they come from (arguments of ``load_dataset``).
+SYNTHETIC_COHORT = {"name_or_dir": "embedded-multi", "resolution": 2.0,
+                    "n_subjects": len(_SYNTHETIC)}
 _SYNTHETIC_MODALITIES = ("t2", "flair")
 _MODALITIES = ("t1", "t2", "pd", "flair")
 TISSUE_NAMES = {1: "csf", 2: "gm", 3: "wm"}
@@ -202,36 +206,39 @@ def _real_subjects(spm_dir):
             labels, mask, affine
 
 
-def _synthetic_subjects(cache_dir, progress):
+def _synthetic_subjects(cohort):
     import nibabel as nib
 
-    from .datasets import load_dataset
-
-    cohort = load_dataset("embedded-multi", cache_dir=cache_dir, resolution=2.0,
-                          n_subjects=len(_SYNTHETIC), progress=progress)
-    for s in cohort.subjects:
+    subjects = {s.name: s for s in cohort.subjects}
+    missing = [n for n in _SYNTHETIC if n not in subjects]
+    if missing:
+        raise ValueError(f"the synthetic cohort lacks subjects {missing}")
+    for name, new_name in _SYNTHETIC.items():
+        s = subjects[name]
         mask = np.asarray(nib.load(str(s.mask)).dataobj) > 0
         t1 = nib.load(str(s.images["t1"]))
         affine = np.asarray(t1.affine, dtype=np.float64)
         labels = tissue_classes(np.asarray(t1.dataobj), mask)
         images = {m: np.where(mask, np.asarray(nib.load(str(s.images[m])).dataobj), 0)
                   .astype(np.float32) for m in _SYNTHETIC_MODALITIES}
-        yield _SYNTHETIC[s.name], images, labels, mask, affine
+        yield new_name, images, labels, mask, affine
 
 
 # ---------------------------------------------------------------------- build
-def build_real_set(dst, *, spm_dir=None, cache_dir=None, progress=True):
+def build_real_set(dst, *, synthetic_cohort, spm_dir=None, progress=True):
     """Write the real-anatomy study set into ``dst`` (see the module docstring).
 
     Parameters
     ----------
     dst : str or Path
         Output folder (created; finished subjects are replaced).
+    synthetic_cohort : callable
+        Returns the embedded multimodal cohort (:data:`SYNTHETIC_COHORT`:
+        ``load_dataset("embedded-multi", resolution=2.0, n_subjects=2)``)
+        whose first subjects become the synthetic ones; called once.
     spm_dir : str or Path, optional
         A copy of SPM12 (its ``canonical/`` folder is read); default the
         images shipped in ``fastsyn.data``.
-    cache_dir : str or Path, optional
-        Cache of the embedded cohort (for the synthetic subjects).
     progress : bool
         Show progress bars.
 
@@ -253,7 +260,7 @@ def build_real_set(dst, *, spm_dir=None, cache_dir=None, progress=True):
                                 "SPM12 and use --dataset DST")
     dst.mkdir(parents=True, exist_ok=True)
     names, synthetic = [], []
-    subjects = [*_real_subjects(spm_dir), *_synthetic_subjects(cache_dir, progress)]
+    subjects = [*_real_subjects(spm_dir), *_synthetic_subjects(synthetic_cohort())]
     for name, images, labels, mask, affine in tqdm(subjects, desc="building the real set",
                                                    unit="subject", disable=not progress):
         _write_subject(dst, name, images, labels, mask, affine)
@@ -267,25 +274,24 @@ def build_real_set(dst, *, spm_dir=None, cache_dir=None, progress=True):
     return load_folder(dst, check=False)
 
 
-def load_real_set(*, cache_dir=None, progress=True):
-    """The real-anatomy set, built into the cache on first use.
+def load_real_set(root, *, synthetic_cohort, progress=True):
+    """The real-anatomy set in ``root``, built there first if absent or stale.
 
     Parameters
     ----------
-    cache_dir : str or Path, optional
-        Cache root (default ``$FASTSYN_CACHE`` or ``~/.cache/fastsyn``); the
-        set lives in ``<cache_dir>/real``.
+    root : str or Path
+        Its folder (``load_dataset("real")`` uses ``<cache>/real``).
+    synthetic_cohort : callable
+        See :func:`build_real_set`.
     progress : bool
 
     Returns
     -------
     Dataset
     """
-    from .datasets import default_cache_root
     from .layout import STAMP, load_folder
 
-    base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
-    root = base / REAL
+    root = Path(root).expanduser()
     stamp = root / STAMP
     current = False
     if stamp.is_file():
@@ -296,5 +302,5 @@ def load_real_set(*, cache_dir=None, progress=True):
         except (OSError, json.JSONDecodeError):
             current = False
     if not current:
-        build_real_set(root, cache_dir=cache_dir, progress=progress)
+        build_real_set(root, synthetic_cohort=synthetic_cohort, progress=progress)
     return load_folder(root, name=REAL, check=False)

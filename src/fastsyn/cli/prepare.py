@@ -28,11 +28,13 @@ def run(args):
     # The converter checks SRC and DST itself (FileNotFoundError, ValueError).
     src, dst = Path(args.src), Path(args.dst)
     if args.dataset == "spm12":
-        from fastsyn.bench.realset import build_real_set
+        from fastsyn.bench.datasets import load_dataset
+        from fastsyn.bench.realset import SYNTHETIC_COHORT, build_real_set
 
         if not src.expanduser().is_dir():
             raise FileNotFoundError(f"SPM12 folder not found: {src}")
-        dataset = build_real_set(dst, spm_dir=src)
+        dataset = build_real_set(dst, spm_dir=src,
+                                 synthetic_cohort=lambda: load_dataset(**SYNTHETIC_COHORT))
     else:
         dataset = CONVERTERS[args.dataset](src, dst)
     print(f"prepared {args.dataset} from {src} into {dst}: {len(dataset)} subjects, "
