@@ -90,10 +90,18 @@ def test_bad_variances_are_named(bad, error):
 
 
 @pytest.mark.parametrize("name, value", [("pyramid", "itk"), ("convergence", "ANTs"),
-                                         ("pyramid", None)])
+                                         ("pyramid", "")])
 def test_bad_modes_are_named(name, value):
     with pytest.raises(ValueError, match=name):
         fastsyn.SymmetricDiffeomorphicRegistration(fastsyn.CCMetric(3), **{name: value})
+
+
+def test_pyramid_none_is_the_metrics_choice_but_not_a_patch_mode():
+    # SymmetricDiffeomorphicRegistration: None takes the metric's preference
+    # (DIPY's scale space for CC); patch_dipy has no metric to ask.
+    assert fastsyn.SymmetricDiffeomorphicRegistration(fastsyn.CCMetric(3)).pyramid == "dipy"
+    with pytest.raises(ValueError, match="pyramid"):
+        fastsyn.patch_dipy(pyramid=None)
 
 
 # ------------------------------------------------------------------- pyramid
