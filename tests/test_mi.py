@@ -361,16 +361,18 @@ def test_fewer_inversions_are_deterministic_and_cheaper(monkeypatch):
     counts = _count_inversions(monkeypatch)
     runs = {}
     for options in ({"reinvert": True, "inversion_sweeps": 0},
-                    {"reinvert": False, "inversion_sweeps": 1}):
+                    {"reinvert": False, "inversion_sweeps": 1, "fused_inversion": False},
+                    {"reinvert": True, "inversion_sweeps": 1, "fused_inversion": True}):
         for n in (1, 2):
             counts.update(calls=0, sweeps=0)
             sdr = fastsyn.SymmetricDiffeomorphicRegistration(
                 MIMetric(3, nbins=16), level_iters=[6, 4], num_threads=n, **options)
             mapping = sdr.optimize(static, moving)
-            runs[(options["reinvert"], n)] = (mapping.forward, mapping.backward,
-                                              dict(counts), sdr.iterations_run)
+            key = "fused" if options.get("fused_inversion") else options["reinvert"]
+            runs[(key, n)] = (mapping.forward, mapping.backward, dict(counts),
+                              sdr.iterations_run)
     dipy_rule, cheap = runs[(True, 1)], runs[(False, 1)]
-    for key in ((True, 2), (False, 2)):  # bitwise identical for every thread count
+    for key in ((True, 2), (False, 2), ("fused", 2)):  # identical for every thread count
         assert np.array_equal(runs[key][0], runs[(key[0], 1)][0])
         assert np.array_equal(runs[key][1], runs[(key[0], 1)][1])
     iterations = cheap[3]
@@ -381,6 +383,10 @@ def test_fewer_inversions_are_deterministic_and_cheaper(monkeypatch):
     assert dipy_rule[2]["calls"] == 4 * dipy_rule[3]
     # the forward fields stay close to DIPY's rule (displacements of a few voxels)
     assert np.abs(cheap[0] - dipy_rule[0]).max() < 0.5 * np.abs(dipy_rule[0]).max()
+    # fused sweeps: DIPY's loop runs only for the full inversions ending each level
+    fused = runs[("fused", 1)]
+    assert fused[2]["calls"] == 4 * 2
+    assert np.abs(fused[0] - dipy_rule[0]).max() < 0.5 * np.abs(dipy_rule[0]).max()
 
 
 def test_syn_settings_follow_the_metric_unless_given():

@@ -205,6 +205,34 @@ def invert_unchecked(d, d_world2grid, spacing, max_iter, tol, out, nthreads,
     return InversionResult(out, int(iters), float(error))
 
 
+def refine_inverse_unchecked(d, d_world2grid, spacing, out, maxlen, nthreads,
+                             workspace=None, epsilon=0.5):
+    """One fused fixed-point sweep of the inverse ``out`` of ``d`` (in place).
+
+    Unlike :func:`invert_unchecked` (DIPY's loop: the update of a sweep is
+    clipped with that sweep's largest residual, which costs a second pass),
+    the clipping length ``maxlen`` (voxels) is the caller's, normally the
+    previous sweep's residual times ``epsilon``; ``inf`` does not clip.
+
+    Returns
+    -------
+    float
+        The largest residual norm (voxels) of this sweep, before its update.
+    """
+    dim = d.shape[-1]
+    if workspace is None or not workspace.fits(d.shape, d.dtype):
+        workspace = InversionWorkspace(d.shape, d.dtype)
+    w2g, w2g_none = flat_affine(d_world2grid, dim)
+    nthreads = effective_threads(nthreads, d.size // dim)
+    if dim == 3:
+        return k_invert.refine_3d(out, d, w2g, w2g_none, spacing[0], spacing[1],
+                                  spacing[2], float(maxlen), float(epsilon),
+                                  workspace.partial_max, nthreads)
+    return k_invert.refine_2d(out, d, w2g, w2g_none, spacing[0], spacing[1],
+                              float(maxlen), float(epsilon), workspace.partial_max,
+                              nthreads)
+
+
 def invert_displacement_field(d, d_world2grid, spacing, max_iter, tol, *, start=None,
                               out=None, num_threads=None, dim=None, _tol_name="tol"):
     r"""Fixed-point inversion of a displacement field (Chen et al., 2008).

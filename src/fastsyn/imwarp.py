@@ -40,6 +40,7 @@ from fastsyn.fields import (
     compose_unchecked,
     discrete_smooth_unchecked,
     invert_unchecked,
+    refine_inverse_unchecked,
     resample_unchecked,
     warp_unchecked,
 )
@@ -288,7 +289,10 @@ def _invert_models(self, world2grid, spacing, nthreads, max_iter=None):
     """The four warm-started inversions of DIPY's ``__invert_models``, in
     place, sharing one scratch workspace; with ``reinvert=False`` only the
     first two (forward fields into backward ones).  ``max_iter`` caps the
-    fixed-point sweeps of each (default ``inv_iter``)."""
+    fixed-point sweeps of each (default ``inv_iter``, DIPY's loop); with
+    ``fused_inversion`` a capped inversion runs that many fused sweeps
+    (:func:`_refine`) instead."""
+    fused = max_iter is not None and getattr(self, "fused_inversion", False)
     max_iter = self.inv_iter if max_iter is None else max_iter
     ws = getattr(self, "_inversion_workspace", None)
     shape, dtype = self.static_to_ref.forward.shape, self.static_to_ref.forward.dtype
@@ -298,14 +302,35 @@ def _invert_models(self, world2grid, spacing, nthreads, max_iter=None):
     for dmap in (self.static_to_ref, self.moving_to_ref):
         dmap.forward = np.ascontiguousarray(dmap.forward, dtype=dtype)
         dmap.backward = np.ascontiguousarray(dmap.backward, dtype=dtype)
-    for dmap in (self.static_to_ref, self.moving_to_ref):
-        invert_unchecked(dmap.forward, world2grid, spacing, max_iter, self.inv_tol,
-                         dmap.backward, nthreads, ws)
-    if not getattr(self, "reinvert", True):
-        return
-    for dmap in (self.static_to_ref, self.moving_to_ref):
-        invert_unchecked(dmap.backward, world2grid, spacing, max_iter, self.inv_tol,
-                         dmap.forward, nthreads, ws)
+    steps = [("forward", "backward")] + ([("backward", "forward")]
+                                         if getattr(self, "reinvert", True) else [])
+    for source, target in steps:
+        for side, dmap in (("static", self.static_to_ref), ("moving", self.moving_to_ref)):
+            d, out = getattr(dmap, source), getattr(dmap, target)
+            if fused:
+                _refine(self, (side, target), d, world2grid, spacing, out, max_iter,
+                        nthreads, ws)
+            else:
+                invert_unchecked(d, world2grid, spacing, max_iter, self.inv_tol, out,
+                                 nthreads, ws)
+
+
+#: Damping of the fused inversion sweeps (DIPY's first sweep's).
+_REFINE_EPSILON = 0.75
+
+
+def _refine(self, key, d, world2grid, spacing, out, sweeps, nthreads, ws):
+    """``sweeps`` fused sweeps of one inverse; the clipping length of each
+    is the previous sweep's largest residual of the same field (none for the
+    first sweep of a level)."""
+    state = self._refine_maxlen
+    shape, maxlen = state.get(key, (None, np.inf))
+    if shape != d.shape:
+        maxlen = np.inf
+    for _ in range(sweeps):
+        maxlen = _REFINE_EPSILON * refine_inverse_unchecked(
+            d, world2grid, spacing, out, maxlen, nthreads, ws, epsilon=_REFINE_EPSILON)
+    state[key] = (d.shape, maxlen)
 
 
 def _iterate(self):
@@ -454,6 +479,7 @@ def _init_optimizer(self, static, moving, static_grid2world, moving_grid2world, 
     self.moving_to_ref = DiffeomorphicMap.from_dipy(self.moving_to_ref, nthreads)
     self._stage_clock = _StageClock()
     self._inversion_workspace = None
+    self._refine_maxlen = {}
     self.iterations_run = 0
 
 
@@ -585,7 +611,7 @@ def check_syn_options(*, pyramid="dipy", flow_sigma=None, total_sigma=0.0,
 #: DIPY's values of the SyN settings a metric may prefer others for
 #: (``syn_defaults``, e.g. :attr:`fastsyn.MIMetric.syn_defaults`).
 DIPY_SYN_SETTINGS = {"step_length": 0.25, "pyramid": "dipy", "total_sigma": 0.0,
-                     "reinvert": True, "inversion_sweeps": 0}
+                     "reinvert": True, "inversion_sweeps": 0, "fused_inversion": False}
 
 
 def _metric_preferences(metric):
@@ -678,6 +704,12 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
         every level then ends with inversions to ``inv_iter``/``inv_tol``.
         0 (DIPY's rule): every inversion runs to ``inv_tol`` or ``inv_iter``
         sweeps.  None: the metric's preference, else 0.
+    fused_inversion : bool or None, optional
+        With ``inversion_sweeps``: each of those sweeps updates the inverse
+        in the same pass as its residual, clipping with the previous sweep's
+        largest residual (DIPY's loop clips with the current one, which
+        needs a second pass over the field).  None: the metric's preference,
+        else False.
 
     Attributes
     ----------
@@ -690,8 +722,8 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
 
     Notes
     -----
-    ``step_length``, ``pyramid``, ``total_sigma``, ``reinvert`` and
-    ``inversion_sweeps`` left at None take the metric's ``syn_defaults``
+    ``step_length``, ``pyramid``, ``total_sigma``, ``reinvert``,
+    ``inversion_sweeps`` and ``fused_inversion`` left at None take the metric's ``syn_defaults``
     (a dict; :attr:`fastsyn.MIMetric.syn_defaults` holds the settings the
     real-anatomy study chose for MI), else DIPY's values
     (:data:`DIPY_SYN_SETTINGS`).  With fastsyn's ``CCMetric`` or any DIPY
@@ -702,7 +734,7 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
                  ss_sigma_factor=0.2, opt_tol=None, inv_iter=20, inv_tol=1e-3,
                  callback=None, num_threads=None, pyramid=None, flow_sigma=None,
                  total_sigma=None, convergence="dipy", reinvert=None,
-                 inversion_sweeps=None):
+                 inversion_sweeps=None, fused_inversion=None):
         resolve_num_threads(num_threads)
         if not isinstance(metric, SimilarityMetric):
             raise TypeError("metric must be a SimilarityMetric (e.g. fastsyn.CCMetric or "
@@ -722,6 +754,9 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
                 ("step_length", step_length), ("pyramid", pyramid),
                 ("total_sigma", total_sigma), ("reinvert", reinvert),
                 ("inversion_sweeps", inversion_sweeps)))
+        fused_inversion = prefer("fused_inversion", fused_inversion)
+        if not isinstance(fused_inversion, (bool, np.bool_)):
+            raise TypeError(f"fused_inversion must be True or False, got {fused_inversion!r}")
         step_length = check_real("step_length", step_length, low=0, low_inclusive=False)
         ss_sigma_factor = check_real("ss_sigma_factor", ss_sigma_factor, low=0)
         options = check_syn_options(pyramid=pyramid, flow_sigma=flow_sigma,
@@ -741,6 +776,7 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
         self.num_threads = num_threads
         # 0: DIPY's rule (every inversion to inv_tol), kept as None
         self.inversion_sweeps = inversion_sweeps or None
+        self.fused_inversion = bool(fused_inversion)
         for name, value in options.items():
             setattr(self, name, value)
         self.stage_times = {}

@@ -222,3 +222,119 @@ def invert_2d(floating[:, :, ::1] p, const floating[:, :, ::1] d,
             do_update = 1
             it += 1
     return it, error
+
+
+# ------------------------------------------------------------------ refine
+# One fixed-point sweep that updates the warm start in the same pass as its
+# residual: p <- p - f(|q|) q with q = d(x + p) + p, f = epsilon, clipped to
+# epsilon * maxlen / |q| above maxlen.  DIPY's loop takes maxlen from the
+# residual of the same sweep, which needs a second pass over the field;
+# here it comes from the caller (the previous sweep's largest residual), so
+# each voxel reads p and d once and writes p once.  A voxel's composition
+# reads p at that voxel only, so updating p in place is safe.
+cdef void _refine_slice_3d(floating* p, const floating* d, Py_ssize_t k,
+                           Py_ssize_t ns, Py_ssize_t nr, Py_ssize_t nc,
+                           const Affine3* w2g, double inv_s0, double inv_s1,
+                           double inv_s2, double maxlen, double epsilon,
+                           double* slice_max) noexcept nogil:
+    cdef:
+        Py_ssize_t i, j, v, base = k * nr * nc * 3
+        double dv[3]
+        double val[3]
+        double q0, q1, q2, a, b, c, mag, f, mx = 0
+    for i in range(nr):
+        for j in range(nc):
+            v = base + (i * nc + j) * 3
+            affine3_vector(w2g, p[v], p[v + 1], p[v + 2], dv)
+            if interp_vector_3d_cell(d, ns, nr, nc, k + dv[0], i + dv[1], j + dv[2], val):
+                q0 = <floating>(val[0] + p[v])
+                q1 = <floating>(val[1] + p[v + 1])
+                q2 = <floating>(val[2] + p[v + 2])
+            else:
+                q0 = 0
+                q1 = 0
+                q2 = 0
+            a = q0 * inv_s0
+            b = q1 * inv_s1
+            c = q2 * inv_s2
+            mag = sqrt(a * a + b * b + c * c)
+            if mx < mag:
+                mx = mag
+            f = _step_factor(mag, maxlen, epsilon)
+            p[v] = <floating>(p[v] - f * q0)
+            p[v + 1] = <floating>(p[v + 1] - f * q1)
+            p[v + 2] = <floating>(p[v + 2] - f * q2)
+    slice_max[k] = mx
+
+
+def refine_3d(floating[:, :, :, ::1] p, const floating[:, :, :, ::1] d,
+              const double[::1] w2g_aff, bint w2g_none,
+              double s0, double s1, double s2, double maxlen, double epsilon,
+              double[::1] slice_max, int num_threads):
+    """One fused fixed-point sweep of the inverse ``p`` of ``d`` (in place).
+
+    Returns the largest residual norm (voxels) before the update, to be the
+    next sweep's ``maxlen``.
+    """
+    cdef:
+        Py_ssize_t k, ns = d.shape[0], nr = d.shape[1], nc = d.shape[2]
+        Affine3 w2g = affine3_from(w2g_aff, w2g_none)
+        double mx = 0
+    num_threads = chunk_threads(num_threads, ns * nr * nc)
+    with nogil:
+        for k in prange(ns, schedule="static", num_threads=num_threads):
+            _refine_slice_3d(&p[0, 0, 0, 0], &d[0, 0, 0, 0], k, ns, nr, nc, &w2g,
+                             1.0 / s0, 1.0 / s1, 1.0 / s2, maxlen, epsilon,
+                             &slice_max[0])
+        for k in range(ns):
+            if mx < slice_max[k]:
+                mx = slice_max[k]
+    return mx
+
+
+cdef void _refine_row_2d(floating* p, const floating* d, Py_ssize_t i,
+                         Py_ssize_t nr, Py_ssize_t nc, const Affine2* w2g,
+                         double inv_s0, double inv_s1, double maxlen,
+                         double epsilon, double* row_max) noexcept nogil:
+    cdef:
+        Py_ssize_t j, v
+        double dv[2]
+        double val[2]
+        double q0, q1, a, b, mag, f, mx = 0
+    for j in range(nc):
+        v = (i * nc + j) * 2
+        affine2_vector(w2g, p[v], p[v + 1], dv)
+        if interp_vector_2d(d, nr, nc, i + dv[0], j + dv[1], val):
+            q0 = <floating>(val[0] + p[v])
+            q1 = <floating>(val[1] + p[v + 1])
+        else:
+            q0 = 0
+            q1 = 0
+        a = q0 * inv_s0
+        b = q1 * inv_s1
+        mag = sqrt(a * a + b * b)
+        if mx < mag:
+            mx = mag
+        f = _step_factor(mag, maxlen, epsilon)
+        p[v] = <floating>(p[v] - f * q0)
+        p[v + 1] = <floating>(p[v + 1] - f * q1)
+    row_max[i] = mx
+
+
+def refine_2d(floating[:, :, ::1] p, const floating[:, :, ::1] d,
+              const double[::1] w2g_aff, bint w2g_none, double s0, double s1,
+              double maxlen, double epsilon, double[::1] row_max, int num_threads):
+    """2D twin of :func:`refine_3d`."""
+    cdef:
+        Py_ssize_t i, nr = d.shape[0], nc = d.shape[1]
+        Affine2 w2g = affine2_from(w2g_aff, w2g_none)
+        double mx = 0
+    num_threads = chunk_threads(num_threads, nr * nc)
+    with nogil:
+        for i in prange(nr, schedule="static", num_threads=num_threads):
+            _refine_row_2d(&p[0, 0, 0], &d[0, 0, 0], i, nr, nc, &w2g, 1.0 / s0,
+                           1.0 / s1, maxlen, epsilon, &row_max[0])
+        for i in range(nr):
+            if mx < row_max[i]:
+                mx = row_max[i]
+    return mx

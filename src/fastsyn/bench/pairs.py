@@ -7,6 +7,9 @@
   ordered combination of two *different* modalities (``fixed_modality`` on
   ``a``, ``moving_modality`` on ``b``): 7 subjects x 3 modalities ->
   21 x 6 = 126 pairs.
+* A sparse dataset (subjects with different modalities, e.g. ``real``):
+  every ordered pair of two subjects and two different modalities that both
+  exist, in both subject orders, never two subjects marked synthetic.
 * ``sample=N`` keeps a reproducible subset of N pairs: a seeded permutation's
   first N entries, returned in the full list's order.  For a fixed seed a
   smaller sample is always contained in a larger one.

@@ -66,21 +66,24 @@ FACTORS = {
     "inv_iter": (20, 5),
     "reinvert": (True, False),
     "inversion_sweeps": (0, 2, 1),
+    "fused_inversion": (False, True),
 }
 #: Factors the sweep changes, per grid name (``none``: the default only).
 GRIDS = {"default": tuple(FACTORS), "quick": ("nbins", "masks"), "none": (),
          "syn": ("sigma_diff", "step_length", "pyramid", "total_sigma", "inv_iter",
-                 "reinvert", "inversion_sweeps")}
+                 "reinvert", "inversion_sweeps", "fused_inversion")}
 #: The quick grid's levels (a first look: the two factors that moved most).
 _QUICK_LEVELS = {"nbins": (16,), "masks": ("brain",)}
 #: Factors a combination of winners may take (the MIMetric and SDR defaults;
 #: masks are data, not a default).
 _COMBINABLE = ("nbins", "clip", "sigma_diff", "step_length", "sampling", "pyramid",
-               "total_sigma", "inv_iter", "reinvert", "inversion_sweeps")
+               "total_sigma", "inv_iter", "reinvert", "inversion_sweeps",
+               "fused_inversion")
 NOT_STUDIED = ("Parzen window on the static side (cubic vs box as in Mattes/ITK): "
                "needs a change of the MI kernel (fastsyn/_kernels/mi.pyx)")
 #: Harness option of a factor where the names differ (CC has its own sigma_diff).
-_OPTION = {"sigma_diff": "mi_sigma_diff", "inversion_sweeps": "mi_inversion_sweeps"}
+_OPTION = {"sigma_diff": "mi_sigma_diff", "inversion_sweeps": "mi_inversion_sweeps",
+           "fused_inversion": "mi_fused_inversion"}
 #: Smallest mean-Dice gain over the default that makes a level a winner.
 WIN_MARGIN = 0.001
 _PLAN_VERSION = 1
@@ -137,16 +140,17 @@ def current_defaults():
             "sampling": None if d["sampling"] is None else float(d["sampling"]),
             "pyramid": str(d["pyramid"]), "total_sigma": float(d["total_sigma"]),
             "inv_iter": int(d["inv_iter"]), "reinvert": bool(d["reinvert"]),
-            "inversion_sweeps": int(d["mi_inversion_sweeps"])}
+            "inversion_sweeps": int(d["mi_inversion_sweeps"]),
+            "fused_inversion": bool(d["mi_fused_inversion"])}
 
 
 def _normal(factor, value):
     """A factor's value in its canonical type (so equal settings share a key)."""
     if factor in ("nbins", "inv_iter"):
         return int(value)
-    if factor == "reinvert":
+    if factor in ("reinvert", "fused_inversion"):
         if not isinstance(value, (bool, np.bool_)):
-            raise ValueError(f"reinvert must be True or False, got {value!r}")
+            raise ValueError(f"{factor} must be True or False, got {value!r}")
         return bool(value)
     if factor == "pyramid":
         if value not in FACTORS["pyramid"]:
@@ -203,10 +207,10 @@ def _parse_value(factor, text):
     text = text.strip()
     if factor in ("masks", "pyramid"):
         return _normal(factor, text)
-    if factor == "reinvert":
+    if factor in ("reinvert", "fused_inversion"):
         flag = {"true": True, "1": True, "false": False, "0": False}.get(text.lower())
         if flag is None:
-            raise ValueError(f"bad value {text!r} for reinvert (true or false)")
+            raise ValueError(f"bad value {text!r} for {factor} (true or false)")
         return flag
     if factor == "sampling" and text.lower() == "none":
         return None

@@ -212,8 +212,8 @@ class MIMetric(MetricInputs, SimilarityMetric):
 
     #: Settings of :class:`fastsyn.SymmetricDiffeomorphicRegistration` that a
     #: registration with this metric takes unless given (see the Notes): one
-    #: warm-started sweep per inversion inside the iterations.
-    syn_defaults = {"inversion_sweeps": 1}
+    #: warm-started, fused sweep per inversion inside the iterations.
+    syn_defaults = {"inversion_sweeps": 1, "fused_inversion": True}
 
     def __init__(self, dim, *, nbins=32, sigma_diff=2.0, smooth=None,
                  sampling=None, seed=0, clip=(0.5, 99.5), static_mask=None,
