@@ -172,9 +172,13 @@ def test_register_qc_writes_the_card(card):
 
 
 def _screenshot(url, shot, size="1000,1100"):
+    """A headless Chromium screenshot (RGB, int16).  Reduced motion stops the
+    flicker's blinking, so only the held card can differ between two shots;
+    the window is tall enough that no scrolling is needed (a headless
+    screenshot of a page scrolled to its fragment comes out blank)."""
     cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu",
-           "--disable-dev-shm-usage", "--hide-scrollbars", f"--screenshot={shot}",
-           f"--window-size={size}", url]
+           "--disable-dev-shm-usage", "--hide-scrollbars", "--force-prefers-reduced-motion",
+           f"--screenshot={shot}", f"--window-size={size}", url]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
     assert shot.is_file(), proc.stderr[-2000:]
     from PIL import Image
@@ -196,4 +200,4 @@ def test_register_card_in_headless_chromium(card, tmp_path):
         assert (pixels.mean(axis=-1) < 100).mean() > 0.05  # the dark image background
     # holding the fixed and then the warped image changes the flicker view
     changed = np.abs(held["fixed"] - held["warped"]).max(axis=-1) > 24
-    assert 0.002 < changed.mean() < 0.3, changed.mean()
+    assert 500 < changed.sum() < 0.1 * changed.size, changed.sum()
