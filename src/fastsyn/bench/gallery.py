@@ -122,6 +122,16 @@ def _column(rec, store, label):
             "tiles": tiles}
 
 
+def _reasons_text(why):
+    """``["worst #1 of A", "worst #1 of B", "median of A"]`` ->
+    ``"worst #1 of A, B; median of A"``."""
+    grouped = {}
+    for reason in why:
+        kind, _, method = reason.partition(" of ")
+        grouped.setdefault(kind, []).append(method)
+    return "; ".join(f"{kind} of {', '.join(methods)}" for kind, methods in grouped.items())
+
+
 def _card(dataset, pair, why, recs, store, order):
     """The context of one pair's card; columns without tiles are listed apart."""
     from .qc import card_context
@@ -137,8 +147,8 @@ def _card(dataset, pair, why, recs, store, order):
         return None
     first = recs[order[0]] if order[0] in recs else next(iter(recs.values()))
     note = (f"{first.get('moving')} ({first.get('moving_modality')}) registered to "
-            f"{first.get('fixed')} ({first.get('fixed_modality')}); shown: "
-            f"{'; '.join(why)}.")
+            f"{first.get('fixed')} ({first.get('fixed_modality')}); shown as "
+            f"{_reasons_text(why)}.")
     if missing:
         note += (" No QC tiles for " + ", ".join(c["label"] for c in missing)
                  + " (recorded before tiles were kept: rerun into a fresh results folder).")

@@ -36,7 +36,7 @@ AXES = ("sagittal", "coronal", "axial")
 #: Planes per orientation.
 CUTS_PER_AXIS = 3
 #: Largest side of one tile, in pixels (tiles keep the voxels' aspect ratio).
-TILE = 112
+TILE = 128
 #: log|J| shown from -LOGJAC_RANGE (blue, shrinking) to +LOGJAC_RANGE (red).
 LOGJAC_RANGE = 0.5
 #: Folded voxels (det <= 0) on the log-Jacobian map: a colour the blue-white-red
@@ -115,11 +115,12 @@ def _plane(volume, axis, index):
 
 def _tile_shape(shape2d, spacing2d, tile):
     """Pixels of a tile: the plane's physical aspect at the finer voxel size,
-    shrunk to ``tile`` pixels at most (never enlarged: the page scales the
-    images, so coarse data costs few bytes)."""
+    shrunk to ``tile`` pixels at most, or enlarged by a whole factor while it
+    fits (coarse data: the label outlines, one pixel wide, then stay thinner
+    than a voxel; the page itself scales the images, so nothing finer)."""
     size = np.asarray(shape2d, dtype=float) * np.asarray(spacing2d, dtype=float)
     size /= min(spacing2d)
-    scale = min(1.0, tile / size.max())
+    scale = min(tile / size.max(), max(1, tile // size.max()))
     return tuple(max(1, int(round(s * scale))) for s in size)
 
 
