@@ -47,6 +47,8 @@ OUTLINE_RGB = (255, 60, 60)
 #: Stored log-Jacobian: int8 steps of LOGJAC_RANGE / 100; folds are this code.
 _FOLD_CODE = -128
 _LOGJAC_STEPS = 100
+#: Colours a side of the log|J| map (steps of LOGJAC_RANGE / 10 = 0.05).
+_LOGJAC_LEVELS = 10
 #: Checkerboard square, in pixels.
 _CHECKER = 12
 
@@ -292,10 +294,19 @@ def _grey(tile):
     return np.repeat(tile[..., None], 3, axis=-1)
 
 
-def _with_outline(tile, outline):
-    rgb = _grey(tile)
-    rgb[outline > 0] = OUTLINE_RGB
-    return rgb
+def _outline_rgba(outline):
+    """The outlines alone: ``OUTLINE_RGB`` where drawn, transparent elsewhere
+    (laid over the fixed and the warped image by the page)."""
+    rgba = np.zeros(outline.shape + (4,), dtype=np.uint8)
+    rgba[outline > 0] = OUTLINE_RGB + (255,)
+    return rgba
+
+
+def _with_outline(rgb, outline_rgba):
+    """An image with the outline layer burnt in (for the PNG card)."""
+    out = rgb.copy()
+    out[outline_rgba[..., 3] > 0] = OUTLINE_RGB
+    return out
 
 
 def _checker(fixed, warped):
@@ -304,15 +315,18 @@ def _checker(fixed, warped):
     return _grey(np.where(first, fixed, warped))
 
 
-def _logjac_rgb(codes, mask, fixed):
-    """Blue (shrinking) - white - red (growing) inside the mask over the fixed
-    image dimmed outside it; folds in ``FOLD_RGB``."""
-    t = np.clip(codes.astype(np.float64) / _LOGJAC_STEPS, -1.0, 1.0)[..., None]
+def _logjac_rgb(codes, mask):
+    """Blue (shrinking) - white - red (growing) inside the mask, in
+    ``_LOGJAC_LEVELS`` steps a side (flat colours compress well), black
+    outside; folds in ``FOLD_RGB``."""
+    levels = _LOGJAC_LEVELS
+    t = np.clip(np.round(codes.astype(np.float64) * (levels / _LOGJAC_STEPS)) / levels,
+                -1.0, 1.0)
+    t = t[..., None]
     white = np.array([255.0, 255.0, 255.0])
     red, blue = np.array([200.0, 30.0, 30.0]), np.array([30.0, 60.0, 200.0])
     rgb = np.where(t >= 0, white + t * (red - white), white - t * (blue - white))
-    rgb = np.where((mask > 0)[..., None], rgb, _grey(fixed) * 0.35)
-    rgb = rgb.round().astype(np.uint8)
+    rgb = np.where((mask > 0)[..., None], rgb, 0.0).round().astype(np.uint8)
     rgb[codes == _FOLD_CODE] = FOLD_RGB
     return rgb
 
@@ -322,7 +336,7 @@ def _grid(tiles_by_axis, gap=2):
     width = max(sum(t.shape[1] for t in row) + gap * (len(row) - 1) for row in tiles_by_axis)
     height = sum(max(t.shape[0] for t in row) for row in tiles_by_axis)
     height += gap * (len(tiles_by_axis) - 1)
-    out = np.zeros((height, width, 3), dtype=np.uint8)
+    out = np.zeros((height, width, tiles_by_axis[0][0].shape[-1]), dtype=np.uint8)
     y = 0
     for row in tiles_by_axis:
         x = 0
@@ -334,7 +348,7 @@ def _grid(tiles_by_axis, gap=2):
 
 
 def render_panels(tiles):
-    """The card's four images of one registration, as RGB arrays.
+    """The card's images of one registration, as arrays.
 
     Parameters
     ----------
@@ -344,16 +358,18 @@ def render_panels(tiles):
     Returns
     -------
     dict of ndarray
-        ``fixed`` and ``warped`` (grey, with the fixed labels' outlines),
+        ``fixed`` and ``warped`` (grey), ``outline`` (the fixed labels'
+        outlines on a transparent ground, RGBA, laid over either),
         ``checker`` (alternating squares of the two) and ``logjac`` (the
-        log-Jacobian map, folds marked), each of shape (H, W, 3), uint8.
+        log-Jacobian map, folds marked), each (H, W, 3) uint8 but the
+        outline's (H, W, 4).
     """
     draw = {
-        "fixed": lambda t, a, i: _with_outline(t[f"fixed_{a}"][i], t[f"outline_{a}"][i]),
-        "warped": lambda t, a, i: _with_outline(t[f"warped_{a}"][i], t[f"outline_{a}"][i]),
+        "fixed": lambda t, a, i: _grey(t[f"fixed_{a}"][i]),
+        "warped": lambda t, a, i: _grey(t[f"warped_{a}"][i]),
+        "outline": lambda t, a, i: _outline_rgba(t[f"outline_{a}"][i]),
         "checker": lambda t, a, i: _checker(t[f"fixed_{a}"][i], t[f"warped_{a}"][i]),
-        "logjac": lambda t, a, i: _logjac_rgb(t[f"logjac_{a}"][i], t[f"mask_{a}"][i],
-                                              t[f"fixed_{a}"][i]),
+        "logjac": lambda t, a, i: _logjac_rgb(t[f"logjac_{a}"][i], t[f"mask_{a}"][i]),
     }
     return {name: _grid([[fn(tiles, a, i) for i in range(len(tiles[f"fixed_{a}"]))]
                          for a in range(3)])
@@ -368,18 +384,30 @@ def fold_fraction(tiles):
     return folded / max(1, inside)
 
 
-def encode(rgb, fmt=None):
-    """An RGB image as a ``data:`` URI: lossless WebP where Pillow can write
-    it (about a third smaller than PNG on these images), else PNG."""
+#: Panels that may be encoded lossily: grey anatomy, where WebP at this
+#: quality is a third of the lossless size and its error is below what the
+#: eye sees at the page's scale.  The outlines and the log|J| map (exact
+#: colours, flat areas) stay lossless.
+LOSSY = {"fixed": 85, "warped": 85, "checker": 70}
+#: Panels that every method's column of a card shares.
+SHARED = ("fixed", "outline")
+
+
+def encode(image, quality=None):
+    """An RGB or RGBA image as a ``data:`` URI: WebP (lossless unless a
+    ``quality`` is given) where Pillow can write it, else PNG."""
     from PIL import Image, features
 
-    if fmt is None:
-        fmt = "webp" if features.check("webp") else "png"
     buf = io.BytesIO()
-    img = Image.fromarray(np.ascontiguousarray(rgb))
-    if fmt == "webp":
-        img.save(buf, format="WEBP", lossless=True, quality=100, method=4)
+    img = Image.fromarray(np.ascontiguousarray(image))
+    if features.check("webp"):
+        fmt = "webp"
+        if quality is None:
+            img.save(buf, format="WEBP", lossless=True, quality=100, method=4)
+        else:
+            img.save(buf, format="WEBP", quality=int(quality), method=4)
     else:
+        fmt = "png"
         img.save(buf, format="PNG", optimize=True)
     return f"data:image/{fmt};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
@@ -421,17 +449,28 @@ def card_context(card_id, title, note, columns):
     """
     cols, encoded = [], {}
 
-    def once(rgb):  # every column shows the same fixed image: encode it once
-        key = (rgb.shape, hashlib.sha1(rgb.tobytes()).hexdigest())
+    def once(name, image):  # every column has the same fixed image: encode it once
+        key = (name, image.shape, hashlib.sha1(image.tobytes()).hexdigest())
         if key not in encoded:
-            encoded[key] = encode(rgb)
+            encoded[key] = encode(image, LOSSY.get(name))
         return encoded[key]
 
     for col in columns:
         panels = render_panels(col["tiles"])
         cols.append({"label": col["label"], "numbers": col["numbers"],
-                     "images": {k: once(v) for k, v in panels.items()}})
-    return {"id": card_id, "title": title, "note": note, "columns": cols,
+                     "images": {k: once(k, v) for k, v in panels.items()},
+                     "size": panels["fixed"].shape[1::-1]})
+    # The fixed image and the outlines are the same in every column: the page
+    # holds them once per card (SVG <use>), not once per method.
+    shared = {}
+    for name in SHARED:
+        uris = {c["images"][name] for c in cols}
+        if len(uris) == 1 and len({c["size"] for c in cols}) == 1:
+            shared[name] = uris.pop()
+            for c in cols:
+                del c["images"][name]
+    return {"id": card_id, "title": title, "note": note, "columns": cols, "shared": shared,
+            "size": cols[0]["size"] if cols else (0, 0),
             "logjac_range": f"{LOGJAC_RANGE:g}"}
 
 
@@ -441,6 +480,8 @@ def card_png(tiles):
     panels = render_panels(tiles)
     # coarse data makes small tiles: enlarge by whole pixels to >= 300 rows
     zoom = max(1, -(-300 // panels["fixed"].shape[0]))
+    panels["fixed"] = _with_outline(panels["fixed"], panels["outline"])
+    panels["warped"] = _with_outline(panels["warped"], panels["outline"])
     views = [np.kron(panels[k], np.ones((zoom, zoom, 1), dtype=np.uint8))
              for k in ("fixed", "warped", "checker", "logjac")]
     gap = np.full((views[0].shape[0], 6, 3), 255, dtype=np.uint8)
