@@ -212,3 +212,17 @@ def test_register_card_in_headless_chromium(card, tmp_path):
     # holding the fixed and then the warped image changes the flicker view
     changed = np.abs(held["fixed"] - held["warped"]).max(axis=-1) > 24
     assert 500 < changed.sum() < 0.1 * changed.size, changed.sum()
+
+
+def test_register_fixed_labels_need_qc(card):
+    root, _ = card
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FASTSYN_", "OMP_"))}
+    for extra, expect in ((["--fixed-labels", "fixed_labels.nii.gz"], "give --qc too"),
+                          (["--qc", "--fixed-labels", "nope.nii.gz"],
+                           "fixed labels not found: nope.nii.gz")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "fastsyn.cli", "register", "fixed.nii.gz", "moving.nii.gz",
+             "--out", "bad/x_", *extra], cwd=root, env=env, capture_output=True, text=True,
+            timeout=300, check=False)
+        assert proc.returncode == 2 and expect in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and not (root / "bad").exists()

@@ -15,8 +15,8 @@ Two steps, so that a report can redraw without re-registering:
 * :func:`render_panels` turns tiles into RGB images and :func:`encode`
   into compact inline data URIs (lossless WebP where Pillow has it, else PNG).
 
-:func:`write_card` writes the standalone card of ``fastsyn register --qc``
-(``PREFIXqc.html`` and ``PREFIXqc.png``) with the same drawing.
+:mod:`fastsyn.bench.register_card` writes the standalone card of
+``fastsyn register --qc`` with the same drawing.
 """
 
 import base64
@@ -29,7 +29,7 @@ import numpy as np
 
 __all__ = ["AXES", "CUTS_PER_AXIS", "TILE", "LOGJAC_RANGE", "FOLD_RGB", "OUTLINE_RGB",
            "cuts_from_bbox", "extract_tiles", "save_tiles", "load_tiles", "render_panels",
-           "encode", "card_context", "write_card"]
+           "encode", "card_context", "card_numbers", "card_png", "fold_fraction"]
 
 #: The three orientations, named by the RAS axis each plane is normal to.
 AXES = ("sagittal", "coronal", "axial")
@@ -489,88 +489,3 @@ def card_png(tiles):
     for v in views[1:]:
         row += [gap, v]
     return np.concatenate(row, axis=1)
-
-
-def write_card(prefix, tiles, *, title, note, label, numbers):
-    """Write ``PREFIXqc.html`` (one offline page) and ``PREFIXqc.png``.
-
-    Parameters
-    ----------
-    prefix : str
-        The registration's output prefix.
-    tiles : dict
-        From :func:`extract_tiles`.
-    title, note, label : str
-        Heading, the line under it and the method's name.
-    numbers : list of (str, str)
-        See :func:`card_numbers`.
-
-    Returns
-    -------
-    (Path, Path)
-        The page and the image.
-    """
-    from PIL import Image
-
-    from .report import _templates
-
-    html, png = Path(f"{prefix}qc.html"), Path(f"{prefix}qc.png")
-    card = card_context("qc", title, note,
-                        [{"label": label, "numbers": numbers, "tiles": tiles}])
-    text = _templates().get_template("qc_card.html").render(card=card)
-    html.parent.mkdir(parents=True, exist_ok=True)
-    html.write_text(text, encoding="utf-8")
-    Image.fromarray(card_png(tiles)).save(png, format="PNG", optimize=True)
-    return html, png
-
-
-def _read_volume(name, path, shape):
-    import nibabel as nib
-
-    try:
-        data = np.asarray(nib.load(str(path)).dataobj)
-    except Exception as exc:  # nibabel raises several types
-        raise ValueError(f"{name}: cannot read {path}: {exc}") from exc
-    data = data.reshape(data.shape[:3]) if data.ndim > 3 and data.size == np.prod(
-        data.shape[:3]) else data
-    if data.shape != tuple(shape):
-        raise ValueError(f"{name} ({path}) has shape {data.shape}, but the fixed image "
-                         f"has shape {tuple(shape)}")
-    return data
-
-
-def write_registration_card(args, result):
-    """The card of one ``fastsyn register`` run (``args`` as parsed).
-
-    Returns
-    -------
-    (Path, Path)
-        ``PREFIXqc.html`` and ``PREFIXqc.png``.
-    """
-    import nibabel as nib
-
-    from .evaluate import jacobian_stats, label_overlap
-
-    f_img = nib.load(str(args.fixed))
-    fixed = np.asarray(f_img.dataobj).reshape(f_img.shape[:3]).astype(np.float64)
-    arrays = result["arrays"]
-    mask = (_read_volume("fixed mask", args.fixed_mask, fixed.shape) != 0
-            if args.fixed_mask else None)
-    labels = (_read_volume("fixed labels", args.fixed_labels, fixed.shape)
-              if args.fixed_labels else None)
-    fg = mask if mask is not None and mask.any() else fixed != 0
-    metrics = {"ncc": result["ncc"]}
-    if labels is not None and arrays["warped_labels"] is not None:
-        metrics["dice_mean"] = label_overlap(labels, arrays["warped_labels"])["dice_mean"]
-    if arrays["displacement"] is not None:
-        metrics.update(jacobian_stats(arrays["displacement"], f_img.affine,
-                                      fg if fg.any() else None))
-    tiles = extract_tiles(fixed, arrays["warped"], f_img.affine, fixed_labels=labels,
-                          mask=mask, displacement=arrays["displacement"])
-    outlines = ("fixed labels" if labels is not None
-                else "the fixed image's intensity terciles (no --fixed-labels)")
-    note = (f"{Path(args.moving).name} registered to {Path(args.fixed).name}: "
-            f"{args.transform}, {args.metric.upper()}. Outlines: {outlines}.")
-    return write_card(args.out, tiles, title=f"fastsyn register: {Path(args.moving).name}",
-                      note=note, label=f"fastsyn {args.transform} {args.metric.upper()}",
-                      numbers=card_numbers(metrics, result["seconds"]))

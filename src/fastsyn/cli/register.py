@@ -1,5 +1,7 @@
 """``fastsyn register FIXED MOVING --out PREFIX``: affine then SyN on two files."""
 
+from pathlib import Path
+
 from ._common import CommandError, level_list, positive_int
 
 
@@ -50,6 +52,11 @@ def run(args):
 
     if args.out.strip() == "":
         raise CommandError("--out must be a non-empty prefix")
+    if args.fixed_labels is not None:
+        if not args.qc:
+            raise CommandError("--fixed-labels is drawn on the QC card: give --qc too")
+        if not Path(args.fixed_labels).is_file():
+            raise CommandError(f"fixed labels not found: {args.fixed_labels}")
 
     def log(msg):
         if not args.quiet:
@@ -64,8 +71,11 @@ def run(args):
           f"{res['syn_seconds']:.1f} s), final NCC {res['ncc']:.4f} -> "
           f"{res['files']['warped']}")
     if args.qc:
-        from fastsyn.bench.qc import write_registration_card
+        from fastsyn.bench.register_card import write_registration_card
 
-        html, _ = write_registration_card(args, res)
+        html, _ = write_registration_card(args.out, args.fixed, args.moving, res,
+                                          transform=args.transform, metric=args.metric,
+                                          fixed_mask=args.fixed_mask,
+                                          fixed_labels=args.fixed_labels)
         print(f"fastsyn register: QC card -> {html}")
     return 0
