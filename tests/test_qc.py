@@ -85,9 +85,12 @@ def test_tiles_keep_the_voxel_aspect_and_fit_the_tile():
     # a coarse grid is enlarged by a whole factor (thin outlines)
     image, _, mask = _brain((20, 24, 18))
     coarse = qc.extract_tiles(image, image, np.diag([6.0, 6.0, 6.0, 1.0]), mask=mask)
-    zoom = qc.TILE // max(_box(mask, 2), _box(mask, 1))
+    zoom = qc.TILE // max(_box(mask, a) for a in range(3))
     assert zoom >= 2
+    # the same pixel size in the three orientations
     assert coarse["fixed_0"].shape[1:] == (zoom * _box(mask, 2), zoom * _box(mask, 1))
+    assert coarse["fixed_1"].shape[1:] == (zoom * _box(mask, 2), zoom * _box(mask, 0))
+    assert coarse["fixed_2"].shape[1:] == (zoom * _box(mask, 1), zoom * _box(mask, 0))
     image, _, mask = _brain((40, 60, 50))
     large = qc.extract_tiles(image, image, affine, mask=mask)
     h, w = large["fixed_0"].shape[1:]

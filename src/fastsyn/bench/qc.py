@@ -115,14 +115,21 @@ def _plane(volume, axis, index):
     return np.flipud(np.take(volume, index, axis=axis).T)
 
 
-def _tile_shape(shape2d, spacing2d, tile):
-    """Pixels of a tile: the plane's physical aspect at the finer voxel size,
-    shrunk to ``tile`` pixels at most, or enlarged by a whole factor while it
-    fits (coarse data: the label outlines, one pixel wide, then stay thinner
-    than a voxel; the page itself scales the images, so nothing finer)."""
-    size = np.asarray(shape2d, dtype=float) * np.asarray(spacing2d, dtype=float)
-    size /= min(spacing2d)
-    scale = min(tile / size.max(), max(1, tile // size.max()))
+def _pixel_scale(shape, spacing, tile):
+    """Pixels per finest voxel, the same for the three orientations: the
+    longest side of the box becomes at most ``tile`` pixels, and coarse data
+    is enlarged by a whole factor while it fits (the label outlines, one
+    pixel wide, then stay thinner than a voxel; the page scales the images
+    itself, so nothing finer is stored)."""
+    extent = (np.asarray(shape, dtype=float) * np.asarray(spacing, dtype=float)).max()
+    extent /= min(spacing)
+    return min(tile / extent, max(1, tile // extent))
+
+
+def _tile_shape(shape2d, spacing2d, scale, finest):
+    """Pixels of a tile: the plane's physical aspect at ``scale`` pixels per
+    ``finest`` millimetres."""
+    size = np.asarray(shape2d, dtype=float) * np.asarray(spacing2d, dtype=float) / finest
     return tuple(max(1, int(round(s * scale))) for s in size)
 
 
@@ -193,11 +200,11 @@ def _check_volumes(fixed, others):
     return fixed
 
 
-def _plane_tiles(vols, axis, index, spacing, tile):
+def _plane_tiles(vols, axis, index, spacing, scale):
     """The display tiles of one plane (dict of 2D arrays)."""
     sp2d = [spacing[a] for a in range(3) if a != axis][::-1]
     planes = {k: _plane(v, axis, index) for k, v in vols.items()}
-    shape = _tile_shape(planes["fixed"].shape, sp2d, tile)
+    shape = _tile_shape(planes["fixed"].shape, sp2d, scale, min(spacing))
     labels = _resize(planes["labels"].astype(np.int32), shape, nearest=True)
     folds = _resize((planes["logjac"] == _FOLD_CODE).astype(np.uint8) * 255, shape,
                     nearest=False) > 0
@@ -256,9 +263,10 @@ def extract_tiles(fixed, warped, affine, *, fixed_labels=None, mask=None,
     fg = vols["mask"] > 0
     windows = {k: _window(vols[k], fg) for k in ("fixed", "warped")}
     cuts = cuts_from_bbox(fg, per_axis)
+    scale = _pixel_scale(fg.shape, spacing, tile)
     tiles = {"cuts": np.asarray(cuts, dtype=np.int32)}
     for axis, indices in enumerate(cuts):
-        planes = [_plane_tiles(vols, axis, i, spacing, tile) for i in indices]
+        planes = [_plane_tiles(vols, axis, i, spacing, scale) for i in indices]
         for kind in ("fixed", "warped", "outline", "mask", "logjac"):
             stack = np.stack([p[kind] for p in planes])
             if kind in windows:
