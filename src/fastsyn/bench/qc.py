@@ -12,8 +12,11 @@ Two steps, so that a report can redraw without re-registering:
   tiles (uint8 intensities, label outlines, a quantised log-Jacobian, a few
   planes per orientation chosen from the foreground's bounding box).  The
   harness keeps them beside each record (:func:`save_tiles`, ``.qc.npz``).
-* :func:`render_panels` turns tiles into RGB images and :func:`encode`
-  into compact inline data URIs (lossless WebP where Pillow has it, else PNG).
+* :func:`render_panels` turns tiles into images and :func:`encode` into
+  compact inline data URIs (WebP where Pillow has it, else PNG: lossy for
+  the grey anatomy, lossless for the outlines and the log-Jacobian map,
+  whose colours must stay exact).  In a card the fixed image and the
+  outlines are held once and shared by every method's column.
 
 :mod:`fastsyn.bench.register_card` writes the standalone card of
 ``fastsyn register --qc`` with the same drawing.
@@ -160,8 +163,7 @@ def _outline(labels):
     diff_d = labels[1:, :] != labels[:-1, :]
     edge[:, 1:] |= diff_r
     edge[1:, :] |= diff_d
-    return edge & ((labels != 0) | np.roll(labels != 0, 1, axis=1) | np.roll(labels != 0, 1,
-                                                                            axis=0))
+    return edge
 
 
 def _logjac_codes(displacement, affine, shape):
