@@ -11,6 +11,7 @@ import numpy as np
 __all__ = [
     "FLOAT_TYPES",
     "check_affine",
+    "check_contrast",
     "check_direction",
     "check_field",
     "check_image",
@@ -124,6 +125,33 @@ def check_image(name, image, *, dim=None, dtype=None, finite=True, numeric=False
     if finite and arr.dtype.kind == "f":
         _check_finite(name, arr)
     return np.ascontiguousarray(arr)
+
+
+def check_contrast(name, image, mask=None):
+    """Refuse an image that is constant (inside ``mask``, when given).
+
+    A constant image has no gradient and a one-bin histogram: every metric is
+    flat, so an optimiser would "converge" on whatever it starts from (DIPY's
+    affine stage stops with ``AffineInvalidValuesError`` instead).
+
+    Parameters
+    ----------
+    name : str
+        What to call the image in the message (an argument or a file).
+    image : ndarray
+        The image, already checked numeric and finite.
+    mask : ndarray, optional
+        Voxels that count (nonzero); all when omitted or empty.
+    """
+    values = np.asarray(image)
+    where = ""
+    if mask is not None:
+        inside = np.asarray(mask) != 0
+        if inside.any():
+            values, where = values[inside], " inside its mask"
+    if values.size and not values.max() > values.min():
+        raise ValueError(f"{name} has no contrast: every voxel{where} is "
+                         f"{values.flat[0]:g}, so there is nothing to register")
 
 
 def check_field(name, field, *, dim=None, dtype=None, finite=True):

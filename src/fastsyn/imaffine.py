@@ -54,7 +54,8 @@ from dipy.utils.logging import logger
 
 from fastsyn._kernels import affine as k_affine
 from fastsyn._threads import effective_threads, resolve_num_threads
-from fastsyn._validation import check_affine, check_image, check_integer, check_real
+from fastsyn._validation import (check_affine, check_contrast, check_image, check_integer,
+                                 check_real)
 from fastsyn.fields import smooth_unchecked
 
 __all__ = [
@@ -753,6 +754,8 @@ def _checked_pair(static, moving, static_affine, moving_affine, static_mask, mov
     moving_affine = check_affine("moving_affine", moving_affine, dim, invertible=True)
     static_mask = _check_mask("static_mask", static_mask, static.shape)
     moving_mask = _check_mask("moving_mask", moving_mask, moving.shape)
+    check_contrast("static", static, static_mask)
+    check_contrast("moving", moving, moving_mask)
     return static, moving, static_affine, moving_affine, static_mask, moving_mask
 
 

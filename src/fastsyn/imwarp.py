@@ -29,6 +29,7 @@ from fastsyn._threads import effective_threads, resolve_num_threads
 from fastsyn._validation import (
     check_affine,
     check_field,
+    check_contrast,
     check_image,
     check_integer,
     check_real,
@@ -581,8 +582,7 @@ def _validate_inputs(self, static, moving, static_grid2world, moving_grid2world,
     static = check_image("static", static, dim=dim, dtype=np.float32)
     moving = check_image("moving", moving, dim=dim, dtype=np.float32)
     for name, image in (("static", static), ("moving", moving)):
-        if not np.ptp(image) > 0:
-            raise ValueError(f"{name} image is constant: there is nothing to register")
+        check_contrast(name, image)
     check_affine("static_grid2world", static_grid2world, dim, invertible=True)
     check_affine("moving_grid2world", moving_grid2world, dim, invertible=True)
     check_affine("prealign", prealign, dim, invertible=True)

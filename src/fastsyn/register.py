@@ -8,8 +8,10 @@ or MI) and writes, for an output prefix ``P``::
 
     Pwarped.nii.gz          moving image on the fixed grid (float32, linear)
     Pwarped_labels.nii.gz   moving labels on the fixed grid (nearest), if given
-    Paffine.txt             4x4 world (RAS) matrix, fixed point -> moving point
-                            (DIPY's ``prealign`` convention)
+    Paffine_ras.tsv         4x4 world (RAS) matrix, fixed point -> moving point
+                            (DIPY's ``prealign`` convention); not named
+                            ``.txt``, which ANTs and ITK would read as their
+                            own transform format
     Paffine.mat             the same matrix as an ITK transform (LPS), if antspyx
                             is installed
     PWarp.nii.gz            forward displacement on the fixed grid (ITK layout)
@@ -40,7 +42,8 @@ import numpy as np
 
 from fastsyn.imaffine import affine_registration
 
-__all__ = ["register_files", "AFFINE_PIPELINES", "DEFAULT_AFFINE_LEVELS"]
+__all__ = ["register_files", "check_overlap", "AFFINE_PIPELINES", "DEFAULT_AFFINE_LEVELS",
+           "MIN_OVERLAP", "MIN_SIZE"]
 
 #: The affine pipeline run before each ``transform`` choice.
 AFFINE_PIPELINES = {
@@ -52,6 +55,14 @@ AFFINE_PIPELINES = {
 #: pyramid: the benchmark harness's prealignment settings.
 DEFAULT_AFFINE_LEVELS = {"level_iters": (100, 50, 25), "sigmas": (3.0, 1.0, 0.0),
                          "factors": (4, 2, 1), "nbins": 32}
+
+#: Fewest voxels along any axis: the affine pyramid shrinks by 4, and a level
+#: needs at least 2 voxels per axis for a gradient.
+MIN_SIZE = 8
+#: Least fraction of the fixed foreground that the prealigned moving
+#: foreground must cover; below it the images do not overlap and any metric
+#: value is noise.
+MIN_OVERLAP = 0.05
 
 # RAS (nibabel, DIPY) <-> LPS (ITK): negate the first two world axes.
 _RAS_LPS = np.diag([-1.0, -1.0, 1.0])
@@ -108,6 +119,16 @@ def _same_grid(name, img, data, ref_name, ref_img, ref_data):
         raise ValueError(f"{name} and {ref_name} have different grid-to-world affines")
 
 
+def _check_registrable(name, path, data, mask):
+    """A volume that can be registered: large enough and not constant."""
+    from fastsyn._validation import check_contrast
+
+    if min(data.shape) < MIN_SIZE:
+        raise ValueError(f"{name} ({path}) is too small to register: shape {data.shape}, "
+                         f"at least {MIN_SIZE} voxels per axis are needed")
+    check_contrast(f"{name} ({path})", data, mask)
+
+
 def _read_inputs(fixed, moving, fixed_mask, moving_mask, labels):
     f_img, f = _load("fixed", fixed)
     m_img, m = _load("moving", moving)
@@ -119,7 +140,46 @@ def _read_inputs(fixed, moving, fixed_mask, moving_mask, labels):
         if img is not None:
             _same_grid(name, img, data, ref, *out[ref])
         out[name] = (img, data)
+    _check_registrable("fixed", fixed, f, out["fixed mask"][1])
+    _check_registrable("moving", moving, m, out["moving mask"][1])
     return out
+
+
+def foreground(image, mask=None):
+    """The voxels that hold the subject: the mask's nonzero voxels, else the
+    image's nonzero ones, else (an image without zeros) all of them."""
+    fg = (np.asarray(mask) != 0) if mask is not None else (np.asarray(image) != 0)
+    return fg if fg.any() else np.ones(np.shape(image), dtype=bool)
+
+
+def check_overlap(fixed_fg, moving_fg, fixed_name="fixed", moving_name="moving"):
+    """Refuse a prealignment under which the two images barely overlap.
+
+    Parameters
+    ----------
+    fixed_fg : ndarray of bool
+        The fixed image's foreground.
+    moving_fg : ndarray of bool
+        The moving image's foreground resampled onto the fixed grid by the
+        prealignment (nearest neighbour).
+    fixed_name, moving_name : str
+        What to call the images in the message (e.g. their files).
+
+    Returns
+    -------
+    float
+        The fraction of the fixed foreground that the moving one covers.
+    """
+    fixed_fg = np.asarray(fixed_fg, dtype=bool)
+    covered = np.count_nonzero(fixed_fg & np.asarray(moving_fg, dtype=bool))
+    fraction = covered / max(1, np.count_nonzero(fixed_fg))
+    if fraction < MIN_OVERLAP:
+        raise ValueError(
+            f"{moving_name} does not overlap {fixed_name} after prealignment: it covers "
+            f"{100 * fraction:.1f}% of the fixed foreground (at least "
+            f"{100 * MIN_OVERLAP:g}% is needed); check that both images show the same "
+            f"anatomy and that their headers place it in the same world space")
+    return fraction
 
 
 # --------------------------------------------------------------- ITK output
@@ -211,7 +271,8 @@ def write_itk_affine(path, matrix):
     try:
         import ants
     except ImportError:
-        return "antspyx is not installed: no ITK .mat written (affine.txt has the matrix)"
+        return ("antspyx is not installed: no ITK .mat written (affine_ras.tsv has the "
+                "matrix)")
     lin = _RAS_LPS @ matrix[:3, :3] @ _RAS_LPS
     trans = _RAS_LPS @ matrix[:3, 3]
     tx = ants.create_ants_transform(transform_type="AffineTransform", precision="double",
@@ -281,6 +342,14 @@ def _affine_mapping(inputs, matrix):
                      codomain_grid_shape=m.shape, codomain_grid2world=m_img.affine)
 
 
+def _check_prealigned_overlap(inputs, matrix, fixed, moving):
+    (_, f), (_, m) = inputs["fixed"], inputs["moving"]
+    moving_fg = foreground(m, inputs["moving mask"][1]).astype(np.float64)
+    on_fixed = _affine_mapping(inputs, matrix).transform(moving_fg, interpolation="nearest")
+    check_overlap(foreground(f, inputs["fixed mask"][1]), on_fixed > 0.5,
+                  f"fixed ({fixed})", f"moving ({moving})")
+
+
 def _ncc(a, b, mask):
     a = a[mask] - a[mask].mean()
     b = b[mask] - b[mask].mean()
@@ -318,20 +387,35 @@ def _check_options(metric, transform, levels, threads):
 
 
 def _write_outputs(prefix, inputs, matrix, mapping, log):
-    """Write every output file; returns their paths (name -> Path)."""
+    """Write every output file.
+
+    Returns
+    -------
+    files : dict
+        Name -> Path of each file written.
+    arrays : dict
+        ``warped`` (float32), ``warped_labels`` and ``displacement`` (the
+        forward field ``u`` in RAS mm on the fixed grid), None when absent.
+    """
     f_img, f = inputs["fixed"]
     m = inputs["moving"][1]
     transform = (mapping or _affine_mapping(inputs, matrix)).transform
-    out = {"warped": Path(f"{prefix}warped.nii.gz"), "affine": Path(f"{prefix}affine.txt")}
+    out = {"warped": Path(f"{prefix}warped.nii.gz"),
+           "affine": Path(f"{prefix}affine_ras.tsv")}
     warped = transform(m.astype(np.float64)).astype(np.float32)
     _save(out["warped"], warped, f_img.affine)
     labels = inputs["labels"][1]
+    arrays = {"warped": warped, "warped_labels": None, "displacement": None}
     if labels is not None:
         out["warped_labels"] = Path(f"{prefix}warped_labels.nii.gz")
         wl = transform(labels.astype(np.float64), interpolation="nearest")
         dtype = labels.dtype if labels.dtype.kind in "iu" else np.int32
-        _save(out["warped_labels"], np.rint(wl).astype(dtype), f_img.affine)
-    np.savetxt(out["affine"], matrix)
+        arrays["warped_labels"] = np.rint(wl).astype(dtype)
+        _save(out["warped_labels"], arrays["warped_labels"], f_img.affine)
+    np.savetxt(out["affine"], matrix, delimiter="\t", fmt="%.17g",
+               header="DIPY prealign: 4x4 RAS world matrix, fixed point -> moving point. "
+                      "Not an ITK transform: ANTs/ITK tools read "
+                      f"{Path(f'{prefix}affine.mat').name}")
     why = write_itk_affine(f"{prefix}affine.mat", matrix)
     if why is None:
         out["affine_itk"] = Path(f"{prefix}affine.mat")
@@ -343,7 +427,8 @@ def _write_outputs(prefix, inputs, matrix, mapping, log):
                                    fields):
             out[key] = Path(f"{prefix}{name}.nii.gz")
             write_itk_displacement(out[key], disp, f_img.affine)
-    return out, warped
+        arrays["displacement"] = fields[0]
+    return out, arrays
 
 
 def register_files(fixed, moving, out, *, metric="cc", transform="syn", threads=None,
@@ -380,7 +465,9 @@ def register_files(fixed, moving, out, *, metric="cc", transform="syn", threads=
         ``files`` (name -> Path), ``seconds`` (total), ``affine_seconds``,
         ``syn_seconds``, ``ncc`` (fixed vs warped, inside the fixed mask or
         the fixed image's nonzero voxels), ``matrix`` (4x4) and ``mapping``
-        (SyN's ``DiffeomorphicMap``, None unless ``transform="syn"``).
+        (SyN's ``DiffeomorphicMap``, None unless ``transform="syn"``) and
+        ``arrays`` (see :func:`_write_outputs`: the warped image and labels
+        and the forward displacement, for a QC card).
     """
     if log is None:
         def log(msg):
@@ -393,15 +480,14 @@ def register_files(fixed, moving, out, *, metric="cc", transform="syn", threads=
     Path(f"{out}x").parent.mkdir(parents=True, exist_ok=True)
     with _quiet_dipy():
         matrix, affine_s = _affine_stage(inputs, AFFINE_PIPELINES[transform], threads, log)
+        _check_prealigned_overlap(inputs, matrix, fixed, moving)
         mapping, syn_s = None, 0.0
         if transform == "syn":
             mapping, syn_s = _syn_stage(inputs, matrix, metric, levels, threads, log)
-        files, warped = _write_outputs(out, inputs, matrix, mapping, log)
+        files, arrays = _write_outputs(out, inputs, matrix, mapping, log)
     f = inputs["fixed"][1]
-    fmask = inputs["fixed mask"][1]
-    mask = (fmask > 0) if fmask is not None else (f != 0)
-    if not mask.any():
-        mask = np.ones(f.shape, dtype=bool)
+    mask = foreground(f, inputs["fixed mask"][1])
     return {"files": files, "seconds": time.perf_counter() - t0, "affine_seconds": affine_s,
-            "syn_seconds": syn_s, "ncc": _ncc(f.astype(np.float64), warped, mask),
-            "matrix": matrix, "mapping": mapping}
+            "syn_seconds": syn_s,
+            "ncc": _ncc(f.astype(np.float64), arrays["warped"], mask),
+            "matrix": matrix, "mapping": mapping, "arrays": arrays}

@@ -427,6 +427,9 @@ def _register_rigid(files, params, prealigner="fastsyn", threads=1):
     """
     from dipy.align.imaffine import AffineMap
 
+    from fastsyn._validation import check_contrast
+    from fastsyn.register import check_overlap, foreground
+
     f_img, f_data = _load_volume("fixed_image", files["fixed_image"])
     m_img, m_data = _load_volume("moving_image", files["moving_image"])
     _, ml_data = _load_volume("moving_labels", files["moving_labels"])
@@ -440,12 +443,16 @@ def _register_rigid(files, params, prealigner="fastsyn", threads=1):
     for name, arr in (("fixed_image", static), ("moving_image", moving)):
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{name} ({files[name]}) contains NaN or infinite values")
+        check_contrast(f"{name} ({files[name]})", arr)
     rigid = np.asarray(RIGID[prealigner](static, moving, f_img.affine, m_img.affine, params,
                                          threads), dtype=np.float64)
     amap = AffineMap(rigid, domain_grid_shape=static.shape,
                      domain_grid2world=f_img.affine,
                      codomain_grid_shape=moving.shape,
                      codomain_grid2world=m_img.affine)
+    on_fixed = amap.transform(foreground(moving).astype(np.float64), interpolation="nearest")
+    check_overlap(foreground(static), on_fixed > 0.5, f"fixed_image ({files['fixed_image']})",
+                  f"moving_image ({files['moving_image']})")
     arrays = {"moving.nii.gz": amap.transform(moving, interpolation="linear").astype(np.float32)}
     lab_dtype = ml_data.dtype if ml_data.dtype.kind in "iu" else np.int32
     warped_lab = amap.transform(ml_data.astype(np.float64), interpolation="nearest")

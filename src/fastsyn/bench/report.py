@@ -383,7 +383,10 @@ def _svg(fig, plt):
     return text[start:] if start >= 0 else text
 
 
-def _plot_dice_box(groups, plt):
+def _plot_dice_box(groups, plt, pairs=None, links=None):
+    """Box plot of Dice per method; with ``pairs`` (label -> pair names
+    aligned with ``groups``) every pair is a dot too, and the dots of pairs in
+    ``links`` (pair -> card id) link to their QC card."""
     labels = list(groups)
     fig, ax = plt.subplots(figsize=(6.2, 0.5 * len(labels) + 1.2))
     style = {"widths": 0.55, "patch_artist": True,
@@ -395,11 +398,32 @@ def _plot_dice_box(groups, plt):
         ax.boxplot(data, orientation="horizontal", **style)
     except TypeError:
         ax.boxplot(data, vert=False, **style)
+    if pairs:
+        _dice_dots(ax, groups, pairs, links or {})
     ax.set_yticks(range(1, len(labels) + 1), labels)
     ax.invert_yaxis()
-    ax.set_xlabel("label Dice (mean over labels, per pair)")
+    ax.set_xlabel("label Dice (mean over labels, per pair)"
+                  + ("; ringed dots link to the pair's QC card" if links else ""))
     ax.set_title("Label Dice per method", loc="left", fontweight="bold")
     return _svg(fig, plt)
+
+
+def _dice_dots(ax, groups, pairs, links):
+    """One dot per pair over each box (a fixed jitter); dots of pairs with a
+    card are ringed and link to it (SVG ``<a>``)."""
+    rng = np.random.default_rng(0)
+    for row, label in enumerate(groups, 1):
+        names = pairs.get(label) or []
+        y = row + rng.uniform(-0.18, 0.18, len(names))
+        linked = np.array([n in links for n in names], dtype=bool)
+        for sel, style in ((~linked, {"s": 9, "color": "#4e79a7", "alpha": 0.5}),
+                           (linked, {"s": 26, "facecolor": "#f28e2b",
+                                     "edgecolor": "#1f2933", "linewidths": 0.8})):
+            if not sel.any():
+                continue
+            dots = ax.scatter(np.asarray(groups[label])[sel], y[sel], zorder=3, **style)
+            if style.get("facecolor"):
+                dots.set_urls([f"#{links[n]}" for n, s in zip(names, sel) if s])
 
 
 def _plot_time_bars(labels, means, stds, plt):
@@ -606,24 +630,31 @@ def _speed_context(speed, plt):
                        for q in ratios if q.get("speedup")]}
 
 
-def _accuracy_dataset(ds, recs, plt):
-    """Summary rows and plots of one dataset, and its headline entries."""
+def _accuracy_dataset(ds, recs, plt, store=None):
+    """Summary rows, plots and QC gallery of one dataset, and its headline
+    entries."""
+    from fastsyn.bench.gallery import gallery_context
     from fastsyn.bench.store import config_hash
     from fastsyn.bench.tables import summary_table
 
     rows = summary_table(recs, dataset=ds)
     # Per-pair values for the plots, keyed like the summary rows.
-    label_of = {(row["method"], config_hash(row["config"])): row["Method"] for row in rows}
-    dice = {}
+    labels = {(row["method"], config_hash(row["config"])): row["Method"] for row in rows}
+
+    def label_of(rec):
+        return labels.get((rec.get("method"), rec.get("config_hash")
+                           or config_hash(rec.get("config") or {})))
+
+    dice, names = {}, {}
     for rec in recs:
-        if rec.get("status") != "ok":
-            continue
-        label = label_of.get((rec.get("method"), rec.get("config_hash")
-                              or config_hash(rec.get("config") or {})))
+        label = label_of(rec)
         d = (rec.get("metrics") or {}).get("dice_mean")
-        if label is not None and d is not None:
+        if rec.get("status") == "ok" and label is not None and d is not None:
             dice.setdefault(label, []).append(float(d))
+            names.setdefault(label, []).append(rec.get("pair"))
     dice = {row["Method"]: dice[row["Method"]] for row in rows if row["Method"] in dice}
+    gallery = (gallery_context(ds, recs, store, label_of, [row["Method"] for row in rows])
+               if store is not None else {"cards": [], "outliers": [], "linked": {}})
     times = {row["Method"]: row["Time (s)"] for row in rows
              if row.get("Time (s)") and row.get("method") != "baseline"}
     headline = [(row["Method"], row["Label Dice"]["mean"],
@@ -631,14 +662,14 @@ def _accuracy_dataset(ds, recs, plt):
                 for row in rows if row.get("method") != "baseline" and row.get("Label Dice")]
     plots = []
     if plt is not None and dice:
-        plots.append(_plot_dice_box(dice, plt))
+        plots.append(_plot_dice_box(dice, plt, names, gallery["linked"]))
     if plt is not None and times:
         plots.append(_plot_time_bars(list(times), [t["mean"] for t in times.values()],
                                      [t["std"] for t in times.values()], plt))
     # which masks the methods were given (the Baseline is not registered)
     masks = sorted({str((row.get("config") or {}).get("masks", "none")) for row in rows
                     if row.get("method") != "baseline"})
-    return {"name": ds, "rows": rows, "plots": plots, "masks": masks,
+    return {"name": ds, "rows": rows, "plots": plots, "masks": masks, "gallery": gallery,
             "n_pairs": len({r.get("pair") for r in recs}),
             "errors": sum(r.get("errors", 0) for r in rows)}, headline
 
@@ -650,13 +681,14 @@ def _accuracy_digits():
     return {col: DIGITS.get(col, 3) for col in ACCURACY_COLUMNS}
 
 
-def _accuracy_context(records, plt):
-    """One entry per dataset for the accuracy section, and the headline
+def _accuracy_context(records, plt, store=None):
+    """One entry per dataset for the accuracy section (with its QC gallery,
+    drawn from the tiles in ``store``), and the headline
     ``{dataset: [(label, mean Dice, mean time), ...]}``."""
     datasets, headline = [], {}
     for ds in sorted({r.get("dataset") for r in records if r.get("dataset")}):
         recs = [r for r in records if r.get("dataset") == ds]
-        entry, best = _accuracy_dataset(ds, recs, plt)
+        entry, best = _accuracy_dataset(ds, recs, plt, store)
         datasets.append(entry)
         if best:
             headline[ds] = best
@@ -858,16 +890,19 @@ def _render_page(results_dir, out_dir, speed_json=None, profile_json=None,
     agreement = _read_json(_find_input(agreement_json, "agreement.json", search), "agreement")
     roofline = _read_json(_find_input(roofline_json, "roofline.json", search), "roofline")
     scaling = [_read_json(p, "scaling") for p in _scaling_inputs(scaling_json, search)]
-    records = []
+    records, store = [], None
     if results_dir and Path(results_dir).is_dir():
         from fastsyn.bench.store import ResultStore
 
-        records = ResultStore(results_dir).records()
+        store = ResultStore(results_dir)
+        records = store.records()
+
+    from fastsyn.bench.gallery import OUTLIER_SD
 
     plt = _plt()
     env = collect_environment()
     kernel_rows = equivalence_check() if check_equivalence else []
-    datasets, headline = _accuracy_context(records, plt)
+    datasets, headline = _accuracy_context(records, plt, store)
     speed_env = (speed or {}).get("environment")
     # None outside a git work tree (an installed package)
     git = {"commit": None, "dirty": False, **(env.get("git") or {})}
@@ -879,7 +914,8 @@ def _render_page(results_dir, out_dir, speed_json=None, profile_json=None,
         speed=_speed_context(speed, plt),
         kernel_rows=kernel_rows, agreement=_thread_agreement(records),
         accuracy_columns=list(ACCURACY_COLUMNS), accuracy_digits=_accuracy_digits(),
-        datasets=datasets, throughput=_throughput_context(records),
+        datasets=datasets, outlier_sd=f"{OUTLIER_SD:g}",
+        throughput=_throughput_context(records),
         profile=_profile_context(profile, plt),
         agreement_ants=_agreement_context(agreement),
         roofline=roofline, scaling=_scaling_contexts(scaling),

@@ -171,8 +171,32 @@ def method_masks(pre, data, mode):
     return tuple(m if m.any() else np.ones_like(m) for m in (fixed, moving))
 
 
-def baseline_record(task, data, common):
-    """The ``Baseline`` record: the measures of the prealigned pair itself."""
+def qc_tile_writer(store):
+    """A callable ``(record, warped, displacement)`` that keeps the record's QC
+    tiles (:func:`fastsyn.bench.qc.extract_tiles`) beside it in ``store``, so
+    that ``fastsyn report`` draws the registration without running it again.
+
+    The tiles are written before the record: a finished record has them.  A
+    failure to draw them is noted in the record (``qc_error``), never fatal.
+    """
+    def keep(record, data, warped, displacement):
+        from .qc import extract_tiles, save_tiles
+
+        key = make_key(record["dataset"], record["pair"], record["method"], record["config"])
+        try:
+            tiles = extract_tiles(data["fixed"], warped, data["affine"],
+                                  fixed_labels=data["fixed_labels"], mask=data["mask"],
+                                  displacement=displacement)
+            save_tiles(store.qc_path(key), tiles)
+        except Exception as exc:  # the measures stand without the pictures
+            record["qc_error"] = f"{type(exc).__name__}: {exc}"
+
+    return keep
+
+
+def baseline_record(task, data, common, keep_tiles=None):
+    """The ``Baseline`` record: the measures of the prealigned pair itself
+    (``keep_tiles``: see :func:`qc_tile_writer`)."""
     from .evaluate import evaluate_pair
 
     start = time.perf_counter()
@@ -185,11 +209,14 @@ def baseline_record(task, data, common):
     rec.update(status="ok", metrics=metrics, seconds=None,
                threads=None, peak_mem_mb=None,
                eval_seconds=time.perf_counter() - start, **common)
+    if keep_tiles is not None:
+        keep_tiles(rec, data, data["moving"], None)
     return rec
 
 
-def method_record(task, spec, data, common):
-    """Register the prealigned pair with one method and measure the result."""
+def method_record(task, spec, data, common, keep_tiles=None):
+    """Register the prealigned pair with one method and measure the result
+    (``keep_tiles``: see :func:`qc_tile_writer`)."""
     from .evaluate import evaluate_pair
     from .methods import get_method
 
@@ -213,6 +240,8 @@ def method_record(task, spec, data, common):
                extra=res.extra, has_displacement=res.displacement is not None,
                run_seconds=ran - start, eval_seconds=time.perf_counter() - ran,
                **common)
+    if keep_tiles is not None:
+        keep_tiles(rec, data, res.warped, res.displacement)
     return rec
 
 
@@ -259,12 +288,13 @@ def run_pair(task):
               "prealign_seconds": pre.seconds,
               "prealign_load_seconds": time.perf_counter() - start}
     by_name = {m["name"]: m for m in task["methods"]}
+    keep_tiles = qc_tile_writer(store)
     for name in pending:
         try:
             if name == BASELINE:
-                put(baseline_record(task, data, common))
+                put(baseline_record(task, data, common, keep_tiles))
             else:
-                put(method_record(task, by_name[name], data, common))
+                put(method_record(task, by_name[name], data, common, keep_tiles))
         except Exception as exc:  # recorded, the run goes on
             put(_error_record(task, name, _error_text(exc)))
     return written

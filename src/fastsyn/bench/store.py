@@ -3,6 +3,7 @@
 Layout under the results directory::
 
     RESULTS_DIR/<dataset>/<method>/<pair>__<config hash>.json
+    RESULTS_DIR/<dataset>/<method>/<pair>__<config hash>.qc.npz   (QC tiles)
 
 Each record is written to a temporary file in the same folder and moved into
 place with :func:`os.replace`, so a record either exists complete or not at
@@ -130,6 +131,11 @@ class ResultStore:
         if len(parts) != 3 or any(p in ("", ".", "..") for p in parts):
             raise ValueError(f"malformed record key {key!r}")
         return self.root.joinpath(*parts[:-1], parts[-1] + ".json")
+
+    def qc_path(self, key):
+        """Path of the QC tiles kept beside the record ``key`` (``.qc.npz``,
+        see :mod:`fastsyn.bench.qc`)."""
+        return self.path(key).with_suffix(".qc.npz")
 
     def get(self, key):
         """The record stored under ``key``, or ``None``.

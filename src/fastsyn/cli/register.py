@@ -1,5 +1,7 @@
 """``fastsyn register FIXED MOVING --out PREFIX``: affine then SyN on two files."""
 
+from pathlib import Path
+
 from ._common import CommandError, level_list, positive_int
 
 
@@ -8,10 +10,12 @@ def add_parser(sub):
     p = sub.add_parser(
         "register", help="register two NIfTI/Analyze images (affine, then SyN)",
         description="Register MOVING to FIXED (center of mass, translation, rigid, "
-                    "affine, then SyN) and write PREFIXwarped.nii.gz, PREFIXaffine.txt, "
-                    "PREFIXaffine.mat (ITK), PREFIXWarp.nii.gz and PREFIXInverseWarp.nii.gz "
-                    "(ANTs/ITK displacement fields), and PREFIXwarped_labels.nii.gz with "
-                    "--labels. antsApplyTransforms -r FIXED -i MOVING -t PREFIXWarp.nii.gz "
+                    "affine, then SyN) and write PREFIXwarped.nii.gz, PREFIXaffine_ras.tsv "
+                    "(DIPY's RAS matrix, not an ITK file), PREFIXaffine.mat (ITK), "
+                    "PREFIXWarp.nii.gz and PREFIXInverseWarp.nii.gz (ANTs/ITK displacement "
+                    "fields), PREFIXwarped_labels.nii.gz with --labels, and with --qc "
+                    "PREFIXqc.html and PREFIXqc.png (a card to check the result by eye). "
+                    "antsApplyTransforms -r FIXED -i MOVING -t PREFIXWarp.nii.gz "
                     "-t PREFIXaffine.mat reproduces the warped image.")
     p.add_argument("fixed", metavar="FIXED", help="fixed (reference) image")
     p.add_argument("moving", metavar="MOVING", help="moving image")
@@ -29,6 +33,12 @@ def add_parser(sub):
     p.add_argument("--moving-mask", default=None, metavar="M")
     p.add_argument("--labels", default=None, metavar="L",
                    help="moving label map, warped nearest-neighbour")
+    p.add_argument("--qc", action="store_true",
+                   help="also write PREFIXqc.html and PREFIXqc.png: fixed and warped "
+                        "images (flicker), checkerboard and log-Jacobian map")
+    p.add_argument("--fixed-labels", default=None, metavar="L",
+                   help="fixed label map: outlined on the QC card, and its Dice with the "
+                        "warped --labels printed there")
     p.add_argument("--quiet", action="store_true", help="no per-level progress on stderr")
     p.set_defaults(func=run)
     return p
@@ -42,6 +52,11 @@ def run(args):
 
     if args.out.strip() == "":
         raise CommandError("--out must be a non-empty prefix")
+    if args.fixed_labels is not None:
+        if not args.qc:
+            raise CommandError("--fixed-labels is drawn on the QC card: give --qc too")
+        if not Path(args.fixed_labels).is_file():
+            raise CommandError(f"fixed labels not found: {args.fixed_labels}")
 
     def log(msg):
         if not args.quiet:
@@ -55,4 +70,12 @@ def run(args):
           f"{res['seconds']:.1f} s (affine {res['affine_seconds']:.1f} s, SyN "
           f"{res['syn_seconds']:.1f} s), final NCC {res['ncc']:.4f} -> "
           f"{res['files']['warped']}")
+    if args.qc:
+        from fastsyn.bench.register_card import write_registration_card
+
+        html, _ = write_registration_card(args.out, args.fixed, args.moving, res,
+                                          transform=args.transform, metric=args.metric,
+                                          fixed_mask=args.fixed_mask,
+                                          fixed_labels=args.fixed_labels)
+        print(f"fastsyn register: QC card -> {html}")
     return 0
