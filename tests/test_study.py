@@ -193,6 +193,9 @@ def test_cli_study_rejects_bad_arguments(tmp_path, capsys):
     assert main(["bench", "study", "--results", str(tmp_path), "--anchor-masks", "x"]) == 2
     assert main(["bench", "study", "--results", str(tmp_path), "--dataset", "nope"]) == 2
     assert "fastsyn: error:" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # argparse: not one of tune, report
+        main(["bench", "study", "--results", str(tmp_path), "--half", "train"])
+    assert exc.value.code == 2 and "--half" in capsys.readouterr().err
 
 
 def test_report_renders_the_study_section(ran, tmp_path):
