@@ -186,14 +186,21 @@ class InversionWorkspace:
         return self.q.shape == tuple(shape) and self.q.dtype == dtype
 
 
-def invert_unchecked(d, d_world2grid, spacing, max_iter, tol, out, nthreads,
-                     workspace=None):
-    """Invert ``d`` into ``out`` (holding the warm start); checked input."""
+def _inversion_setup(d, d_world2grid, nthreads, workspace):
+    """(dim, workspace, flat world-to-grid, its identity flag, threads) of an
+    inversion of ``d``."""
     dim = d.shape[-1]
     if workspace is None or not workspace.fits(d.shape, d.dtype):
         workspace = InversionWorkspace(d.shape, d.dtype)
     w2g, w2g_none = flat_affine(d_world2grid, dim)
-    nthreads = effective_threads(nthreads, d.size // dim)
+    return dim, workspace, w2g, w2g_none, effective_threads(nthreads, d.size // dim)
+
+
+def invert_unchecked(d, d_world2grid, spacing, max_iter, tol, out, nthreads,
+                     workspace=None):
+    """Invert ``d`` into ``out`` (holding the warm start); checked input."""
+    dim, workspace, w2g, w2g_none, nthreads = _inversion_setup(d, d_world2grid, nthreads,
+                                                               workspace)
     if dim == 3:
         iters, error = k_invert.invert_3d(
             out, d, w2g, w2g_none, spacing[0], spacing[1], spacing[2], int(max_iter),
@@ -219,11 +226,8 @@ def refine_inverse_unchecked(d, d_world2grid, spacing, out, maxlen, nthreads,
     float
         The largest residual norm (voxels) of this sweep, before its update.
     """
-    dim = d.shape[-1]
-    if workspace is None or not workspace.fits(d.shape, d.dtype):
-        workspace = InversionWorkspace(d.shape, d.dtype)
-    w2g, w2g_none = flat_affine(d_world2grid, dim)
-    nthreads = effective_threads(nthreads, d.size // dim)
+    dim, workspace, w2g, w2g_none, nthreads = _inversion_setup(d, d_world2grid, nthreads,
+                                                               workspace)
     if dim == 3:
         return k_invert.refine_3d(out, d, w2g, w2g_none, spacing[0], spacing[1],
                                   spacing[2], float(maxlen), float(epsilon),
