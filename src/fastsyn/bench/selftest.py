@@ -1,0 +1,353 @@
+"""Self-test of the regression gates: planted regressions and same-build reruns.
+
+A regression suite is worth its power to catch real slowdowns and its silence
+on unchanged code.  This module checks both on the machine it runs on:
+
+1. a scratch ``git worktree`` of a commit is built once as the *base*;
+2. each plant of :data:`PLANTS` (a small source edit, never applied to the
+   real sources) is applied to the scratch tree, built into a folder of its
+   own (the meson build folder is reused, so only the touched module is
+   recompiled) and reverted;
+3. the gates of :mod:`fastsyn.bench.gate` compare the base with each plant,
+   and the base with itself ``reruns`` times (false alarms);
+4. the wall-time thresholds come from ``calibration`` extra same-build runs
+   made first, never from the reruns they are tested on.
+
+Run ``python -m fastsyn.bench.selftest --out reports/selftest.json`` (or
+``tox -e suite-selftest``); the table goes to stdout, the JSON to the report.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import gate
+from .costs import cost_table
+from .sides import build_side
+
+__all__ = ["PLANTS", "apply_plant", "main", "run_selftest"]
+
+#: Plant name -> expected gate, description and the edits (file, old, new).
+PLANTS = {
+    "a_arith": {
+        "gate": "instructions",
+        "what": "+~2% arithmetic in the CC step (a chain of multiplications by a run-time 1.0)",
+        "edits": [("src/fastsyn/_kernels/cc.pyx",
+                   "            temp = _cc_temp(factors + 5 * v, forward, &energy)\n"
+                   "            if temp == 0:\n",
+                   "            temp = _cc_temp(factors + 5 * v, forward, &energy)\n"
+                   "            for q in range(6):\n"
+                   "                temp = temp * one\n"
+                   "            if temp == 0:\n"),
+                  ("src/fastsyn/_kernels/cc.pyx",
+                   "        int interior_slice = radius <= s < ns - radius\n",
+                   "        int interior_slice = radius <= s < ns - radius\n"
+                   "        int q\n"
+                   "        double one = spacing[0] / spacing[0]\n")],
+    },
+    "b_serial": {
+        "gate": "wall",
+        "what": "the MI step's prange turned into range (serial at any thread count)",
+        "edits": [("src/fastsyn/_kernels/mi.pyx",
+                   "        for s in prange(ns, schedule=\"static\", num_threads=num_threads):\n"
+                   "            _step_slice_3d(",
+                   "        for s in range(ns):\n"
+                   "            _step_slice_3d(")],
+    },
+    "c_invert": {
+        "gate": "instructions",
+        "what": "the inversion ~10% slower (an extra square root per voxel and sweep, "
+                "result unchanged)",
+        "edits": [("src/fastsyn/_kernels/invert.pyx",
+                   "                mag = _norm(q, v, inv_s0, inv_s1, inv_s2)\n"
+                   "                total += mag\n",
+                   "                mag = _norm(q, v, inv_s0, inv_s1, inv_s2)\n"
+                   "                total += mag\n"
+                   "                extra += sqrt(mag + 1.0)\n"),
+                  ("src/fastsyn/_kernels/invert.pyx",
+                   "        double mag, total = 0, mx = 0\n",
+                   "        double mag, total = 0, mx = 0, extra = 0\n"),
+                  ("src/fastsyn/_kernels/invert.pyx",
+                   "    slice_sum[k] = total\n",
+                   "    slice_sum[k] = total + extra * 0.0\n")],
+    },
+    "d_bins": {
+        "gate": "tracks",
+        "what": "MI with 12 histogram bins instead of 32 (the metric's default)",
+        "edits": [("src/fastsyn/metrics/mi.py",
+                   "    def __init__(self, dim, *, nbins=32,",
+                   "    def __init__(self, dim, *, nbins=12,")],
+    },
+    "e_race": {
+        "gate": "tracks",
+        "what": "a racy reduction: every chunk of the MI histogram adds into one shared "
+                "table inside the prange",
+        "edits": [("src/fastsyn/_kernels/mi.pyx",
+                   "                        s_lo, s_scale, m_lo, m_scale, nbins, part + c * nb2,\n",
+                   "                        s_lo, s_scale, m_lo, m_scale, nbins, part,\n"),
+                  ("src/fastsyn/_kernels/mi.pyx",
+                   "    for b in range(nbins * nbins):\n        part[b] = 0\n    for b in range(16):",
+                   "    for b in range(16):"),
+                  ("src/fastsyn/_kernels/mi.pyx",
+                   "    part = <double*>malloc(nchunks * nb2 * sizeof(double))\n",
+                   "    part = <double*>calloc(nchunks * nb2, sizeof(double))\n"),
+                  ("src/fastsyn/_kernels/mi.pyx",
+                   "from libc.stdlib cimport free, malloc\n",
+                   "from libc.stdlib cimport calloc, free, malloc\n")],
+    },
+}
+
+
+def apply_plant(tree, name):
+    """Apply a plant's edits to a scratch tree; return the original texts.
+
+    Raises
+    ------
+    ValueError
+        If an edit's text is not found exactly once (the plant is stale).
+    """
+    originals = {}
+    for rel, old, new in PLANTS[name]["edits"]:
+        path = Path(tree) / rel
+        text = path.read_text()
+        originals.setdefault(rel, text)
+        if text.count(old) != 1:
+            raise ValueError(f"plant {name}: the text to replace in {rel} is not found "
+                             "exactly once (stale plant)")
+        path.write_text(text.replace(old, new))
+    return originals
+
+
+def _revert(tree, originals):
+    for rel, text in originals.items():
+        (Path(tree) / rel).write_text(text)
+
+
+def _builds(repo, ref, workdir, plants, say):
+    """Scratch worktree of ``ref``; base build, then one build per plant."""
+    tree = Path(workdir) / "tree"
+    subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(tree), ref],
+                   check=True, capture_output=True)
+    build = Path(workdir) / "build"
+    sides = {}
+    with open(Path(workdir) / "build.log", "w") as log:
+        say("building base")
+        sides["base"] = build_side("base", tree, Path(workdir) / "site-base",
+                                   build_dir=build, log=log)
+        for name in plants:
+            say(f"building plant {name}")
+            originals = apply_plant(tree, name)
+            try:
+                sides[name] = build_side(name, tree, Path(workdir) / f"site-{name}",
+                                         build_dir=build, log=log)
+            finally:
+                _revert(tree, originals)
+    return tree, sides
+
+
+def _instruction_runs(sides, plants, reruns, size, say):
+    say("instructions: base")
+    base = cost_table(size=size, side=sides["base"])
+    out = {"base": base, "plants": {}, "reruns": []}
+    for name in plants:
+        say(f"instructions: {name}")
+        out["plants"][name] = gate.compare_instructions(
+            base, cost_table(size=size, side=sides[name]))
+    for i in range(reruns):
+        say(f"instructions: same-build rerun {i + 1}/{reruns}")
+        out["reruns"].append(gate.compare_instructions(
+            base, cost_table(size=size, side=sides["base"])))
+    return out
+
+
+def _wall_runs(sides, plants, reruns, calibration, settings, say):
+    noise = gate.calibrate(sides["base"], calibration, progress=say, **settings)
+    out = {"noise": noise, "plants": {}, "reruns": []}
+    for name in plants:
+        say(f"wall time: {name}")
+        a, b = gate.time_sides([sides["base"], sides[name]], **settings)
+        out["plants"][name] = gate.compare_wall(a, b, noise["thresholds"])
+    for i in range(reruns):
+        say(f"wall time: same-build rerun {i + 1}/{reruns}")
+        a, b = gate.time_sides([sides["base"], sides["base"]], **settings)
+        out["reruns"].append(gate.compare_wall(a, b, noise["thresholds"]))
+    return out
+
+
+def _track_runs(sides, plants, reruns, fixtures, say):
+    say("correctness: base")
+    base = gate.run_tracks(sides["base"], fixtures)
+    out = {"base": base, "plants": {}, "reruns": []}
+    for name in plants:
+        say(f"correctness: {name}")
+        out["plants"][name] = gate.compare_tracks(base, gate.run_tracks(sides[name], fixtures))
+    for i in range(reruns):
+        say(f"correctness: same-build rerun {i + 1}/{reruns}")
+        out["reruns"].append(gate.compare_tracks(base, gate.run_tracks(sides["base"],
+                                                                        fixtures)))
+    return out
+
+
+_BAD = {"regression", "nondeterministic", "accuracy"}
+
+
+def _alarms(rows):
+    return [r for r in rows if r["status"] in _BAD]
+
+
+def summary_rows(result):
+    """One row per plant and gate run: caught?, and the evidence.
+
+    Returns
+    -------
+    list of dict
+        ``plant``, ``expected``, ``gate``, ``caught`` (bool), ``evidence``.
+    """
+    rows = []
+    for name, plant in PLANTS.items():
+        for key in ("instructions", "wall", "tracks"):
+            part = (result.get(key) or {}).get("plants", {}).get(name)
+            if part is None:
+                continue
+            alarms = _alarms(part)
+            if key == "tracks":
+                ev = "; ".join(f"{r['track']}: {r['status']}, determ. {r['deterministic']}, "
+                               f"Dice {r['base_dice']:.4f} -> {r['head_dice']:.4f}"
+                               for r in part)
+            else:
+                worst = max(part, key=lambda r: abs(r["ratio"] - 1))
+                ev = f"{worst['case']}: {worst['ratio'] - 1:+.2%}"
+                if key == "wall":
+                    ev += f", p = {worst['p']:.1g}, threshold {worst['threshold']:.1%}"
+            rows.append({"plant": name, "what": plant["what"], "expected": plant["gate"],
+                         "gate": key, "caught": bool(alarms),
+                         "flagged": [r.get("case", r.get("track")) for r in alarms],
+                         "evidence": ev})
+    return rows
+
+
+def rerun_alarms(result):
+    """Gate -> (same-build reruns, reruns that raised an alarm)."""
+    out = {}
+    for key in ("instructions", "wall", "tracks"):
+        runs = (result.get(key) or {}).get("reruns", [])
+        out[key] = (len(runs), sum(1 for rows in runs if _alarms(rows)))
+    return out
+
+
+def format_summary(result):
+    """The self-test table as text."""
+    lines = [f"{'plant':<9} {'expected':<12} {'gate':<12} {'caught':<6}  evidence",
+             f"{'-' * 9} {'-' * 12} {'-' * 12} {'-' * 6}  {'-' * 40}"]
+    for r in summary_rows(result):
+        lines.append(f"{r['plant']:<9} {r['expected']:<12} {r['gate']:<12} "
+                     f"{'yes' if r['caught'] else 'no':<6}  {r['evidence']}")
+    lines.append("")
+    for key, (n, bad) in rerun_alarms(result).items():
+        if n:
+            lines.append(f"same-build reruns, {key}: {n} runs, {bad} with an alarm")
+    noise = (result.get("wall") or {}).get("noise")
+    if noise:
+        lines.append("")
+        lines.append(f"wall-time thresholds from {noise['runs']} same-build runs "
+                     f"({noise['threads']} threads, {noise['size']}^3): "
+                     + ", ".join(f"{c} {t:.1%}" for c, t in noise["thresholds"].items()))
+    return "\n".join(lines)
+
+
+def run_selftest(repo=".", ref="HEAD", *, plants=tuple(PLANTS), reruns=10, calibration=5,
+                 gates=("instructions", "wall", "tracks"), cost_size=24, fixtures="fixtures",
+                 wall_settings=None, workdir=None, say=print):
+    """Build the base and the plants, run the gates, return everything measured.
+
+    Returns
+    -------
+    dict
+        ``instructions``, ``wall``, ``tracks`` (per gate: plants, reruns and,
+        for wall time, the noise), ``summary`` rows, ``reruns`` alarms,
+        ``seconds`` per phase, ``load`` (1-minute load averages seen).
+    """
+    import os
+
+    settings = {"size": 48, "threads": 2, "rounds": 12, "repeat": 5, **(wall_settings or {})}
+    fixtures = Path(fixtures).resolve()
+    scratch = tempfile.TemporaryDirectory(prefix="fastsyn-selftest-") if workdir is None else None
+    workdir = Path(workdir or scratch.name)
+    result = {"ref": ref, "plants": {k: PLANTS[k]["what"] for k in plants},
+              "wall_settings": settings, "seconds": {}, "load": []}
+    tree = None
+    try:
+        start = time.time()
+        tree, sides = _builds(repo, ref, workdir, plants, say)
+        result["seconds"]["builds"] = time.time() - start
+        for key, run in (("instructions", lambda: _instruction_runs(
+                              sides, plants, reruns, cost_size, say)),
+                         ("tracks", lambda: _track_runs(sides, plants, reruns, fixtures, say)),
+                         ("wall", lambda: _wall_runs(sides, plants, reruns, calibration,
+                                                     settings, say))):
+            if key in gates:
+                start = time.time()
+                result["load"].append(os.getloadavg()[0])
+                result[key] = run()
+                result["seconds"][key] = time.time() - start
+        result["load"].append(os.getloadavg()[0])
+    finally:
+        if tree is not None:
+            subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force",
+                            str(tree)], capture_output=True)
+        if scratch is not None:
+            scratch.cleanup()
+    result["summary"] = summary_rows(result)
+    result["reruns"] = {k: {"runs": n, "alarms": bad}
+                        for k, (n, bad) in rerun_alarms(result).items()}
+    return result
+
+
+def main(argv=None):
+    """``python -m fastsyn.bench.selftest``; exit 1 when a plant is missed or a
+    rerun raises an alarm."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repo", default=".")
+    p.add_argument("--ref", default="HEAD")
+    p.add_argument("--plants", default=",".join(PLANTS))
+    p.add_argument("--gates", default="instructions,wall,tracks")
+    p.add_argument("--reruns", type=int, default=10)
+    p.add_argument("--calibration", type=int, default=5)
+    p.add_argument("--size", type=int, default=48, help="wall-time grid (default 48)")
+    p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--cost-size", type=int, default=24)
+    p.add_argument("--fixtures", default="fixtures")
+    p.add_argument("--workdir", default=None)
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    plants = [x for x in args.plants.split(",") if x]
+    unknown = [x for x in plants if x not in PLANTS]
+    if unknown:
+        p.error(f"unknown plants {unknown}; choose from {', '.join(PLANTS)}")
+
+    def say(msg):
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    result = run_selftest(args.repo, args.ref, plants=plants, reruns=args.reruns,
+                          calibration=args.calibration, gates=args.gates.split(","),
+                          cost_size=args.cost_size, fixtures=args.fixtures,
+                          wall_settings={"size": args.size, "rounds": args.rounds,
+                                         "repeat": args.repeat},
+                          workdir=args.workdir, say=say)
+    print(format_summary(result))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.out}")
+    missed = [r for r in result["summary"] if r["expected"] == r["gate"] and not r["caught"]]
+    false = any(v["alarms"] for v in result["reruns"].values())
+    return 1 if missed or false else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
