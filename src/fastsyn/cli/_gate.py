@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ._common import CommandError, positive_int
 
-__all__ = ["add_costs", "add_gate", "add_noise"]
+__all__ = ["add_costs", "add_gate", "add_noise", "add_tracks"]
 
 
 def _cases(text):
@@ -58,6 +58,37 @@ def run_costs(args):
     print(costs.format_table(rows))
     _write(args.out, {"size": args.size, "rows": rows})
     return 0
+
+
+# ------------------------------------------------------------------ tracks
+def add_tracks(bsub):
+    p = bsub.add_parser("tracks", help="correctness tracks of this build: SyN output hashes "
+                                       "at 1/2/3 threads, label Dice, metric values; exit 1 "
+                                       "when a result depends on the thread count")
+    p.add_argument("--fixtures", default="fixtures", metavar="DIR",
+                   help="fixture pairs (default fixtures)")
+    p.add_argument("--out", default=None, metavar="FILE.json")
+    p.set_defaults(func=run_tracks)
+
+
+def run_tracks(args):
+    """Handler of ``fastsyn bench tracks``."""
+    from fastsyn.bench.gate import run_tracks as tracks
+    from fastsyn.bench.sides import Side
+    from fastsyn.bench.workload import TRACK_PAIRS
+
+    missing = [f for f, _ in TRACK_PAIRS.values()
+               if not (Path(args.fixtures) / f"{f}.npz").is_file()]
+    if missing:
+        raise CommandError(f"fixture(s) {', '.join(missing)} not found in {args.fixtures}")
+    result = tracks(Side("this"), args.fixtures)
+    print(f"{'track':<8} {'fixture':<18} {'determ.':>7} {'Dice':>7} {'before':>7}  hashes "
+          "(1/2/3 threads)")
+    for name, t in result["tracks"].items():
+        print(f"{name:<8} {t['fixture']:<18} {t['deterministic']:>7} {t['dice']:>7.4f} "
+              f"{t['dice_before']:>7.4f}  " + " ".join(t["hashes"].values()))
+    _write(args.out, result)
+    return 0 if all(t["deterministic"] for t in result["tracks"].values()) else 1
 
 
 # --------------------------------------------------------- noise and gate
