@@ -166,8 +166,19 @@ def test_time_sides_interleaves_two_workers():
     a, b = gate.time_sides([side, side], size=16, threads=1, rounds=2, repeat=1,
                            cases=("gradient", "compose"))
     for samples in (a, b):
-        assert set(samples) == {"gradient", "compose"}
-        assert all(len(v) == 2 and all(t > 0 for t in v) for v in samples.values())
+        assert set(samples["wall"]) == set(samples["share"]) == {"gradient", "compose"}
+        assert all(len(v) == 2 and all(t > 0 for t in v) for v in samples["wall"].values())
+        # One thread: all the work is the calling thread's.
+        assert all(s > 0.8 for v in samples["share"].values() for s in v)
+
+
+def test_compare_shares_flags_a_serialised_kernel():
+    parallel = [0.52, 0.55, 0.5, 0.6, 0.51, 0.53, 0.56, 0.5, 0.54, 0.52, 0.58, 0.5]
+    serial = [0.97, 0.99, 1.0, 0.96, 0.98, 0.99, 1.0, 0.97, 0.99, 0.98, 1.0, 0.99]
+    rows = gate.compare_shares({"k": parallel}, {"k": serial})
+    assert rows[0]["status"] == "serialised" and rows[0]["p"] < gate.ALPHA
+    assert gate.compare_shares({"k": parallel}, {"k": parallel[::-1]})[0]["status"] == "same"
+    assert gate.gate_failed({"shares": rows})
 
 
 def test_a_side_built_elsewhere_is_imported_from_its_folder(tmp_path):

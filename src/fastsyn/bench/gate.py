@@ -21,6 +21,14 @@ wall time
     the threshold comes from measured same-build noise (:func:`calibrate`):
     rustc-perf's rule, ``Q3 + 3 IQR`` of the absolute relative changes seen
     between two runs of one build, never below :data:`MIN_WALL_THRESHOLD`.
+
+    Beside each wall time the worker records the calling thread's share of
+    the process's CPU time.  When every core is busy with other work, a
+    kernel that lost its threads is not slower in wall time (its threads had
+    no core to run on anyway), but its work has moved onto the calling
+    thread: a rise of the share by more than the same-build noise (at least
+    :data:`MIN_SHARE_RISE`), significant by the same paired test, is
+    flagged ``serialised``.
 correctness
     :mod:`fastsyn.bench.workload`'s tracks on both builds: a head whose SyN
     output hash differs between 1, 2 and 3 threads, or whose label Dice on a
@@ -45,6 +53,7 @@ __all__ = [
     "calibrate",
     "compare_instructions",
     "compare_tracks",
+    "compare_shares",
     "compare_wall",
     "build_refs",
     "format_gate",
@@ -62,6 +71,8 @@ __all__ = [
 ALPHA = 0.002
 #: Smallest wall-time threshold, whatever the measured noise.
 MIN_WALL_THRESHOLD = 0.02
+#: Smallest rise of the calling thread's CPU share that marks a serialised kernel.
+MIN_SHARE_RISE = 0.15
 #: Relative instruction increase that fails the instruction gate.
 INSTRUCTION_THRESHOLD = 0.005
 #: Largest allowed drop of mean label Dice on a fixture.
@@ -188,7 +199,7 @@ class _Worker:
                 self.proc.wait()
 
 
-def time_sides(sides, *, size=48, threads=2, rounds=12, repeat=5,
+def time_sides(sides, *, size=48, threads=2, rounds=12, repeat=3,
                cases=workload.TIMED_CASES):
     """Timings of each case on each side, the sides interleaved call by call.
 
@@ -210,11 +221,13 @@ def time_sides(sides, *, size=48, threads=2, rounds=12, repeat=5,
     Returns
     -------
     list of dict
-        Per side: case -> list of ``rounds`` seconds.
+        Per side: ``wall`` (case -> ``rounds`` seconds) and ``share`` (case
+        -> the calling thread's share of the CPU time, per round).
     """
     workers = [_Worker(s, size=size, threads=threads, repeat=repeat, cases=cases)
                for s in sides]
-    samples = [{c: [] for c in cases} for _ in sides]
+    samples = [{"wall": {c: [] for c in cases}, "share": {c: [] for c in cases}}
+               for _ in sides]
     try:
         for w in workers:
             w.ready()
@@ -222,7 +235,9 @@ def time_sides(sides, *, size=48, threads=2, rounds=12, repeat=5,
             for case in cases:
                 order = list(range(len(workers)))
                 for i in (order if r % 2 == 0 else order[::-1]):
-                    samples[i][case].append(workers[i].run(case))
+                    answer = workers[i].run(case)
+                    samples[i]["wall"][case].append(answer["wall"])
+                    samples[i]["share"][case].append(answer["share"])
     finally:
         for w in workers:
             w.close()
@@ -230,12 +245,12 @@ def time_sides(sides, *, size=48, threads=2, rounds=12, repeat=5,
 
 
 def compare_wall(base, head, thresholds):
-    """Flag each case of two :func:`time_sides` results.
+    """Flag each case of two :func:`time_sides` wall-time results.
 
     Parameters
     ----------
     base, head : dict
-        Case -> samples (seconds).
+        Case -> samples (seconds), paired by round.
     thresholds : dict
         Case -> relative threshold (from :func:`noise_thresholds`).
 
@@ -262,29 +277,70 @@ def compare_wall(base, head, thresholds):
     return rows
 
 
-def calibrate(side, runs, *, size=48, threads=2, rounds=12, repeat=5,
+def compare_shares(base, head, thresholds=None):
+    """Flag a case whose work moved onto the calling thread (serialised).
+
+    Parameters
+    ----------
+    base, head : dict
+        Case -> the calling thread's CPU share per round (:func:`time_sides`).
+    thresholds : dict, optional
+        Case -> largest same-build rise of the median share; at least
+        :data:`MIN_SHARE_RISE`.
+
+    Returns
+    -------
+    list of dict
+        ``case``, ``base_share``, ``head_share`` (medians), ``p`` (paired
+        signed-rank test on the per-round differences), ``threshold``,
+        ``status`` (``serialised`` or ``same``).
+    """
+    from scipy.stats import wilcoxon
+
+    rows = []
+    for case, a in base.items():
+        b = head[case]
+        diffs = [y - x for x, y in zip(a, b)]
+        p = (float(wilcoxon(diffs, alternative="two-sided").pvalue)
+             if len(diffs) > 1 and any(diffs) else 1.0)
+        rise = _median(b) - _median(a)
+        limit = max(MIN_SHARE_RISE, (thresholds or {}).get(case, 0.0))
+        status = "serialised" if p < ALPHA and rise > limit else "same"
+        rows.append({"case": case, "base_share": _median(a), "head_share": _median(b),
+                     "p": p, "threshold": limit, "status": status})
+    return rows
+
+
+def calibrate(side, runs, *, size=48, threads=2, rounds=12, repeat=3,
               cases=workload.TIMED_CASES, progress=None):
     """Same-build wall-time noise: ``runs`` comparisons of a build with itself.
 
     Returns
     -------
     dict
-        ``changes`` (case -> relative changes), ``thresholds``, ``p_min``
-        (smallest p-value seen per case) and the settings.
+        ``changes`` (case -> relative changes of the wall time), ``thresholds``,
+        ``share_changes`` and ``share_thresholds`` (the same for the calling
+        thread's CPU share, absolute), ``p_min`` (smallest p-value seen per
+        case) and the settings.
     """
     changes = {c: [] for c in cases}
+    share_changes = {c: [] for c in cases}
     p_min = {c: 1.0 for c in cases}
     for i in range(runs):
         if progress is not None:
             progress(f"calibration {i + 1}/{runs}")
         a, b = time_sides([side, side], size=size, threads=threads, rounds=rounds,
                           repeat=repeat, cases=cases)
-        for row in compare_wall(a, b, {}):
+        for row in compare_wall(a["wall"], b["wall"], {}):
             changes[row["case"]].append(row["ratio"] - 1)
             p_min[row["case"]] = min(p_min[row["case"]], row["p"])
+        for row in compare_shares(a["share"], b["share"]):
+            share_changes[row["case"]].append(row["head_share"] - row["base_share"])
     return {"size": size, "threads": threads, "rounds": rounds, "repeat": repeat,
             "runs": runs, "changes": changes, "p_min": p_min,
-            "thresholds": noise_thresholds(changes)}
+            "thresholds": noise_thresholds(changes),
+            "share_changes": share_changes,
+            "share_thresholds": noise_thresholds(share_changes, floor=MIN_SHARE_RISE)}
 
 
 def load_noise(path):
@@ -366,8 +422,8 @@ def compare_tracks(base, head, dice_tolerance=DICE_TOLERANCE):
 
 def gate_failed(result):
     """Whether a gate result holds a regression (instructions, wall time or correctness)."""
-    bad = {"regression", "nondeterministic", "accuracy"}
-    return any(r["status"] in bad for key in ("instructions", "wall", "tracks")
+    bad = {"regression", "nondeterministic", "accuracy", "serialised"}
+    return any(r["status"] in bad for key in ("instructions", "wall", "shares", "tracks")
                for r in result.get(key) or [])
 
 
@@ -397,6 +453,13 @@ def format_gate(result):
             out.append(f"  {r['case']:<11} {r['base_s'] * 1e3:>9.2f} {r['head_s'] * 1e3:>9.2f} "
                        f"{r['ratio'] - 1:>+8.1%} {r['p']:>8.1g} {r['threshold']:>8.1%}  "
                        f"{r['status']}")
+    if result.get("shares"):
+        out += ["", "work on the calling thread (share of the process's CPU time; a kernel "
+                "whose threads stopped working rises towards 1)",
+                f"  {'case':<11} {'base':>6} {'head':>6} {'p':>8} {'thresh.':>8}  status"]
+        for r in result["shares"]:
+            out.append(f"  {r['case']:<11} {r['base_share']:>6.2f} {r['head_share']:>6.2f} "
+                       f"{r['p']:>8.1g} {r['threshold']:>+8.2f}  {r['status']}")
     if result.get("tracks"):
         out += ["", f"correctness (hashes at 1/2/3 threads; Dice may drop by "
                 f"{DICE_TOLERANCE} at most)",
@@ -452,7 +515,7 @@ def build_refs(repo, refs, workdir, *, log=None):
 
 
 def run_gate(base, head, *, noise=None, instructions=True, wall=True, tracks=True,
-             cost_size=24, size=48, threads=2, rounds=12, repeat=5, fixtures=None,
+             cost_size=24, size=48, threads=2, rounds=12, repeat=3, fixtures=None,
              progress=None):
     """Run the chosen gates on two builds.
 
@@ -481,7 +544,7 @@ def run_gate(base, head, *, noise=None, instructions=True, wall=True, tracks=Tru
     """
     say = progress or (lambda msg: None)
     result = {"base": base.label, "head": head.label, "instructions": None, "wall": None,
-              "tracks": None, "instructions_size": cost_size}
+              "shares": None, "tracks": None, "instructions_size": cost_size}
     if instructions:
         from .costs import cost_table
 
@@ -493,7 +556,9 @@ def run_gate(base, head, *, noise=None, instructions=True, wall=True, tracks=Tru
         thresholds = noise["thresholds"] if noise else {}
         a, b = time_sides([base, head], size=size, threads=threads, rounds=rounds,
                           repeat=repeat)
-        result["wall"] = compare_wall(a, b, thresholds)
+        result["wall"] = compare_wall(a["wall"], b["wall"], thresholds)
+        result["shares"] = compare_shares(a["share"], b["share"],
+                                          (noise or {}).get("share_thresholds"))
         result["wall_settings"] = {"size": size, "threads": threads, "rounds": rounds,
                                    "repeat": repeat, "calibrated": bool(noise)}
     if tracks:

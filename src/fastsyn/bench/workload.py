@@ -16,7 +16,8 @@ Modes
 ``time --size N --threads T --repeat R --cases a,b``
     A persistent timing worker (:mod:`fastsyn.bench.gate`): it warms every
     case up, prints ``ready``, then answers each ``run CASE`` line on stdin
-    with the seconds of the fastest of ``R`` calls, until ``quit``.
+    with the seconds of the fastest of ``R`` calls and the calling thread's
+    share of the CPU time, until ``quit``.
 ``tracks --fixtures DIR``
     The correctness tracks: one JSON document on stdout (output hashes at
     1, 2 and 3 threads, label Dice on the fixtures, metric values).
@@ -186,11 +187,15 @@ def count_mode(cases, size):
 
 
 def time_mode(size, threads, repeat, cases, stdin=sys.stdin, stdout=sys.stdout):
-    """The persistent timing worker: ``run CASE`` -> the fastest of ``repeat`` calls.
+    """The persistent timing worker: ``run CASE`` -> wall time and work share.
 
-    The fastest call, not the median: on a shared machine the slow calls are
-    the ones another process interrupted, and the fastest is the closest to
-    the code's own cost.
+    Each answer is one JSON object: ``wall``, the fastest of ``repeat`` calls
+    (on a shared machine the slow calls are the ones another process
+    interrupted; the fastest is the closest to the code's own cost), and
+    ``share``, the median over the calls of the calling thread's CPU time
+    divided by the whole process's: about ``1 / threads`` when a kernel's
+    work is spread over its threads, 1 when it runs serially.  Unlike wall
+    time, the share does not depend on how busy the machine is.
     """
     data = make_inputs(size)
     calls = {case: prepare(case, data, threads) for case in cases}
@@ -201,12 +206,17 @@ def time_mode(size, threads, repeat, cases, stdin=sys.stdin, stdout=sys.stdout):
         words = line.split()
         if len(words) != 2 or words[0] != "run" or words[1] not in calls:
             break
-        call, best = calls[words[1]], math.inf
+        call, best, shares = calls[words[1]], math.inf, []
         for _ in range(repeat):
+            cpu0, own0 = time.process_time(), time.thread_time()
             start = time.perf_counter()
             call()
             best = min(best, time.perf_counter() - start)
-        print(json.dumps(best), file=stdout, flush=True)
+            cpu, own = time.process_time() - cpu0, time.thread_time() - own0
+            shares.append(own / cpu if cpu > 0 else 1.0)
+        shares.sort()
+        print(json.dumps({"wall": best, "share": shares[len(shares) // 2]}), file=stdout,
+              flush=True)
 
 
 def _dice(fixed, warped):

@@ -99,8 +99,8 @@ def _wall_options(p):
                    help="threads per timed call (default 2)")
     p.add_argument("--rounds", type=positive_int, default=12, metavar="R",
                    help="interleaved rounds = samples per side (default 12)")
-    p.add_argument("--repeat", type=positive_int, default=5, metavar="K",
-                   help="calls per sample, the fastest kept (default 5)")
+    p.add_argument("--repeat", type=positive_int, default=3, metavar="K",
+                   help="calls per sample, the fastest kept (default 3)")
     p.add_argument("--repo", default=".", metavar="DIR", help="git checkout (default .)")
     p.add_argument("--workdir", default=None, metavar="DIR",
                    help="scratch folder for the worktrees and builds (default: a "
