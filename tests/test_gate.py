@@ -295,3 +295,39 @@ def test_workload_cases_are_described():
     assert set(workload.TIMED_CASES) <= set(workload.CASES)
     with pytest.raises(ValueError, match="unknown case"):
         workload.prepare("nope", workload.make_inputs(12))
+
+
+# ------------------------------------------------------------------ report
+def test_report_shows_the_gate_and_the_selftest(tmp_path):
+    from fastsyn.bench.report import write_report
+
+    base = [1.0 + 0.01 * (i % 3) for i in range(12)]
+    wall = gate.compare_wall({"cc_factors": base}, {"cc_factors": [b * 1.8 for b in base]},
+                             {"cc_factors": 0.2})
+    tracks = gate.compare_tracks(_tracks(), _tracks(deterministic=0))
+    result = {"ref": "HEAD", "wall_settings": {"size": 48, "threads": 2, "rounds": 12,
+                                               "repeat": 3},
+              "load": [7.5, 8.25],
+              "wall": {"plants": {"b_serial": wall}, "reruns": [],
+                       "noise": {"runs": 4, "size": 48, "threads": 2,
+                                 "thresholds": {"cc_factors": 0.2},
+                                 "changes": {"cc_factors": [0.01, -0.05, 0.1, 0.02]}}},
+              "tracks": {"plants": {"e_race": tracks}, "reruns": [tracks]}}
+    result["summary"] = selftest.summary_rows(result)
+    result["reruns"] = {k: {"runs": n, "alarms": bad}
+                        for k, (n, bad) in selftest.rerun_alarms(result).items()}
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "selftest.json").write_text(json.dumps(result))
+    (results / "gate.json").write_text(json.dumps(
+        {"base": "main", "head": "HEAD", "instructions": gate.compare_instructions(
+            [{"case": "invert", "instructions": 1000}], [{"case": "invert",
+                                                          "instructions": 1100}]),
+         "wall": wall, "shares": None, "tracks": tracks, "failed": True}))
+    page = write_report(results, tmp_path / "out", benchmark_json_dir=tmp_path / "nobench",
+                        check_equivalence=False)
+    text = page.read_text(encoding="utf-8")
+    section = text[text.index("id='gate'"):]
+    assert "b_serial" in section and "e_race" in section and "nondeterministic" in section
+    assert "+80.0" in section and "1,100" in section and "REGRESSION" in section
+    assert "7.5, 8.2" in section or "7.5, 8.3" in section

@@ -43,7 +43,6 @@ import subprocess
 from pathlib import Path
 
 from . import workload
-from .sides import Side
 
 __all__ = [
     "ALPHA",
