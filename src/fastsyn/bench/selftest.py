@@ -162,6 +162,98 @@ def _builds(repo, ref, workdir, plants, say):
     return tree, sides
 
 
+def _plan(plants, reruns, calibration, gates):
+    """The steps of a run, most telling first: each plant against the gate
+    expected to catch it, then the other gates on the plants, then the
+    same-build reruns, one of each gate in turn (a run cut short by its
+    deadline still holds a bit of everything)."""
+    steps = []
+    for key in ("tracks", "instructions", "wall"):
+        if key not in gates:
+            continue
+        if key == "wall":
+            steps += [("wall", f"calibration {i + 1}", "calibration")
+                      for i in range(calibration)]
+        else:
+            steps.append((key, "base", "base"))
+        steps += [(key, name, "plant") for name in plants if PLANTS[name]["gate"] == key]
+    steps += [(key, name, "plant") for name in plants for key in PLANTS[name]["gates"]
+              if key in gates and key != PLANTS[name]["gate"]]
+    for i in range(reruns):
+        steps += [(key, f"rerun {i + 1}", "rerun") for key in ("tracks", "wall", "instructions")
+                  if key in gates]
+    return steps
+
+
+def run_steps(sides, steps, result, *, cost_size, fixtures, settings, deadline=None,
+              save=None, say=print):
+    """Run planned steps one at a time, filling ``result``; stop at ``deadline``.
+
+    Returns
+    -------
+    list of tuple
+        The steps left undone.
+    """
+    noise_changes = None
+    for done, (key, label, kind) in enumerate(steps):
+        if deadline is not None and time.time() > deadline:
+            say(f"deadline reached: {len(steps) - done} step(s) left undone")
+            return steps[done:]
+        say(f"{key}: {label}")
+        part = result.setdefault(key, {"plants": {}, "reruns": []})
+        side = sides["base"] if kind in ("rerun", "calibration") or label == "base" \
+            else sides[label]
+        if key == "tracks":
+            measured = gate.run_tracks(side, fixtures)
+            if label == "base":
+                part["base"] = measured
+                continue
+            rows = gate.compare_tracks(part["base"], measured)
+        elif key == "instructions":
+            measured = cost_table(size=cost_size, side=side)
+            if label == "base":
+                part["base"] = measured
+                continue
+            rows = gate.compare_instructions(part["base"], measured)
+        else:
+            a, b = gate.time_sides([sides["base"], side], **settings)
+            if kind == "calibration":
+                noise_changes = noise_changes or {"wall": [], "share": []}
+                noise_changes["wall"].append(gate.compare_wall(a["wall"], b["wall"], {}))
+                noise_changes["share"].append(gate.compare_shares(a["share"], b["share"]))
+                if len(noise_changes["wall"]) >= 4:
+                    part["noise"] = _noise(noise_changes, settings)
+                if save is not None:
+                    save()
+                continue
+            noise = part["noise"]
+            rows = (gate.compare_wall(a["wall"], b["wall"], noise["thresholds"])
+                    + gate.compare_shares(a["share"], b["share"], noise["share_thresholds"]))
+        if kind == "plant":
+            part["plants"][label] = rows
+        else:
+            part["reruns"].append(rows)
+        if save is not None:
+            save()
+    return []
+
+
+def _noise(changes, settings):
+    wall = {r["case"]: [] for r in changes["wall"][0]}
+    share = {r["case"]: [] for r in changes["share"][0]}
+    p_min = {c: 1.0 for c in wall}
+    for rows in changes["wall"]:
+        for r in rows:
+            wall[r["case"]].append(r["ratio"] - 1)
+            p_min[r["case"]] = min(p_min[r["case"]], r["p"])
+    for rows in changes["share"]:
+        for r in rows:
+            share[r["case"]].append(r["head_share"] - r["base_share"])
+    return {**settings, "runs": len(changes["wall"]), "changes": wall, "p_min": p_min,
+            "thresholds": gate.noise_thresholds(wall), "share_changes": share,
+            "share_thresholds": gate.noise_thresholds(share, floor=gate.MIN_SHARE_RISE)}
+
+
 def _for_gate(plants, key):
     return [name for name in plants if key in PLANTS[name]["gates"]]
 
@@ -375,6 +467,12 @@ def main(argv=None):
     p.add_argument("--fixtures", default="fixtures")
     p.add_argument("--workdir", default=None)
     p.add_argument("--out", default=None)
+    p.add_argument("--sites", default=None, metavar="DIR",
+                   help="reuse the builds of an earlier run (DIR/site-base, DIR/site-<plant>) "
+                        "and run the steps one at a time, most telling first, saving after "
+                        "each")
+    p.add_argument("--until", default=None, metavar="HH:MM",
+                   help="with --sites: start no step after this time (UTC, today)")
     args = p.parse_args(argv)
     plants = [x for x in args.plants.split(",") if x]
     unknown = [x for x in plants if x not in PLANTS]
@@ -383,6 +481,11 @@ def main(argv=None):
 
     def say(msg):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    if args.sites:
+        result = _run_on_sites(args, plants, say)
+        print(format_summary(result))
+        return 0
 
     result = run_selftest(args.repo, args.ref, plants=plants, reruns=args.reruns,
                           calibration=args.calibration, gates=args.gates.split(","),
@@ -396,6 +499,42 @@ def main(argv=None):
     missed = [r for r in result["summary"] if r["expected"] == r["gate"] and not r["caught"]]
     false = any(v["alarms"] for v in result["reruns"].values())
     return 1 if missed or false else 0
+
+
+def _run_on_sites(args, plants, say):
+    import datetime as dt
+    import os
+
+    from .sides import Side
+
+    sides = {"base": Side("base", str(Path(args.sites) / "site-base"))}
+    sides.update({n: Side(n, str(Path(args.sites) / f"site-{n}")) for n in plants})
+    missing = [s.site for s in sides.values() if not Path(s.site, "fastsyn").is_dir()]
+    if missing:
+        raise SystemExit(f"no build in {', '.join(missing)}")
+    deadline = None
+    if args.until:
+        hh, mm = (int(x) for x in args.until.split(":"))
+        now = dt.datetime.now(dt.timezone.utc)
+        deadline = now.replace(hour=hh, minute=mm, second=0).timestamp()
+    settings = {"size": args.size, "threads": 2, "rounds": args.rounds, "repeat": args.repeat}
+    result = {"ref": args.ref, "plants": {k: PLANTS[k]["what"] for k in plants},
+              "wall_settings": settings, "load": [], "sequential": True}
+
+    def save():
+        result["load"].append(os.getloadavg()[0])
+        result["summary"] = summary_rows(result)
+        result["reruns"] = {k: {"runs": n, "alarms": bad}
+                            for k, (n, bad) in rerun_alarms(result).items()}
+        _save(result, args.out)
+
+    steps = _plan(plants, args.reruns, args.calibration, args.gates.split(","))
+    left = run_steps(sides, steps, result, cost_size=args.cost_size,
+                     fixtures=Path(args.fixtures).resolve(), settings=settings,
+                     deadline=deadline, save=save, say=say)
+    result["steps_left"] = [list(s) for s in left]
+    save()
+    return result
 
 
 if __name__ == "__main__":
