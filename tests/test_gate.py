@@ -331,3 +331,34 @@ def test_report_shows_the_gate_and_the_selftest(tmp_path):
     assert "b_serial" in section and "e_race" in section and "nondeterministic" in section
     assert "+80.0" in section and "1,100" in section and "REGRESSION" in section
     assert "7.5, 8.2" in section or "7.5, 8.3" in section
+
+
+def test_selftest_plan_puts_each_plants_expected_gate_first():
+    steps = selftest._plan(list(selftest.PLANTS), 2, 4, ["instructions", "wall", "tracks"])
+    first_rerun = next(i for i, s in enumerate(steps) if s[2] == "rerun")
+    expected = [(p["gate"], name) for name, p in selftest.PLANTS.items()]
+    positions = [steps.index((key, name, "plant")) for key, name in expected]
+    others = [i for i, s in enumerate(steps) if s[2] == "plant" and
+              selftest.PLANTS[s[1]]["gate"] != s[0]]
+    assert max(positions) < min(others) < first_rerun
+    assert sum(1 for s in steps if s[2] == "rerun") == 6
+    assert sum(1 for s in steps if s[2] == "calibration") == 4
+    # The calibration comes before any wall-time comparison.
+    assert steps.index(("wall", "calibration 4", "calibration")) < steps.index(
+        ("wall", "b_serial", "plant"))
+
+
+def test_selftest_merges_runs_of_different_gates():
+    tracks = {"plants": {"e_race": gate.compare_tracks(_tracks(), _tracks(deterministic=0))},
+              "reruns": [gate.compare_tracks(_tracks(), _tracks())]}
+    instr = {"plants": {"a_arith": gate.compare_instructions(
+        [{"case": "cc_step", "instructions": 100}], [{"case": "cc_step",
+                                                      "instructions": 102}])},
+             "reruns": []}
+    merged = selftest.merge_results([{"ref": "HEAD", "tracks": tracks, "load": [1.0]},
+                                     {"ref": "HEAD", "instructions": instr, "load": [2.0]}])
+    caught = {(r["plant"], r["gate"]): r["caught"] for r in merged["summary"]}
+    assert caught == {("a_arith", "instructions"): True, ("e_race", "tracks"): True}
+    assert merged["reruns"]["tracks"] == {"runs": 1, "alarms": 0}
+    with pytest.raises(ValueError, match="two parts"):
+        selftest.merge_results([{"tracks": tracks}, {"tracks": tracks}])

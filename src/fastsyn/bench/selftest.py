@@ -471,6 +471,9 @@ def main(argv=None):
                    help="reuse the builds of an earlier run (DIR/site-base, DIR/site-<plant>) "
                         "and run the steps one at a time, most telling first, saving after "
                         "each")
+    p.add_argument("--merge", nargs="+", default=None, metavar="PART.json",
+                   help="merge the results of runs of different gates into --out and "
+                        "print the table (runs nothing)")
     p.add_argument("--until", default=None, metavar="HH:MM",
                    help="with --sites: start no step after this time (UTC, today)")
     args = p.parse_args(argv)
@@ -482,6 +485,11 @@ def main(argv=None):
     def say(msg):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
+    if args.merge:
+        result = merge_results([json.loads(Path(f).read_text()) for f in args.merge])
+        _save(result, args.out)
+        print(format_summary(result))
+        return 0
     if args.sites:
         result = _run_on_sites(args, plants, say)
         print(format_summary(result))
@@ -499,6 +507,38 @@ def main(argv=None):
     missed = [r for r in result["summary"] if r["expected"] == r["gate"] and not r["caught"]]
     false = any(v["alarms"] for v in result["reruns"].values())
     return 1 if missed or false else 0
+
+
+def merge_results(parts):
+    """One self-test result from runs of different gates (``--sites`` runs
+    started side by side, one per gate).
+
+    Parameters
+    ----------
+    parts : sequence of dict
+        Results of :func:`run_selftest` or of ``--sites`` runs.
+
+    Returns
+    -------
+    dict
+    """
+    merged = {"ref": parts[0].get("ref"), "plants": {}, "load": [], "steps_left": [],
+              "wall_settings": parts[0].get("wall_settings")}
+    for part in parts:
+        merged["plants"].update(part.get("plants", {}))
+        merged["load"] += part.get("load", [])
+        merged["steps_left"] += part.get("steps_left", [])
+        for key in ("instructions", "wall", "tracks"):
+            if part.get(key):
+                if merged.get(key):
+                    raise ValueError(f"two parts hold the {key} gate")
+                merged[key] = part[key]
+                if key == "wall":
+                    merged["wall_settings"] = part.get("wall_settings")
+    merged["summary"] = summary_rows(merged)
+    merged["reruns"] = {k: {"runs": n, "alarms": bad}
+                        for k, (n, bad) in rerun_alarms(merged).items()}
+    return merged
 
 
 def _run_on_sites(args, plants, say):
