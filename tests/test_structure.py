@@ -304,3 +304,35 @@ def test_relative_imports_resolve_against_the_package(tmp_path):
     assert g["fastsyn.metrics"] == {"fastsyn.metrics.mi", "fastsyn.fields"}
     assert g["fastsyn.metrics.mi"] == {"fastsyn.fields", "fastsyn.metrics"}
     assert find_cycle(g) == ["fastsyn.metrics", "fastsyn.metrics.mi", "fastsyn.metrics"]
+
+
+# --------------------------------------------------------------------------
+# House rule: functions of at most 100 lines
+# --------------------------------------------------------------------------
+
+MAX_FUNCTION_LINES = 100
+
+
+def long_functions(src, package=PACKAGE, limit=MAX_FUNCTION_LINES):
+    """``module.function (n lines)`` for every Python function longer than ``limit``."""
+    found = []
+    for name, (path, _) in discover(src, package).items():
+        if path.suffix != ".py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > limit:
+                    found.append(f"{name}.{node.name} ({lines} lines)")
+    return found
+
+
+def test_no_python_function_exceeds_the_house_limit():
+    assert long_functions(SRC) == []
+
+
+def test_long_function_check_sees_a_long_function(tmp_path):
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES))
+    _write(tmp_path, "fastsyn/__init__.py", "")
+    _write(tmp_path, "fastsyn/m.py", "def short():\n    return 1\n\n\ndef long():\n" + body)
+    assert long_functions(tmp_path) == [f"fastsyn.m.long ({MAX_FUNCTION_LINES + 1} lines)"]

@@ -890,6 +890,8 @@ def _render_page(results_dir, out_dir, speed_json=None, profile_json=None,
     agreement = _read_json(_find_input(agreement_json, "agreement.json", search), "agreement")
     roofline = _read_json(_find_input(roofline_json, "roofline.json", search), "roofline")
     scaling = [_read_json(p, "scaling") for p in _scaling_inputs(scaling_json, search)]
+    gate = _read_json(_find_input(None, "gate.json", search), "gate")
+    selftest = _read_json(_find_input(None, "selftest.json", search), "selftest")
     records, store = [], None
     if results_dir and Path(results_dir).is_dir():
         from fastsyn.bench.store import ResultStore
@@ -921,7 +923,7 @@ def _render_page(results_dir, out_dir, speed_json=None, profile_json=None,
         roofline=roofline, scaling=_scaling_contexts(scaling),
         studies=_study_context(results_dir, plt),
         bench=_pytest_context(latest_pytest_benchmarks(benchmark_json_dir)),
-        asv=(out_dir / "asv" / "index.html").is_file(),
+        asv=(out_dir / "asv" / "index.html").is_file(), gate=gate, selftest=selftest,
         have_plots=plt is not None)
 
 

@@ -667,19 +667,23 @@ def run_benchmark(dataset, methods, metric, *, modalities=None, sample=None, see
     summary = {"dataset": dataset.name, "pairs": len(tasks),
                "skipped": len(tasks) - len(todo), "ran": 0, "ok": 0, "errors": 0,
                "unavailable": unavailable, "results_dir": str(results_dir)}
-    if not todo:
-        return summary
+    if todo:
+        _run_with_progress(todo, summary, desc=f"{dataset.name} [{metric}]",
+                           progress=progress, dask=dask, workers=workers, threads=threads,
+                           store=store, warn=warn)
+    return summary
 
+
+def _run_with_progress(todo, summary, *, desc, progress, dask, workers, threads, store, warn):
+    """Dispatch ``todo`` behind a tqdm bar, counting outcomes into ``summary``."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(todo), disable=not progress, unit="pair",
-               desc=f"{dataset.name} [{metric}]")
+    bar = tqdm(total=len(todo), disable=not progress, unit="pair", desc=desc)
     try:
         _dispatch(todo, dask=dask, workers=workers, threads=threads, store=store,
                   collector=_Collector(store, summary), bar=bar, warn=warn)
     finally:
         bar.close()
-    return summary
 
 
 def _run_pool(todo, workers, threads, account, fail_task, bar):

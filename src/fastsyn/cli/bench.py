@@ -1,4 +1,5 @@
-"""``fastsyn bench run|table|speed|agreement|study``: accuracy and speed benchmarks."""
+"""``fastsyn bench run|table|speed|agreement|study|costs|tracks|noise|gate``: accuracy and speed
+benchmarks (the last four in :mod:`fastsyn.cli._gate`)."""
 
 import json
 import sys
@@ -30,6 +31,12 @@ def add_parser(sub):
     _add_scaling(bsub)
     _add_agreement(bsub)
     _add_study(bsub)
+    from ._gate import add_costs, add_gate, add_noise, add_tracks
+
+    add_costs(bsub)
+    add_tracks(bsub)
+    add_noise(bsub)
+    add_gate(bsub)
     return p
 
 
