@@ -1,6 +1,9 @@
-"""Shared test helpers: the fixture pairs and random smooth fields."""
+"""Shared test helpers: the fixture pairs, random smooth fields and the CLI."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +74,19 @@ def pytest_addoption(parser):
         "--fuzz-examples", type=int, default=15,
         help="hypothesis examples per target in tests/test_fuzz.py (default 15; "
              "`tox -e fuzz` runs many more)")
+
+
+def cli_env(**extra):
+    """The environment of a ``fastsyn`` subprocess: the caller's minus
+    fastsyn's and OpenMP's variables, one OpenMP thread, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FASTSYN_", "OMP_"))}
+    env["OMP_NUM_THREADS"] = "1"
+    env.update(extra)
+    return env
+
+
+def run_cli(args, cwd, env=None, timeout=600):
+    """Run ``python -m fastsyn.cli ARGS`` in ``cwd``; the completed process."""
+    return subprocess.run([sys.executable, "-m", "fastsyn.cli", *map(str, args)], cwd=cwd,
+                          env=cli_env() if env is None else env, capture_output=True,
+                          text=True, timeout=timeout, check=False)

@@ -129,10 +129,10 @@ def test_fused_refine_sweeps_converge_to_the_inverse(shape, dtype):
     for p, residuals in runs[1:]:
         assert np.array_equal(p, runs[0][0]) and residuals == runs[0][1]
     p, residuals = runs[0]
-    assert residuals[-1] < 0.05 * residuals[0]
+    assert residuals[-1] < 1e-4 * residuals[0]  # measured 3e-7 (3D), 4e-8 (2D)
     # where a composition leaves the grid neither loop updates, so the border
     # converges differently; the inverse itself agrees
-    assert np.abs(p - ref).mean() < 0.01 * np.abs(ref).mean()
+    assert np.abs(p - ref).mean() < 0.01 * np.abs(ref).mean()  # measured 0.004, 0.0006
 
 
 @pytest.mark.parametrize("shape", SHAPES)

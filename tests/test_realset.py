@@ -5,14 +5,12 @@ pairs it allows, the tune/report halves and `fastsyn prepare spm12`."""
 import collections
 import gzip
 import json
-import os
-import subprocess
-import sys
 from importlib.resources import files
 
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import cli_env, run_cli
 
 from fastsyn.bench import realset, study
 from fastsyn.bench.datasets import NAMED, load_dataset
@@ -108,12 +106,9 @@ def test_prepare_spm12_from_a_copy_of_spm(real, tmp_path):
     for stem in realset.SPM12_IMAGES.values():
         (canonical / f"{stem}.nii").write_bytes(
             gzip.decompress(root.joinpath(f"{stem}.nii.gz").read_bytes()))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FASTSYN_", "OMP_"))}
-    env.update(OMP_NUM_THREADS="1", FASTSYN_CACHE=str(cache))
+    env = cli_env(FASTSYN_CACHE=str(cache))
     dst = tmp_path / "real-from-spm"
-    proc = subprocess.run([sys.executable, "-m", "fastsyn.cli", "prepare", "spm12",
-                           tmp_path / "spm12", dst], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
+    proc = run_cli(["prepare", "spm12", tmp_path / "spm12", dst], tmp_path, env)
     assert proc.returncode == 0, proc.stderr
     assert "prepared spm12" in proc.stdout and "6 subjects" in proc.stdout
     stamp = json.loads((dst / "dataset.json").read_text())
@@ -123,8 +118,6 @@ def test_prepare_spm12_from_a_copy_of_spm(real, tmp_path):
             a = np.asarray(nib.load(str(dst / s.name / f"{name}.nii.gz")).dataobj)
             b = np.asarray(nib.load(str(ds.root / s.name / f"{name}.nii.gz")).dataobj)
             assert np.array_equal(a, b), (s.name, name)
-    missing = subprocess.run([sys.executable, "-m", "fastsyn.cli", "prepare", "spm12",
-                              tmp_path / "nowhere", tmp_path / "x"], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=120, check=False)
+    missing = run_cli(["prepare", "spm12", tmp_path / "nowhere", tmp_path / "x"], tmp_path, env)
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
     assert "nowhere" in missing.stderr

@@ -10,15 +10,12 @@ equal to float32 rounding), and the inverse warp must reproduce DIPY's
 tolerances.
 """
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import load_pair
+from conftest import load_pair, run_cli
 
 LEVELS = "4,4,2"
 
@@ -62,11 +59,7 @@ def registered(files, tmp_path_factory):
 
 
 def _cli(args, cwd):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FASTSYN_", "OMP_"))}
-    env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run([sys.executable, "-m", "fastsyn.cli", "register", *map(str, args)],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
-                          check=False)
+    return run_cli(["register", *args], cwd)
 
 
 # ---------------------------------------------------------------- the command

@@ -6,14 +6,11 @@ no contrast (DIPY's affine stage stops with ``AffineInvalidValuesError``), a
 almost none of the fixed one after prealignment gives a meaningless metric.
 """
 
-import os
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import load_pair
+from conftest import load_pair, run_cli
 
 import fastsyn
 from fastsyn.register import MIN_OVERLAP, check_overlap
@@ -45,11 +42,7 @@ def files(pair, tmp_path_factory):
 
 
 def _cli(args, cwd):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FASTSYN_", "OMP_"))}
-    env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run([sys.executable, "-m", "fastsyn.cli", "register", *map(str, args)],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
-                          check=False)
+    return run_cli(["register", *args], cwd)
 
 
 @pytest.mark.parametrize("fixed, moving, expect", [

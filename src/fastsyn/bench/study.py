@@ -70,8 +70,8 @@ FACTORS = {
 }
 #: Factors the sweep changes, per grid name (``none``: the default only).
 GRIDS = {"default": tuple(FACTORS), "quick": ("nbins", "masks"), "none": (),
-         "syn": ("sigma_diff", "step_length", "pyramid", "total_sigma", "inv_iter",
-                 "reinvert", "inversion_sweeps", "fused_inversion")}
+         "syn": ("sigma_diff", "step_length", "pyramid", "total_sigma", "reinvert",
+                 "inversion_sweeps", "fused_inversion")}
 #: The quick grid's levels (a first look: the two factors that moved most).
 _QUICK_LEVELS = {"nbins": (16,), "masks": ("brain",)}
 #: Factors a combination of winners may take (the MIMetric and SDR defaults;
