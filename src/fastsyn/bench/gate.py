@@ -46,6 +46,7 @@ from . import workload
 
 __all__ = [
     "ALPHA",
+    "ROUNDS",
     "DICE_TOLERANCE",
     "INSTRUCTION_THRESHOLD",
     "MIN_WALL_THRESHOLD",
@@ -68,6 +69,12 @@ __all__ = [
 
 #: Significance level of the wall-time test (asv's).
 ALPHA = 0.002
+#: Interleaved rounds (paired samples per side).  With 12 rounds the exact
+#: signed-rank test reaches p < ALPHA only if no more than the one smallest
+#: per-round change disagrees in sign; with 20, the six smallest may, so a
+#: few rounds hit by a burst of load do not hide a change (about 12 s per
+#: comparison at 48^3 on a quiet machine).
+ROUNDS = 20
 #: Smallest wall-time threshold, whatever the measured noise.
 MIN_WALL_THRESHOLD = 0.02
 #: Smallest rise of the calling thread's CPU share that marks a serialised kernel.
@@ -198,7 +205,7 @@ class _Worker:
                 self.proc.wait()
 
 
-def time_sides(sides, *, size=48, threads=2, rounds=12, repeat=3,
+def time_sides(sides, *, size=48, threads=2, rounds=ROUNDS, repeat=3,
                cases=workload.TIMED_CASES):
     """Timings of each case on each side, the sides interleaved call by call.
 
@@ -310,7 +317,7 @@ def compare_shares(base, head, thresholds=None):
     return rows
 
 
-def calibrate(side, runs, *, size=48, threads=2, rounds=12, repeat=3,
+def calibrate(side, runs, *, size=48, threads=2, rounds=ROUNDS, repeat=3,
               cases=workload.TIMED_CASES, progress=None):
     """Same-build wall-time noise: ``runs`` comparisons of a build with itself.
 
@@ -514,7 +521,7 @@ def build_refs(repo, refs, workdir, *, log=None):
 
 
 def run_gate(base, head, *, noise=None, instructions=True, wall=True, tracks=True,
-             cost_size=24, size=48, threads=2, rounds=12, repeat=3, fixtures=None,
+             cost_size=24, size=48, threads=2, rounds=ROUNDS, repeat=3, fixtures=None,
              progress=None):
     """Run the chosen gates on two builds.
 

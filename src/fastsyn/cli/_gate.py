@@ -7,6 +7,7 @@ so that the cohort and study commands there stay short.
 import json
 from pathlib import Path
 
+from ..bench.gate import ROUNDS
 from ._common import CommandError, positive_int
 
 __all__ = ["add_costs", "add_gate", "add_noise", "add_tracks"]
@@ -97,8 +98,8 @@ def _wall_options(p):
                    help="cube side of the timed grid (default 48)")
     p.add_argument("--threads", type=positive_int, default=2, metavar="T",
                    help="threads per timed call (default 2)")
-    p.add_argument("--rounds", type=positive_int, default=12, metavar="R",
-                   help="interleaved rounds = samples per side (default 12)")
+    p.add_argument("--rounds", type=positive_int, default=ROUNDS, metavar="R",
+                   help=f"interleaved rounds = samples per side (default {ROUNDS})")
     p.add_argument("--repeat", type=positive_int, default=3, metavar="K",
                    help="calls per sample, the fastest kept (default 3)")
     p.add_argument("--repo", default=".", metavar="DIR", help="git checkout (default .)")
