@@ -289,6 +289,46 @@ def test_gate_command_errors():
     assert proc.returncode == 2 and "not a git checkout" in proc.stderr
     proc = _cli("bench", "noise", "--runs", "3", "--out", "/tmp/x.json")
     assert proc.returncode == 2 and "at least 4" in proc.stderr
+    proc = _cli("bench", "gate", "--base", "HEAD", "--gates", "wall", "--calibration", "2")
+    assert proc.returncode == 2 and "--calibration must be 0 or at least 4" in proc.stderr
+
+
+def test_gate_refuses_noise_measured_with_other_settings(tmp_path):
+    noise = tmp_path / "noise.json"
+    noise.write_text(json.dumps({"thresholds": {"invert": 0.03}, "size": 64, "threads": 2,
+                                 "rounds": gate.ROUNDS, "repeat": 3}))
+    proc = _cli("bench", "gate", "--base", "HEAD", "--gates", "wall", "--noise", str(noise))
+    assert proc.returncode == 2
+    assert "measured with other settings: size 64 (this run: 48)" in proc.stderr
+
+
+def test_gate_measures_its_noise_first_when_none_is_stored(monkeypatch):
+    """Without stored noise the base is timed against itself first and the
+    thresholds come from those runs (a fake clock: same-build runs move by
+    +-1 %, the head is 10 % slower in every round)."""
+    calls = []
+
+    def fake_time_sides(sides, *, rounds, cases=workload.TIMED_CASES, **kw):
+        calls.append([s.label for s in sides])
+        base = [1.0 + 0.01 * ((r * 7) % 3 - 1) for r in range(rounds)]
+        slow = 1.1 if sides[1].label == "head" else 1.0
+        wiggle = 1.0 + 0.01 * (len(calls) % 2)
+        share = {c: [0.5] * rounds for c in cases}
+        return [{"wall": {c: base for c in cases}, "share": share},
+                {"wall": {c: [b * slow * wiggle for b in base] for c in cases},
+                 "share": share}]
+
+    monkeypatch.setattr(gate, "time_sides", fake_time_sides)
+    base, head = Side("base", "/nowhere"), Side("head", "/nowhere")
+    result = gate.run_gate(base, head, calibration=4, instructions=False, tracks=False)
+    assert calls == [["base", "base"]] * 4 + [["base", "head"]]
+    assert result["noise"]["runs"] == 4
+    case = result["wall"][0]["case"]
+    assert result["wall"][0]["threshold"] == result["noise"]["thresholds"][case]
+    assert {r["status"] for r in result["wall"]} == {"regression"} and result["failed"]
+    assert "Q3 + 3 IQR of 4 same-build runs" in gate.format_gate(result)
+    with pytest.raises(ValueError, match="at least 4"):
+        gate.run_gate(base, head, calibration=2, instructions=False, tracks=False)
 
 
 def test_workload_cases_are_described():

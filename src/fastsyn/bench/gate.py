@@ -453,6 +453,9 @@ def format_gate(result):
         out += ["", f"wall time ({s['threads']} threads, {s['size']}^3, {s['rounds']} "
                 f"interleaved rounds x fastest of {s['repeat']}; fails when p < {ALPHA} and "
                 "change > threshold)",
+                "  thresholds: " + (f"Q3 + 3 IQR of {result['noise']['runs']} same-build runs"
+                                    if result.get("noise") else
+                                    f"the {MIN_WALL_THRESHOLD:.0%} floor (no noise measured)"),
                 f"  {'case':<11} {'base ms':>9} {'head ms':>9} {'change':>8} {'p':>8} "
                 f"{'thresh.':>8}  status"]
         for r in result["wall"]:
@@ -520,17 +523,20 @@ def build_refs(repo, refs, workdir, *, log=None):
     return sides
 
 
-def run_gate(base, head, *, noise=None, instructions=True, wall=True, tracks=True,
-             cost_size=24, size=48, threads=2, rounds=ROUNDS, repeat=3, fixtures=None,
-             progress=None):
+def run_gate(base, head, *, noise=None, calibration=0, instructions=True, wall=True,
+             tracks=True, cost_size=24, size=48, threads=2, rounds=ROUNDS, repeat=3,
+             fixtures=None, progress=None):
     """Run the chosen gates on two builds.
 
     Parameters
     ----------
     base, head : Side
     noise : dict, optional
-        A :func:`calibrate` result; its thresholds (and settings, when
-        given) are used.  Without it every case gets :data:`MIN_WALL_THRESHOLD`.
+        A :func:`calibrate` result (stored noise); its thresholds are used.
+    calibration : int
+        Without ``noise``: same-build runs of ``base`` measured first, in this
+        job, for the thresholds (at least 4); 0 gives every case
+        :data:`MIN_WALL_THRESHOLD`.
     instructions, wall, tracks : bool
         Which gates run.
     cost_size : int
@@ -546,8 +552,11 @@ def run_gate(base, head, *, noise=None, instructions=True, wall=True, tracks=Tru
     -------
     dict
         ``base``, ``head``, ``instructions``, ``wall``, ``tracks`` (row lists,
-        ``None`` when not run), ``wall_settings``, ``failed``.
+        ``None`` when not run), ``wall_settings``, ``noise`` (the thresholds'
+        source), ``failed``.
     """
+    if calibration and calibration < 4:
+        raise ValueError(f"calibration needs at least 4 runs (quartiles), got {calibration}")
     say = progress or (lambda msg: None)
     result = {"base": base.label, "head": head.label, "instructions": None, "wall": None,
               "shares": None, "tracks": None, "instructions_size": cost_size}
@@ -558,6 +567,10 @@ def run_gate(base, head, *, noise=None, instructions=True, wall=True, tracks=Tru
         result["instructions"] = compare_instructions(cost_table(size=cost_size, side=base),
                                                       cost_table(size=cost_size, side=head))
     if wall:
+        if noise is None and calibration:
+            noise = calibrate(base, calibration, size=size, threads=threads, rounds=rounds,
+                              repeat=repeat, progress=say)
+        result["noise"] = noise
         say("wall time")
         thresholds = noise["thresholds"] if noise else {}
         a, b = time_sides([base, head], size=size, threads=threads, rounds=rounds,

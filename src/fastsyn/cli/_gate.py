@@ -127,7 +127,12 @@ def add_gate(bsub):
     p.add_argument("--gates", default="instructions,wall,tracks", metavar="LIST",
                    help="which gates (default instructions,wall,tracks)")
     p.add_argument("--noise", default=None, metavar="NOISE.json",
-                   help="thresholds from 'fastsyn bench noise' (default: the 2%% floor)")
+                   help="stored thresholds from 'fastsyn bench noise' on this machine "
+                        "(default: measure them first, see --calibration)")
+    p.add_argument("--calibration", type=int, default=10, metavar="N",
+                   help="without --noise: same-build runs of the base timed first, in this "
+                        "job, for the thresholds (default 10, about 2 minutes; 0: the 2%% "
+                        "floor for every case)")
     p.add_argument("--cost-size", type=positive_int, default=24, metavar="N",
                    help="grid of the instruction counts (default 24)")
     p.add_argument("--fixtures", default="fixtures", metavar="DIR",
@@ -201,6 +206,14 @@ def run_gate(args):
 
     gates = _gates(args.gates)
     noise = load_noise(args.noise) if args.noise else None
+    mismatch = [f"{k} {noise[k]} (this run: {getattr(args, k)})" for k in
+                ("size", "threads", "rounds", "repeat")
+                if noise and k in noise and noise[k] != getattr(args, k)]
+    if mismatch:
+        raise CommandError(f"--noise {args.noise} was measured with other settings: "
+                           + ", ".join(mismatch))
+    if args.calibration != 0 and args.calibration < 4:
+        raise CommandError("--calibration must be 0 or at least 4 (quartiles of the changes)")
     if "instructions" in gates:
         try:
             costs.valgrind_path()
@@ -210,7 +223,8 @@ def run_gate(args):
         raise CommandError(f"--fixtures folder not found: {args.fixtures}")
 
     def work(sides):
-        return gate(*sides, noise=noise, instructions="instructions" in gates,
+        return gate(*sides, noise=noise, calibration=args.calibration,
+                    instructions="instructions" in gates,
                     wall="wall" in gates, tracks="tracks" in gates, cost_size=args.cost_size,
                     size=args.size, threads=args.threads, rounds=args.rounds,
                     repeat=args.repeat, fixtures=args.fixtures, progress=_say)
