@@ -4,7 +4,6 @@ the gallery rendered in headless Chromium."""
 
 import re
 import shutil
-import subprocess
 
 import numpy as np
 import pytest

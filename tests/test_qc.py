@@ -1,13 +1,13 @@
 """QC cards: the cuts, the tiles, the drawing (folds must show on the map) and
 ``fastsyn register --qc`` as a user runs it, rendered in headless Chromium."""
 
+import base64
 import io
 import os
 import re
 import shutil
 import subprocess
 import sys
-import base64
 
 import nibabel as nib
 import numpy as np

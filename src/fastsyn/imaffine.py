@@ -54,8 +54,7 @@ from dipy.utils.logging import logger
 
 from fastsyn._kernels import affine as k_affine
 from fastsyn._threads import effective_threads, resolve_num_threads
-from fastsyn._validation import (check_affine, check_contrast, check_image, check_integer,
-                                 check_real)
+from fastsyn._validation import check_affine, check_contrast, check_image, check_integer, check_real
 from fastsyn.fields import smooth_unchecked
 
 __all__ = [

@@ -28,8 +28,8 @@ from fastsyn._kernels import compose as k_compose
 from fastsyn._threads import effective_threads, resolve_num_threads
 from fastsyn._validation import (
     check_affine,
-    check_field,
     check_contrast,
+    check_field,
     check_image,
     check_integer,
     check_real,
