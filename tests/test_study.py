@@ -1,8 +1,10 @@
 """The MI study (`fastsyn bench study`): settings, balanced pairs, records in
 the results store, resume, summary rows, CLI and report section."""
 
+import json
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from fastsyn.bench import study
@@ -196,6 +198,56 @@ def test_cli_study_rejects_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:  # argparse: not one of tune, report
         main(["bench", "study", "--results", str(tmp_path), "--half", "train"])
     assert exc.value.code == 2 and "--half" in capsys.readouterr().err
+
+
+def test_paired_differences_against_the_anchors(tmp_path):
+    """Per direction and over all pairs: mean, Student-t 95 % interval (none
+    for a single pair) and pairs won, in the table, the CLI text and the report."""
+    from scipy.stats import t
+
+    from fastsyn.bench.report import write_report
+
+    store = ResultStore(tmp_path / "res")
+    pairs = [("a", "t1←t2"), ("b", "t1←t2"), ("c", "t1←t2"), ("d", "t2←t1")]
+    values = {"Baseline": (0.5,) * 4, "ANTs Mattes": (0.60, 0.62, 0.64, 0.70),
+              "greedy NMI": (0.63, 0.60, 0.60, 0.72), "default": (0.61, 0.61, 0.65, 0.66)}
+    methods = {"Baseline": "baseline", "ANTs Mattes": "ants", "greedy NMI": "greedy",
+               "default": "fastsyn"}
+    keys = {name: {p: _put(store, p, methods[name], name, v[i])
+                   for i, (p, _) in enumerate(pairs)} for name, v in values.items()}
+    plan = {"version": study._PLAN_VERSION, "data": "d-v1", "levels": [2, 1],
+            "threads": 1, "seed": 0, "half": "report",
+            "pairs": [{"id": p, "direction": d} for p, d in pairs],
+            "baseline_keys": keys.pop("Baseline"),
+            "settings": [{"name": n, "factor": "default" if n == "default" else "anchor",
+                          "method": methods[n], "options": {}, "masks": "none", "keys": k}
+                         for n, k in keys.items()]}
+    rows = {r["name"]: r for r in study.summarize(plan, store)}
+    assert "vs_anchors" not in rows["ANTs Mattes"]
+    vs = rows["default"]["vs_anchors"]
+    assert list(vs) == ["ANTs Mattes", "greedy NMI"]
+    diffs = np.array([0.61 - 0.63, 0.61 - 0.60, 0.65 - 0.60])
+    g = vs["greedy NMI"]["t1←t2"]
+    half = t.ppf(0.975, 2) * diffs.std(ddof=1) / np.sqrt(3)
+    assert g["n"] == 3 and g["wins"] == 2
+    assert g["mean"] == pytest.approx(diffs.mean())
+    assert (g["low"], g["high"]) == pytest.approx((diffs.mean() - half, diffs.mean() + half))
+    single = vs["ANTs Mattes"]["t2←t1"]
+    assert single["n"] == 1 and single["mean"] == pytest.approx(-0.04)
+    assert single["low"] is None and single["wins"] == 0
+    assert vs["ANTs Mattes"]["all"]["n"] == 4 and vs["ANTs Mattes"]["all"]["wins"] == 2
+    text = study.format_study(list(rows.values()))
+    assert "| Direction | n | Δ vs ANTs Mattes [95 % CI] | won | Δ vs greedy NMI" in text
+    assert "| t2←t1 | 1 | -0.040 | 0/1 | -0.060 | 0/1 |" in text
+    lo, hi = diffs.mean() - half, diffs.mean() + half
+    assert f"{diffs.mean():+.3f} [{lo:+.3f}, {hi:+.3f}] | 2/3 |" in text
+    (store.root / "study-d-v1-2x1-report.json").write_text(json.dumps(plan))
+    page = write_report(store.root, tmp_path / "out", check_equivalence=False,
+                        benchmark_json_dir=tmp_path / "nobench").read_text()
+    section = page[page.index("id='mi-study'"):]
+    section = section[:section.index("<h2", 10)]
+    assert "Δ vs greedy NMI [95 % CI]" in section and ">2/3<" in section
+    assert f"{lo:+.3f}, {hi:+.3f}]" in section
 
 
 def test_report_renders_the_study_section(ran, tmp_path):

@@ -86,6 +86,8 @@ _OPTION = {"sigma_diff": "mi_sigma_diff", "inversion_sweeps": "mi_inversion_swee
            "fused_inversion": "mi_fused_inversion"}
 #: Smallest mean-Dice gain over the default that makes a level a winner.
 WIN_MARGIN = 0.001
+#: Confidence of the paired intervals against the anchors.
+CONFIDENCE = 0.95
 _PLAN_VERSION = 1
 #: The two halves of a study's pairs: settings are chosen on the first and
 #: reported on the second.
@@ -662,6 +664,36 @@ def _gains(row, ref, directions, pair_dir):
     return out
 
 
+def _paired_stat(diffs, confidence=CONFIDENCE):
+    """Mean paired difference, its Student-t confidence interval (None for
+    fewer than two pairs) and the number of pairs won (difference > 0)."""
+    if not diffs:
+        return None
+    a = np.asarray(diffs, dtype=np.float64)
+    out = {"n": int(a.size), "mean": float(a.mean()), "low": None, "high": None,
+           "wins": int(np.sum(a > 0))}
+    if a.size >= 2:
+        from scipy.stats import t
+
+        half = float(t.ppf(0.5 + confidence / 2, a.size - 1) * a.std(ddof=1)
+                     / math.sqrt(a.size))
+        out["low"], out["high"] = out["mean"] - half, out["mean"] + half
+    return out
+
+
+def _vs_anchors(row, anchors, directions, pair_dir):
+    """Paired Dice differences of ``row`` against each anchor row: per
+    direction and over every pair (``"all"``)."""
+    out = {}
+    for ref in anchors:
+        diffs = {p: v - ref["_dice"][p] for p, v in row["_dice"].items()
+                 if v is not None and ref["_dice"].get(p) is not None}
+        per = {d: _paired_stat([x for p, x in diffs.items() if pair_dir[p] == d])
+               for d in directions}
+        out[ref["name"]] = dict(per, all=_paired_stat(list(diffs.values())))
+    return out
+
+
 def summarize(plan, store):
     """Summary rows of a study.
 
@@ -681,8 +713,12 @@ def summarize(plan, store):
         / ``seconds`` (``{"mean", "std", "n"}`` or None), ``directions``
         (direction -> mean Dice), ``vs_ants`` (direction -> mean paired gain
         over ANTs with the same masks, else unmasked ANTs), ``min_vs_ants``
-        (its smallest value) and ``vs_default`` (mean paired Dice gain over
-        the default).
+        (its smallest value), ``vs_default`` (mean paired Dice gain over
+        the default) and, on fastsyn rows, ``vs_anchors``: anchor name ->
+        direction (and ``"all"``) -> the paired Dice difference over that
+        anchor (``{"n", "mean", "low", "high", "wins"}``, a 95 % Student-t
+        interval, None below two pairs), so that a direction's gap can be
+        told from the spread of its pairs.
     """
     from .store import ResultStore
 
@@ -723,6 +759,11 @@ def summarize(plan, store):
             v - default["_dice"][p] for p, v in r["_dice"].items()
             if v is not None and default["_dice"].get(p) is not None]
         r["vs_default"] = float(np.mean(diffs)) if diffs else None
+    anchors = [r for r in rows if r["factor"] == "anchor"]
+    for r in rows:
+        if r["method"].startswith("fastsyn"):
+            r["vs_anchors"] = _vs_anchors(r, [a for a in anchors if a["masks"] == r["masks"]],
+                                          directions, pair_dir)
     for r in rows:
         r.pop("_dice")
     return rows
@@ -829,6 +870,38 @@ def format_study(rows, fmt="markdown"):
     if planned:
         lines.append("")
         lines.append("Planned, not run (no record): " + ", ".join(planned))
+    default = next((r for r in rows if r["name"] == "default"), None)
+    if default is not None and default.get("vs_anchors"):
+        lines += ["", format_anchor_comparison(default).rstrip("\n")]
+    return "\n".join(lines) + "\n"
+
+
+def _interval(stat):
+    if not stat:
+        return "–"
+    if stat["low"] is None:
+        return f"{stat['mean']:+.3f}"
+    return f"{stat['mean']:+.3f} [{stat['low']:+.3f}, {stat['high']:+.3f}]"
+
+
+def format_anchor_comparison(row):
+    """Markdown table of a fastsyn row's paired Dice differences against the
+    anchors, per direction and over every pair, with 95 % intervals."""
+    anchors = list(row["vs_anchors"])
+    directions = [d for d in next(iter(row["vs_anchors"].values())) if d != "all"]
+    head = ["Direction", "n"]
+    for a in anchors:
+        head += [f"Δ vs {a} [95 % CI]", "won"]
+    lines = [f"Paired Dice difference of `{row['name']}` against the anchors "
+             "(mean [Student-t 95 % interval]; won: pairs where fastsyn's Dice is higher):",
+             "", "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for d in directions + ["all"]:
+        stats = [row["vs_anchors"][a][d] for a in anchors]
+        n = next((st["n"] for st in stats if st), 0)
+        cells = [d, str(n)]
+        for st in stats:
+            cells += [_interval(st), f"{st['wins']}/{st['n']}" if st else "–"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
