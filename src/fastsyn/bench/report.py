@@ -769,28 +769,11 @@ def _scaling_context(scaling):
             "skipped": scaling.get("skipped") or [], "rows": rows}
 
 
-def _anchor_comparison(rows, directions):
-    """Headers and rows of the default's paired differences against the anchors."""
-    default = next((r for r in rows if r["name"] == "default" and r.get("vs_anchors")), None)
-    if default is None:
-        return None
-    anchors = list(default["vs_anchors"])
-    headers = ["Direction", "n"]
-    for a in anchors:
-        headers += [f"Δ vs {a} [95 % CI]", "won"]
-    out = []
-    for d in [*directions, "all"]:
-        stats = [default["vs_anchors"][a].get(d) for a in anchors]
-        out.append({"direction": d, "n": next((x["n"] for x in stats if x), 0),
-                    "stats": stats})
-    return {"headers": headers, "rows": out}
-
-
 def _study_context(results_dir, plt):
     """Each MI study of the results folder: its plan, rows and plot."""
     if not results_dir:
         return []
-    from fastsyn.bench.study import not_run, read_plans, summarize
+    from fastsyn.bench.study import anchor_comparison, not_run, read_plans, summarize
 
     out = []
     for plan in read_plans(results_dir):
@@ -802,7 +785,8 @@ def _study_context(results_dir, plt):
                     "threads": plan["threads"], "n_pairs": len(plan["pairs"]),
                     "seed": plan["seed"], "directions": directions, "rows": rows,
                     "half": plan.get("half"), "defaults": plan.get("defaults") or {},
-                    "not_run": planned, "comparison": _anchor_comparison(rows, directions),
+                    "not_run": planned, "comparison": anchor_comparison(
+                        next((r for r in rows if r["name"] == "default"), {})),
                     "not_studied": plan.get("not_studied") or [],
                     "unavailable": plan.get("unavailable") or {},
                     "plot": _plot_study(rows, plt) if plt is not None and any(

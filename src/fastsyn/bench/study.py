@@ -884,22 +884,43 @@ def _interval(stat):
     return f"{stat['mean']:+.3f} [{stat['low']:+.3f}, {stat['high']:+.3f}]"
 
 
-def format_anchor_comparison(row):
-    """Markdown table of a fastsyn row's paired Dice differences against the
-    anchors, per direction and over every pair, with 95 % intervals."""
+def anchor_comparison(row):
+    """Headers and per-direction rows (then ``"all"``) of a fastsyn row's
+    paired Dice differences against the anchors, or None without anchors.
+
+    Returns
+    -------
+    dict or None
+        ``headers`` and ``rows``, each row ``{"direction", "n", "stats"}``
+        with one :func:`summarize` paired statistic (or None) per anchor.
+    """
+    if not row.get("vs_anchors"):
+        return None
     anchors = list(row["vs_anchors"])
-    directions = [d for d in next(iter(row["vs_anchors"].values())) if d != "all"]
-    head = ["Direction", "n"]
+    directions = [d for d in row["vs_anchors"][anchors[0]] if d != "all"]
+    headers = ["Direction", "n"]
     for a in anchors:
-        head += [f"Δ vs {a} [95 % CI]", "won"]
+        headers += [f"Δ vs {a} [95 % CI]", "won"]
+    rows = []
+    for d in directions + ["all"]:
+        stats = [row["vs_anchors"][a].get(d) for a in anchors]
+        rows.append({"direction": d, "n": next((x["n"] for x in stats if x), 0),
+                     "stats": stats})
+    return {"headers": headers, "rows": rows}
+
+
+def format_anchor_comparison(row):
+    """Markdown table of :func:`anchor_comparison` (empty without anchors)."""
+    table = anchor_comparison(row)
+    if table is None:
+        return ""
+    head = table["headers"]
     lines = [f"Paired Dice difference of `{row['name']}` against the anchors "
              "(mean [Student-t 95 % interval]; won: pairs where fastsyn's Dice is higher):",
              "", "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    for d in directions + ["all"]:
-        stats = [row["vs_anchors"][a][d] for a in anchors]
-        n = next((st["n"] for st in stats if st), 0)
-        cells = [d, str(n)]
-        for st in stats:
+    for r in table["rows"]:
+        cells = [r["direction"], str(r["n"])]
+        for st in r["stats"]:
             cells += [_interval(st), f"{st['wins']}/{st['n']}" if st else "–"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
