@@ -75,7 +75,7 @@ def _compose(dim, d1, d2, premult_index, premult_disp, time_scaling, comp, num_t
     premult_disp = check_affine("premult_disp", premult_disp, dim)
     time_scaling = check_real("time_scaling", time_scaling)
     if comp is None:
-        comp = np.zeros_like(d1)
+        comp = np.empty_like(d1)  # the kernel writes every voxel
     else:
         check_out("comp", comp, d1, "d1")
         if np.shares_memory(comp, d2):
@@ -136,7 +136,9 @@ def compose_vector_fields_2d(d1, d2, premult_index, premult_disp, time_scaling,
 
 def resample_unchecked(field, factors, out_shape, nthreads):
     dim = field.shape[-1]
-    out = np.zeros(tuple(int(s) for s in out_shape) + (dim,), dtype=field.dtype)
+    # Like the warp and composition kernels, the kernel writes every output
+    # voxel: no zeroing pass, and each thread first-touches its own pages.
+    out = np.empty(tuple(int(s) for s in out_shape) + (dim,), dtype=field.dtype)
     factors = np.ascontiguousarray(factors, dtype=np.float64)
     kernel = k_compose.resample_3d if dim == 3 else k_compose.resample_2d
     kernel(field, factors, out, effective_threads(nthreads, out.size // dim))
@@ -344,7 +346,7 @@ def check_warp_volume(name, volume, dim, nearest, *, finite=True, convert=False)
 def warp_unchecked(volume, field, affine_idx_in, affine_idx_out, affine_disp,
                    out_shape, nearest, nthreads):
     dim = field.shape[-1]
-    out = np.zeros(tuple(int(s) for s in out_shape), dtype=volume.dtype)
+    out = np.empty(tuple(int(s) for s in out_shape), dtype=volume.dtype)  # all written
     # Skipping an identity A reads the field at the output index: only in
     # bounds when the output grid is the field's grid.
     a_in, a_in_none = flat_affine(affine_idx_in, dim,
