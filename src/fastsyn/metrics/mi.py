@@ -197,7 +197,8 @@ class MIMetric(MetricInputs, SimilarityMetric):
     * ``inversion_sweeps=1``, ``fused_inversion=True`` (:attr:`syn_defaults`):
       one warm-started fused sweep per inversion inside the iterations
       (-0.000 against DIPY's rule on both halves), about 0.86x the time of
-      the unfused sweep and 0.94x greedy NMI's at 128^3 on two threads.
+      the unfused sweep; on two threads level with greedy NMI's time at
+      128^3 and 1 mm (0.93x to 1.10x in runs on a 2-core VM, see the README).
       Without DIPY's re-inversion (``reinvert=False``) it lost 0.003 and
       nearly doubled SD log|J|.
     * Not taken: ANTs' pyramid -0.005, greedy-like total-field smoothing
