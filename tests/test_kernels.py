@@ -195,6 +195,30 @@ def test_gaussian_smoothing(shape, dtype, sigma):
                                atol=8 * EPS[dtype] * np.abs(field).max())
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_line_filter_symmetric_and_general_kernels(symmetric, dtype):
+    """The kernel's two paths: mirrored taps added first (a symmetric kernel,
+    every Gaussian) and the plain sum (any other kernel), against scipy's
+    correlation with the same reflected borders, along every axis in turn."""
+    from fastsyn._kernels import smooth as k_smooth
+
+    field = smooth_field((9, 11, 13), dtype, seed=14)
+    w = np.array([0.1, 0.2, 0.4, 0.2, 0.1]) if symmetric else np.array(
+        [0.05, 0.15, 0.45, 0.25, 0.1])
+    runs = []
+    for t in THREADS:
+        out = np.ascontiguousarray(field.copy())
+        k_smooth.gaussian_filter_(out.reshape(-1), out.shape[:-1], 3, w, t)
+        runs.append((out,))
+    _assert_all_equal(runs)
+    ref = field.astype(np.float64)
+    for axis in range(3):
+        ref = ndimage.correlate1d(ref, w, axis=axis, mode="reflect")
+    np.testing.assert_allclose(runs[0][0], ref, rtol=0,
+                               atol=8 * EPS[dtype] * np.abs(field).max())
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_cc_metric_steps(shape):
     dim = len(shape)
