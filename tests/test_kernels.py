@@ -208,7 +208,7 @@ def test_line_filter_symmetric_and_general_kernels(symmetric, dtype):
         [0.05, 0.15, 0.45, 0.25, 0.1])
     runs = []
     for t in THREADS:
-        out = np.ascontiguousarray(field.copy())
+        out = field.copy()
         k_smooth.gaussian_filter_(out.reshape(-1), out.shape[:-1], 3, w, t)
         runs.append((out,))
     _assert_all_equal(runs)

@@ -653,14 +653,20 @@ def _row(name, factor, method, masks, recs, errors, directions, pair_dir):
             "_dice": dice}
 
 
+def _paired_diffs(row, ref):
+    """Dice of ``row`` minus ``ref`` on the pairs where both finished
+    (``{pair id: difference}``): a partial row is compared on its own pairs."""
+    return {p: v - ref["_dice"][p] for p, v in row["_dice"].items()
+            if v is not None and ref["_dice"].get(p) is not None}
+
+
 def _gains(row, ref, directions, pair_dir):
     """Mean paired Dice gain of ``row`` over ``ref`` per direction."""
+    diffs = _paired_diffs(row, ref)
     out = {}
     for d in directions:
-        diffs = [row["_dice"][p] - ref["_dice"][p] for p in row["_dice"]
-                 if pair_dir[p] == d and p in ref["_dice"]
-                 and row["_dice"][p] is not None and ref["_dice"][p] is not None]
-        out[d] = float(np.mean(diffs)) if diffs else None
+        vals = [x for p, x in diffs.items() if pair_dir[p] == d]
+        out[d] = float(np.mean(vals)) if vals else None
     return out
 
 
@@ -686,8 +692,7 @@ def _vs_anchors(row, anchors, directions, pair_dir):
     direction and over every pair (``"all"``)."""
     out = {}
     for ref in anchors:
-        diffs = {p: v - ref["_dice"][p] for p, v in row["_dice"].items()
-                 if v is not None and ref["_dice"].get(p) is not None}
+        diffs = _paired_diffs(row, ref)
         per = {d: _paired_stat([x for p, x in diffs.items() if pair_dir[p] == d])
                for d in directions}
         out[ref["name"]] = dict(per, all=_paired_stat(list(diffs.values())))
@@ -753,11 +758,7 @@ def summarize(plan, store):
         r["vs_ants"] = gains
         vals = [g for g in gains.values() if g is not None]
         r["min_vs_ants"] = min(vals) if vals else None
-        # paired, like the gains over ANTs: a partial row is not compared
-        # with the default's other pairs
-        diffs = [] if default is None else [
-            v - default["_dice"][p] for p, v in r["_dice"].items()
-            if v is not None and default["_dice"].get(p) is not None]
+        diffs = [] if default is None else list(_paired_diffs(r, default).values())
         r["vs_default"] = float(np.mean(diffs)) if diffs else None
     anchors = [r for r in rows if r["factor"] == "anchor"]
     for r in rows:
