@@ -3,12 +3,13 @@
 #
 # Every line (along one axis) is copied with its reflected margins into a
 # private buffer, filtered as a sum of shifted axpys over contiguous memory
-# (so the compiler vectorises it; a symmetric kernel adds each pair of mirrored
-# taps first, which halves the passes over the sum), and written back.  Sums are kept in the
-# data's own type (float32 fields filter at twice the SIMD width; scipy
-# accumulates in double, so float32 results differ by a few ulp).  Lines are processed in
-# tiles of neighbouring lines; each tile is owned by one thread and each
-# output value is a fixed-order sum, so results do not depend on threads.
+# (so the compiler vectorises it; a symmetric kernel adds each pair of
+# mirrored taps first, which halves the passes over the sum), and written
+# back.  Sums are kept in the data's own type (float32 fields filter at twice
+# the SIMD width; scipy accumulates in double, so float32 results differ by a
+# few ulp).  Lines are processed in tiles of neighbouring lines; each tile is
+# owned by one thread and each output value is a fixed-order sum, so results
+# do not depend on threads.
 # Components are filtered together, which saves the per-component copies
 # DIPY's metrics make.
 

@@ -773,7 +773,7 @@ def _study_context(results_dir, plt):
     """Each MI study of the results folder: its plan, rows and plot."""
     if not results_dir:
         return []
-    from fastsyn.bench.study import anchor_comparison, not_run, read_plans, summarize
+    from fastsyn.bench.study import anchor_comparison, default_row, not_run, read_plans, summarize
 
     out = []
     for plan in read_plans(results_dir):
@@ -785,8 +785,7 @@ def _study_context(results_dir, plt):
                     "threads": plan["threads"], "n_pairs": len(plan["pairs"]),
                     "seed": plan["seed"], "directions": directions, "rows": rows,
                     "half": plan.get("half"), "defaults": plan.get("defaults") or {},
-                    "not_run": planned, "comparison": anchor_comparison(
-                        next((r for r in rows if r["name"] == "default"), {})),
+                    "not_run": planned, "comparison": anchor_comparison(default_row(rows) or {}),
                     "not_studied": plan.get("not_studied") or [],
                     "unavailable": plan.get("unavailable") or {},
                     "plot": _plot_study(rows, plt) if plt is not None and any(

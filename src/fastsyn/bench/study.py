@@ -653,6 +653,11 @@ def _row(name, factor, method, masks, recs, errors, directions, pair_dir):
             "_dice": dice}
 
 
+def default_row(rows):
+    """The ``default`` setting's row of :func:`summarize`, or None."""
+    return next((r for r in rows if r["name"] == "default"), None)
+
+
 def _paired_diffs(row, ref):
     """Dice of ``row`` minus ``ref`` on the pairs where both finished
     (``{pair id: difference}``): a partial row is compared on its own pairs."""
@@ -750,7 +755,7 @@ def summarize(plan, store):
         rows.append(_row(s["name"], s["factor"], s["method"], s["masks"],
                          *collect(s["keys"]), directions, pair_dir))
     ants = {r["masks"]: r for r in rows if r["method"] == "ants"}
-    default = next((r for r in rows if r["name"] == "default"), None)
+    default = default_row(rows)
     for r in rows:
         ref = ants.get(r["masks"], ants.get("none"))
         gains = (_gains(r, ref, directions, pair_dir) if ref is not None and r is not ref
@@ -871,7 +876,7 @@ def format_study(rows, fmt="markdown"):
     if planned:
         lines.append("")
         lines.append("Planned, not run (no record): " + ", ".join(planned))
-    default = next((r for r in rows if r["name"] == "default"), None)
+    default = default_row(rows)
     if default is not None and default.get("vs_anchors"):
         lines += ["", format_anchor_comparison(default).rstrip("\n")]
     return "\n".join(lines) + "\n"
