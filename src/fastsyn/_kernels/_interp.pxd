@@ -82,6 +82,41 @@ cdef inline void affine2_vector(const Affine2* a, double x0, double x1,
         y[1] = a.m[3] * x0 + a.m[4] * x1
 
 
+cdef inline int affine3_is_diagonal(const Affine3* a) noexcept nogil:
+    """1 when ``a`` is a given matrix with no off-diagonal terms (an
+    axis-aligned grid, the usual case): a vector then maps with 3 products,
+    not 9, to the same values for every finite vector."""
+    return (not a.none and a.m[1] == 0 and a.m[2] == 0 and a.m[4] == 0
+            and a.m[6] == 0 and a.m[8] == 0 and a.m[9] == 0)
+
+
+cdef inline void affine3_vector_diagonal(const Affine3* a, int diagonal, double x0,
+                                         double x1, double x2, double* y) noexcept nogil:
+    """affine3_vector, with the 3-product path where ``diagonal`` (from
+    affine3_is_diagonal) says the off-diagonal terms are zero."""
+    if diagonal:
+        y[0] = a.m[0] * x0
+        y[1] = a.m[5] * x1
+        y[2] = a.m[10] * x2
+    else:
+        affine3_vector(a, x0, x1, x2, y)
+
+
+cdef inline int affine2_is_diagonal(const Affine2* a) noexcept nogil:
+    """2D twin of affine3_is_diagonal."""
+    return not a.none and a.m[1] == 0 and a.m[3] == 0
+
+
+cdef inline void affine2_vector_diagonal(const Affine2* a, int diagonal, double x0,
+                                         double x1, double* y) noexcept nogil:
+    """2D twin of affine3_vector_diagonal."""
+    if diagonal:
+        y[0] = a.m[0] * x0
+        y[1] = a.m[4] * x1
+    else:
+        affine2_vector(a, x0, x1, y)
+
+
 cdef inline int interp_vector_3d_cell(const floating* f, Py_ssize_t ns,
                                       Py_ssize_t nr, Py_ssize_t nc, double dk,
                                       double di, double dj,
