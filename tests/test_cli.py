@@ -210,6 +210,8 @@ def test_bench_speed_times_every_thread_count(speed_run):
     assert "fastsyn on 1, 2 thread(s)" in out and f"wrote {path.name}" in out
     result = json.loads(path.read_text())
     assert result["environment"]["threads_timed"] == [1, 2]
+    # provenance: the commit (None from an installed, non-git copy) and the time
+    assert {"git", "timestamp"} <= set(result["environment"])
     cases = {r["case"] for r in result["rows"]}
     assert any(c.startswith("SyN CC 32^3") for c in cases) and len(cases) == 6
     # the harness's rigid and affine prealignment rows, timed like the rest

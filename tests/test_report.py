@@ -211,9 +211,9 @@ def test_report_without_inputs(tmp_path):
 
 def test_report_outside_a_git_work_tree(tmp_path, monkeypatch):
     # An installed package has no git commit to show.
-    from fastsyn.bench import report as report_module
+    from fastsyn.bench import machine
 
-    monkeypatch.setattr(report_module, "_git_commit", lambda start=None: None)
+    monkeypatch.setattr(machine, "git_commit", lambda start=None: None)
     page = write_report(None, tmp_path / "out", benchmark_json_dir=tmp_path / "nobench",
                         check_equivalence=False)
     text = page.read_text(encoding="utf-8")

@@ -420,7 +420,7 @@ def profile_registration(fixed, moving, fixed_affine=None, moving_affine=None, *
         ``speedup`` (DIPY seconds ÷ fastsyn seconds per stage and total),
         ``line_profile`` (per implementation, or None) and ``environment``.
     """
-    from fastsyn.bench.report import collect_environment
+    from fastsyn.bench.machine import collect_environment
 
     if metric not in ("cc", "mi"):
         raise ValueError(f"metric must be 'cc' or 'mi', got {metric!r}")

@@ -32,18 +32,17 @@ rendered by Jinja2 from the templates in ``fastsyn/bench/templates/``
 (``report.html``, one partial per section, ``report.css``).
 """
 
-import datetime as _dt
 import functools
 import io
 import json
 import os
-import platform
-import subprocess
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
 
 import jinja2
 import numpy as np
+
+from fastsyn.bench.machine import collect_environment
 
 __all__ = [
     "collect_environment",
@@ -56,80 +55,8 @@ __all__ = [
 STAGES = ("warping", "metric", "smoothing", "update", "inversion", "other")
 STAGE_COLOURS = {"warping": "#4e79a7", "metric": "#f28e2b", "smoothing": "#59a14f",
                  "update": "#b07aa1", "inversion": "#e15759", "other": "#bab0ac"}
-PACKAGES = ("fastsyn", "dipy", "numpy", "scipy", "nibabel", "nilearn", "matplotlib",
-            "antspyx", "picsl-greedy", "line-profiler", "pytest-benchmark", "asv", "dask")
 ACCURACY_COLUMNS = ("NCC", "NMI", "Label Dice", "Label Jaccard", "Folding (%)", "SD log|J|",
                     "TRE mean (mm)", "Time (s)")
-
-
-# -------------------------------------------------------------- environment
-def _cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _git_commit(start=None):
-    """Commit (and dirty flag) of the git work tree holding ``start``."""
-    start = Path(start or Path(__file__).resolve().parent)
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=start, capture_output=True,
-                             text=True, timeout=10, check=False)
-        if out.returncode != 0:
-            return None
-        commit = out.stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=start, capture_output=True, text=True, timeout=10,
-                               check=False)
-        return {"commit": commit, "dirty": bool(dirty.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def collect_environment():
-    """Describe the machine and software the measurements ran on.
-
-    Returns
-    -------
-    dict
-        ``cpu``, ``cores`` (logical CPUs), ``cores_usable`` (CPU affinity),
-        ``threads_all`` (what ``num_threads=-1`` resolves to),
-        ``omp_num_threads``, ``python``, ``platform``, ``packages``
-        (installed versions), ``git`` (commit and dirty flag, or None) and
-        ``timestamp``.
-    """
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count()
-    try:
-        import fastsyn
-
-        threads_all = fastsyn.resolve_num_threads(-1)
-    except Exception:  # noqa: BLE001 - a broken build must not stop the report
-        threads_all = usable
-    packages = {}
-    for name in PACKAGES:
-        try:
-            packages[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            packages[name] = None
-    return {
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "cores_usable": usable,
-        "threads_all": threads_all,
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "packages": packages,
-        "git": _git_commit(),
-        "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),
-    }
 
 
 # -------------------------------------------------------------- equivalence

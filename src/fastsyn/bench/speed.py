@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastsyn.bench.machine import cpu_model, git_commit, timestamp
 from fastsyn.bench.store import write_json
 
 __all__ = ["MEMORY_TARGETS", "TIME_TARGETS", "grid_label", "grid_pair", "grid_shape",
@@ -331,17 +332,10 @@ def _environment(all_threads):
 
     import fastsyn
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads_all": all_threads,
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "threads_all": all_threads,
             "python": platform.python_version(), "numpy": np.__version__,
-            "dipy": dipy.__version__, "fastsyn": fastsyn.__version__}
+            "dipy": dipy.__version__, "fastsyn": fastsyn.__version__,
+            "git": git_commit(), "timestamp": timestamp()}
 
 
 def _summary(samples):
