@@ -2,14 +2,14 @@
 # scipy.ndimage.gaussian_filter(mode="reflect") applied per component.
 #
 # Every line (along one axis) is copied with its reflected margins into a
-# private buffer, filtered as a sum of shifted axpys over contiguous memory
-# (so the compiler vectorises it; a symmetric kernel adds each pair of
+# per-thread buffer, filtered as a sum of shifted axpys over contiguous
+# memory (so the compiler vectorises it; a symmetric kernel adds each pair of
 # mirrored taps first, and four pairs share one pass over the sums), and
-# written back.  Sums are kept in the data's own type (float32 fields filter at twice
-# the SIMD width; scipy accumulates in double, so float32 results differ by a
-# few ulp).  Lines are processed in tiles of neighbouring lines; each tile is
-# owned by one thread and each output value is a fixed-order sum, so results
-# do not depend on threads.
+# written back.  Sums are kept in the data's own type (float32 fields filter
+# at twice the SIMD width; scipy accumulates in double, so float32 results
+# differ by a few ulp).  Lines are processed in tiles of neighbouring lines;
+# each tile is owned by one thread and each output value is a fixed-order
+# sum, so results do not depend on threads.
 # Components are filtered together, which saves the per-component copies
 # DIPY's metrics make.
 
