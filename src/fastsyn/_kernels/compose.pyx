@@ -9,10 +9,9 @@ from cython.parallel cimport prange
 from libc.math cimport NAN, sqrt
 
 from fastsyn._kernels._interp cimport (chunk_threads, Affine2, Affine3, affine2_from,
-                                       affine2_is_diagonal, affine2_point,
-                                       affine2_vector_diagonal, affine3_from,
-                                       affine3_is_diagonal, affine3_point,
-                                       affine3_vector_diagonal, interp_vector_2d,
+                                       affine2_point, affine2_vector,
+                                       affine3_from, affine3_point,
+                                       affine3_vector, interp_vector_2d,
                                        interp_vector_3d, interp_vector_3d_cell)
 
 
@@ -28,15 +27,15 @@ cdef void _compose_slice_3d(const floating* d1, const floating* d2,
         double dv[3]
         double val[3]
         double d0, d1v, d2v, nn, cnt = 0, s1 = 0, s2 = 0, mx = 0
-        int diagonal = affine3_is_diagonal(disp_aff)
+        Affine3 ia = index_aff[0], da = disp_aff[0]  # local copies: see Affine3
     for i in range(nr1):
         for j in range(nc1):
             v = ((k * nr1 + i) * nc1 + j) * 3
             d0 = d1[v]
             d1v = d1[v + 1]
             d2v = d1[v + 2]
-            affine3_vector_diagonal(disp_aff, diagonal, d0, d1v, d2v, dv)
-            affine3_point(index_aff, <double>k, <double>i, <double>j, x)
+            affine3_vector(&da, d0, d1v, d2v, dv)
+            affine3_point(&ia, <double>k, <double>i, <double>j, x)
             # The composition is zero wherever the cell leaves the grid, so
             # the whole-cell helper (inlined, no corner tests) is enough.
             if interp_vector_3d_cell(d2, ns2, nr2, nc2, x[0] + dv[0], x[1] + dv[1],
@@ -92,12 +91,11 @@ cdef void _compose_row_2d(const floating* d1, const floating* d2,
         double dv[2]
         double val[2]
         double d0, d1v, nn, cnt = 0, s1 = 0, s2 = 0, mx = 0
-        int diagonal = affine2_is_diagonal(disp_aff)
     for j in range(nc1):
         v = (i * nc1 + j) * 2
         d0 = d1[v]
         d1v = d1[v + 1]
-        affine2_vector_diagonal(disp_aff, diagonal, d0, d1v, dv)
+        affine2_vector(disp_aff, d0, d1v, dv)
         affine2_point(index_aff, <double>i, <double>j, x)
         if interp_vector_2d(d2, nr2, nc2, x[0] + dv[0], x[1] + dv[1], val):
             comp[v] = <floating>(t * val[0] + d0)

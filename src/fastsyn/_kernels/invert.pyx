@@ -14,9 +14,8 @@ from cython.parallel cimport prange
 from libc.math cimport sqrt
 
 from fastsyn._kernels._interp cimport (chunk_threads, Affine2, Affine3, affine2_from,
-                                       affine2_is_diagonal, affine2_vector_diagonal,
-                                       affine3_from, affine3_is_diagonal,
-                                       affine3_vector_diagonal, interp_vector_2d,
+                                       affine2_vector, affine3_from,
+                                       affine3_vector, interp_vector_2d,
                                        interp_vector_3d_cell)
 
 
@@ -30,12 +29,11 @@ cdef inline double _step_factor(double mag, double maxlen,
 cdef inline void _compose_voxel_3d(floating* p, floating* q, const floating* d,
                                    Py_ssize_t v, Py_ssize_t k, Py_ssize_t i,
                                    Py_ssize_t j, Py_ssize_t ns, Py_ssize_t nr,
-                                   Py_ssize_t nc, const Affine3* w2g,
-                                   int diagonal) noexcept nogil:
+                                   Py_ssize_t nc, const Affine3* w2g) noexcept nogil:
     cdef:
         double dv[3]
         double val[3]
-    affine3_vector_diagonal(w2g, diagonal, p[v], p[v + 1], p[v + 2], dv)
+    affine3_vector(w2g, p[v], p[v + 1], p[v + 2], dv)
     if interp_vector_3d_cell(d, ns, nr, nc, k + dv[0], i + dv[1], j + dv[2], val):
         q[v] = <floating>(val[0] + p[v])
         q[v + 1] = <floating>(val[1] + p[v + 1])
@@ -70,7 +68,7 @@ cdef void _sweep_slice_3d(floating* p, floating* q, const floating* d,
     cdef:
         Py_ssize_t i, j, v, base = k * nr * nc * 3
         double mag, total = 0, mx = 0
-        int diagonal = affine3_is_diagonal(w2g)
+        Affine3 aff = w2g[0]  # a local copy: see Affine3
     # One composing loop, so that the composition has a single call site
     # per specialisation and is inlined (two call sites made GCC emit a call
     # per voxel); the update test in it is the same for the whole sweep.
@@ -80,7 +78,7 @@ cdef void _sweep_slice_3d(floating* p, floating* q, const floating* d,
                 v = base + (i * nc + j) * 3
                 if do_update:
                     _update_voxel_3d(p, q, v, inv_s0, inv_s1, inv_s2, maxlen, epsilon)
-                _compose_voxel_3d(p, q, d, v, k, i, j, ns, nr, nc, w2g, diagonal)
+                _compose_voxel_3d(p, q, d, v, k, i, j, ns, nr, nc, &aff)
                 mag = _norm(q, v, inv_s0, inv_s1, inv_s2)
                 total += mag
                 if mx < mag:
@@ -151,7 +149,6 @@ cdef void _sweep_row_2d(floating* p, floating* q, const floating* d,
         double dv[2]
         double val[2]
         double a, b, mag, f, total = 0, mx = 0
-        int diagonal = affine2_is_diagonal(w2g)
     for j in range(nc):
         v = (i * nc + j) * 2
         if do_update:
@@ -161,7 +158,7 @@ cdef void _sweep_row_2d(floating* p, floating* q, const floating* d,
             p[v] = <floating>(p[v] - f * q[v])
             p[v + 1] = <floating>(p[v + 1] - f * q[v + 1])
         if do_compose:
-            affine2_vector_diagonal(w2g, diagonal, p[v], p[v + 1], dv)
+            affine2_vector(w2g, p[v], p[v + 1], dv)
             if interp_vector_2d(d, nr, nc, i + dv[0], j + dv[1], val):
                 q[v] = <floating>(val[0] + p[v])
                 q[v + 1] = <floating>(val[1] + p[v + 1])
@@ -236,11 +233,11 @@ cdef void _refine_slice_3d(floating* p, const floating* d, Py_ssize_t k,
         double dv[3]
         double val[3]
         double q0, q1, q2, a, b, c, mag, f, mx = 0
-        int diagonal = affine3_is_diagonal(w2g)
+        Affine3 aff = w2g[0]  # a local copy: see Affine3
     for i in range(nr):
         for j in range(nc):
             v = base + (i * nc + j) * 3
-            affine3_vector_diagonal(w2g, diagonal, p[v], p[v + 1], p[v + 2], dv)
+            affine3_vector(&aff, p[v], p[v + 1], p[v + 2], dv)
             if interp_vector_3d_cell(d, ns, nr, nc, k + dv[0], i + dv[1], j + dv[2], val):
                 q0 = <floating>(val[0] + p[v])
                 q1 = <floating>(val[1] + p[v + 1])
@@ -296,10 +293,9 @@ cdef void _refine_row_2d(floating* p, const floating* d, Py_ssize_t i,
         double dv[2]
         double val[2]
         double q0, q1, a, b, mag, f, mx = 0
-        int diagonal = affine2_is_diagonal(w2g)
     for j in range(nc):
         v = (i * nc + j) * 2
-        affine2_vector_diagonal(w2g, diagonal, p[v], p[v + 1], dv)
+        affine2_vector(w2g, p[v], p[v + 1], dv)
         if interp_vector_2d(d, nr, nc, i + dv[0], j + dv[1], val):
             q0 = <floating>(val[0] + p[v])
             q1 = <floating>(val[1] + p[v + 1])

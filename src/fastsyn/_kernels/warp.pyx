@@ -11,10 +11,9 @@ from cython cimport floating
 from cython.parallel cimport prange
 
 from fastsyn._kernels._interp cimport (chunk_threads, Affine2, Affine3, affine2_from,
-                                       affine2_is_diagonal, affine2_point,
-                                       affine2_vector_diagonal, affine3_from,
-                                       affine3_is_diagonal, affine3_point,
-                                       affine3_vector_diagonal, interp_scalar_2d,
+                                       affine2_point, affine2_vector,
+                                       affine3_from, affine3_point,
+                                       affine3_vector, interp_scalar_2d,
                                        interp_scalar_3d, interp_scalar_3d_fast,
                                        interp_vector_2d,
                                        interp_vector_3d, nearest_2d, nearest_3d,
@@ -30,7 +29,7 @@ cdef inline void _target_3d(const floating* d, Py_ssize_t dns, Py_ssize_t dnr,
                             Py_ssize_t dnc, Py_ssize_t k, Py_ssize_t i,
                             Py_ssize_t j, const Affine3* idx_in,
                             const Affine3* idx_out, const Affine3* disp,
-                            int diagonal, double* y) noexcept nogil:
+                            double* y) noexcept nogil:
     cdef:
         double x[3]
         double dv[3]
@@ -44,7 +43,7 @@ cdef inline void _target_3d(const floating* d, Py_ssize_t dns, Py_ssize_t dnr,
     else:
         affine3_point(idx_in, <double>k, <double>i, <double>j, x)
         interp_vector_3d(d, dns, dnr, dnc, x[0], x[1], x[2], dv)
-    affine3_vector_diagonal(disp, diagonal, dv[0], dv[1], dv[2], w)
+    affine3_vector(disp, dv[0], dv[1], dv[2], w)
     affine3_point(idx_out, <double>k, <double>i, <double>j, x)
     y[0] = w[0] + x[0]
     y[1] = w[1] + x[1]
@@ -60,11 +59,11 @@ cdef void _warp_slice_3d(const image_real* vol, Py_ssize_t vns, Py_ssize_t vnr,
     cdef:
         Py_ssize_t i, j
         double y[3]
-        int diagonal = affine3_is_diagonal(disp)
+        Affine3 ia = idx_in[0], oa = idx_out[0], da = disp[0]  # local copies: see Affine3
         double val
     for i in range(onr):
         for j in range(onc):
-            _target_3d(d, dns, dnr, dnc, k, i, j, idx_in, idx_out, disp, diagonal, y)
+            _target_3d(d, dns, dnr, dnc, k, i, j, &ia, &oa, &da, y)
             interp_scalar_3d_fast(vol, vns, vnr, vnc, y[0], y[1], y[2], &val)
             out[(k * onr + i) * onc + j] = <image_real>val
 
@@ -101,10 +100,10 @@ cdef void _warp_nn_slice_3d(const number* vol, Py_ssize_t vns, Py_ssize_t vnr,
     cdef:
         Py_ssize_t i, j
         double y[3]
-        int diagonal = affine3_is_diagonal(disp)
+        Affine3 ia = idx_in[0], oa = idx_out[0], da = disp[0]  # local copies: see Affine3
     for i in range(onr):
         for j in range(onc):
-            _target_3d(d, dns, dnr, dnc, k, i, j, idx_in, idx_out, disp, diagonal, y)
+            _target_3d(d, dns, dnr, dnc, k, i, j, &ia, &oa, &da, y)
             out[(k * onr + i) * onc + j] = nearest_3d(vol, vns, vnr, vnc, y)
 
 
@@ -134,7 +133,7 @@ def warp_3d_nn(const number[:, :, ::1] volume, const floating[:, :, :, ::1] d,
 cdef inline void _target_2d(const floating* d, Py_ssize_t dnr, Py_ssize_t dnc,
                             Py_ssize_t i, Py_ssize_t j, const Affine2* idx_in,
                             const Affine2* idx_out, const Affine2* disp,
-                            int diagonal, double* y) noexcept nogil:
+                            double* y) noexcept nogil:
     cdef:
         double x[2]
         double dv[2]
@@ -147,7 +146,7 @@ cdef inline void _target_2d(const floating* d, Py_ssize_t dnr, Py_ssize_t dnc,
     else:
         affine2_point(idx_in, <double>i, <double>j, x)
         interp_vector_2d(d, dnr, dnc, x[0], x[1], dv)
-    affine2_vector_diagonal(disp, diagonal, dv[0], dv[1], w)
+    affine2_vector(disp, dv[0], dv[1], w)
     affine2_point(idx_out, <double>i, <double>j, x)
     y[0] = w[0] + x[0]
     y[1] = w[1] + x[1]
@@ -161,10 +160,9 @@ cdef void _warp_row_2d(const image_real* img, Py_ssize_t vnr, Py_ssize_t vnc,
     cdef:
         Py_ssize_t j
         double y[2]
-        int diagonal = affine2_is_diagonal(disp)
         double val
     for j in range(onc):
-        _target_2d(d, dnr, dnc, i, j, idx_in, idx_out, disp, diagonal, y)
+        _target_2d(d, dnr, dnc, i, j, idx_in, idx_out, disp, y)
         interp_scalar_2d(img, vnr, vnc, y[0], y[1], &val)
         out[i * onc + j] = <image_real>val
 
@@ -198,9 +196,8 @@ cdef void _warp_nn_row_2d(const number* img, Py_ssize_t vnr, Py_ssize_t vnc,
     cdef:
         Py_ssize_t j
         double y[2]
-        int diagonal = affine2_is_diagonal(disp)
     for j in range(onc):
-        _target_2d(d, dnr, dnc, i, j, idx_in, idx_out, disp, diagonal, y)
+        _target_2d(d, dnr, dnc, i, j, idx_in, idx_out, disp, y)
         out[i * onc + j] = nearest_2d(img, vnr, vnc, y)
 
 
