@@ -169,6 +169,62 @@ def test_derivative_matches_finite_differences(shape, forward):
     assert np.abs(step).max() > 0
 
 
+def _bspline3_derivative(t):
+    """Derivative of ``_bspline3``, from the same piecewise definition."""
+    a = np.abs(t)
+    out = np.zeros_like(t)
+    inner = a < 1
+    outer = (a >= 1) & (a < 2)
+    out[inner] = -2.0 * t[inner] + 1.5 * t[inner] * a[inner]
+    out[outer] = -np.sign(t[outer]) * (2.0 - a[outer]) ** 2 / 2.0
+    return out
+
+
+@pytest.mark.parametrize("shape", [(24, 22), (12, 11, 13)])
+@pytest.mark.parametrize("forward", [True, False])
+def test_step_matches_numpy_on_a_flat_background(shape, forward):
+    # Half of each image is a flat background (a skull-stripped brain's zeros),
+    # where the kernel skips the 16-bin sum because the gradient is zero: the
+    # step must still be the full formula everywhere, -scale / N *
+    # sum_ij W(i, j) B'(c_s - i) B(c_m - j) * grad I (static side; the
+    # moving side swaps the windows), with W and the windows from NumPy.
+    # A slab copied from one slice is constant along the first axis only,
+    # so there a zero first component must not be taken for a flat voxel.
+    static, moving = _pair(shape, np.float64, seed=4)
+    half = shape[0] // 2
+    for img in (static, moving):
+        img -= img.min() - 0.1
+        img[:half] = 0.0
+        img[half + 2:half + 6] = img[half + 2]
+    nbins = 12
+    metric = _metric(static, moving, nbins=nbins, sigma_diff=0, clip=(0, 100))
+    step = metric.compute_forward() if forward else metric.compute_backward()
+
+    _, weights = mi_from_histogram(metric.joint_histogram, metric.histogram_count)
+    bins = np.arange(nbins, dtype=np.float64)
+
+    def coords(img, rng):
+        return 1.0 + (img.ravel() - rng[0]) * (nbins - 3) / (rng[1] - rng[0])
+
+    cs, cm = coords(static, metric.static_range), coords(moving, metric.moving_range)
+    ws, wm = _bspline3(cs[:, None] - bins), _bspline3(cm[:, None] - bins)
+    if forward:
+        dsum = np.einsum("vi,ij,vj->v", _bspline3_derivative(cs[:, None] - bins), weights, wm)
+        scale, image = (nbins - 3) / np.ptp(metric.static_range), static
+    else:
+        dsum = np.einsum("vi,ij,vj->v", ws, weights, _bspline3_derivative(cm[:, None] - bins))
+        scale, image = (nbins - 3) / np.ptp(metric.moving_range), moving
+    grad = np.stack(np.gradient(image), axis=-1)
+    expected = (-scale / metric.histogram_count * dsum).reshape(shape)[..., None] * grad
+
+    flat = ~np.any(grad != 0, axis=-1)
+    assert flat.mean() > 0.3 and np.all(step[flat] == 0)
+    slab = (grad[..., 0] == 0) & ~flat
+    assert slab.sum() > 20 and np.count_nonzero(step[slab]) > 0
+    assert np.count_nonzero(np.any(step != 0, axis=-1)) > 0.3 * step[..., 0].size
+    np.testing.assert_allclose(step, expected, rtol=1e-9, atol=1e-12 * np.abs(expected).max())
+
+
 @pytest.mark.parametrize("dim", [2, 3])
 def test_step_increases_mi(dim):
     shape = (40, 36) if dim == 2 else (16, 14, 15)

@@ -21,7 +21,9 @@
 # (1 / N) sum_ij W(i, j) dB(i - c_s) B(j - c_m) for the static side and
 # (1 / N) sum_ij W(i, j) B(i - c_s) dB(j - c_m) for the moving side, a sum over
 # the 16 bins the voxel reaches.  The kernel multiplies it by the caller's
-# factor and by the physical gradient of the image on that side.
+# factor and by the physical gradient of the image on that side; where that
+# gradient is zero the sum is not computed (the step is zero either way, up to
+# the sign of a zero).
 
 from cython cimport floating
 from cython.parallel cimport prange
@@ -270,17 +272,20 @@ cdef void _step_slice_3d(const floating* S, const floating* M,
     for r in range(nr):
         for c in range(nc):
             v = (s * nr + r) * nc + c
+            # The gradient first: where the image is flat (the background of
+            # a skull-stripped brain, about half of the grid) the step is zero
+            # whatever dMI/dc is, so the 16-bin sum is skipped.
+            g[0] = central_diff(img, v, s, ns, nr * nc) * inv0
+            g[1] = central_diff(img, v, r, nr, nc) * inv1
+            g[2] = central_diff(img, v, c, nc, 1) * inv2
             t = 0
-            if use_none or (use[v] & 1):
+            if (g[0] != 0 or g[1] != 0 or g[2] != 0) and (use_none or (use[v] & 1)):
                 t = fac * _dmi(W, nbins, S[v], M[v], sl, ss, ml, ms, forward)
             if t == 0:
                 out[3 * v] = 0
                 out[3 * v + 1] = 0
                 out[3 * v + 2] = 0
                 continue
-            g[0] = central_diff(img, v, s, ns, nr * nc) * inv0
-            g[1] = central_diff(img, v, r, nr, nc) * inv1
-            g[2] = central_diff(img, v, c, nc, 1) * inv2
             if not direction.none:
                 affine3_vector(direction, g[0], g[1], g[2], y)
                 g[0] = <floating>y[0]
@@ -339,15 +344,16 @@ cdef void _step_row_2d(const floating* S, const floating* M,
         floating inv1 = <floating>(1.0 / spacing[1])
     for c in range(nc):
         v = r * nc + c
+        # The gradient first, as in _step_slice_3d.
+        g[0] = central_diff(img, v, r, nr, nc) * inv0
+        g[1] = central_diff(img, v, c, nc, 1) * inv1
         t = 0
-        if use_none or (use[v] & 1):
+        if (g[0] != 0 or g[1] != 0) and (use_none or (use[v] & 1)):
             t = fac * _dmi(W, nbins, S[v], M[v], sl, ss, ml, ms, forward)
         if t == 0:
             out[2 * v] = 0
             out[2 * v + 1] = 0
             continue
-        g[0] = central_diff(img, v, r, nr, nc) * inv0
-        g[1] = central_diff(img, v, c, nc, 1) * inv1
         if not direction.none:
             affine2_vector(direction, g[0], g[1], y)
             g[0] = <floating>y[0]
