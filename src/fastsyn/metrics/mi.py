@@ -198,7 +198,7 @@ class MIMetric(MetricInputs, SimilarityMetric):
       one warm-started fused sweep per inversion inside the iterations
       (-0.000 against DIPY's rule on both halves), about 0.86x the time of
       the unfused sweep.  On two threads of a 2-core VM the default takes
-      0.73x and 0.91x greedy NMI's time at 128^3 (two runs) and 0.80x to
+      0.73x, 0.91x and 0.83x greedy NMI's time at 128^3 (three runs) and 0.80x to
       1.05x in five runs at 1 mm, 0.94x in the last (the README's speed
       table; 0.93x to 1.10x before the smoothing took fewer passes).
       DIPY's re-inversion stays: without it (``reinvert=False``) the 30 tune
