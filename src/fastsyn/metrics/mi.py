@@ -198,9 +198,9 @@ class MIMetric(MetricInputs, SimilarityMetric):
       one warm-started fused sweep per inversion inside the iterations
       (-0.000 against DIPY's rule on both halves), about 0.86x the time of
       the unfused sweep.  On two threads of a 2-core VM the default takes
-      0.73x, 0.91x and 0.83x greedy NMI's time at 128^3 (three runs) and 0.80x to
-      1.05x in five runs at 1 mm, 0.94x in the last (the README's speed
-      table; 0.93x to 1.10x before the smoothing took fewer passes).
+      0.73x, 0.91x and 0.83x greedy NMI's time at 128^3 (three runs) and
+      0.80x to 1.05x in five runs at 1 mm, 0.94x in the last (the README's
+      speed table; 0.93x to 1.10x before the smoothing took fewer passes).
       DIPY's re-inversion stays: without it (``reinvert=False``) the 30 tune
       pairs gained 0.003 at 20/20/10 but folded voxels on 3 of them and
       SD log|J| rose from 0.19 to 0.33; at DIPY's 100/100/25 it lost 0.021
