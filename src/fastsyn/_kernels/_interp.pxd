@@ -28,9 +28,8 @@ ctypedef fused number:
     unsigned long long
 
 # An affine map in homogeneous coordinates with its rows flattened.  ``none``
-# marks DIPY's ``None`` (the identity), so the hot loops can skip the product.
-# ``none``: the identity (DIPY passes None); ``diagonal``: a given matrix with
-# no off-diagonal linear terms (an axis-aligned grid, the usual case), whose
+# marks DIPY's ``None`` (the identity), so the hot loops can skip the product;
+# ``diagonal`` a given matrix with no off-diagonal linear terms (an axis-aligned grid, the usual case), whose
 # vectors map with one product per axis instead of a full row (the same
 # values for every finite vector).  Hot loops work on a local copy of the
 # struct: through the caller's pointer GCC reloads its fields for every voxel

@@ -269,25 +269,27 @@ cdef void _step_slice_3d(const floating* S, const floating* M,
         floating inv0 = <floating>(1.0 / spacing[0])
         floating inv1 = <floating>(1.0 / spacing[1])
         floating inv2 = <floating>(1.0 / spacing[2])
+        Affine3 dirn = direction[0]  # a local copy: see Affine3
     for r in range(nr):
         for c in range(nc):
             v = (s * nr + r) * nc + c
-            # The gradient first: where the image is flat (the background of
-            # a skull-stripped brain, about half of the grid) the step is zero
-            # whatever dMI/dc is, so the 16-bin sum is skipped.
-            g[0] = central_diff(img, v, s, ns, nr * nc) * inv0
-            g[1] = central_diff(img, v, r, nr, nc) * inv1
-            g[2] = central_diff(img, v, c, nc, 1) * inv2
             t = 0
-            if (g[0] != 0 or g[1] != 0 or g[2] != 0) and (use_none or (use[v] & 1)):
-                t = fac * _dmi(W, nbins, S[v], M[v], sl, ss, ml, ms, forward)
+            if use_none or (use[v] & 1):
+                # The gradient first: where the image is flat (the background
+                # of a skull-stripped brain) the step is zero whatever dMI/dc
+                # is, so the 16-bin sum is skipped.
+                g[0] = central_diff(img, v, s, ns, nr * nc) * inv0
+                g[1] = central_diff(img, v, r, nr, nc) * inv1
+                g[2] = central_diff(img, v, c, nc, 1) * inv2
+                if g[0] != 0 or g[1] != 0 or g[2] != 0:
+                    t = fac * _dmi(W, nbins, S[v], M[v], sl, ss, ml, ms, forward)
             if t == 0:
                 out[3 * v] = 0
                 out[3 * v + 1] = 0
                 out[3 * v + 2] = 0
                 continue
-            if not direction.none:
-                affine3_vector(direction, g[0], g[1], g[2], y)
+            if not dirn.none:
+                affine3_vector(&dirn, g[0], g[1], g[2], y)
                 g[0] = <floating>y[0]
                 g[1] = <floating>y[1]
                 g[2] = <floating>y[2]
@@ -344,12 +346,13 @@ cdef void _step_row_2d(const floating* S, const floating* M,
         floating inv1 = <floating>(1.0 / spacing[1])
     for c in range(nc):
         v = r * nc + c
-        # The gradient first, as in _step_slice_3d.
-        g[0] = central_diff(img, v, r, nr, nc) * inv0
-        g[1] = central_diff(img, v, c, nc, 1) * inv1
         t = 0
-        if (g[0] != 0 or g[1] != 0) and (use_none or (use[v] & 1)):
-            t = fac * _dmi(W, nbins, S[v], M[v], sl, ss, ml, ms, forward)
+        if use_none or (use[v] & 1):
+            # The gradient first, as in _step_slice_3d.
+            g[0] = central_diff(img, v, r, nr, nc) * inv0
+            g[1] = central_diff(img, v, c, nc, 1) * inv1
+            if g[0] != 0 or g[1] != 0:
+                t = fac * _dmi(W, nbins, S[v], M[v], sl, ss, ml, ms, forward)
         if t == 0:
             out[2 * v] = 0
             out[2 * v + 1] = 0
