@@ -219,8 +219,9 @@ class MIMetric(MetricInputs, SimilarityMetric):
       0.5-0.7) -0.002 to -0.007; ``step_length=0.3`` +0.0014, but one pair
       folds; greedy's objective, normalised MI, whose per-bin weights scale
       MI's joint term by NMI, -0.0001; the image gradient from a smoothed
-      copy of each image (sigma 1 voxel) -0.024; re-inverting every second
-      iteration +0.003, but it folds voxels, as ``reinvert=False`` does.
+      copy of each image (sigma 1 / 0.5 voxels) -0.024 / -0.003;
+      re-inverting every second iteration +0.003, but it folds voxels, as
+      ``reinvert=False`` does.
 
     The README's "MI on real anatomy" section has both halves' tables.
     """
