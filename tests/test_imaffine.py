@@ -238,7 +238,15 @@ def test_affine_registration_class_matches_dipy_2d(pair2d, cls):
         assert isinstance(amap, dipy_imaffine.AffineMap)
         results.append((amap.affine, fopt))
     (d_aff, d_f), (f_aff, f_f) = results
-    assert abs(f_f - d_f) <= 1e-4 * abs(d_f)
+    # The two metrics agree to ~1e-15 at equal parameters (test_metric_*
+    # above), but L-BFGS-B can amplify that rounding: on one AVX-512 VM the
+    # rigid runs end 0.11 mm apart with final metrics 0.25 % apart, while the
+    # affine runs end 2e-11 mm apart (within 1e-4 for both on other VMs).
+    # Zeroing one gradient component of fastsyn's metric moves the rigid
+    # metric by 18-38 % and the affine one by 0.11 %, so each keeps a bound
+    # that catches it.
+    rtol = 5e-3 if cls is tf.RigidTransform2D else 1e-4
+    assert abs(f_f - d_f) <= rtol * abs(d_f)
     assert _rms_mm(f_aff, d_aff, pair2d["static_mask"], pair2d["static_affine"]) < 0.5
     _, f2_aff = fastsyn.affine_registration(
         pair2d["moving"], pair2d["static"], moving_affine=pair2d["moving_affine"],
