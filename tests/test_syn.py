@@ -53,6 +53,27 @@ def test_threads_give_identical_fields(name):
     assert np.array_equal(maps[0].backward, maps[1].backward)
 
 
+def test_scratch_is_released_before_the_final_composition(monkeypatch):
+    # The final map's composition allocates two new fields: the iterations'
+    # step buffer and inversion workspace (each as large as a field) must be
+    # gone by then, or they add two fields to the run's peak memory.
+    pair = load_pair("pair3d")
+    sdr = fastsyn.SymmetricDiffeomorphicRegistration(fastsyn.MIMetric(3), level_iters=LEVELS[3],
+                                                     num_threads=2)
+    released = []
+    compose = fastsyn.imwarp.DiffeomorphicMap.warp_endomorphism
+
+    def spy(self, phi):
+        released.append((getattr(sdr, "_step_buffer", None) is None,
+                         getattr(sdr, "_inversion_workspace", None) is None))
+        return compose(self, phi)
+
+    monkeypatch.setattr(fastsyn.imwarp.DiffeomorphicMap, "warp_endomorphism", spy)
+    sdr.optimize(pair["static"], pair["moving"], static_grid2world=pair["static_affine"],
+                 moving_grid2world=pair["moving_affine"])
+    assert released == [(True, True)]
+
+
 @pytest.mark.parametrize("name", ["pair3d", "pair2d"])
 def test_matches_stock_dipy(name):
     pair = load_pair(name)

@@ -457,6 +457,11 @@ def _optimize(self):
         self.full_energy_profile.extend(self.energy_list)
         if self.callback is not None:
             self.callback(self, RegistrationStages.SCALE_END)
+    # The iterations' scratch (each as large as a field) is not needed past
+    # the last level: released before the final composition, whose two new
+    # fields set the run's peak memory otherwise.
+    self._step_buffer = None
+    self._inversion_workspace = None
     diagnose = self.verbosity >= VerbosityLevels.DIAGNOSE
     if diagnose:
         _log_residual("Static-Reference Residual error", self.static_to_ref)
@@ -819,9 +824,6 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
                                         moving_grid2world=moving_grid2world,
                                         prealign=prealign)
         total = time.perf_counter() - start
-        # Scratch of the last level: as large as the field, not needed any more.
-        self._step_buffer = None
-        self._inversion_workspace = None
         times = dict(self._stage_clock.times)
         times["other"] = max(0.0, total - sum(times[s] for s in STAGES if s != "other"))
         times["total"] = total
