@@ -206,13 +206,13 @@ def test_step_matches_numpy_on_a_flat_background(shape, forward):
     def coords(img, rng):
         return 1.0 + (img.ravel() - rng[0]) * (nbins - 3) / (rng[1] - rng[0])
 
-    cs, cm = coords(static, metric.static_range), coords(moving, metric.moving_range)
-    ws, wm = _bspline3(cs[:, None] - bins), _bspline3(cm[:, None] - bins)
+    ts = coords(static, metric.static_range)[:, None] - bins
+    tm = coords(moving, metric.moving_range)[:, None] - bins
     if forward:
-        dsum = np.einsum("vi,ij,vj->v", _bspline3_derivative(cs[:, None] - bins), weights, wm)
+        dsum = np.einsum("vi,ij,vj->v", _bspline3_derivative(ts), weights, _bspline3(tm))
         scale, image = (nbins - 3) / np.ptp(metric.static_range), static
     else:
-        dsum = np.einsum("vi,ij,vj->v", ws, weights, _bspline3_derivative(cm[:, None] - bins))
+        dsum = np.einsum("vi,ij,vj->v", _bspline3(ts), weights, _bspline3_derivative(tm))
         scale, image = (nbins - 3) / np.ptp(metric.moving_range), moving
     grad = np.stack(np.gradient(image), axis=-1)
     expected = (-scale / metric.histogram_count * dsum).reshape(shape)[..., None] * grad

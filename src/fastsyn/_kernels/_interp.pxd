@@ -29,12 +29,13 @@ ctypedef fused number:
 
 # An affine map in homogeneous coordinates with its rows flattened.  ``none``
 # marks DIPY's ``None`` (the identity), so the hot loops can skip the product;
-# ``diagonal`` a given matrix with no off-diagonal linear terms (an axis-aligned grid, the usual case), whose
-# vectors map with one product per axis instead of a full row (the same
-# values for every finite vector).  Hot loops work on a local copy of the
-# struct: through the caller's pointer GCC reloads its fields for every voxel
-# (an output array may alias them), with the copy it keeps them in registers
-# (4 instructions a voxel fewer in the inversion's refine sweep, callgrind).
+# ``diagonal`` a given matrix with no off-diagonal linear terms (an
+# axis-aligned grid, the usual case), whose vectors map with one product per
+# axis instead of a full row (the same values for every finite vector).  Hot
+# loops work on a local copy of the struct: through the caller's pointer GCC
+# reloads its fields for every voxel (an output array may alias them), with
+# the copy it keeps them in registers (4 instructions a voxel fewer in the
+# inversion's refine sweep, callgrind).
 cdef struct Affine3:
     int none
     int diagonal
