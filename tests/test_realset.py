@@ -1,6 +1,7 @@
 """The real-anatomy study set (`fastsyn.bench.realset`, dataset ``real``):
 shipped images and their notice, tissue classes, sparse modalities, the
-pairs it allows, the tune/report halves and `fastsyn prepare spm12`."""
+pairs it allows, the tune/report halves, `fastsyn prepare spm12` and
+`fastsyn prepare niivue`."""
 
 import collections
 import gzip
@@ -121,3 +122,93 @@ def test_prepare_spm12_from_a_copy_of_spm(real, tmp_path):
     missing = run_cli(["prepare", "spm12", tmp_path / "nowhere", tmp_path / "x"], tmp_path, env)
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
     assert "nowhere" in missing.stderr
+
+
+def _resampled(image, affine, shape, grid2world, world_map):
+    """``image`` seen through ``world_map`` (new grid's world -> image's world)."""
+    from fastsyn.bench import synth
+
+    points = synth.grid_points(shape, world_map @ grid2world)
+    return synth.sample_image(image, affine, points, order=1).reshape(shape)
+
+
+def _rotation_x(degrees, shift):
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    m = np.eye(4)
+    m[1:3, 1:3] = [[c, -s], [s, c]]
+    m[:3, 3] = shift
+    return m
+
+
+def test_prepare_niivue_aligns_the_single_scan_subject(real, tmp_path):
+    """`fastsyn prepare niivue NIIVUE_DIR DST`: the set plus ``chris``, whose T1
+    and PD (here SPM's avg152 T1 and PD, moved by known matrices onto other
+    grids, the PD onto a thick-sliced slab) come back onto the SPM grid."""
+    from fastsyn.bench import synth
+
+    ds, cache = real
+    to_t1 = _rotation_x(4.0, [3.0, -5.0, 2.0]) @ np.diag([1.06, 0.95, 1.02, 1.0])
+    to_pd = _rotation_x(-6.0, [-2.0, 4.0, 6.0]) @ to_t1      # SPM world -> each image's world
+    t1_grid = np.diag([2.2, 2.2, 2.2, 1.0])
+    t1_grid[:3, 3] = [-100.0, -130.0, -90.0]
+    pd_grid = np.diag([1.9, 1.9, 4.0, 1.0])
+    pd_grid[:3, 3] = [-100.0, -130.0, -40.0]
+    pd_shape = (105, 127, 26)                                 # a slab 100 mm thick
+    folder = tmp_path / "niivue-demo-images"
+    folder.mkdir()
+    spm = {}
+    for modality, shape, grid2world, world_map in (
+            ("t1", (91, 110, 85), t1_grid, to_t1), ("pd", pd_shape, pd_grid, to_pd)):
+        spm[modality], spm_affine = realset._spm_image(None, f"avg152{modality.upper()}")
+        # the image's world point y shows what SPM's image shows at world_map^-1 y
+        data = _resampled(spm[modality], spm_affine, shape, grid2world,
+                          np.linalg.inv(world_map))
+        nib.save(nib.Nifti1Image(data, grid2world),
+                 str(folder / realset.NIIVUE_IMAGES[("chris", modality)]))
+    env = cli_env(FASTSYN_CACHE=str(cache))
+    dst = tmp_path / "real-niivue"
+    proc = run_cli(["prepare", "niivue", folder, dst], tmp_path, env)
+    assert proc.returncode == 0, proc.stderr
+    assert "prepared niivue" in proc.stdout and "7 subjects" in proc.stdout
+    assert "INFO" not in proc.stderr                          # DIPY's step log stays quiet
+    assert "NonCommercial 4.0" in (dst / "NOTICE-niivue.txt").read_text()
+    stamp = json.loads((dst / "dataset.json").read_text())
+    assert stamp["name"] == "real-niivue" and "chris" in stamp["subjects"]
+    chris = dst / "chris"
+    mask = np.asarray(nib.load(str(chris / "mask.nii.gz")).dataobj) > 0
+    labels = np.asarray(nib.load(str(chris / "labels.nii.gz")).dataobj)
+    assert np.array_equal(labels > 0, mask) and set(np.unique(labels)) == {0, 1, 2, 3}
+    # The mask is the brain inside the PD's slab, wherever the slab lies.
+    brain = np.asarray(nib.load(str(ds.root / "avg152" / "mask.nii.gz")).dataobj) > 0
+    pd_index = synth.grid_points(brain.shape, np.linalg.inv(pd_grid) @ to_pd @ spm_affine)
+    in_slab = np.all((pd_index >= 0) & (pd_index <= np.subtract(pd_shape, 1)), axis=-1)
+    assert 0.3 < (brain & in_slab).sum() / brain.sum() < 0.9
+    assert (mask & ~in_slab).sum() < 0.01 * mask.sum()
+    assert (mask & brain & in_slab).sum() > 0.9 * (brain & in_slab).sum()
+    for modality in ("t1", "pd"):
+        got = np.asarray(nib.load(str(chris / f"{modality}.nii.gz")).dataobj)
+        assert (got[~mask] == 0).all()
+        r = np.corrcoef(got[mask], spm[modality][mask])[0, 1]
+        assert r > 0.98, (modality, r)                       # realigned, not just resampled
+    missing = tmp_path / "only-t1"
+    missing.mkdir()
+    (missing / "chris_t1.nii.gz").write_bytes((folder / "chris_t1.nii.gz").read_bytes())
+    bad = run_cli(["prepare", "niivue", missing, tmp_path / "x"], tmp_path, env)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert "chris_PD.nii.gz" in bad.stderr and not (tmp_path / "x").exists()
+
+
+def test_study_pairs_with_a_subject(real, tmp_path):
+    ds, cache = real
+    colin = study.study_pairs(ds, pairs_with=["colin27"])
+    assert colin and all("colin27" in (p.fixed, p.moving) for p in colin)
+    assert set(colin) == {p for p in make_pairs(ds) if "colin27" in (p.fixed, p.moving)}
+    halves = [study.study_pairs(ds, pairs_with="colin27", half=h) for h in study.HALVES]
+    assert sorted(map(str, halves[0] + halves[1])) == sorted(map(str, colin))
+    with pytest.raises(ValueError, match="pairs_with must name subjects"):
+        study.study_pairs(ds, pairs_with=["nobody"])
+    proc = run_cli(["bench", "study", "--dataset", "real", "--pairs-with", "nobody",
+                    "--results", tmp_path / "r", "--quiet"], tmp_path,
+                   cli_env(FASTSYN_CACHE=str(cache)))
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "nobody" in proc.stderr

@@ -5,6 +5,9 @@ one template are not: this set pairs *different* real anatomies across
 *real* contrasts.  It is a folder dataset (:mod:`fastsyn.bench.layout`)
 named ``real``, built on first use into the cache from files that ship with
 fastsyn, or by ``fastsyn prepare spm12 SPM12_DIR DST`` from a copy of SPM12.
+``fastsyn prepare niivue NIIVUE_DIR DST`` builds the same set with one more
+subject, real single-scan T1 and PD images of one person that cannot ship
+(see ``chris`` below).
 
 Subjects
 --------
@@ -21,6 +24,19 @@ Subjects
     T2-like and FLAIR-like images of the embedded multimodal cohort's first
     two subjects (:mod:`fastsyn.bench.synth`: synthetic contrasts on warps of
     the 2009 template), the "real T1 against a synthetic T2/FLAIR" check.
+``chris`` (only with ``fastsyn prepare niivue``)
+    T1 and PD: ``chris_t1.nii.gz`` (0.88 mm) and ``chris_PD.nii.gz``
+    (0.86 x 0.86 x 2.4 mm) of the niivue-demo-images repository
+    (https://github.com/niivue/niivue-demo-images), one person scanned once
+    per contrast at the McCausland Center for Brain Imaging, distributed under
+    CC BY-NC 4.0.  The only images of the set with a single scan's noise and
+    sharpness, and its only real PD besides avg152's.  The T1 is registered
+    affinely to avg152T1 and the PD rigidly to the T1 (:func:`affine_registration`
+    of :mod:`fastsyn.imaffine`, MI), each resampled once onto the SPM grid; the
+    mask is the MNI152 2009 brain mask inside the PD's field of view (its
+    slab leaves out the top and bottom of the head).  The licence forbids
+    commercial use, so the files are not shipped: the user's copy is
+    converted, and the notice is written beside the set (``NOTICE-niivue.txt``).
 
 The SPM images share SPM's 2 mm MNI grid (91 x 109 x 91); all are in MNI
 space after an affine registration, so the remaining differences between two
@@ -50,6 +66,7 @@ labels: Dice here measures tissue overlap only.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -60,6 +77,7 @@ __all__ = [
     "REALSET_VERSION",
     "SYNTHETIC_COHORT",
     "SPM12_IMAGES",
+    "NIIVUE_IMAGES",
     "tissue_classes",
     "build_real_set",
     "load_real_set",
@@ -78,6 +96,23 @@ SPM12_IMAGES = {
     ("avg305", "t1"): "avg305T1",
     ("colin27", "t1"): "single_subj_T1",
 }
+#: (subject, modality) -> file in a copy of niivue-demo-images (CC BY-NC 4.0).
+NIIVUE_IMAGES = {
+    ("chris", "t1"): "chris_t1.nii.gz",
+    ("chris", "pd"): "chris_PD.nii.gz",
+}
+#: Written beside a set built with the niivue images (their licence asks for it).
+NIIVUE_NOTICE = """\
+The subject `chris` of this folder is derived from chris_t1.nii.gz and
+chris_PD.nii.gz of the niivue-demo-images repository
+(https://github.com/niivue/niivue-demo-images), acquired by Chris Rorden at
+the McCausland Center for Brain Imaging and distributed under the Creative
+Commons Attribution-NonCommercial 4.0 International licence
+(https://creativecommons.org/licenses/by-nc/4.0/).  Changes: registered to
+the SPM12 avg152T1 grid (affine for the T1, rigid PD-to-T1), resampled to
+2 mm, masked with the MNI152 2009 brain mask, tissue classes added.
+Non-commercial use only.
+"""
 #: Embedded-multi subjects used as synthetic T2/FLAIR partners, and their names here.
 _SYNTHETIC = {"S01": "synthetic01", "S02": "synthetic02"}
 #: The cohort they come from (arguments of ``load_dataset``).
@@ -189,7 +224,7 @@ def _mni2009_on(shape, affine):
     return t1.astype(np.float32), mask
 
 
-def _real_subjects(spm_dir):
+def _real_subjects(spm_dir, niivue_dir=None, num_threads=None):
     """Yield (name, images, labels, mask, affine) for the real anatomies."""
     ref, affine = _spm_image(spm_dir, SPM12_IMAGES[("avg152", "t1")])
     mni_t1, mask = _mni2009_on(ref.shape, affine)
@@ -204,6 +239,65 @@ def _real_subjects(spm_dir):
         labels = tissue_classes(images["t1"], mask)
         yield name, {m: np.where(mask, v, 0).astype(np.float32) for m, v in images.items()}, \
             labels, mask, affine
+    if niivue_dir is not None:
+        yield _niivue_subject(niivue_dir, ref, affine, mask, num_threads)
+
+
+def _niivue_image(folder, filename):
+    """A niivue-demo-images volume as a nibabel image, checked."""
+    import nibabel as nib
+
+    path = Path(folder).expanduser() / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"{filename} not found in {folder} (expected a copy of "
+                                "https://github.com/niivue/niivue-demo-images)")
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as exc:  # nibabel raises several kinds for a damaged file
+        raise ValueError(f"{path}: not a readable NIfTI image ({exc})") from None
+    if data.ndim != 3 or not np.isfinite(data).all() or not np.ptp(data) > 0:
+        raise ValueError(f"{path}: expected a finite 3D image with contrast, got shape "
+                         f"{data.shape}")
+    return data, np.asarray(img.affine, dtype=np.float64)
+
+
+def _on_grid(data, data_affine, world_map, shape, affine):
+    """``data`` sampled (linear, 0 outside) at ``world_map`` of each point of a grid."""
+    from . import synth
+
+    points = synth.grid_points(shape, world_map @ affine)
+    return synth.sample_image(data, data_affine, points, order=1).reshape(shape)
+
+
+def _niivue_subject(niivue_dir, ref, affine, mask, num_threads=None):
+    """(name, images, labels, mask, affine) of ``chris`` on the SPM grid.
+
+    The T1 is registered affinely to avg152T1 (both with their skulls), the
+    PD rigidly to the T1; each image is resampled once, through the
+    composed matrices.
+    """
+    from ..imaffine import affine_registration
+    from ..register import _quiet_dipy
+
+    (t1, t1_affine), (pd, pd_affine) = (_niivue_image(niivue_dir, NIIVUE_IMAGES[("chris", m)])
+                                        for m in ("t1", "pd"))
+    # Both matrices map points of the static world to the moving world.
+    with _quiet_dipy():
+        _, to_t1 = affine_registration(t1, ref, t1_affine, affine, num_threads=num_threads)
+        _, pd_to_t1 = affine_registration(pd, t1, pd_affine, t1_affine,
+                                          pipeline=["center_of_mass", "translation", "rigid"],
+                                          num_threads=num_threads)
+    to_pd = pd_to_t1 @ to_t1
+    images = {"t1": _on_grid(t1, t1_affine, to_t1, ref.shape, affine),
+              "pd": _on_grid(pd, pd_affine, to_pd, ref.shape, affine)}
+    # The PD slab covers less of the head than the T1: keep the voxels whose
+    # interpolation stencil lies wholly inside it.
+    coverage = _on_grid(np.ones_like(pd), pd_affine, to_pd, ref.shape, affine)
+    inside = mask & (coverage > 0.999)
+    labels = tissue_classes(images["t1"], inside)
+    return ("chris", {m: np.where(inside, v, 0).astype(np.float32) for m, v in images.items()},
+            labels, inside, affine)
 
 
 def _synthetic_subjects(cohort):
@@ -225,7 +319,8 @@ def _synthetic_subjects(cohort):
 
 
 # ---------------------------------------------------------------------- build
-def build_real_set(dst, *, synthetic_cohort, spm_dir=None, progress=True):
+def build_real_set(dst, *, synthetic_cohort, spm_dir=None, niivue_dir=None, num_threads=None,
+                   progress=True):
     """Write the real-anatomy study set into ``dst`` (see the module docstring).
 
     Parameters
@@ -239,6 +334,11 @@ def build_real_set(dst, *, synthetic_cohort, spm_dir=None, progress=True):
     spm_dir : str or Path, optional
         A copy of SPM12 (its ``canonical/`` folder is read); default the
         images shipped in ``fastsyn.data``.
+    niivue_dir : str or Path, optional
+        A copy of niivue-demo-images: adds the subject ``chris``
+        (:data:`NIIVUE_IMAGES`; the dataset is then named ``real-niivue``).
+    num_threads : int or None, optional
+        Threads of the affine registrations that align ``chris``.
     progress : bool
         Show progress bars.
 
@@ -258,17 +358,30 @@ def build_real_set(dst, *, synthetic_cohort, spm_dir=None, progress=True):
         raise FileNotFoundError("the SPM12 images are not shipped with this installation: "
                                 "run `fastsyn prepare spm12 SPM12_DIR DST` with a copy of "
                                 "SPM12 and use --dataset DST")
+    if niivue_dir is not None:
+        for stem in NIIVUE_IMAGES.values():
+            _niivue_image(niivue_dir, stem)          # a missing file fails before any work
     dst.mkdir(parents=True, exist_ok=True)
     names, synthetic = [], []
-    subjects = [*_real_subjects(spm_dir), *_synthetic_subjects(synthetic_cohort())]
+    real = _real_subjects(spm_dir, niivue_dir, num_threads)
+    subjects = itertools.chain(real, _synthetic_subjects(synthetic_cohort()))
+    # the SPM subjects, mni2009, chris, the synthetic ones
+    total = (len({subject for subject, _ in SPM12_IMAGES}) + 1 + (niivue_dir is not None)
+             + len(_SYNTHETIC))
     for name, images, labels, mask, affine in tqdm(subjects, desc="building the real set",
-                                                   unit="subject", disable=not progress):
+                                                   unit="subject", total=total,
+                                                   disable=not progress):
         _write_subject(dst, name, images, labels, mask, affine)
         names.append(name)
         if name in _SYNTHETIC.values():
             synthetic.append(name)
     source = "SPM12 copy " + str(spm_dir) if spm_dir is not None else "fastsyn.data.real"
-    write_dataset_stamp(dst, REAL, _MODALITIES, names, sparse_modalities=True,
+    set_name = REAL
+    if niivue_dir is not None:
+        (dst / "NOTICE-niivue.txt").write_text(NIIVUE_NOTICE)
+        source += f"; niivue-demo-images copy {niivue_dir}"
+        set_name = f"{REAL}-niivue"
+    write_dataset_stamp(dst, set_name, _MODALITIES, names, sparse_modalities=True,
                         synthetic=synthetic, labels=TISSUE_NAMES, source=source,
                         version=REALSET_VERSION, generator="fastsyn.bench.realset")
     return load_folder(dst, check=False)

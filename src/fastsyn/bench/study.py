@@ -304,7 +304,7 @@ def _direction(pair):
     return f"{pair.fixed_modality}←{pair.moving_modality}"
 
 
-def study_pairs(dataset, sample=None, seed=0, half=None):
+def study_pairs(dataset, sample=None, seed=0, half=None, pairs_with=None):
     """Cross-modality pairs, balanced over the directions.
 
     On a dataset whose subjects all have every modality (the embedded
@@ -333,6 +333,10 @@ def study_pairs(dataset, sample=None, seed=0, half=None):
     half : {None, "tune", "report"}, optional
         One half of the pairs (:func:`split_halves`): settings are chosen on
         ``tune`` and reported on ``report``.
+    pairs_with : sequence of str, optional
+        Keep only the candidate pairs with one of these subjects on either
+        side (before the sample and the split): the pairs a subject added to
+        a set brings, without rerunning the others.
 
     Returns
     -------
@@ -341,6 +345,7 @@ def study_pairs(dataset, sample=None, seed=0, half=None):
     from .pairs import check_sample_seed
 
     check_sample_seed(sample, seed)
+    keep = _check_pairs_with(dataset, pairs_with)
     if half not in (None, *HALVES):
         raise ValueError(f"half must be one of {HALVES} or None, got {half!r}")
     mods = list(dataset.modalities)
@@ -348,10 +353,27 @@ def study_pairs(dataset, sample=None, seed=0, half=None):
         raise ValueError(f"dataset {dataset.name!r} has one modality; the MI study "
                          "needs cross-modality pairs")
     if _sparse(dataset):
-        out = _sparse_pairs(dataset, sample, seed)
+        out = _sparse_pairs(dataset, sample, seed, keep)
     else:
-        out = _rotated_pairs(dataset, mods, sample, seed)
+        out = _rotated_pairs(dataset, mods, sample, seed, keep)
     return out if half is None else split_halves(out)[half]
+
+
+def _check_pairs_with(dataset, pairs_with):
+    """The subjects of ``pairs_with`` as a set (None: every pair), checked."""
+    if pairs_with is None:
+        return None
+    names = [pairs_with] if isinstance(pairs_with, str) else list(pairs_with)
+    known = [s.name for s in dataset.subjects]
+    unknown = [n for n in names if n not in known]
+    if not names or unknown:
+        raise ValueError(f"pairs_with must name subjects of {dataset.name!r} "
+                         f"({', '.join(known)}), got {', '.join(map(str, names)) or 'none'}")
+    return set(names)
+
+
+def _involves(pair, keep):
+    return keep is None or pair.fixed in keep or pair.moving in keep
 
 
 def _sparse(dataset):
@@ -359,12 +381,13 @@ def _sparse(dataset):
                for s in dataset.subjects)
 
 
-def _sparse_pairs(dataset, sample, seed):
+def _sparse_pairs(dataset, sample, seed, keep=None):
     from .pairs import make_pairs
 
     by_dir = {}
     for p in make_pairs(dataset):
-        by_dir.setdefault(_direction(p), []).append(p)
+        if _involves(p, keep):
+            by_dir.setdefault(_direction(p), []).append(p)
     rng = np.random.default_rng(int(seed))
     queues = [[ps[i] for i in rng.permutation(len(ps))] for ps in by_dir.values()]
     out = []
@@ -375,11 +398,12 @@ def _sparse_pairs(dataset, sample, seed):
     return out if sample is None else out[:int(sample)]
 
 
-def _rotated_pairs(dataset, mods, sample, seed):
+def _rotated_pairs(dataset, mods, sample, seed, keep=None):
     from .pairs import Pair, make_pairs
 
     directions = list(itertools.permutations(mods, 2))
-    subject_pairs = make_pairs([s.name for s in dataset.subjects])
+    subject_pairs = [p for p in make_pairs([s.name for s in dataset.subjects])
+                     if _involves(p, keep)]
     order = np.random.default_rng(int(seed)).permutation(len(subject_pairs))
     total = len(subject_pairs) * len(directions)
     n = total if sample is None else min(int(sample), total)
@@ -416,8 +440,10 @@ def split_halves(pairs):
 
 
 # ---------------------------------------------------------------------- plan
-def _plan_path(results_dir, data_tag, levels, half=None):
+def _plan_path(results_dir, data_tag, levels, half=None, pairs_with=None):
     tail = "" if half is None else f"-{half}"
+    if pairs_with:
+        tail = f"-with-{'-'.join(sorted(pairs_with))}{tail}"
     return (Path(results_dir)
             / f"study-{data_tag}-{'x'.join(str(v) for v in levels)}{tail}.json")
 
@@ -499,7 +525,7 @@ def _run_setting(setting, dataset, pairs, common):
 def run_study(dataset="embedded-multi", *, results_dir, resolution=2.0, sample=12, seed=0,
               levels=(20, 20, 10), grid="default", settings=(), anchors=True,
               anchor_masks=("none",), combine=None, threads=1, workers=1, cache_dir=None,
-              half=None, progress=True, log=print):
+              half=None, pairs_with=None, progress=True, log=print):
     """Run the MI study and return its summary rows.
 
     Parameters
@@ -534,6 +560,9 @@ def run_study(dataset="embedded-multi", *, results_dir, resolution=2.0, sample=1
     half : {None, "tune", "report"}, optional
         Run one half of the pairs (:func:`split_halves`); its plan is
         ``study-<data>-<levels>-<half>.json``.
+    pairs_with : sequence of str, optional
+        Only the pairs with one of these subjects (:func:`study_pairs`); the
+        plan's name gains ``-with-<subjects>``.
     progress : bool
         Progress bars of the harness.
     log : callable or None
@@ -552,7 +581,7 @@ def run_study(dataset="embedded-multi", *, results_dir, resolution=2.0, sample=1
     log = log or (lambda msg: None)
     dataset, _ = plan_pairs(dataset, None, sample=None, seed=0, cache_dir=cache_dir,
                             resolution=resolution)
-    pairs = study_pairs(dataset, sample, seed, half)
+    pairs = study_pairs(dataset, sample, seed, half, pairs_with)
     rows = [parse_setting(s) if isinstance(s, str) else s for s in settings]
     todo = _unique(study_grid(grid) + rows)
     if anchors:
@@ -560,8 +589,9 @@ def run_study(dataset="embedded-multi", *, results_dir, resolution=2.0, sample=1
     store = ResultStore(results_dir)
     ctx = {"dataset": dataset, "pairs": pairs, "levels": levels, "threads": threads,
            "data_tag": dataset_tag(dataset), "pre_opts": _prealign_options(None),
-           "warn": _warner(progress), "half": half}
-    path = _plan_path(store.root, ctx["data_tag"], levels, half)
+           "warn": _warner(progress), "half": half,
+           "pairs_with": sorted(_check_pairs_with(dataset, pairs_with) or [])}
+    path = _plan_path(store.root, ctx["data_tag"], levels, half, ctx["pairs_with"])
     plan = _plan(ctx, todo, grid, sample, seed, resolution)
     plan = _write_plan(path, plan)
     common = {"levels": levels, "threads": threads, "workers": workers,
@@ -603,7 +633,7 @@ def _plan(ctx, settings, grid, sample, seed, resolution):
     return {"version": _PLAN_VERSION, "dataset": dataset.name, "data": ctx["data_tag"],
             "resolution": resolution, "levels": list(ctx["levels"]),
             "threads": ctx["threads"], "grid": grid, "sample": sample, "seed": seed,
-            "half": ctx.get("half"),
+            "half": ctx.get("half"), "pairs_with": ctx.get("pairs_with") or None,
             "pairs": [{"id": p.id, "direction": _direction(p)} for p in pairs],
             "baseline_keys": _baseline_keys(dataset, pairs, ctx["data_tag"],
                                             ctx["pre_opts"]),

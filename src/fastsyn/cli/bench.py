@@ -378,6 +378,9 @@ def _add_study(bsub):
     p.add_argument("--half", default=None, choices=("tune", "report"),
                    help="one half of the pairs: choose settings on 'tune', report on "
                         "'report' (default: all the pairs)")
+    p.add_argument("--pairs-with", default=None, metavar="SUBJECTS",
+                   help="only the pairs with one of these subjects (comma-separated) on "
+                        "either side, e.g. the subject a prepared set adds")
     p.add_argument("--levels", type=level_list, default=(20, 20, 10), metavar="L1,L2,...",
                    help="iterations per level, coarsest first (default 20,20,10)")
     p.add_argument("--grid", default="default", choices=("default", "quick", "syn", "none"),
@@ -433,7 +436,9 @@ def run_study(args):
             args.dataset, results_dir=args.results, resolution=args.resolution,
             sample=(args.sample if args.sample is not None
                     else 12 if args.dataset in EMBEDDED else None),
-            seed=args.seed, half=args.half, levels=args.levels, grid=args.grid,
+            seed=args.seed, half=args.half,
+            pairs_with=None if args.pairs_with is None else _names(args.pairs_with),
+            levels=args.levels, grid=args.grid,
             settings=settings, anchors=not args.no_anchors, anchor_masks=anchor_masks,
             combine=False if args.no_combine else None, threads=args.threads,
             workers=args.workers, cache_dir=args.cache_dir, progress=not args.quiet,

@@ -2,10 +2,11 @@
 
 from pathlib import Path
 
-#: Datasets with a converter in :mod:`fastsyn.bench.convert`, and ``spm12``
-#: (the real-anatomy study set of :mod:`fastsyn.bench.realset` from a copy of
-#: SPM12).
-DATASETS = ("lpba40", "mrbrains18", "oasis", "spm12")
+#: Datasets with a converter in :mod:`fastsyn.bench.convert`, ``spm12`` (the
+#: real-anatomy study set of :mod:`fastsyn.bench.realset` from a copy of
+#: SPM12) and ``niivue`` (that set, from the shipped SPM12 images, plus the
+#: single-scan T1 and PD of a copy of niivue-demo-images).
+DATASETS = ("lpba40", "mrbrains18", "oasis", "spm12", "niivue")
 
 
 def add_parser(sub):
@@ -13,7 +14,9 @@ def add_parser(sub):
     p = sub.add_parser("prepare", help="convert a public dataset to the folder layout",
                        description="spm12: the real-anatomy study set (the 'real' "
                                    "dataset) from SRC = a copy of SPM12 (its canonical/ "
-                                   "folder)")
+                                   "folder); niivue: that set plus the subject 'chris' "
+                                   "(real single-scan T1 and PD, CC BY-NC 4.0) from SRC = "
+                                   "a copy of github.com/niivue/niivue-demo-images")
     p.add_argument("dataset", choices=DATASETS)
     p.add_argument("src", metavar="SRC", help="dataset as distributed")
     p.add_argument("dst", metavar="DST", help="output folder")
@@ -27,13 +30,15 @@ def run(args):
 
     # The converter checks SRC and DST itself (FileNotFoundError, ValueError).
     src, dst = Path(args.src), Path(args.dst)
-    if args.dataset == "spm12":
+    if args.dataset in ("spm12", "niivue"):
         from fastsyn.bench.datasets import load_dataset
         from fastsyn.bench.realset import SYNTHETIC_COHORT, build_real_set
 
         if not src.expanduser().is_dir():
-            raise FileNotFoundError(f"SPM12 folder not found: {src}")
-        dataset = build_real_set(dst, spm_dir=src,
+            what = "SPM12" if args.dataset == "spm12" else "niivue-demo-images"
+            raise FileNotFoundError(f"{what} folder not found: {src}")
+        folder = {"spm_dir" if args.dataset == "spm12" else "niivue_dir": src}
+        dataset = build_real_set(dst, **folder,
                                  synthetic_cohort=lambda: load_dataset(**SYNTHETIC_COHORT))
     else:
         dataset = CONVERTERS[args.dataset](src, dst)
