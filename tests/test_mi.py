@@ -458,10 +458,45 @@ def test_syn_settings_follow_the_metric_unless_given():
         assert (got or 0) == value if name == "inversion_sweeps" else got == value
     explicit = fastsyn.SymmetricDiffeomorphicRegistration(
         MIMetric(3), pyramid="dipy", reinvert=True, inversion_sweeps=0, step_length=0.25,
-        total_sigma=0.0)
+        total_sigma=0.0, repair_folds=False)
     assert (explicit.pyramid, explicit.reinvert, explicit.inversion_sweeps,
-            explicit.step_length, explicit.total_sigma) == ("dipy", True, None, 0.25, 0.0)
+            explicit.step_length, explicit.total_sigma, explicit.repair_folds) == (
+        "dipy", True, None, 0.25, 0.0, False)
+    with pytest.raises(TypeError, match="repair_folds"):
+        fastsyn.SymmetricDiffeomorphicRegistration(MIMetric(3), repair_folds="yes")
     with pytest.raises(ValueError, match="inversion_sweeps"):
         fastsyn.SymmetricDiffeomorphicRegistration(MIMetric(3), inversion_sweeps=-1)
     with pytest.raises(TypeError, match="reinvert"):
         fastsyn.SymmetricDiffeomorphicRegistration(MIMetric(3), reinvert="no")
+
+
+def test_repair_folds_option_repairs_both_final_fields(monkeypatch):
+    """``repair_folds=True`` ends with the repair of both final fields (bitwise
+    the same on 1 and 2 threads); the defaults (DIPY's value) never call it."""
+    import fastsyn.imwarp as fs_imwarp
+
+    static, moving, _, _ = _synthetic_pair_3d()
+    calls = []
+    real = fs_imwarp.repair_folds
+
+    def recording(field, grid2world, **kwargs):
+        calls.append(field.shape)
+        return real(field, grid2world, **kwargs)
+
+    monkeypatch.setattr(fs_imwarp, "repair_folds", recording)
+    maps = []
+    for n in (1, 2):
+        sdr = fastsyn.SymmetricDiffeomorphicRegistration(
+            MIMetric(3, nbins=16), level_iters=[6, 4], num_threads=n, reinvert=False,
+            total_sigma=0.3, repair_folds=True)
+        maps.append(sdr.optimize(static, moving))
+        assert set(sdr.folds_repaired) == {"forward", "backward"}
+        assert all(left == 0 for _, left in sdr.folds_repaired.values())
+    assert calls == [maps[0].forward.shape] * 4
+    assert np.array_equal(maps[0].forward, maps[1].forward)
+    assert np.array_equal(maps[0].backward, maps[1].backward)
+    calls.clear()
+    for metric in (MIMetric(3, nbins=16), fastsyn.CCMetric(3)):
+        sdr = fastsyn.SymmetricDiffeomorphicRegistration(metric, level_iters=[2])
+        sdr.optimize(static, moving)
+        assert calls == [] and sdr.folds_repaired == {}

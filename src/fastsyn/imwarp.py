@@ -42,6 +42,7 @@ from fastsyn.fields import (
     discrete_smooth_unchecked,
     invert_unchecked,
     refine_inverse_unchecked,
+    repair_folds,
     resample_unchecked,
     warp_unchecked,
 )
@@ -417,6 +418,23 @@ def _log_residual(label, dmap):
     logger.info(f"{label}: {stats[1]:0.6f} ({stats[2]:0.6f})")
 
 
+def _repair_final_folds(self):
+    """``repair_folds``: smooth the final map's fields where they fold.
+
+    Folds are made in the inversions and the final composition, a few
+    voxels where a field is nearly singular; :func:`fastsyn.fields.repair_folds`
+    averages each field around them until none is left.
+    """
+    dmap = self.static_to_moving
+    self.folds_repaired = {}
+    for name in ("forward", "backward"):
+        field = np.ascontiguousarray(getattr(dmap, name))
+        if not field.flags.writeable:
+            field = field.copy()
+        self.folds_repaired[name] = repair_folds(field, dmap.disp_grid2world)
+        setattr(dmap, name, field)
+
+
 def _optimize(self):
     """DIPY's multi-scale loop (``_optimize``), coarsest level first.
 
@@ -468,6 +486,8 @@ def _optimize(self):
         _log_residual("Moving-Reference Residual error", self.moving_to_ref)
     self.static_to_moving = self.moving_to_ref.warp_endomorphism(
         self.static_to_ref.inverse()).inverse()
+    if getattr(self, "repair_folds", False):
+        _repair_final_folds(self)
     if diagnose:
         _log_residual("Final residual error", self.static_to_moving)
     if self.callback is not None:
@@ -619,7 +639,8 @@ def check_syn_options(*, pyramid="dipy", flow_sigma=None, total_sigma=0.0,
 #: DIPY's values of the SyN settings a metric may prefer others for
 #: (``syn_defaults``, e.g. :attr:`fastsyn.MIMetric.syn_defaults`).
 DIPY_SYN_SETTINGS = {"step_length": 0.25, "pyramid": "dipy", "total_sigma": 0.0,
-                     "reinvert": True, "inversion_sweeps": 0, "fused_inversion": False}
+                     "reinvert": True, "inversion_sweeps": 0, "fused_inversion": False,
+                     "repair_folds": False}
 
 
 def _metric_preferences(metric):
@@ -718,6 +739,12 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
         largest residual (DIPY's loop clips with the current one, which
         needs a second pass over the field).  None: the metric's preference,
         else False.
+    repair_folds : bool or None, optional
+        After the final composition, average the map's forward and backward
+        fields around every point whose Jacobian determinant is at most
+        0.05, until none is left (:func:`fastsyn.fields.repair_folds`; a few
+        voxels where a field is nearly singular, made by the inversions and
+        the composition).  None: the metric's preference, else False.
 
     Attributes
     ----------
@@ -727,11 +754,16 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
         and ``total``.
     iterations_run : int
         Number of SyN iterations performed over all levels.
+    folds_repaired : dict
+        With ``repair_folds``, after :meth:`optimize`: ``{"forward": (rounds,
+        left), "backward": (rounds, left)}``, the rounds of averaging each
+        field took and its points still folded (0 unless the rounds ran out).
 
     Notes
     -----
     ``step_length``, ``pyramid``, ``total_sigma``, ``reinvert``,
-    ``inversion_sweeps`` and ``fused_inversion`` left at None take the metric's ``syn_defaults``
+    ``inversion_sweeps``, ``fused_inversion`` and ``repair_folds`` left at None take the
+    metric's ``syn_defaults``
     (a dict; :attr:`fastsyn.MIMetric.syn_defaults` holds the settings the
     real-anatomy study chose for MI), else DIPY's values
     (:data:`DIPY_SYN_SETTINGS`).  With fastsyn's ``CCMetric`` or any DIPY
@@ -742,7 +774,7 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
                  ss_sigma_factor=0.2, opt_tol=None, inv_iter=20, inv_tol=1e-3,
                  callback=None, num_threads=None, pyramid=None, flow_sigma=None,
                  total_sigma=None, convergence="dipy", reinvert=None,
-                 inversion_sweeps=None, fused_inversion=None):
+                 inversion_sweeps=None, fused_inversion=None, repair_folds=None):
         resolve_num_threads(num_threads)
         if not isinstance(metric, SimilarityMetric):
             raise TypeError("metric must be a SimilarityMetric (e.g. fastsyn.CCMetric or "
@@ -763,8 +795,11 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
                 ("total_sigma", total_sigma), ("reinvert", reinvert),
                 ("inversion_sweeps", inversion_sweeps)))
         fused_inversion = prefer("fused_inversion", fused_inversion)
-        if not isinstance(fused_inversion, (bool, np.bool_)):
-            raise TypeError(f"fused_inversion must be True or False, got {fused_inversion!r}")
+        repair_folds = prefer("repair_folds", repair_folds)
+        for name, flag in (("fused_inversion", fused_inversion),
+                           ("repair_folds", repair_folds)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False, got {flag!r}")
         step_length = check_real("step_length", step_length, low=0, low_inclusive=False)
         ss_sigma_factor = check_real("ss_sigma_factor", ss_sigma_factor, low=0)
         options = check_syn_options(pyramid=pyramid, flow_sigma=flow_sigma,
@@ -785,6 +820,8 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
         # 0: DIPY's rule (every inversion to inv_tol), kept as None
         self.inversion_sweeps = inversion_sweeps or None
         self.fused_inversion = bool(fused_inversion)
+        self.repair_folds = bool(repair_folds)
+        self.folds_repaired = {}
         for name, value in options.items():
             setattr(self, name, value)
         self.stage_times = {}

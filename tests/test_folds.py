@@ -1,0 +1,80 @@
+"""Jacobian determinants of displacement fields and the repair of folds
+(`fastsyn.fields.jacobian_determinant`, `fastsyn.fields.repair_folds`)."""
+
+import numpy as np
+import pytest
+
+from fastsyn.fields import jacobian_determinant, repair_folds
+
+
+def _whole_field_det(field, grid2world):
+    dim = field.shape[-1]
+    grads = np.stack([np.stack(np.gradient(field[..., c].astype(np.float64),
+                                           axis=tuple(range(dim))), -1)
+                      for c in range(dim)], -2)
+    return np.linalg.det(np.eye(dim) + grads @ np.linalg.inv(grid2world[:dim, :dim]))
+
+
+def _folded_field(shape=(30, 31, 32), amplitude=12.0):
+    """A displacement that flips sign across a plane inside a Gaussian bump:
+    the points on either side cross each other (folds), none far from it."""
+    z, y, x = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij")
+    centre = [(n - 1) / 2 for n in shape]
+    bump = np.exp(-((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2) / 8)
+    field = np.zeros(shape + (3,), dtype=np.float32)
+    field[..., 0] = -amplitude * bump * np.sign(z - centre[0] + 0.25)
+    return field
+
+
+def test_jacobian_determinant_matches_the_whole_field_formula():
+    rng = np.random.default_rng(3)
+    field = rng.normal(0, 0.4, (19, 12, 11, 3)).astype(np.float32)  # blocks of 8 slices
+    c, s = np.cos(0.3), np.sin(0.3)
+    grid2world = np.array([[-2.0 * c, -s, 0, 10], [2.0 * s, c, 0, -4], [0, 0, 1.5, 2],
+                           [0, 0, 0, 1]])
+    det = jacobian_determinant(field, grid2world)
+    assert det.shape == field.shape[:3] and det.dtype == np.float64
+    np.testing.assert_allclose(det, _whole_field_det(field, grid2world), atol=1e-12)
+    flat = rng.normal(0, 0.4, (9, 10, 2))
+    affine2d = np.array([[0, 2.0, 1], [1.5, 0, 0], [0, 0, 1]])
+    np.testing.assert_allclose(jacobian_determinant(flat, affine2d),
+                               _whole_field_det(flat, affine2d), atol=1e-12)
+    np.testing.assert_allclose(jacobian_determinant(np.zeros((4, 5, 6, 3))), 1.0)
+    with pytest.raises(ValueError, match="displacement field"):
+        jacobian_determinant(np.zeros((4, 5, 6)))
+
+
+def test_repair_folds_unfolds_only_around_the_folds():
+    grid2world = np.diag([-2.0, 2.0, 2.0, 1.0])
+    field = _folded_field()
+    before = jacobian_determinant(field, grid2world)
+    assert (before <= 0).sum() > 20
+    repaired = field.copy()
+    rounds, left = repair_folds(repaired, grid2world)
+    after = jacobian_determinant(repaired, grid2world)
+    assert rounds > 0 and left == 0 and after.min() > 0.05
+    assert repaired.dtype == np.float32
+    changed = np.any(repaired != field, axis=-1)
+    folded = np.argwhere(before <= 0.05)
+    for point in np.argwhere(changed):                     # nothing far from a fold moves
+        assert np.abs(folded - point).max(axis=1).min() <= rounds + 1
+    assert changed.sum() < 0.2 * changed.size
+
+
+def test_repair_folds_leaves_a_regular_field_alone():
+    rng = np.random.default_rng(0)
+    field = rng.normal(0, 0.05, (12, 13, 14, 3)).astype(np.float32)
+    copy = field.copy()
+    assert repair_folds(field, np.eye(4)) == (0, 0)
+    assert np.array_equal(field, copy)
+    folded = _folded_field()
+    stuck = folded.copy()
+    assert repair_folds(stuck, max_rounds=0) == (0, int((jacobian_determinant(folded) <= 0.05)
+                                                        .sum()))
+    assert np.array_equal(stuck, folded)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        repair_folds(folded[:, ::2])
+    with pytest.raises(ValueError, match="C-contiguous"):
+        repair_folds(folded.tolist())
+    with pytest.raises(ValueError, match="max_rounds"):
+        repair_folds(folded, max_rounds=-1)
