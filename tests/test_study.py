@@ -261,3 +261,24 @@ def test_report_renders_the_study_section(ran, tmp_path):
     assert section.count("<tr>") == 1 + 3  # header and Baseline, default, nbins=16
     assert "Parzen window" in section  # what was not studied is said
     assert "<svg" in section
+
+
+def test_report_names_a_study_of_one_subjects_pairs(ran, tmp_path):
+    """A ``--pairs-with`` plan beside the full one gets its own heading and id."""
+    import json
+    import shutil
+
+    from fastsyn.bench.report import write_report
+
+    res = tmp_path / "res"
+    shutil.copytree(ran.res, res)
+    plan_path = next(res.glob("study-*.json"))
+    plan = json.loads(plan_path.read_text())
+    subject = plan["pairs"][0]["id"].split("__")[0].split("-")[0]
+    plan["pairs_with"], plan["half"] = [subject], "tune"
+    (res / plan_path.name.replace(".json", f"-with-{subject}-tune.json")).write_text(
+        json.dumps(plan))
+    page = write_report(res, tmp_path / "out", check_equivalence=False,
+                        benchmark_json_dir=tmp_path / "nobench").read_text()
+    assert f"pairs with {subject}, tune half</h3>" in page
+    assert f"-with-{subject}-tune'" in page and page.count("<h3 id='study-") == 2

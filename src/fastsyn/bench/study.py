@@ -62,23 +62,24 @@ FACTORS = {
     "step_length": (0.25, 0.35, 0.5),
     "sampling": (None, 0.3),
     "pyramid": ("dipy", "ants"),
-    "total_sigma": (0.0, 0.5),
+    "total_sigma": (0.0, 0.3, 0.5),
     "inv_iter": (20, 5),
     "reinvert": (True, False),
     "inversion_sweeps": (0, 2, 1),
     "fused_inversion": (False, True),
+    "repair_folds": (True, False),
 }
 #: Factors the sweep changes, per grid name (``none``: the default only).
 GRIDS = {"default": tuple(FACTORS), "quick": ("nbins", "masks"), "none": (),
          "syn": ("sigma_diff", "step_length", "pyramid", "total_sigma", "reinvert",
-                 "inversion_sweeps", "fused_inversion")}
+                 "inversion_sweeps", "fused_inversion", "repair_folds")}
 #: The quick grid's levels (a first look: the two factors that moved most).
 _QUICK_LEVELS = {"nbins": (16,), "masks": ("brain",)}
 #: Factors a combination of winners may take (the MIMetric and SDR defaults;
 #: masks are data, not a default).
 _COMBINABLE = ("nbins", "clip", "sigma_diff", "step_length", "sampling", "pyramid",
                "total_sigma", "inv_iter", "reinvert", "inversion_sweeps",
-               "fused_inversion")
+               "fused_inversion", "repair_folds")
 NOT_STUDIED = ("Parzen window on the static side (cubic vs box as in Mattes/ITK): "
                "needs a change of the MI kernel (fastsyn/_kernels/mi.pyx)")
 #: Harness option of a factor where the names differ (CC has its own sigma_diff).
@@ -133,9 +134,14 @@ class Setting:
 
 def current_defaults():
     """The current value of every factor (the harness's ``fastsyn`` defaults)."""
+    from ..imwarp import DIPY_SYN_SETTINGS
+    from ..metrics.mi import MIMetric
     from .methods import FastsynMethod
 
-    d = FastsynMethod.defaults
+    d = dict(FastsynMethod.defaults)
+    for name in ("total_sigma", "reinvert", "repair_folds"):
+        if d[name] is None:  # the registration's own default for MI
+            d[name] = MIMetric.syn_defaults.get(name, DIPY_SYN_SETTINGS[name])
     return {"nbins": int(d["nbins"]), "masks": "none",
             "clip": tuple(float(v) for v in d["clip"]),
             "sigma_diff": float(d["mi_sigma_diff"]), "step_length": float(d["step_length"]),
@@ -143,14 +149,15 @@ def current_defaults():
             "pyramid": str(d["pyramid"]), "total_sigma": float(d["total_sigma"]),
             "inv_iter": int(d["inv_iter"]), "reinvert": bool(d["reinvert"]),
             "inversion_sweeps": int(d["mi_inversion_sweeps"]),
-            "fused_inversion": bool(d["mi_fused_inversion"])}
+            "fused_inversion": bool(d["mi_fused_inversion"]),
+            "repair_folds": bool(d["repair_folds"])}
 
 
 def _normal(factor, value):
     """A factor's value in its canonical type (so equal settings share a key)."""
     if factor in ("nbins", "inv_iter"):
         return int(value)
-    if factor in ("reinvert", "fused_inversion"):
+    if factor in ("reinvert", "fused_inversion", "repair_folds"):
         if not isinstance(value, (bool, np.bool_)):
             raise ValueError(f"{factor} must be True or False, got {value!r}")
         return bool(value)
@@ -209,7 +216,7 @@ def _parse_value(factor, text):
     text = text.strip()
     if factor in ("masks", "pyramid"):
         return _normal(factor, text)
-    if factor in ("reinvert", "fused_inversion"):
+    if factor in ("reinvert", "fused_inversion", "repair_folds"):
         flag = {"true": True, "1": True, "false": False, "0": False}.get(text.lower())
         if flag is None:
             raise ValueError(f"bad value {text!r} for {factor} (true or false)")
