@@ -307,8 +307,10 @@ def _invert_models(self, world2grid, spacing, nthreads, max_iter=None):
     for dmap in (self.static_to_ref, self.moving_to_ref):
         dmap.forward = np.ascontiguousarray(dmap.forward, dtype=dtype)
         dmap.backward = np.ascontiguousarray(dmap.backward, dtype=dtype)
-    steps = [("forward", "backward")] + ([("backward", "forward")]
-                                         if getattr(self, "reinvert", True) else [])
+    reinvert = getattr(self, "reinvert", True)
+    if reinvert == "coarse":  # every level but the finest
+        reinvert = self.current_level > 0
+    steps = [("forward", "backward")] + ([("backward", "forward")] if reinvert else [])
     for source, target in steps:
         for side, dmap in (("static", self.static_to_ref), ("moving", self.moving_to_ref)):
             d, out = getattr(dmap, source), getattr(dmap, target)
@@ -624,8 +626,9 @@ _ANTS_THRESHOLD = 1e-7
 def check_syn_options(*, pyramid="dipy", flow_sigma=None, total_sigma=0.0,
                       convergence="dipy", reinvert=True):
     """Validate the ANTs-style options of SyN; returns them as a dict."""
-    if not isinstance(reinvert, (bool, np.bool_)):
-        raise TypeError(f"reinvert must be True or False, got {reinvert!r}")
+    if not isinstance(reinvert, (bool, np.bool_)) and not (isinstance(reinvert, str)
+                                                          and reinvert == "coarse"):
+        raise TypeError(f"reinvert must be True, False or 'coarse', got {reinvert!r}")
     if pyramid not in ("dipy", "ants"):
         raise ValueError(f"pyramid must be 'dipy' or 'ants', got {pyramid!r}")
     if convergence not in ("dipy", "ants"):
@@ -633,7 +636,8 @@ def check_syn_options(*, pyramid="dipy", flow_sigma=None, total_sigma=0.0,
     flow_sigma = check_real("flow_sigma", flow_sigma, low=0, allow_none=True)
     total_sigma = check_real("total_sigma", total_sigma, low=0)
     return {"pyramid": pyramid, "flow_sigma": flow_sigma, "total_sigma": total_sigma,
-            "convergence": convergence, "reinvert": bool(reinvert)}
+            "convergence": convergence,
+            "reinvert": reinvert if reinvert == "coarse" else bool(reinvert)}
 
 
 #: DIPY's values of the SyN settings a metric may prefer others for
@@ -725,8 +729,10 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
         (True, four inversions per iteration).  False keeps the forward
         fields as the updates left them and inverts only once (two
         inversions per iteration: about half the inversion time); the final
-        map is built from them the same way.  None: the metric's preference,
-        else True.
+        map is built from them the same way.  ``"coarse"``: re-invert at every
+        level but the finest (the coarse levels, where a large deformation
+        is made, keep the projection onto invertible fields).  None: the
+        metric's preference, else True.
     inversion_sweeps : int or None, optional
         Fixed-point sweeps of each inversion inside the iterations (each is
         warm-started from the previous iteration's inverse, which is close);

@@ -64,7 +64,7 @@ FACTORS = {
     "pyramid": ("dipy", "ants"),
     "total_sigma": (0.0, 0.3, 0.5),
     "inv_iter": (20, 5),
-    "reinvert": (True, False),
+    "reinvert": (True, False, "coarse"),
     "inversion_sweeps": (0, 2, 1),
     "fused_inversion": (False, True),
     "repair_folds": (True, False),
@@ -147,7 +147,7 @@ def current_defaults():
             "sigma_diff": float(d["mi_sigma_diff"]), "step_length": float(d["step_length"]),
             "sampling": None if d["sampling"] is None else float(d["sampling"]),
             "pyramid": str(d["pyramid"]), "total_sigma": float(d["total_sigma"]),
-            "inv_iter": int(d["inv_iter"]), "reinvert": bool(d["reinvert"]),
+            "inv_iter": int(d["inv_iter"]), "reinvert": _normal("reinvert", d["reinvert"]),
             "inversion_sweeps": int(d["mi_inversion_sweeps"]),
             "fused_inversion": bool(d["mi_fused_inversion"]),
             "repair_folds": bool(d["repair_folds"])}
@@ -157,6 +157,8 @@ def _normal(factor, value):
     """A factor's value in its canonical type (so equal settings share a key)."""
     if factor in ("nbins", "inv_iter"):
         return int(value)
+    if factor == "reinvert" and value == "coarse":
+        return value
     if factor in ("reinvert", "fused_inversion", "repair_folds"):
         if not isinstance(value, (bool, np.bool_)):
             raise ValueError(f"{factor} must be True or False, got {value!r}")
@@ -216,6 +218,8 @@ def _parse_value(factor, text):
     text = text.strip()
     if factor in ("masks", "pyramid"):
         return _normal(factor, text)
+    if factor == "reinvert" and text.lower() == "coarse":
+        return "coarse"
     if factor in ("reinvert", "fused_inversion", "repair_folds"):
         flag = {"true": True, "1": True, "false": False, "0": False}.get(text.lower())
         if flag is None:
