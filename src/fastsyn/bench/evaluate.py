@@ -230,14 +230,14 @@ def jacobian_determinant(displacement, affine=None):
         The determinant at each grid point (central differences inside,
         one-sided at the borders).
     """
+    from ..fields import jacobian_determinant as field_jacobian
+
     d, lin = _check_displacement(displacement, affine)
     dim = d.ndim - 1
-    # du_c / d(index_k) for every component c and axis k: shape (..., c, k)
-    grads = np.stack(np.gradient(d, axis=tuple(range(dim))), axis=-1)
-    # chain rule to world coordinates: du/dx = du/di @ inv(lin)
-    jac = grads @ np.linalg.inv(lin)
-    jac += np.eye(dim)
-    return np.linalg.det(jac)
+    grid2world = np.eye(dim + 1)
+    grid2world[:dim, :dim] = lin
+    # the registration layer's slab-wise computation (same differences)
+    return field_jacobian(d, grid2world)
 
 
 def jacobian_stats(displacement, affine=None, mask=None):
