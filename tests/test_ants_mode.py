@@ -9,6 +9,7 @@ from scipy.special import iv
 
 import fastsyn
 from fastsyn import fields
+from fastsyn._kernels import smooth as k_smooth
 from fastsyn.imwarp import ants_convergence_value
 from fastsyn.pyramid import AntsScaleSpace, ants_shrink_factors
 
@@ -72,6 +73,32 @@ def test_field_smoothing_blend_below_half():
     fields.zero_outer_boundary(expected)
     np.testing.assert_allclose(fields.discrete_gaussian_smooth_field(field, variance),
                                expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blend_kernel_rounds_as_numpy_and_ignores_threads(dtype):
+    rng = np.random.default_rng(5)
+    data = rng.standard_normal(10_001).astype(dtype)
+    original = rng.standard_normal(10_001).astype(dtype)
+    expected = data * dtype(0.4)
+    expected += dtype(0.6) * original
+    for threads in (1, 2, 3):
+        out = data.copy()
+        k_smooth.blend_(out, original, 0.4, threads)
+        assert np.array_equal(out, expected)
+    with pytest.raises(ValueError, match="differ in length"):
+        k_smooth.blend_(data, original[:-1], 0.4, 1)
+
+
+def test_blend_with_a_scratch_buffer_is_the_copying_blend():
+    # SyN hands its spent step buffer over as the scratch for the original.
+    field = smooth_field((11, 12, 13), np.float32, seed=6)
+    reference = fields.discrete_smooth_unchecked(field.copy(), 0.3, 1)
+    for threads in (1, 2, 3):
+        scratch = np.full_like(field, np.nan)
+        out = fields.discrete_smooth_unchecked(field.copy(), 0.3, threads, scratch=scratch)
+        assert np.array_equal(out, reference)
+        assert np.array_equal(scratch, field)
 
 
 @pytest.mark.parametrize("bad, error", [(-1.0, ValueError), (np.nan, ValueError),

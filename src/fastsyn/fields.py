@@ -623,21 +623,30 @@ def discrete_gaussian_smooth_field(field, variance, *, out=None, num_threads=Non
     return discrete_smooth_unchecked(out, variance, nthreads)
 
 
-def discrete_smooth_unchecked(field, variance, nthreads):
-    """In place :func:`discrete_gaussian_smooth_field` of a checked field."""
+def discrete_smooth_unchecked(field, variance, nthreads, scratch=None):
+    """In place :func:`discrete_gaussian_smooth_field` of a checked field.
+
+    Below a variance of 0.5 the original field is kept for the blend in
+    ``scratch`` (a C-contiguous array of the field's shape and type that the
+    caller no longer needs) or, without one, in a new copy.
+    """
     if variance <= 0:
         return field
     dim = field.shape[-1]
     spatial = field.shape[:-1]
     blend = variance < 0.5
-    original = field.copy() if blend else None
+    if blend:
+        if scratch is None:
+            original = field.copy()
+        else:
+            original = scratch
+            np.copyto(original, field)
     _discrete_filter(field, spatial, dim, variance, 0.001, None, nthreads)
     if blend:
         # ITK's weights, kept as they are: the smoothed field gets 1 - 2 t and
         # the original 2 t (so the blend jumps to "all smoothed" at t = 0.5).
-        weight = 1.0 - variance / 0.5
-        field *= field.dtype.type(weight)
-        field += field.dtype.type(1.0 - weight) * original
+        k_smooth.blend_(field.reshape(-1), original.reshape(-1), 1.0 - variance / 0.5,
+                        effective_threads(nthreads, field.size // dim))
     zero_outer_boundary(field)
     return field
 

@@ -287,7 +287,8 @@ def _apply_step(self, field, step, world2grid, spacing, nthreads, direction):
     compose_unchecked(field, buf, None, world2grid, scale, field, nthreads)
     total_sigma = getattr(self, "total_sigma", 0.0)
     if total_sigma > 0:
-        discrete_smooth_unchecked(field, total_sigma, nthreads)
+        # The step is composed: its buffer holds the original for the blend.
+        discrete_smooth_unchecked(field, total_sigma, nthreads, scratch=buf)
 
 
 def _invert_models(self, world2grid, spacing, nthreads, max_iter=None):

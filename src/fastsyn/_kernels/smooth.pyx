@@ -248,3 +248,22 @@ def gaussian_filter_(floating[::1] data, tuple shape, Py_ssize_t channels,
                                   &weights[0], radius, symmetric, nearest, num_threads)
         if status != 0:
             raise MemoryError("gaussian_filter: could not allocate the line buffer")
+
+
+def blend_(floating[::1] data, const floating[::1] original, double weight,
+           int num_threads):
+    """``data = weight * data + (1 - weight) * original``, in place.
+
+    Each product is rounded to the data's type before the sum (no fused
+    multiply-add), so the values are those of NumPy's
+    ``data *= w; data += (1 - w) * original``, without its temporary.
+    """
+    cdef:
+        Py_ssize_t i, n = data.shape[0]
+        floating w = <floating>weight
+        floating rest = <floating>(1.0 - weight)
+    if original.shape[0] != n:
+        raise ValueError("blend_: data and original differ in length")
+    num_threads = chunk_threads(num_threads, n)
+    for i in prange(n, nogil=True, schedule="static", num_threads=num_threads):
+        data[i] = w * data[i] + rest * original[i]
