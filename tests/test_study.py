@@ -43,6 +43,30 @@ def _fake_dataset(n=4, mods=("t1", "t2", "flair")):
 
 
 # ------------------------------------------------------------ settings, pairs
+def test_configuration_records_what_the_syn_defaults_resolve_to(monkeypatch):
+    """A record made under other MI defaults must not be resumed as this
+    default's: the configuration (so the record key) holds resolved values."""
+    from fastsyn import MIMetric
+    from fastsyn.bench.store import config_hash
+    from fastsyn.imwarp import DIPY_SYN_SETTINGS
+
+    method = FastsynMethod()
+    mi = method.configuration("mi", LEVELS, 1)
+    cc = method.configuration("cc", LEVELS, 1)
+    for name in FastsynMethod.resolved_options:
+        assert mi[name] == MIMetric.syn_defaults.get(name, DIPY_SYN_SETTINGS[name])
+        assert cc[name] == DIPY_SYN_SETTINGS[name]
+    monkeypatch.setattr(MIMetric, "syn_defaults",
+                        {**MIMetric.syn_defaults, "total_sigma": 0.7, "reinvert": False})
+    moved = method.configuration("mi", LEVELS, 1)
+    assert (moved["total_sigma"], moved["reinvert"]) == (0.7, False)
+    assert config_hash(moved) != config_hash(mi)
+    assert config_hash(method.configuration("cc", LEVELS, 1)) == config_hash(cc)
+    # an explicit value is kept as given
+    explicit = FastsynMethod(total_sigma=0.0).configuration("mi", LEVELS, 1)
+    assert explicit["total_sigma"] == 0.0
+
+
 def test_parse_setting_canonical_names_and_errors():
     s = study.parse_setting("clip=1:99+nbins=16+masks=brain")
     assert s.name == "nbins=16+masks=brain+clip=1:99"  # factor order, not input order

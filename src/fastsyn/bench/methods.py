@@ -398,6 +398,17 @@ class DipyMethod(Method):
         return _run_syn(reg, fixed, moving, fixed_affine, moving_affine, labels, 1)
 
 
+def syn_default(metric, name):
+    """The value ``SymmetricDiffeomorphicRegistration`` takes for setting
+    ``name`` when it is left at None with fastsyn's ``metric`` ("cc" or "mi"):
+    the metric's ``syn_defaults`` entry, else DIPY's value."""
+    from fastsyn.imwarp import DIPY_SYN_SETTINGS
+    from fastsyn.metrics.mi import MIMetric
+
+    preferred = MIMetric.syn_defaults if metric == "mi" else {}
+    return preferred.get(name, DIPY_SYN_SETTINGS[name])
+
+
 class FastsynMethod(Method):
     """fastsyn SyN with a thread count, CC or MI."""
 
@@ -414,6 +425,17 @@ class FastsynMethod(Method):
                 "pyramid": "dipy", "total_sigma": None, "reinvert": None,
                 "repair_folds": None, "mi_inversion_sweeps": 1, "mi_fused_inversion": True}
     mask_metrics = ("mi",)
+    #: Options whose None means "the metric's syn_defaults"
+    resolved_options = ("total_sigma", "reinvert", "repair_folds")
+
+    def configuration(self, metric, levels, threads):
+        # Record the values a None resolves to: a record made under other
+        # defaults then has another key and is rerun, never taken for these.
+        cfg = super().configuration(metric, levels, threads)
+        for name in self.resolved_options:
+            if name in cfg and cfg[name] is None:
+                cfg[name] = syn_default(metric, name)
+        return cfg
 
     def available(self, metric=None):
         ok, reason = super().available(metric)

@@ -134,14 +134,12 @@ class Setting:
 
 def current_defaults():
     """The current value of every factor (the harness's ``fastsyn`` defaults)."""
-    from ..imwarp import DIPY_SYN_SETTINGS
-    from ..metrics.mi import MIMetric
-    from .methods import FastsynMethod
+    from .methods import FastsynMethod, syn_default
 
     d = dict(FastsynMethod.defaults)
-    for name in ("total_sigma", "reinvert", "repair_folds"):
+    for name in FastsynMethod.resolved_options:
         if d[name] is None:  # the registration's own default for MI
-            d[name] = MIMetric.syn_defaults.get(name, DIPY_SYN_SETTINGS[name])
+            d[name] = syn_default("mi", name)
     return {"nbins": int(d["nbins"]), "masks": "none",
             "clip": tuple(float(v) for v in d["clip"]),
             "sigma_diff": float(d["mi_sigma_diff"]), "step_length": float(d["step_length"]),
