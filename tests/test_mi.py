@@ -472,7 +472,8 @@ def test_syn_settings_follow_the_metric_unless_given():
 
 def test_repair_folds_option_repairs_both_final_fields(monkeypatch):
     """``repair_folds=True`` ends with the repair of both final fields (bitwise
-    the same on 1 and 2 threads); the defaults (DIPY's value) never call it."""
+    the same on 1 and 2 threads); MI's defaults call it, CC's (DIPY's value)
+    and an explicit False never do."""
     import fastsyn.imwarp as fs_imwarp
 
     static, moving, _, _ = _synthetic_pair_3d()
@@ -496,8 +497,13 @@ def test_repair_folds_option_repairs_both_final_fields(monkeypatch):
     assert np.array_equal(maps[0].forward, maps[1].forward)
     assert np.array_equal(maps[0].backward, maps[1].backward)
     calls.clear()
-    for metric in (MIMetric(3, nbins=16), fastsyn.CCMetric(3)):
-        sdr = fastsyn.SymmetricDiffeomorphicRegistration(metric, level_iters=[2])
+    sdr = fastsyn.SymmetricDiffeomorphicRegistration(MIMetric(3, nbins=16), level_iters=[2])
+    sdr.optimize(static, moving)
+    assert len(calls) == 2 and set(sdr.folds_repaired) == {"forward", "backward"}
+    calls.clear()
+    for sdr in (fastsyn.SymmetricDiffeomorphicRegistration(fastsyn.CCMetric(3), level_iters=[2]),
+                fastsyn.SymmetricDiffeomorphicRegistration(MIMetric(3, nbins=16), level_iters=[2],
+                                                           repair_folds=False)):
         sdr.optimize(static, moving)
         assert calls == [] and sdr.folds_repaired == {}
 

@@ -214,6 +214,36 @@ def test_rerun_skips_finished_records_and_cli_exits_0(ran, capsys):
     assert "| default | default |" in out.out and "| nbins=16 | nbins |" in out.out
 
 
+def test_a_plan_made_under_other_defaults_is_replaced_not_merged(ran, tmp_path,
+                                                                 monkeypatch):
+    """Setting names are relative to the defaults: after the defaults move, an
+    older plan's rows would carry wrong names, so its settings are dropped and
+    the new default's records are made afresh."""
+    import shutil
+
+    from fastsyn import MIMetric
+
+    res = tmp_path / "results"
+    shutil.copytree(ran.res, res)
+
+    def rerun(*settings):
+        lines = []
+        rows = study.run_study(ran.ds, results_dir=res, resolution=6.0, sample=1,
+                               levels=LEVELS, grid="none", settings=list(settings),
+                               anchors=False, cache_dir=ran.cache, progress=False,
+                               log=lines.append)
+        return [r["name"] for r in rows], "\n".join(lines)
+
+    names, _ = rerun()  # same defaults: the older plan's nbins=16 row stays
+    assert names == ["Baseline", "default", "nbins=16"]
+    monkeypatch.setattr(MIMetric, "syn_defaults", {**MIMetric.syn_defaults, "total_sigma": 0.1})
+    names, log = rerun()
+    assert names == ["Baseline", "default"]
+    assert "default: 1 new record(s)" in log
+    names, _ = rerun("nbins=24")  # and merging resumes under the new defaults
+    assert names == ["Baseline", "default", "nbins=24"]
+
+
 def test_cli_study_rejects_bad_arguments(tmp_path, capsys):
     assert main(["bench", "study", "--results", str(tmp_path), "--setting", "bins=3"]) == 2
     assert main(["bench", "study", "--results", str(tmp_path), "--anchor-masks", "x"]) == 2

@@ -482,7 +482,10 @@ def _baseline_keys(dataset, pairs, data_tag, pre_opts):
 
 def _merge_plan(path, plan):
     """The plan to write: ``plan``, after the settings of an older plan of the
-    same pairs (a confirmation run adds rows to its study)."""
+    same pairs and the same defaults (a confirmation run adds rows to its
+    study).  A setting is named by what it changes from the defaults, so an
+    older plan made under other defaults is replaced, not merged: its names
+    would mislabel its rows (its records stay in the store)."""
     if not path.is_file():
         return plan
     try:
@@ -490,7 +493,8 @@ def _merge_plan(path, plan):
     except (OSError, json.JSONDecodeError):
         return plan
     if (old.get("version") != _PLAN_VERSION or old.get("pairs") != plan["pairs"]
-            or old.get("threads") != plan["threads"]):
+            or old.get("threads") != plan["threads"]
+            or old.get("defaults") != plan["defaults"]):
         return plan
     new = {s["name"]: s for s in plan["settings"]}
     old_settings = [new.pop(s["name"], s) for s in old.get("settings", [])]
