@@ -416,17 +416,18 @@ class FastsynMethod(Method):
     label = "fastsyn"
     package = "fastsyn"
     # clip and sampling are MIMetric's (its defaults); MI also takes sigma_diff
-    # pyramid, total_sigma, reinvert and repair_folds are
+    # step_length, pyramid, total_sigma, reinvert and repair_folds are
     # SymmetricDiffeomorphicRegistration's (None: the metric's syn_defaults,
     # else DIPY's value); mi_inversion_sweeps is its inversion_sweeps and
     # mi_fused_inversion its fused_inversion, for MI (MIMetric.syn_defaults;
     # CC keeps DIPY's rule)
     defaults = {**DipyMethod.defaults, "clip": (0.5, 99.5), "sampling": None,
-                "pyramid": "dipy", "total_sigma": None, "reinvert": None,
-                "repair_folds": None, "mi_inversion_sweeps": 1, "mi_fused_inversion": True}
+                "step_length": None, "pyramid": "dipy", "total_sigma": None,
+                "reinvert": None, "repair_folds": None, "mi_inversion_sweeps": 1,
+                "mi_fused_inversion": True}
     mask_metrics = ("mi",)
     #: Options whose None means "the metric's syn_defaults"
-    resolved_options = ("total_sigma", "reinvert", "repair_folds")
+    resolved_options = ("step_length", "total_sigma", "reinvert", "repair_folds")
 
     def configuration(self, metric, levels, threads):
         # Record the values a None resolves to: a record made under other

@@ -59,7 +59,7 @@ FACTORS = {
     "masks": ("none", "nonzero", "brain"),
     "clip": ((0.5, 99.5), (0.0, 100.0), (1.0, 99.0)),
     "sigma_diff": (1.0, 1.5, 2.0, 3.0),
-    "step_length": (0.25, 0.35, 0.5),
+    "step_length": (0.25, 0.4, 0.5),
     "sampling": (None, 0.3),
     "pyramid": ("dipy", "ants"),
     "total_sigma": (0.0, 0.3, 0.5),
