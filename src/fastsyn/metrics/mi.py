@@ -213,7 +213,7 @@ class MIMetric(MetricInputs, SimilarityMetric):
       rigid start (Dice 0.63 against 0.69; 0.77 with the re-inversion): not
       a default.
     * ``reinvert="coarse"``, ``total_sigma=0.3``, ``repair_folds=True``
-      (:attr:`syn_defaults`, chosen last): DIPY's re-inversion at every level
+      (:attr:`syn_defaults`): DIPY's re-inversion at every level
       but the finest, where the large deformation is already made; a
       variance-0.3 smoothing of both total fields every iteration; and the
       final map's folds (Jacobian determinant <= 0.05) averaged away.  On
