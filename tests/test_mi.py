@@ -446,7 +446,7 @@ def test_fewer_inversions_are_deterministic_and_cheaper(monkeypatch):
 
 
 def test_syn_settings_follow_the_metric_unless_given():
-    from fastsyn.imwarp import DIPY_SYN_SETTINGS
+    from fastsyn.imwarp import DIPY_SYN_SETTINGS, syn_setting
 
     cc = fastsyn.SymmetricDiffeomorphicRegistration(fastsyn.CCMetric(3))
     for name, value in DIPY_SYN_SETTINGS.items():
@@ -456,6 +456,10 @@ def test_syn_settings_follow_the_metric_unless_given():
     for name, value in MIMetric.syn_defaults.items():
         got = getattr(mi, name)
         assert (got or 0) == value if name == "inversion_sweeps" else got == value
+    for name in DIPY_SYN_SETTINGS:  # what the harness records for a None
+        assert syn_setting(MIMetric, name) == MIMetric.syn_defaults.get(
+            name, DIPY_SYN_SETTINGS[name])
+        assert syn_setting(fastsyn.CCMetric(3), name) == DIPY_SYN_SETTINGS[name]
     explicit = fastsyn.SymmetricDiffeomorphicRegistration(
         MIMetric(3), pyramid="dipy", reinvert=True, inversion_sweeps=0, step_length=0.25,
         total_sigma=0.0, repair_folds=False)

@@ -792,7 +792,8 @@ def repair_folds(field, grid2world=None, *, min_det=FOLD_REPAIR_MIN_DET, max_rou
         win = tuple(slice(max(a - 2, 0), min(b + 2, s)) for a, b, s in zip(lo, hi, spatial))
         sub = field[win]
         mean = ndimage.uniform_filter(sub, size=(3,) * dim + (1,), mode="nearest")
-        sub[region[win]] = mean[region[win]]
+        changed = region[win]
+        sub[changed] = mean[changed]
         sub_det = jacobian_determinant(sub, grid2world)
         inner = tuple(slice(max(a - 1, 0), min(b + 1, s)) for a, b, s in zip(lo, hi, spatial))
         det[inner] = sub_det[tuple(slice(i.start - w.start, i.stop - w.start)

@@ -55,6 +55,7 @@ __all__ = [
     "ants_convergence_value",
     "ants_like",
     "check_syn_options",
+    "syn_setting",
 ]
 
 logger = logging.getLogger("fastsyn")
@@ -659,6 +660,13 @@ def _metric_preferences(metric):
             return value
         return prefs.get(name, DIPY_SYN_SETTINGS[name])
     return prefer
+
+
+def syn_setting(metric, name):
+    """The value of the SyN setting ``name`` (a key of
+    :data:`DIPY_SYN_SETTINGS`) that :class:`SymmetricDiffeomorphicRegistration`
+    takes with ``metric`` (a metric or its class) when it is not given."""
+    return _metric_preferences(metric)(name, None)
 
 
 @contextmanager

@@ -400,13 +400,11 @@ class DipyMethod(Method):
 
 def syn_default(metric, name):
     """The value ``SymmetricDiffeomorphicRegistration`` takes for setting
-    ``name`` when it is left at None with fastsyn's ``metric`` ("cc" or "mi"):
-    the metric's ``syn_defaults`` entry, else DIPY's value."""
-    from fastsyn.imwarp import DIPY_SYN_SETTINGS
-    from fastsyn.metrics.mi import MIMetric
+    ``name`` when it is left at None with fastsyn's ``metric`` ("cc" or "mi")."""
+    from fastsyn import CCMetric, MIMetric
+    from fastsyn.imwarp import syn_setting
 
-    preferred = MIMetric.syn_defaults if metric == "mi" else {}
-    return preferred.get(name, DIPY_SYN_SETTINGS[name])
+    return syn_setting(MIMetric if metric == "mi" else CCMetric, name)
 
 
 class FastsynMethod(Method):
