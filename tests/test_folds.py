@@ -15,6 +15,44 @@ def _whole_field_det(field, grid2world):
     return np.linalg.det(np.eye(dim) + grads @ np.linalg.inv(grid2world[:dim, :dim]))
 
 
+def _cofactor_det(field, grid2world):
+    """The determinant as NumPy computes it in the kernel's order of
+    operations: numpy.gradient of the float64 values, the chain rule summed
+    in axis order over the nonzero entries, then the cofactor expansion."""
+    dim = field.shape[-1]
+    inv = np.linalg.inv(grid2world[:dim, :dim])
+    d = [np.gradient(field[..., c].astype(np.float64), axis=tuple(range(dim)))
+         for c in range(dim)]
+    jac = [[sum(d[c][m] * inv[m, k] for m in range(dim) if inv[m, k] != 0)
+            + (1.0 if c == k else 0.0) for k in range(dim)] for c in range(dim)]
+    if dim == 2:
+        return jac[0][0] * jac[1][1] - jac[0][1] * jac[1][0]
+    return (jac[0][0] * (jac[1][1] * jac[2][2] - jac[1][2] * jac[2][1])
+            - jac[0][1] * (jac[1][0] * jac[2][2] - jac[1][2] * jac[2][0])
+            + jac[0][2] * (jac[1][0] * jac[2][1] - jac[1][1] * jac[2][0]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 2), (7, 2, 5), (13, 9, 11)])
+def test_jacobian_determinant_is_numpys_formula_bit_for_bit_at_every_thread_count(dtype, shape):
+    rng = np.random.default_rng(len(shape) + shape[0])
+    c, s = np.cos(0.4), np.sin(0.4)
+    oblique = np.array([[-1.5 * c, -s, 0, 3], [1.5 * s, c, 0, 1], [0, 0, 0.8, -2], [0, 0, 0, 1]])
+    for grid2world in (np.eye(4), np.diag([2.0, -1.0, 3.0, 1.0]), oblique):
+        field = rng.normal(0, 0.7, shape + (3,)).astype(dtype)
+        ref = _cofactor_det(field, grid2world)
+        for threads in (1, 2, 3):
+            det = jacobian_determinant(field, grid2world, num_threads=threads)
+            assert np.array_equal(det, ref)
+    flat = rng.normal(0, 0.7, shape[1:] + (2,)).astype(dtype)
+    affine2d = np.array([[0, 2.0, 1], [1.5, 0.5, 0], [0, 0, 1]])
+    for threads in (1, 2):
+        assert np.array_equal(jacobian_determinant(flat, affine2d, num_threads=threads),
+                              _cofactor_det(flat, affine2d))
+    big_endian = field.astype(field.dtype.newbyteorder(">"))
+    assert np.array_equal(jacobian_determinant(big_endian, oblique), ref)
+
+
 def _folded_field(shape=(30, 31, 32), amplitude=12.0):
     """A displacement that flips sign across a plane inside a Gaussian bump:
     the points on either side cross each other (folds), none far from it."""

@@ -1,7 +1,7 @@
 """Property-based fuzzing of the public numerical API (project issue 8).
 
-Each target (compose, invert, warp, warp_nn, smooth, gradient, CC step, MI
-step) runs as a hypothesis loop in a child process (this file executed with
+Each target (compose, invert, warp, warp_nn, smooth, gradient, Jacobian
+determinant, CC step, MI step) runs as a hypothesis loop in a child process (this file executed with
 ``sys.executable``), so a segfault or an abort is a failed test with the
 signal and the last example tried, not a dead pytest run.
 
@@ -40,7 +40,8 @@ pytest.importorskip("hypothesis")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _isolation import describe_returncode, real_threads  # noqa: E402
 
-TARGETS = ["compose", "invert", "warp", "warp_nn", "smooth", "gradient", "cc", "mi"]
+TARGETS = ["compose", "invert", "warp", "warp_nn", "smooth", "gradient", "jacobian", "cc",
+           "mi"]
 THREADS = (1, 2, 3)
 
 # Tolerances against the twin, in units of eps(dtype) times the largest
@@ -365,6 +366,28 @@ def target_gradient(ex):
         _close(res, ref, TOLERANCES["gradient"] * _eps(dtype) * scale, "image_gradient")
 
 
+def target_jacobian(ex):
+    from fastsyn import fields
+    from test_folds import _cofactor_det
+
+    dim, dtype, rng = ex["dim"], np.dtype(ex["dtype"]), np.random.default_rng(ex["seed"])
+    shape = tuple(ex["sizes"][:dim]) + (dim,)
+    field = _array(shape, dtype, ex["magnitude"], ex["poison"], rng)
+    grid2world = _affine(ex["affine1"], dim, rng)
+    kind, res = _run_threads(
+        lambda nt: fields.jacobian_determinant(field, grid2world, num_threads=nt),
+        ["field", "grid2world"])
+    if not _common(kind, res, _clean((shape[:-1],), field) and ex["affine1"] != "near_singular",
+                   _moderate(field, limit=1e100)):
+        return
+    # The twin is NumPy's formula in the kernel's order of operations: equal
+    # bit for bit (both in float64, no fused multiply-add).
+    ref = _cofactor_det(field, np.eye(dim + 1) if grid2world is None else grid2world)
+    if not np.array_equal(res, ref, equal_nan=True):
+        raise Violation(f"jacobian_determinant differs from NumPy's formula by "
+                        f"{np.nanmax(np.abs(res - ref)):.3g}")
+
+
 def _metric_images(ex, rng):
     dim, dtype = ex["dim"], np.dtype(ex["dtype"])
     shape = tuple(s + 4 for s in ex["sizes"][:dim]) if ex["seed"] % 2 else \
@@ -445,6 +468,7 @@ EXPLICIT = {
     "warp_nn": [dict(sizes=[2, 2, 2], sizes2=[7, 7, 7], affine1="identity", seed=1)],
     # Zero-length and size-1 axes.
     "compose": [dict(sizes=[1, 5, 3], sizes2=[4, 1, 3])],
+    "jacobian": [dict(sizes=[2, 1, 3]), dict(dim=2, sizes=[2, 2, 1], affine1="rotation")],
     "smooth": [dict(sizes=[1, 3, 4], seed=1), dict(dim=2, sizes=[2, 2, 1], seed=3)],
     # A float32 image of huge values: the window sums overflow float32.
     "cc": [dict(dtype="float32", sizes=[7, 7, 7], magnitude=1e30, magnitude2=1e30, seed=1)],

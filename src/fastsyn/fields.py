@@ -680,36 +680,7 @@ def zero_outer_boundary(field):
 
 
 # ---------------------------------------------------------------- folding
-#: Slices of the first axis per block of :func:`jacobian_determinant` (bounds
-#: its float64 scratch to a few tens of MB on a 1 mm grid).
-_JACOBIAN_BLOCK = 8
-
-
-def _jacobian_block(field, lo, hi, inv_linear):
-    """det(I + J) for the slices ``lo:hi`` of the first axis (J in world units).
-
-    Central differences inside, one-sided at the edges (``np.gradient``): the
-    block is cut from the field with one slice of halo, so every value equals
-    that of the whole-field computation.
-    """
-    n, dim = field.shape[0], field.shape[-1]
-    a, b = max(lo - 1, 0), min(hi + 1, n)
-    part = field[a:b].astype(np.float64)
-    keep = slice(lo - a, lo - a + (hi - lo))
-    axes = tuple(range(dim))
-    # d[c][m]: derivative of component c along grid axis m, on the block
-    d = [[g[keep] for g in np.gradient(part[..., c], axis=axes)] for c in range(dim)]
-    # world derivatives (chain rule through the grid's linear part), plus I
-    jac = [[sum(d[c][m] * inv_linear[m, k] for m in range(dim) if inv_linear[m, k] != 0)
-            + (1.0 if c == k else 0.0) for k in range(dim)] for c in range(dim)]
-    if dim == 2:
-        return jac[0][0] * jac[1][1] - jac[0][1] * jac[1][0]
-    return (jac[0][0] * (jac[1][1] * jac[2][2] - jac[1][2] * jac[2][1])
-            - jac[0][1] * (jac[1][0] * jac[2][2] - jac[1][2] * jac[2][0])
-            + jac[0][2] * (jac[1][0] * jac[2][1] - jac[1][1] * jac[2][0]))
-
-
-def jacobian_determinant(field, grid2world=None):
+def jacobian_determinant(field, grid2world=None, *, num_threads=None):
     """Jacobian determinant of ``x -> x + field(x)`` at every grid point.
 
     Parameters
@@ -718,34 +689,45 @@ def jacobian_determinant(field, grid2world=None):
         Displacement in world units on a grid.
     grid2world : array, shape (dim + 1, dim + 1), optional
         The grid's grid-to-world matrix (default identity).
+    num_threads : int or None, optional
+        Threads: None for the OpenMP default, n < 0 for all CPUs but
+        ``-n - 1``.  Each point is computed alone, so the values do not
+        depend on it.
 
     Returns
     -------
     ndarray of float64, the grid's shape
-        Values <= 0 are folded points.
+        Values <= 0 are folded points.  Derivatives are ``numpy.gradient``'s
+        (central differences inside, one-sided at the edges) of the float64
+        values, mapped to world units through the grid's linear part.
     """
     field = check_field("field", field)
     dim = field.shape[-1]
     grid2world = check_affine("grid2world", grid2world, dim, invertible=True)
     linear = np.eye(dim) if grid2world is None else grid2world[:dim, :dim]
     inv_linear = np.linalg.inv(linear)
-    n = field.shape[0]
-    return np.concatenate([_jacobian_block(field, lo, min(lo + _JACOBIAN_BLOCK, n), inv_linear)
-                           for lo in range(0, n, _JACOBIAN_BLOCK)])
+    spatial = field.shape[:-1]          # check_field: each axis at least 2 long
+    flat = field.reshape(-1).astype(field.dtype.type, copy=False)   # native byte order
+    det = np.empty(spatial, dtype=np.float64)
+    k_gradient.jacobian_determinant_(flat, tuple(spatial), np.ascontiguousarray(inv_linear),
+                                     det.reshape(-1), resolve_num_threads(num_threads))
+    return det
 
 
 #: Jacobian determinant below which :func:`repair_folds` smooths a field.
 FOLD_REPAIR_MIN_DET = 0.05
 
 
-def repair_folds(field, grid2world=None, *, min_det=FOLD_REPAIR_MIN_DET, max_rounds=100):
+def repair_folds(field, grid2world=None, *, min_det=FOLD_REPAIR_MIN_DET, max_rounds=100,
+                 num_threads=None):
     """Average a displacement field locally until no point folds, in place.
 
     Each round finds the points whose Jacobian determinant is at most
     ``min_det`` and replaces the field on them and their neighbours (a
     3 x ... x 3 box) by its mean over the same box; it stops when none is
     left or after ``max_rounds``.  Fields with no such point are not
-    touched.  Serial NumPy/SciPy, so the result does not depend on threads.
+    touched.  The determinants are computed point by point and the averages
+    by serial SciPy, so the result does not depend on ``num_threads``.
 
     Parameters
     ----------
@@ -757,6 +739,8 @@ def repair_folds(field, grid2world=None, *, min_det=FOLD_REPAIR_MIN_DET, max_rou
     min_det : float
         Determinants at or below it are repaired (default 0.05).
     max_rounds : int
+    num_threads : int or None, optional
+        Threads of the determinants (see :func:`jacobian_determinant`).
 
     Returns
     -------
@@ -774,7 +758,7 @@ def repair_folds(field, grid2world=None, *, min_det=FOLD_REPAIR_MIN_DET, max_rou
     min_det = check_real("min_det", min_det)
     max_rounds = check_integer("max_rounds", max_rounds, low=0)
     dim = field.shape[-1]
-    det = jacobian_determinant(field, grid2world)
+    det = jacobian_determinant(field, grid2world, num_threads=num_threads)
     spatial = field.shape[:-1]
     box = np.ones((3,) * dim, dtype=bool)
     for rounds in range(max_rounds):
@@ -794,7 +778,7 @@ def repair_folds(field, grid2world=None, *, min_det=FOLD_REPAIR_MIN_DET, max_rou
         mean = ndimage.uniform_filter(sub, size=(3,) * dim + (1,), mode="nearest")
         changed = region[win]
         sub[changed] = mean[changed]
-        sub_det = jacobian_determinant(sub, grid2world)
+        sub_det = jacobian_determinant(sub, grid2world, num_threads=num_threads)
         inner = tuple(slice(max(a - 1, 0), min(b + 1, s)) for a, b, s in zip(lo, hi, spatial))
         det[inner] = sub_det[tuple(slice(i.start - w.start, i.stop - w.start)
                                    for i, w in zip(inner, win))]

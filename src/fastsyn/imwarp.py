@@ -435,7 +435,8 @@ def _repair_final_folds(self):
         field = np.ascontiguousarray(getattr(dmap, name))
         if not field.flags.writeable:
             field = field.copy()
-        self.folds_repaired[name] = repair_folds(field, dmap.disp_grid2world)
+        self.folds_repaired[name] = repair_folds(field, dmap.disp_grid2world,
+                                                 num_threads=self.num_threads)
         setattr(dmap, name, field)
 
 
