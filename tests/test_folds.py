@@ -88,7 +88,10 @@ def test_repair_folds_unfolds_only_around_the_folds():
     before = jacobian_determinant(field, grid2world)
     assert (before <= 0).sum() > 20
     repaired = field.copy()
-    rounds, left = repair_folds(repaired, grid2world)
+    rounds, left = repair_folds(repaired, grid2world, num_threads=1)
+    threaded = field.copy()
+    assert repair_folds(threaded, grid2world, num_threads=3) == (rounds, left)
+    assert np.array_equal(threaded, repaired)
     after = jacobian_determinant(repaired, grid2world)
     assert rounds > 0 and left == 0 and after.min() > 0.05
     assert repaired.dtype == np.float32
