@@ -55,8 +55,8 @@ def test_threads_give_identical_fields(name):
 
 def test_scratch_is_released_before_the_final_composition(monkeypatch):
     # The final map's composition allocates two new fields: the iterations'
-    # step buffer and inversion workspace (each as large as a field) must be
-    # gone by then, or they add two fields to the run's peak memory.
+    # scratch (the step buffer, which is also the inversions' workspace) must
+    # be gone by then, or it adds a field to the run's peak memory.
     pair = load_pair("pair3d")
     sdr = fastsyn.SymmetricDiffeomorphicRegistration(fastsyn.MIMetric(3), level_iters=LEVELS[3],
                                                      num_threads=2)
@@ -72,6 +72,29 @@ def test_scratch_is_released_before_the_final_composition(monkeypatch):
     sdr.optimize(pair["static"], pair["moving"], static_grid2world=pair["static_affine"],
                  moving_grid2world=pair["moving_affine"])
     assert released == [(True, True)]
+
+
+def test_inversions_work_in_the_step_buffer():
+    # One scratch field per run, not two: the inversions' workspace is the
+    # step buffer, free once both steps are composed.
+    pair = load_pair("pair3d")
+    shared = []
+
+    def check(sdr, stage):
+        ws = getattr(sdr, "_inversion_workspace", None)
+        if int(stage) == 7 and ws is not None:             # ITER_END
+            shared.append(ws.q is sdr._step_buffer)
+
+    for kwargs in ({}, dict(inversion_sweeps=0, fused_inversion=False)):
+        shared.clear()
+        sdr = fastsyn.SymmetricDiffeomorphicRegistration(
+            fastsyn.MIMetric(3), level_iters=LEVELS[3], num_threads=2, callback=check, **kwargs)
+        sdr.optimize(pair["static"], pair["moving"], static_grid2world=pair["static_affine"],
+                     moving_grid2world=pair["moving_affine"])
+        assert shared and all(shared)
+    with pytest.raises(ValueError, match="q must be"):
+        fastsyn.fields.InversionWorkspace((4, 5, 6, 3), np.float32,
+                                          q=np.empty((4, 5, 6, 3), np.float64))
 
 
 @pytest.mark.parametrize("name", ["pair3d", "pair2d"])

@@ -180,10 +180,19 @@ def resample_displacement_field(field, factors, out_shape, *, num_threads=None):
 
 # ------------------------------------------------------------------ inversion
 class InversionWorkspace:
-    """Scratch buffers for repeated inversions of same-shaped fields."""
+    """Scratch buffers for repeated inversions of same-shaped fields.
 
-    def __init__(self, shape, dtype):
-        self.q = np.empty(shape, dtype=dtype)
+    ``q`` may be a caller's scratch field of that shape and dtype: an
+    inversion overwrites it before reading it, so its contents are free.
+    """
+
+    def __init__(self, shape, dtype, q=None):
+        if q is None:
+            q = np.empty(shape, dtype=dtype)
+        elif q.shape != tuple(shape) or q.dtype != dtype or not q.flags.c_contiguous:
+            raise ValueError(f"q must be a C-contiguous {np.dtype(dtype)} array of shape "
+                             f"{tuple(shape)}, got {q.dtype} {q.shape}")
+        self.q = q
         self.partial_sum = np.empty(shape[0], dtype=np.float64)
         self.partial_max = np.empty(shape[0], dtype=np.float64)
 

@@ -251,6 +251,20 @@ def _metric_step(self, clock, forward):
     return step
 
 
+def _scratch_field(self, like):
+    """The optimizer's one scratch field (``like``'s shape and dtype).
+
+    An iteration uses it first as the step buffer (the step's copy, then the
+    original of the total-field smoothing's blend) and then, once both steps
+    are composed, as the inversions' workspace; the two uses never overlap,
+    so they share one field's memory.
+    """
+    buf = getattr(self, "_step_buffer", None)
+    if buf is None or buf.shape != like.shape or buf.dtype != like.dtype:
+        buf = self._step_buffer = np.empty_like(like)
+    return buf
+
+
 def _apply_step(self, field, step, world2grid, spacing, nthreads, direction):
     """Zero the step's boundary, scale it to unit maximum norm (in voxels)
     and compose it into ``field`` in place, as DIPY's ``_iterate`` does.
@@ -262,9 +276,7 @@ def _apply_step(self, field, step, world2grid, spacing, nthreads, direction):
         raise ValueError(f"the metric's {direction} step has shape {np.shape(step)}, "
                          f"expected {field.shape}")
     step = np.ascontiguousarray(step, dtype=field.dtype)
-    buf = getattr(self, "_step_buffer", None)
-    if buf is None or buf.shape != field.shape or buf.dtype != field.dtype:
-        buf = self._step_buffer = np.empty_like(field)
+    buf = _scratch_field(self, field)
     flow_sigma = getattr(self, "flow_sigma", None)
     if flow_sigma is not None:
         # ANTs: ITK's discrete Gaussian on the update (which also fixes its
@@ -303,8 +315,9 @@ def _invert_models(self, world2grid, spacing, nthreads, max_iter=None):
     max_iter = self.inv_iter if max_iter is None else max_iter
     ws = getattr(self, "_inversion_workspace", None)
     shape, dtype = self.static_to_ref.forward.shape, self.static_to_ref.forward.dtype
-    if ws is None or not ws.fits(shape, dtype):
-        ws = self._inversion_workspace = InversionWorkspace(shape, dtype)
+    q = _scratch_field(self, self.static_to_ref.forward)
+    if ws is None or ws.q is not q:
+        ws = self._inversion_workspace = InversionWorkspace(shape, dtype, q=q)
     spacing = np.asarray(spacing, dtype=np.float64)
     for dmap in (self.static_to_ref, self.moving_to_ref):
         dmap.forward = np.ascontiguousarray(dmap.forward, dtype=dtype)
@@ -480,9 +493,9 @@ def _optimize(self):
         self.full_energy_profile.extend(self.energy_list)
         if self.callback is not None:
             self.callback(self, RegistrationStages.SCALE_END)
-    # The iterations' scratch (each as large as a field) is not needed past
-    # the last level: released before the final composition, whose two new
-    # fields set the run's peak memory otherwise.
+    # The iterations' scratch field is not needed past the last level:
+    # released before the final composition, whose two new fields set the
+    # run's peak memory otherwise.
     self._step_buffer = None
     self._inversion_workspace = None
     diagnose = self.verbosity >= VerbosityLevels.DIAGNOSE
