@@ -373,6 +373,12 @@ def test_folder_dataset(tmp_path):
     assert load_dataset(str(tmp_path), n_subjects=2).names == ["A", "B"]
     with pytest.raises(KeyError):
         ds.subject("Z")
+    assert ds.label_names == {}
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"5": "wm"}}))
+    assert load_dataset(tmp_path).label_names == {5: "wm"}
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": ["wm"]}))
+    with pytest.raises(ValueError, match="labels"):
+        load_dataset(tmp_path)
 
 
 def test_folder_errors(tmp_path):

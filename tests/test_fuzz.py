@@ -367,8 +367,9 @@ def target_gradient(ex):
 
 
 def target_jacobian(ex):
-    from fastsyn import fields
     from test_folds import _cofactor_det
+
+    from fastsyn import fields
 
     dim, dtype, rng = ex["dim"], np.dtype(ex["dtype"]), np.random.default_rng(ex["seed"])
     shape = tuple(ex["sizes"][:dim]) + (dim,)

@@ -304,6 +304,64 @@ def test_paired_differences_against_the_anchors(tmp_path):
     assert f"{lo:+.3f}, {hi:+.3f}]" in section
 
 
+def test_paired_differences_label_by_label(tmp_path):
+    """Which labels a difference comes from: per-label paired statistics,
+    named from the plan's label_names, in the table and the report; no
+    label table for a regional atlas of many labels."""
+    from fastsyn.bench.report import write_report
+
+    store = ResultStore(tmp_path / "res")
+    pairs = ["a", "b", "c"]
+    per_label = {"ANTs Mattes": [(0.50, 0.70), (0.52, 0.72), (0.54, 0.70)],
+                 "default": [(0.56, 0.69), (0.55, 0.70), (0.60, 0.71)]}
+    methods = {"ANTs Mattes": "ants", "default": "fastsyn"}
+
+    def put(pair, name, dice, labels):
+        return store.put({"dataset": "d", "pair": pair, "method": methods[name],
+                          "config": {"t": name, "n": len(labels)}, "status": "ok",
+                          "seconds": 1.0,
+                          "metrics": {"dice_mean": float(np.mean(dice)), "labels": labels,
+                                      "dice": list(dice), "logjac_sd": 0.1,
+                                      "folding_pct": 0.0}})
+
+    def plan_for(labels):
+        keys = {n: {p: put(p, n, v[i] * (len(labels) // 2), labels)
+                    for i, p in enumerate(pairs)} for n, v in per_label.items()}
+        return {"version": study._PLAN_VERSION, "data": "d-v1", "levels": [2, 1],
+                "threads": 1, "seed": 0, "pairs": [{"id": p, "direction": "t1←t2"}
+                                                   for p in pairs],
+                "baseline_keys": {}, "label_names": {"1": "csf", "2": "wm"},
+                "settings": [{"name": n, "factor": "default" if n == "default" else "anchor",
+                              "method": methods[n], "options": {}, "masks": "none",
+                              "keys": k} for n, k in keys.items()]}
+
+    plan = plan_for([1, 2])
+    rows = {r["name"]: r for r in study.summarize(plan, store)}
+    assert rows["default"]["labels"]["csf"]["mean"] == pytest.approx(0.57)
+    by_label = rows["default"]["vs_anchors_by_label"]["ANTs Mattes"]
+    assert list(by_label) == ["csf", "wm"]
+    assert by_label["csf"]["mean"] == pytest.approx(0.05) and by_label["csf"]["wins"] == 3
+    assert by_label["wm"]["mean"] == pytest.approx(-0.02 / 3) and by_label["wm"]["wins"] == 1
+    text = study.format_study(list(rows.values()))
+    assert "against the anchors, label by label" in text
+    assert "| csf | 3 | +0.050 [" in text and "| 3/3 |" in text
+    (store.root / "study-d-v1-2x1.json").write_text(json.dumps(plan))
+    page = write_report(store.root, tmp_path / "out", check_equivalence=False,
+                        benchmark_json_dir=tmp_path / "nobench").read_text()
+    section = page[page.index("id='mi-study'"):]
+    section = section[:section.index("<h2", 10)]
+    assert "label by label" in section and "<td>wm</td>" in section
+
+    many = list(range(1, 2 * (study.MAX_LABELS_COMPARED // 2 + 1) + 1))
+    rows = study.summarize(plan_for(many), store)
+    default = study.default_row(rows)
+    assert len(default["vs_anchors_by_label"]["ANTs Mattes"]) == len(many)
+    assert study.anchor_comparison(default, "label") is None
+    assert "label by label" not in study.format_study(rows)
+    with pytest.raises(ValueError, match="by must be"):
+        study.anchor_comparison(default, "subject")
+
+
 def test_report_renders_the_study_section(ran, tmp_path):
     from fastsyn.bench.report import write_report
 

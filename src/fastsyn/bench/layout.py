@@ -87,6 +87,9 @@ class Dataset:
     synthetic : list of str
         Subjects marked synthetic in the stamp (pairs of two of them are left
         out by :func:`~fastsyn.bench.pairs.make_pairs`).
+    label_names : dict of int to str
+        Names of the label values, from the stamp's ``"labels"`` (e.g.
+        ``{1: "csf", 2: "gm", 3: "wm"}``); empty when the stamp names none.
     """
 
     name: str
@@ -94,6 +97,7 @@ class Dataset:
     subjects: list[Subject]
     modalities: list[str]
     synthetic: list[str] = field(default_factory=list)
+    label_names: dict[int, str] = field(default_factory=dict)
 
     @property
     def multimodal(self) -> bool:
@@ -524,4 +528,17 @@ def load_folder(root, *, name=None, n_subjects=None, check=True) -> Dataset:
         subjects=subjects,
         modalities=modalities,
         synthetic=[str(n) for n in stamp.get("synthetic", [])],
+        label_names=_label_names(root, stamp),
     )
+
+
+def _label_names(root, stamp):
+    """The stamp's ``"labels"`` as ``{value: name}`` (empty when absent)."""
+    names = stamp.get("labels")
+    if names is None:
+        return {}
+    try:
+        return {int(k): str(v) for k, v in dict(names).items()}
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"dataset {root}: the stamp's \"labels\" must map label values "
+                         f"to names, got {names!r}") from exc

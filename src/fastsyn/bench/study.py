@@ -651,6 +651,7 @@ def _plan(ctx, settings, grid, sample, seed, resolution):
             "baseline_keys": _baseline_keys(dataset, pairs, ctx["data_tag"],
                                             ctx["pre_opts"]),
             "settings": entries, "unavailable": unavailable,
+            "label_names": {str(k): v for k, v in getattr(dataset, "label_names", {}).items()},
             "defaults": {k: _text(k, v) for k, v in current_defaults().items()},
             "not_studied": [NOT_STUDIED]}
 
@@ -682,13 +683,25 @@ def _metric(rec, name):
     return (rec.get("metrics") or {}).get(name)
 
 
-def _row(name, factor, method, masks, recs, errors, directions, pair_dir):
+def _label_dice(rec, label_names):
+    """``{label name: Dice}`` of one record (unnamed values: ``"label N"``)."""
+    metrics = rec.get("metrics") or {}
+    return {label_names.get(int(v), f"label {int(v)}"): float(d)
+            for v, d in zip(metrics.get("labels") or [], metrics.get("dice") or [])
+            if d is not None}
+
+
+def _row(name, factor, method, masks, recs, errors, directions, pair_dir, label_names):
     """One summary row from the finished records (``{pair id: record}``)."""
     dice = {p: _metric(r, "dice_mean") for p, r in recs.items()}
     by_dir = {d: _stat(v for p, v in dice.items() if pair_dir[p] == d) for d in directions}
+    by_label = {p: _label_dice(r, label_names) for p, r in recs.items()}
+    labels = list(dict.fromkeys(k for d in by_label.values() for k in d))
     return {"name": name, "factor": factor, "method": method, "masks": masks,
             "n": len(recs), "errors": errors, "dice": _stat(dice.values()),
             "directions": {d: (s["mean"] if s else None) for d, s in by_dir.items()},
+            "labels": {k: _stat(d.get(k) for d in by_label.values()) for k in labels},
+            "_labels": by_label,
             "tre": _stat(_metric(r, "tre_mean") for r in recs.values()),
             "logjac_sd": _stat(_metric(r, "logjac_sd") for r in recs.values()),
             "folding": _stat(_metric(r, "folding_pct") for r in recs.values()),
@@ -747,6 +760,20 @@ def _vs_anchors(row, anchors, directions, pair_dir):
     return out
 
 
+def _vs_anchors_by_label(row, anchors):
+    """Paired Dice differences of ``row`` against each anchor row, label by
+    label, over the pairs where both finished."""
+    out = {}
+    for ref in anchors:
+        per = {}
+        for label in row["labels"]:
+            diffs = [d[label] - ref["_labels"][p][label] for p, d in row["_labels"].items()
+                     if label in d and label in ref["_labels"].get(p, {})]
+            per[label] = _paired_stat(diffs)
+        out[ref["name"]] = per
+    return out
+
+
 def summarize(plan, store):
     """Summary rows of a study.
 
@@ -771,7 +798,11 @@ def summarize(plan, store):
         direction (and ``"all"``) -> the paired Dice difference over that
         anchor (``{"n", "mean", "low", "high", "wins"}``, a 95 % Student-t
         interval, None below two pairs), so that a direction's gap can be
-        told from the spread of its pairs.
+        told from the spread of its pairs.  ``labels`` (label name -> mean
+        Dice of that label) and, on fastsyn rows, ``vs_anchors_by_label``
+        (anchor name -> label name -> the same paired statistic) tell which
+        labels a difference comes from; names are the plan's
+        ``label_names``, else ``"label N"``.
     """
     from .store import ResultStore
 
@@ -779,6 +810,7 @@ def summarize(plan, store):
         store = ResultStore(store)
     pair_dir = {p["id"]: p["direction"] for p in plan["pairs"]}
     directions = list(dict.fromkeys(pair_dir.values()))
+    label_names = {int(k): v for k, v in (plan.get("label_names") or {}).items()}
 
     def collect(keys):
         recs, errors = {}, 0
@@ -793,10 +825,10 @@ def summarize(plan, store):
         return recs, errors
 
     rows = [_row("Baseline", "baseline", "baseline", "none",
-                 *collect(plan["baseline_keys"]), directions, pair_dir)]
+                 *collect(plan["baseline_keys"]), directions, pair_dir, label_names)]
     for s in sorted(plan["settings"], key=_rank):
         rows.append(_row(s["name"], s["factor"], s["method"], s["masks"],
-                         *collect(s["keys"]), directions, pair_dir))
+                         *collect(s["keys"]), directions, pair_dir, label_names))
     ants = {r["masks"]: r for r in rows if r["method"] == "ants"}
     default = default_row(rows)
     for r in rows:
@@ -811,10 +843,12 @@ def summarize(plan, store):
     anchors = [r for r in rows if r["factor"] == "anchor"]
     for r in rows:
         if r["method"].startswith("fastsyn"):
-            r["vs_anchors"] = _vs_anchors(r, [a for a in anchors if a["masks"] == r["masks"]],
-                                          directions, pair_dir)
+            same_masks = [a for a in anchors if a["masks"] == r["masks"]]
+            r["vs_anchors"] = _vs_anchors(r, same_masks, directions, pair_dir)
+            r["vs_anchors_by_label"] = _vs_anchors_by_label(r, same_masks)
     for r in rows:
         r.pop("_dice")
+        r.pop("_labels")
     return rows
 
 
@@ -920,8 +954,10 @@ def format_study(rows, fmt="markdown"):
         lines.append("")
         lines.append("Planned, not run (no record): " + ", ".join(planned))
     default = default_row(rows)
-    if default is not None and default.get("vs_anchors"):
-        lines += ["", format_anchor_comparison(default).rstrip("\n")]
+    for by in ("direction", "label"):
+        table = format_anchor_comparison(default, by) if default is not None else ""
+        if table:
+            lines += ["", table.rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -933,42 +969,65 @@ def _interval(stat):
     return f"{stat['mean']:+.3f} [{stat['low']:+.3f}, {stat['high']:+.3f}]"
 
 
-def anchor_comparison(row):
-    """Headers and per-direction rows (then ``"all"``) of a fastsyn row's
-    paired Dice differences against the anchors, or None without anchors.
+#: Most labels :func:`anchor_comparison` lists one by one (a regional atlas
+#: has dozens, which a table of paired differences does not make readable).
+MAX_LABELS_COMPARED = 12
+
+
+def anchor_comparison(row, by="direction"):
+    """Headers and rows of a fastsyn row's paired Dice differences against
+    the anchors, or None without anchors.
+
+    Parameters
+    ----------
+    row : dict
+        A :func:`summarize` row.
+    by : {"direction", "label"}
+        One row per direction, then ``"all"`` (``vs_anchors``), or one per
+        label (``vs_anchors_by_label``; None for more than
+        :data:`MAX_LABELS_COMPARED` labels).
 
     Returns
     -------
     dict or None
-        ``headers`` and ``rows``, each row ``{"direction", "n", "stats"}``
-        with one :func:`summarize` paired statistic (or None) per anchor.
+        ``headers`` and ``rows``, each row ``{"group", "n", "stats"}`` with
+        one :func:`summarize` paired statistic (or None) per anchor.
     """
-    if not row.get("vs_anchors"):
+    if by not in ("direction", "label"):
+        raise ValueError(f"by must be 'direction' or 'label', got {by!r}")
+    table = row.get("vs_anchors" if by == "direction" else "vs_anchors_by_label")
+    if not table:
         return None
-    anchors = list(row["vs_anchors"])
-    directions = [d for d in row["vs_anchors"][anchors[0]] if d != "all"]
-    headers = ["Direction", "n"]
+    anchors = list(table)
+    groups = [g for g in table[anchors[0]] if g != "all"]
+    if by == "label":
+        if not groups or len(groups) > MAX_LABELS_COMPARED:
+            return None
+    else:
+        groups.append("all")
+    headers = ["Direction" if by == "direction" else "Label", "n"]
     for a in anchors:
         headers += [f"Δ vs {a} [95 % CI]", "won"]
     rows = []
-    for d in directions + ["all"]:
-        stats = [row["vs_anchors"][a].get(d) for a in anchors]
-        rows.append({"direction": d, "n": next((x["n"] for x in stats if x), 0),
+    for g in groups:
+        stats = [table[a].get(g) for a in anchors]
+        rows.append({"group": g, "n": next((x["n"] for x in stats if x), 0),
                      "stats": stats})
     return {"headers": headers, "rows": rows}
 
 
-def format_anchor_comparison(row):
-    """Markdown table of :func:`anchor_comparison` (empty without anchors)."""
-    table = anchor_comparison(row)
+def format_anchor_comparison(row, by="direction"):
+    """Markdown table of :func:`anchor_comparison` (empty without one)."""
+    table = anchor_comparison(row, by)
     if table is None:
         return ""
     head = table["headers"]
-    lines = [f"Paired Dice difference of `{row['name']}` against the anchors "
+    what = "" if by == "direction" else ", label by label"
+    lines = [f"Paired Dice difference of `{row['name']}` against the anchors{what} "
              "(mean [Student-t 95 % interval]; won: pairs where fastsyn's Dice is higher):",
              "", "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in table["rows"]:
-        cells = [r["direction"], str(r["n"])]
+        cells = [r["group"], str(r["n"])]
         for st in r["stats"]:
             cells += [_interval(st), f"{st['wins']}/{st['n']}" if st else "–"]
         lines.append("| " + " | ".join(cells) + " |")
