@@ -163,3 +163,30 @@ def test_patch_as_plain_call_and_transform():
     reference = dmap.transform(pair["moving"])
     np.testing.assert_allclose(warped, reference, rtol=0,
                                atol=16 * np.finfo(np.float32).eps * np.abs(reference).max())
+
+
+def test_step_percentile_scales_the_step_to_a_robust_norm():
+    from fastsyn.imwarp import _robust_step_norm, syn_setting
+
+    rng = np.random.default_rng(5)
+    step = rng.normal(0, 1, (9, 8, 7, 3)).astype(np.float32)
+    step[4, 4, 4] = 1e3                                   # one outlier sets the maximum
+    inv_spacing = np.array([0.5, 1.0, 2.0])
+    inner = step[1:-1:2, 1:-1:2, 1:-1:2].astype(np.float64) * inv_spacing
+    expected = np.sqrt(np.percentile((inner * inner).sum(-1), 99))
+    assert _robust_step_norm(step, inv_spacing, 99) == pytest.approx(expected, rel=1e-12)
+    assert _robust_step_norm(step, inv_spacing, 99) < 0.01 * np.abs(step).max()
+    assert _robust_step_norm(np.zeros((2, 2, 2, 3), np.float32), inv_spacing, 99) == 0.0
+    assert syn_setting(fastsyn.CCMetric, "step_percentile") == 100.0
+
+    pair = load_pair("pair3d")
+    fields = {}
+    for percentile, threads in ((100, 2), (99, 1), (99, 2)):
+        _, m = register(pair, fastsyn.SymmetricDiffeomorphicRegistration, fastsyn.MIMetric(3),
+                        num_threads=threads, step_percentile=percentile)
+        fields[percentile, threads] = m.forward
+    assert np.array_equal(fields[99, 1], fields[99, 2])
+    assert not np.array_equal(fields[99, 2], fields[100, 2])
+    for bad, exc in ((49, ValueError), (100.5, ValueError), ("99", TypeError)):
+        with pytest.raises(exc, match="step_percentile"):
+            fastsyn.SymmetricDiffeomorphicRegistration(fastsyn.MIMetric(3), step_percentile=bad)

@@ -14,6 +14,7 @@ on DIPY's own classes; they never call ``super()``.
 """
 
 import logging
+import math
 import time
 from contextlib import contextmanager
 
@@ -265,6 +266,28 @@ def _scratch_field(self, like):
     return buf
 
 
+#: Most voxels :func:`_robust_step_norm` reads (bounds its cost on fine grids).
+_ROBUST_NORM_SAMPLES = 1 << 15
+
+
+def _robust_step_norm(step, inv_spacing, percentile):
+    """The ``percentile`` of the voxel norms (in voxels) of ``step`` on a
+    regular grid of its voxels inside the boundary: every second one along
+    each axis, or sparser where that would be more than
+    :data:`_ROBUST_NORM_SAMPLES`; 0 when there is none."""
+    spatial = step.shape[:-1]
+    stride = 2
+    while math.prod(-(-(n - 2) // stride) for n in spatial) > _ROBUST_NORM_SAMPLES:
+        stride += 1
+    inner = step[(slice(1, -1, stride),) * len(spatial)]
+    if inner.size == 0:
+        return 0.0
+    scaled = inner.astype(np.float64) * inv_spacing
+    squared = np.einsum("...i,...i->...", scaled, scaled).ravel()
+    # the norm is monotone in its square: the order statistics are the same
+    return math.sqrt(float(np.percentile(squared, percentile)))
+
+
 def _apply_step(self, field, step, world2grid, spacing, nthreads, direction):
     """Zero the step's boundary, scale it to unit maximum norm (in voxels)
     and compose it into ``field`` in place, as DIPY's ``_iterate`` does.
@@ -293,6 +316,9 @@ def _apply_step(self, field, step, world2grid, spacing, nthreads, direction):
             f"the metric's {direction} step holds NaN or infinite values at level "
             f"{self.current_level}, iteration {len(self.energy_list)} "
             "(the metric diverged; check the images and the metric's parameters)")
+    percentile = getattr(self, "step_percentile", 100.0)
+    if percentile < 100 and nrm > 0:
+        nrm = _robust_step_norm(buf, inv_spacing, percentile) or nrm
     # DIPY divides the step by its norm and then composes with step_length;
     # folding 1/nrm into the composition's time scaling saves a full pass
     # (values differ by one rounding of the step).
@@ -660,7 +686,7 @@ def check_syn_options(*, pyramid="dipy", flow_sigma=None, total_sigma=0.0,
 #: (``syn_defaults``, e.g. :attr:`fastsyn.MIMetric.syn_defaults`).
 DIPY_SYN_SETTINGS = {"step_length": 0.25, "pyramid": "dipy", "total_sigma": 0.0,
                      "reinvert": True, "inversion_sweeps": 0, "fused_inversion": False,
-                     "repair_folds": False}
+                     "repair_folds": False, "step_percentile": 100.0}
 
 
 def _metric_preferences(metric):
@@ -774,6 +800,15 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
         0.05, until none is left (:func:`fastsyn.fields.repair_folds`; a few
         voxels where a field is nearly singular, made by the inversions and
         the composition).  None: the metric's preference, else False.
+    step_percentile : float or None, optional
+        The percentile of the step's voxel norms (inside its boundary) that
+        ``step_length`` scales to, 50 to 100.  100 (DIPY's rule): the largest
+        norm, so that one outlying voxel (noise, a vessel) throttles the
+        whole update; below 100 the few voxels above the percentile move
+        further than ``step_length``.  The percentile is taken on every
+        second voxel along each axis, or a sparser regular grid of at most
+        2**15 voxels on larger grids (NumPy, so the result does not depend on
+        the thread count).  None: the metric's preference, else 100.
 
     Attributes
     ----------
@@ -791,7 +826,8 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
     Notes
     -----
     ``step_length``, ``pyramid``, ``total_sigma``, ``reinvert``,
-    ``inversion_sweeps``, ``fused_inversion`` and ``repair_folds`` left at None take the
+    ``inversion_sweeps``, ``fused_inversion``, ``repair_folds`` and
+    ``step_percentile`` left at None take the
     metric's ``syn_defaults``
     (a dict; :attr:`fastsyn.MIMetric.syn_defaults` holds the settings the
     real-anatomy study chose for MI), else DIPY's values
@@ -803,7 +839,8 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
                  ss_sigma_factor=0.2, opt_tol=None, inv_iter=20, inv_tol=1e-3,
                  callback=None, num_threads=None, pyramid=None, flow_sigma=None,
                  total_sigma=None, convergence="dipy", reinvert=None,
-                 inversion_sweeps=None, fused_inversion=None, repair_folds=None):
+                 inversion_sweeps=None, fused_inversion=None, repair_folds=None,
+                 step_percentile=None):
         resolve_num_threads(num_threads)
         if not isinstance(metric, SimilarityMetric):
             raise TypeError("metric must be a SimilarityMetric (e.g. fastsyn.CCMetric or "
@@ -825,6 +862,9 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
                 ("inversion_sweeps", inversion_sweeps)))
         fused_inversion = prefer("fused_inversion", fused_inversion)
         repair_folds = prefer("repair_folds", repair_folds)
+        step_percentile = check_real("step_percentile", prefer("step_percentile",
+                                                               step_percentile),
+                                     low=50, high=100)
         for name, flag in (("fused_inversion", fused_inversion),
                            ("repair_folds", repair_folds)):
             if not isinstance(flag, (bool, np.bool_)):
@@ -850,6 +890,7 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
         self.inversion_sweeps = inversion_sweeps or None
         self.fused_inversion = bool(fused_inversion)
         self.repair_folds = bool(repair_folds)
+        self.step_percentile = step_percentile
         self.folds_repaired = {}
         for name, value in options.items():
             setattr(self, name, value)

@@ -68,18 +68,19 @@ FACTORS = {
     "inversion_sweeps": (0, 2, 1),
     "fused_inversion": (False, True),
     "repair_folds": (True, False),
+    "step_percentile": (100.0, 99.5, 99.0),
 }
 #: Factors the sweep changes, per grid name (``none``: the default only).
 GRIDS = {"default": tuple(FACTORS), "quick": ("nbins", "masks"), "none": (),
          "syn": ("sigma_diff", "step_length", "pyramid", "total_sigma", "reinvert",
-                 "inversion_sweeps", "fused_inversion", "repair_folds")}
+                 "inversion_sweeps", "fused_inversion", "repair_folds", "step_percentile")}
 #: The quick grid's levels (a first look: the two factors that moved most).
 _QUICK_LEVELS = {"nbins": (16,), "masks": ("brain",)}
 #: Factors a combination of winners may take (the MIMetric and SDR defaults;
 #: masks are data, not a default).
 _COMBINABLE = ("nbins", "clip", "sigma_diff", "step_length", "sampling", "pyramid",
                "total_sigma", "inv_iter", "reinvert", "inversion_sweeps",
-               "fused_inversion", "repair_folds")
+               "fused_inversion", "repair_folds", "step_percentile")
 NOT_STUDIED = ("Parzen window on the static side (cubic vs box as in Mattes/ITK): "
                "needs a change of the MI kernel (fastsyn/_kernels/mi.pyx)")
 #: Harness option of a factor where the names differ (CC has its own sigma_diff).
@@ -148,7 +149,8 @@ def current_defaults():
             "inv_iter": int(d["inv_iter"]), "reinvert": _normal("reinvert", d["reinvert"]),
             "inversion_sweeps": int(d["mi_inversion_sweeps"]),
             "fused_inversion": bool(d["mi_fused_inversion"]),
-            "repair_folds": bool(d["repair_folds"])}
+            "repair_folds": bool(d["repair_folds"]),
+            "step_percentile": float(d["step_percentile"])}
 
 
 def _normal(factor, value):
@@ -179,7 +181,7 @@ def _normal(factor, value):
         return None if value is None else float(value)
     if factor == "inversion_sweeps":
         return 0 if value is None else int(value)
-    if factor in ("sigma_diff", "step_length", "total_sigma"):
+    if factor in ("sigma_diff", "step_length", "total_sigma", "step_percentile"):
         return float(value)
     raise ValueError(f"unknown factor {factor!r}; known: {sorted(FACTORS)}")
 
