@@ -289,8 +289,9 @@ def _robust_step_norm(step, inv_spacing, percentile):
 
 
 def _apply_step(self, field, step, world2grid, spacing, nthreads, direction):
-    """Zero the step's boundary, scale it to unit maximum norm (in voxels)
-    and compose it into ``field`` in place, as DIPY's ``_iterate`` does.
+    """Zero the step's boundary, scale it to unit maximum norm (in voxels;
+    with ``step_percentile`` below 100, unit norm at that percentile) and
+    compose it into ``field`` in place, as DIPY's ``_iterate`` does.
 
     The metric's array is only read (DIPY copies it too): the boundary is
     zeroed in a buffer owned by the optimizer.
@@ -976,8 +977,10 @@ def ants_like(metric, level_iters=(40, 20, 0), *, num_threads=None, **overrides)
                                                 is set
     ==================  ======================  =====================================
     """
+    # ANTs scales each update to its largest voxel norm: step_percentile=100
+    # whatever the metric prefers.
     settings = dict(pyramid="ants", flow_sigma=3.0, total_sigma=0.0, convergence="ants",
-                    step_length=0.2)
+                    step_length=0.2, step_percentile=100.0)
     settings.update(overrides)
     return SymmetricDiffeomorphicRegistration(metric, level_iters=list(level_iters),
                                               num_threads=num_threads, **settings)
