@@ -254,12 +254,21 @@ def test_cli_study_rejects_bad_arguments(tmp_path, capsys):
     assert exc.value.code == 2 and "--half" in capsys.readouterr().err
 
 
+def _report_study_section(results, tmp_path):
+    """The MI study section of the HTML report of a results folder."""
+    from fastsyn.bench.report import write_report
+
+    page = write_report(results, tmp_path / "out", check_equivalence=False,
+                        benchmark_json_dir=tmp_path / "nobench").read_text()
+    section = page[page.index("id='mi-study'"):]
+    return section[:section.index("<h2", 10)]
+
+
 def test_paired_differences_against_the_anchors(tmp_path):
     """Per direction and over all pairs: mean, Student-t 95 % interval (none
     for a single pair) and pairs won, in the table, the CLI text and the report."""
     from scipy.stats import t
 
-    from fastsyn.bench.report import write_report
 
     store = ResultStore(tmp_path / "res")
     pairs = [("a", "t1←t2"), ("b", "t1←t2"), ("c", "t1←t2"), ("d", "t2←t1")]
@@ -296,10 +305,7 @@ def test_paired_differences_against_the_anchors(tmp_path):
     lo, hi = diffs.mean() - half, diffs.mean() + half
     assert f"{diffs.mean():+.3f} [{lo:+.3f}, {hi:+.3f}] | 2/3 |" in text
     (store.root / "study-d-v1-2x1-report.json").write_text(json.dumps(plan))
-    page = write_report(store.root, tmp_path / "out", check_equivalence=False,
-                        benchmark_json_dir=tmp_path / "nobench").read_text()
-    section = page[page.index("id='mi-study'"):]
-    section = section[:section.index("<h2", 10)]
+    section = _report_study_section(store.root, tmp_path)
     assert "Δ vs greedy NMI [95 % CI]" in section and ">2/3<" in section
     assert f"{lo:+.3f}, {hi:+.3f}]" in section
 
@@ -308,7 +314,6 @@ def test_paired_differences_label_by_label(tmp_path):
     """Which labels a difference comes from: per-label paired statistics,
     named from the plan's label_names, in the table and the report; no
     label table for a regional atlas of many labels."""
-    from fastsyn.bench.report import write_report
 
     store = ResultStore(tmp_path / "res")
     pairs = ["a", "b", "c"]
@@ -346,10 +351,7 @@ def test_paired_differences_label_by_label(tmp_path):
     assert "against the anchors, label by label" in text
     assert "| csf | 3 | +0.050 [" in text and "| 3/3 |" in text
     (store.root / "study-d-v1-2x1.json").write_text(json.dumps(plan))
-    page = write_report(store.root, tmp_path / "out", check_equivalence=False,
-                        benchmark_json_dir=tmp_path / "nobench").read_text()
-    section = page[page.index("id='mi-study'"):]
-    section = section[:section.index("<h2", 10)]
+    section = _report_study_section(store.root, tmp_path)
     assert "label by label" in section and "<td>wm</td>" in section
 
     many = list(range(1, 2 * (study.MAX_LABELS_COMPARED // 2 + 1) + 1))
