@@ -190,3 +190,28 @@ def test_step_percentile_scales_the_step_to_a_robust_norm():
     for bad, exc in ((49, ValueError), (100.5, ValueError), ("99", TypeError)):
         with pytest.raises(exc, match="step_percentile"):
             fastsyn.SymmetricDiffeomorphicRegistration(fastsyn.MIMetric(3), step_percentile=bad)
+
+
+def test_moving_share_splits_each_step_between_the_sides():
+    from fastsyn.imwarp import syn_setting
+
+    assert syn_setting(fastsyn.CCMetric, "moving_share") == 0.5
+    pair = load_pair("pair3d")
+    sdrs = {}
+    for share, threads in ((0.5, 2), (0.65, 1), (0.65, 2), (1.0, 2)):
+        sdrs[share, threads] = register(pair, fastsyn.SymmetricDiffeomorphicRegistration,
+                                        fastsyn.MIMetric(3), num_threads=threads,
+                                        moving_share=share)[0]
+    maps = {k: s.static_to_moving for k, s in sdrs.items()}
+    assert np.array_equal(maps[0.65, 1].forward, maps[0.65, 2].forward)
+    assert not np.array_equal(maps[0.65, 2].forward, maps[0.5, 2].forward)
+    # the moving image alone moves: the static side's half-way map stays the identity
+    assert not np.any(sdrs[1.0, 2].static_to_ref.forward)
+    assert np.any(sdrs[1.0, 2].moving_to_ref.forward)
+    # 0.65 moves the moving side further than the static side
+    def reach(sdr, side):
+        return np.abs(getattr(sdr, side).forward).max()
+    assert reach(sdrs[0.65, 2], "moving_to_ref") > reach(sdrs[0.65, 2], "static_to_ref")
+    for bad, exc in ((-0.1, ValueError), (1.5, ValueError), ("0.5", TypeError), (True, TypeError)):
+        with pytest.raises(exc, match="moving_share"):
+            fastsyn.SymmetricDiffeomorphicRegistration(fastsyn.MIMetric(3), moving_share=bad)

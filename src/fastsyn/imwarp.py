@@ -291,7 +291,10 @@ def _robust_step_norm(step, inv_spacing, percentile):
 def _apply_step(self, field, step, world2grid, spacing, nthreads, direction):
     """Zero the step's boundary, scale it to unit maximum norm (in voxels;
     with ``step_percentile`` below 100, unit norm at that percentile) and
-    compose it into ``field`` in place, as DIPY's ``_iterate`` does.
+    compose it into ``field`` in place, as DIPY's ``_iterate`` does.  With
+    ``moving_share`` other than 0.5 the two sides' step lengths are
+    ``2 * (1 - moving_share) * step_length`` (the static side, ``forward``)
+    and ``2 * moving_share * step_length`` (the moving side).
 
     The metric's array is only read (DIPY copies it too): the boundary is
     zeroed in a buffer owned by the optimizer.
@@ -320,10 +323,13 @@ def _apply_step(self, field, step, world2grid, spacing, nthreads, direction):
     percentile = getattr(self, "step_percentile", 100.0)
     if percentile < 100 and nrm > 0:
         nrm = _robust_step_norm(buf, inv_spacing, percentile) or nrm
+    share = getattr(self, "moving_share", 0.5)
+    # 2 * 0.5 is exactly 1: DIPY's symmetric split keeps its step bitwise
+    length = self.step_length * 2.0 * (share if direction == "backward" else 1.0 - share)
     # DIPY divides the step by its norm and then composes with step_length;
     # folding 1/nrm into the composition's time scaling saves a full pass
     # (values differ by one rounding of the step).
-    scale = self.step_length / nrm if nrm > 0 else self.step_length
+    scale = length / nrm if nrm > 0 else length
     compose_unchecked(field, buf, None, world2grid, scale, field, nthreads)
     total_sigma = getattr(self, "total_sigma", 0.0)
     if total_sigma > 0:
@@ -687,7 +693,7 @@ def check_syn_options(*, pyramid="dipy", flow_sigma=None, total_sigma=0.0,
 #: (``syn_defaults``, e.g. :attr:`fastsyn.MIMetric.syn_defaults`).
 DIPY_SYN_SETTINGS = {"step_length": 0.25, "pyramid": "dipy", "total_sigma": 0.0,
                      "reinvert": True, "inversion_sweeps": 0, "fused_inversion": False,
-                     "repair_folds": False, "step_percentile": 100.0}
+                     "repair_folds": False, "step_percentile": 100.0, "moving_share": 0.5}
 
 
 def _metric_preferences(metric):
@@ -810,6 +816,14 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
         second voxel along each axis, or a sparser regular grid of at most
         2**15 voxels on larger grids (NumPy, so the result does not depend on
         the thread count).  None: the metric's preference, else 100.
+    moving_share : float or None, optional
+        The moving image's share of each iteration's motion, 0 to 1: the
+        moving side's step is ``2 * moving_share * step_length`` and the
+        static side's ``2 * (1 - moving_share) * step_length``.  0.5 (DIPY's
+        rule) moves both images to the midpoint alike; above 0.5 more of the
+        map is made on the moving side, so that less of it reaches the
+        static (reference) space through an inversion; 1 moves the moving
+        image alone, as greedy does.  None: the metric's preference, else 0.5.
 
     Attributes
     ----------
@@ -827,8 +841,8 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
     Notes
     -----
     ``step_length``, ``pyramid``, ``total_sigma``, ``reinvert``,
-    ``inversion_sweeps``, ``fused_inversion``, ``repair_folds`` and
-    ``step_percentile`` left at None take the
+    ``inversion_sweeps``, ``fused_inversion``, ``repair_folds``,
+    ``step_percentile`` and ``moving_share`` left at None take the
     metric's ``syn_defaults``
     (a dict; :attr:`fastsyn.MIMetric.syn_defaults` holds the settings the
     real-anatomy study chose for MI), else DIPY's values
@@ -841,7 +855,7 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
                  callback=None, num_threads=None, pyramid=None, flow_sigma=None,
                  total_sigma=None, convergence="dipy", reinvert=None,
                  inversion_sweeps=None, fused_inversion=None, repair_folds=None,
-                 step_percentile=None):
+                 step_percentile=None, moving_share=None):
         resolve_num_threads(num_threads)
         if not isinstance(metric, SimilarityMetric):
             raise TypeError("metric must be a SimilarityMetric (e.g. fastsyn.CCMetric or "
@@ -866,6 +880,8 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
         step_percentile = check_real("step_percentile", prefer("step_percentile",
                                                                step_percentile),
                                      low=50, high=100)
+        moving_share = check_real("moving_share", prefer("moving_share", moving_share),
+                                  low=0, high=1)
         for name, flag in (("fused_inversion", fused_inversion),
                            ("repair_folds", repair_folds)):
             if not isinstance(flag, (bool, np.bool_)):
@@ -892,6 +908,7 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
         self.fused_inversion = bool(fused_inversion)
         self.repair_folds = bool(repair_folds)
         self.step_percentile = step_percentile
+        self.moving_share = moving_share
         self.folds_repaired = {}
         for name, value in options.items():
             setattr(self, name, value)
@@ -977,10 +994,11 @@ def ants_like(metric, level_iters=(40, 20, 0), *, num_threads=None, **overrides)
                                                 is set
     ==================  ======================  =====================================
     """
-    # ANTs scales each update to its largest voxel norm: step_percentile=100
-    # whatever the metric prefers.
+    # ANTs scales each update to its largest voxel norm (step_percentile=100)
+    # and moves both images alike (moving_share=0.5), whatever the metric
+    # prefers.
     settings = dict(pyramid="ants", flow_sigma=3.0, total_sigma=0.0, convergence="ants",
-                    step_length=0.2, step_percentile=100.0)
+                    step_length=0.2, step_percentile=100.0, moving_share=0.5)
     settings.update(overrides)
     return SymmetricDiffeomorphicRegistration(metric, level_iters=list(level_iters),
                                               num_threads=num_threads, **settings)

@@ -414,19 +414,19 @@ class FastsynMethod(Method):
     label = "fastsyn"
     package = "fastsyn"
     # clip and sampling are MIMetric's (its defaults); MI also takes sigma_diff
-    # step_length, pyramid, total_sigma, reinvert, repair_folds and
-    # step_percentile are SymmetricDiffeomorphicRegistration's (None: the metric's syn_defaults,
+    # step_length, pyramid, total_sigma, reinvert, repair_folds, step_percentile
+    # and moving_share are SymmetricDiffeomorphicRegistration's (None: the metric's syn_defaults,
     # else DIPY's value); mi_inversion_sweeps is its inversion_sweeps and
     # mi_fused_inversion its fused_inversion, for MI (MIMetric.syn_defaults;
     # CC keeps DIPY's rule)
     defaults = {**DipyMethod.defaults, "clip": (0.5, 99.5), "sampling": None,
                 "step_length": None, "pyramid": "dipy", "total_sigma": None,
                 "reinvert": None, "repair_folds": None, "step_percentile": None,
-                "mi_inversion_sweeps": 1, "mi_fused_inversion": True}
+                "moving_share": None, "mi_inversion_sweeps": 1, "mi_fused_inversion": True}
     mask_metrics = ("mi",)
     #: Options whose None means "the metric's syn_defaults"
     resolved_options = ("step_length", "total_sigma", "reinvert", "repair_folds",
-                        "step_percentile")
+                        "step_percentile", "moving_share")
 
     def configuration(self, metric, levels, threads):
         # Record the values a None resolves to: a record made under other
@@ -473,6 +473,7 @@ class FastsynMethod(Method):
             inv_iter=o["inv_iter"], inv_tol=o["inv_tol"], num_threads=threads,
             pyramid=o["pyramid"], total_sigma=o["total_sigma"], reinvert=o["reinvert"],
             repair_folds=o["repair_folds"], step_percentile=o["step_percentile"],
+            moving_share=o["moving_share"],
             inversion_sweeps=o["mi_inversion_sweeps"] if metric == "mi" else None,
             fused_inversion=o["mi_fused_inversion"] if metric == "mi" else None)
         return _run_syn(reg, fixed, moving, fixed_affine, moving_affine, labels, threads)

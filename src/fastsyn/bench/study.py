@@ -69,18 +69,20 @@ FACTORS = {
     "fused_inversion": (False, True),
     "repair_folds": (True, False),
     "step_percentile": (100.0, 99.5, 99.0),
+    "moving_share": (0.5, 0.65, 0.75),
 }
 #: Factors the sweep changes, per grid name (``none``: the default only).
 GRIDS = {"default": tuple(FACTORS), "quick": ("nbins", "masks"), "none": (),
          "syn": ("sigma_diff", "step_length", "pyramid", "total_sigma", "reinvert",
-                 "inversion_sweeps", "fused_inversion", "repair_folds", "step_percentile")}
+                 "inversion_sweeps", "fused_inversion", "repair_folds", "step_percentile",
+                 "moving_share")}
 #: The quick grid's levels (a first look: the two factors that moved most).
 _QUICK_LEVELS = {"nbins": (16,), "masks": ("brain",)}
 #: Factors a combination of winners may take (the MIMetric and SDR defaults;
 #: masks are data, not a default).
 _COMBINABLE = ("nbins", "clip", "sigma_diff", "step_length", "sampling", "pyramid",
                "total_sigma", "inv_iter", "reinvert", "inversion_sweeps",
-               "fused_inversion", "repair_folds", "step_percentile")
+               "fused_inversion", "repair_folds", "step_percentile", "moving_share")
 NOT_STUDIED = ("Parzen window on the static side (cubic vs box as in Mattes/ITK): "
                "needs a change of the MI kernel (fastsyn/_kernels/mi.pyx)")
 #: Harness option of a factor where the names differ (CC has its own sigma_diff).
@@ -150,7 +152,8 @@ def current_defaults():
             "inversion_sweeps": int(d["mi_inversion_sweeps"]),
             "fused_inversion": bool(d["mi_fused_inversion"]),
             "repair_folds": bool(d["repair_folds"]),
-            "step_percentile": float(d["step_percentile"])}
+            "step_percentile": float(d["step_percentile"]),
+            "moving_share": float(d["moving_share"])}
 
 
 def _normal(factor, value):
@@ -181,7 +184,7 @@ def _normal(factor, value):
         return None if value is None else float(value)
     if factor == "inversion_sweeps":
         return 0 if value is None else int(value)
-    if factor in ("sigma_diff", "step_length", "total_sigma", "step_percentile"):
+    if factor in ("sigma_diff", "step_length", "total_sigma", "step_percentile", "moving_share"):
         return float(value)
     raise ValueError(f"unknown factor {factor!r}; known: {sorted(FACTORS)}")
 
