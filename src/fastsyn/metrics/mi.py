@@ -277,10 +277,11 @@ class MIMetric(MetricInputs, SimilarityMetric):
     #: warm-started, fused sweep per inversion inside the iterations, no
     #: re-inversion at the finest level, a light smoothing of the total
     #: fields, steps of 0.4 voxels at the 99.5th percentile of the step's
-    #: norms and the final map's folds repaired.
+    #: norms, 65 % of each iteration's motion on the moving side and the
+    #: final map's folds repaired.
     syn_defaults = {"inversion_sweeps": 1, "fused_inversion": True, "reinvert": "coarse",
                     "total_sigma": 0.3, "repair_folds": True, "step_length": 0.4,
-                    "step_percentile": 99.5}
+                    "step_percentile": 99.5, "moving_share": 0.65}
 
     def __init__(self, dim, *, nbins=32, sigma_diff=2.0, smooth=None,
                  sampling=None, seed=0, clip=(0.5, 99.5), static_mask=None,
