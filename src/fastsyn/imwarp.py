@@ -820,10 +820,9 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
         The moving image's share of each iteration's motion, 0 to 1: the
         moving side's step is ``2 * moving_share * step_length`` and the
         static side's ``2 * (1 - moving_share) * step_length``.  0.5 (DIPY's
-        rule) moves both images to the midpoint alike; above 0.5 more of the
-        map is made on the moving side, so that less of it reaches the
-        static (reference) space through an inversion; 1 moves the moving
-        image alone, as greedy does.  None: the metric's preference, else 0.5.
+        rule) moves both images to the midpoint alike; 1 moves the moving
+        image alone, as greedy does, and 0 the static image alone.  None:
+        the metric's preference, else 0.5.
 
     Attributes
     ----------
