@@ -240,7 +240,13 @@ def test_ants_like_preset():
     assert (sdr.pyramid, sdr.flow_sigma, sdr.total_sigma, sdr.convergence) == (
         "ants", 3.0, 0.0, "ants")
     assert sdr.step_length == 0.2 and sdr.opt_tol == 1e-7 and sdr.level_iters == [40, 20, 0]
+    # ANTs scales each update to its largest norm and moves both images
+    # alike, whatever MI's own defaults prefer
+    assert fastsyn.MIMetric.syn_defaults["step_percentile"] < 100
+    assert fastsyn.MIMetric.syn_defaults["moving_share"] != 0.5
+    assert (sdr.step_percentile, sdr.moving_share) == (100.0, 0.5)
     assert fastsyn.ants_like(fastsyn.CCMetric(3), flow_sigma=1.0).flow_sigma == 1.0
+    assert fastsyn.ants_like(fastsyn.MIMetric(3), moving_share=0.7).moving_share == 0.7
 
 
 def test_flow_sigma_with_a_metric_without_sigma_diff(pair):
