@@ -386,10 +386,12 @@ def _add_study(bsub):
     p.add_argument("--grid", default="default", choices=("default", "quick", "syn", "none"),
                    help="default: one factor at a time (bins, masks, clipping, sigma_diff, "
                         "step length, sampling, pyramid, total-field smoothing, inversion "
-                        "sweeps) and the ANTs mode, then the combination of the winners; "
-                        "syn: the optimizer's factors only (sigma_diff, step length, "
-                        "pyramid, total_sigma, reinvert, inversion sweeps); quick: 16 "
-                        "bins and brain masks; "
+                        "iterations, re-inversion, inversion sweeps, fused inversion, fold "
+                        "repair, step percentile, moving share) and the ANTs mode, then the "
+                        "combination of the winners; syn: the optimizer's factors only "
+                        "(sigma_diff, step length, pyramid, total_sigma, reinvert, "
+                        "inversion sweeps, fused inversion, fold repair, step percentile, "
+                        "moving share); quick: 16 bins and brain masks; "
                         "none: the default only (with --setting)")
     p.add_argument("--setting", action="append", default=[], metavar="SPEC",
                    help="one more setting, e.g. nbins=16+clip=1:99 or ants-mode "
