@@ -282,7 +282,7 @@ def _robust_step_norm(step, inv_spacing, percentile):
     inner = step[(slice(1, -1, stride),) * len(spatial)]
     if inner.size == 0:
         return 0.0
-    scaled = inner.astype(np.float64) * inv_spacing
+    scaled = np.multiply(inner, inv_spacing, dtype=np.float64)  # one float64 copy
     squared = np.einsum("...i,...i->...", scaled, scaled).ravel()
     # the norm is monotone in its square: the order statistics are the same
     return math.sqrt(float(np.percentile(squared, percentile)))
