@@ -67,6 +67,39 @@ def test_real_set_subjects_labels_and_masks(real):
             assert (img[~mask] == 0).all() and np.ptp(img[mask]) > 0  # skull-stripped
 
 
+def test_study_grid_keeps_the_field_of_view():
+    affine = np.array([[-2.0, 0, 0, 90], [0, 2, 0, -126], [0, 0, 2, -72], [0, 0, 0, 1]])
+    shape, same = realset.study_grid((91, 109, 91), affine, 2.0)
+    assert shape == (91, 109, 91) and np.array_equal(same, affine)
+    fine_shape, fine = realset.study_grid((91, 109, 91), affine, 1.0)
+    assert fine_shape == (182, 218, 182)
+    assert np.allclose(np.abs(np.diag(fine)[:3]), 1.0)
+    for corner in (np.full(3, -0.5), np.array([91, 109, 91]) - 0.5):
+        fine_corner = (corner + 0.5) * 2 - 0.5    # the same corner in 1 mm voxels
+        assert np.allclose(affine @ [*corner, 1], fine @ [*fine_corner, 1])
+
+
+def test_real_set_at_another_resolution(real):
+    """``load_dataset("real", resolution=...)``: every subject on a grid of
+    that voxel size, in a folder and under a name of its own, so that its
+    records and prealignments are never taken for the 2 mm set's."""
+    ds, cache = real
+    coarse = load_dataset("real", cache_dir=cache, resolution=4.0, progress=False)
+    assert coarse.name == "real-4mm" and coarse.root.name == "real-4mm"
+    assert sorted(s.name for s in coarse.subjects) == sorted(s.name for s in ds.subjects)
+    for s in coarse.subjects:
+        labels = nib.load(str(s.labels))
+        assert np.allclose(labels.header.get_zooms(), 4.0)
+        mask = np.asarray(nib.load(str(s.mask)).dataobj) > 0
+        assert np.array_equal(np.asarray(labels.dataobj) > 0, mask)
+        assert set(np.unique(np.asarray(labels.dataobj))) == {0, 1, 2, 3}
+    assert json.loads((coarse.root / "dataset.json").read_text())["resolution"] == 4.0
+    assert load_dataset("real", cache_dir=cache, progress=False).name == "real"
+    for bad in (0.1, 9.0):
+        with pytest.raises(ValueError, match="resolution"):
+            load_dataset("real", cache_dir=cache, resolution=bad, progress=False)
+
+
 def test_real_pairs_cross_anatomies_and_contrasts(real):
     ds, _ = real
     pairs = make_pairs(ds)

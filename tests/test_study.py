@@ -247,6 +247,8 @@ def test_a_plan_made_under_other_defaults_is_replaced_not_merged(ran, tmp_path,
 def test_cli_study_rejects_bad_arguments(tmp_path, capsys):
     assert main(["bench", "study", "--results", str(tmp_path), "--setting", "bins=3"]) == 2
     assert main(["bench", "study", "--results", str(tmp_path), "--anchor-masks", "x"]) == 2
+    assert main(["bench", "study", "--results", str(tmp_path), "--anchors", "elastix"]) == 2
+    assert "--anchors must list some of ants, greedy" in capsys.readouterr().err
     assert main(["bench", "study", "--results", str(tmp_path), "--dataset", "nope"]) == 2
     assert "fastsyn: error:" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:  # argparse: not one of tune, report
@@ -262,6 +264,17 @@ def _report_study_section(results, tmp_path):
                         benchmark_json_dir=tmp_path / "nobench").read_text()
     section = page[page.index("id='mi-study'"):]
     return section[:section.index("<h2", 10)]
+
+
+def test_anchor_settings_of_some_anchors():
+    names = [s.name for s in study.anchor_settings(("none", "brain"))]
+    assert names == ["ANTs Mattes", "greedy NMI", "ANTs Mattes [brain]", "greedy NMI [brain]"]
+    greedy = study.anchor_settings(methods=("greedy",))
+    assert [(s.name, s.method, s.factor) for s in greedy] == [("greedy NMI", "greedy", "anchor")]
+    with pytest.raises(ValueError, match="anchors must name some of ants, greedy"):
+        study.anchor_settings(methods=("elastix",))
+    with pytest.raises(ValueError, match="got none"):
+        study.anchor_settings(methods=())
 
 
 def test_paired_differences_against_the_anchors(tmp_path):

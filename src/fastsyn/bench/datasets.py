@@ -343,8 +343,9 @@ def load_dataset(name_or_dir, *, cache_dir=None, resolution=2.0, n_subjects=None
         ``<cache_dir>/<name>-<res>mm``.  Default ``$FASTSYN_CACHE`` or
         ``~/.cache/fastsyn``.  Ignored for folders.
     resolution : float or sequence of 3 floats
-        Voxel size (mm) of embedded cohorts (2 mm default, 1 mm native).
-        Ignored for folders.
+        Voxel size (mm) of embedded cohorts (2 mm default, 1 mm native) and
+        of the real set (one float, 0.5 to 4; 2 mm default, SPM's grid;
+        ``<cache_dir>/real-1mm`` at 1 mm).  Ignored for folders.
     n_subjects : int, optional
         Use the first ``n_subjects`` subjects.  For embedded cohorts any
         positive number is allowed (default 8 mono, 7 multi); subjects are
@@ -368,12 +369,21 @@ def load_dataset(name_or_dir, *, cache_dir=None, resolution=2.0, n_subjects=None
     """
     n_subjects = _check_n_subjects(n_subjects)
     if isinstance(name_or_dir, str) and name_or_dir == "real":
-        from .realset import SYNTHETIC_COHORT, load_real_set
+        from .realset import (
+            REAL,
+            SYNTHETIC_COHORT,
+            check_resolution,
+            load_real_set,
+            resolution_suffix,
+        )
 
+        resolution = check_resolution(resolution)
         base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
+        cohort = {**SYNTHETIC_COHORT, "resolution": resolution}
         ds = load_real_set(
-            base / "real", progress=progress,
-            synthetic_cohort=lambda: load_dataset(**SYNTHETIC_COHORT, cache_dir=cache_dir,
+            base / (REAL + resolution_suffix(resolution)), progress=progress,
+            resolution=resolution,
+            synthetic_cohort=lambda: load_dataset(**cohort, cache_dir=cache_dir,
                                                   progress=progress))
         if n_subjects is not None:
             ds.subjects = ds.subjects[:n_subjects]

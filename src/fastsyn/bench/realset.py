@@ -40,7 +40,13 @@ Subjects
 
 The SPM images share SPM's 2 mm MNI grid (91 x 109 x 91); all are in MNI
 space after an affine registration, so the remaining differences between two
-of them are anatomy, which is what a deformable method must recover.  The
+of them are anatomy, which is what a deformable method must recover.
+``load_dataset("real", resolution=1)`` (``--resolution 1``) builds the same
+set on the 1 mm grid over the same field of view (182 x 218 x 182), named
+``real-1mm``: users register 1 mm scans, and voxel-counted settings (step
+lengths, smoothing) mean twice as little there.  mni2009, the synthetic
+subjects and ``chris`` then carry 1 mm detail; the SPM images are their
+2 mm data interpolated.  The
 files that ship are SPM12's own, gzip-compressed
 (``fastsyn/data/real/NOTICE.txt`` keeps MNI's copyright notice).
 
@@ -101,7 +107,8 @@ NIIVUE_IMAGES = {
     ("chris", "t1"): "chris_t1.nii.gz",
     ("chris", "pd"): "chris_PD.nii.gz",
 }
-#: Written beside a set built with the niivue images (their licence asks for it).
+#: Written beside a set built with the niivue images (their licence asks for
+#: it), with the set's voxel size.
 NIIVUE_NOTICE = """\
 The subject `chris` of this folder is derived from chris_t1.nii.gz and
 chris_PD.nii.gz of the niivue-demo-images repository
@@ -110,7 +117,7 @@ the McCausland Center for Brain Imaging and distributed under the Creative
 Commons Attribution-NonCommercial 4.0 International licence
 (https://creativecommons.org/licenses/by-nc/4.0/).  Changes: registered to
 the SPM12 avg152T1 grid (affine for the T1, rigid PD-to-T1), resampled to
-2 mm, masked with the MNI152 2009 brain mask, tissue classes added.
+{resolution:g} mm, masked with the MNI152 2009 brain mask, tissue classes added.
 Non-commercial use only.
 """
 #: Embedded-multi subjects used as synthetic T2/FLAIR partners, and their names here.
@@ -212,11 +219,32 @@ def _spm_image(source, stem):
     return data, np.asarray(img.affine, dtype=np.float64)
 
 
-def _mni2009_on(shape, affine):
-    """(T1, brain mask) of the MNI152 2009 template sampled on a grid."""
+def study_grid(shape, affine, resolution):
+    """(shape, affine) of the grid of ``resolution`` mm voxels over the field
+    of view of the grid (``shape``, ``affine``), the same corners.
+
+    The grid itself when its voxels are already ``resolution`` mm, so that
+    the 2 mm set is SPM's grid bit for bit.
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    if np.allclose(spacing, resolution):
+        return tuple(shape), affine
+    scale = resolution / spacing
+    new_shape = tuple(int(round(n / s)) for n, s in zip(shape, scale))
+    refine = np.eye(4)
+    refine[:3, :3] = np.diag(scale)
+    # voxel centres move so that the corners of the field of view stay put
+    refine[:3, 3] = (scale - 1) / 2
+    return new_shape, affine @ refine
+
+
+def _mni2009_on(shape, affine, resolution=2.0):
+    """(T1, brain mask) of the MNI152 2009 template, at ``resolution`` mm,
+    sampled on a grid."""
     from . import synth
 
-    tpl = synth.load_template(2.0)
+    tpl = synth.load_template(resolution)
     points = synth.grid_points(shape, affine)
     t1 = synth.sample_image(tpl.t1, tpl.affine, points, order=1).reshape(shape)
     mask = synth.sample_image(tpl.mask.astype(np.float32), tpl.affine, points,
@@ -224,15 +252,19 @@ def _mni2009_on(shape, affine):
     return t1.astype(np.float32), mask
 
 
-def _real_subjects(spm_dir, niivue_dir=None, num_threads=None):
+def _real_subjects(spm_dir, niivue_dir=None, num_threads=None, resolution=2.0):
     """Yield (name, images, labels, mask, affine) for the real anatomies."""
-    ref, affine = _spm_image(spm_dir, SPM12_IMAGES[("avg152", "t1")])
-    mni_t1, mask = _mni2009_on(ref.shape, affine)
+    ref, ref_affine = _spm_image(spm_dir, SPM12_IMAGES[("avg152", "t1")])
+    shape, affine = study_grid(ref.shape, ref_affine, resolution)
+    mni_t1, mask = _mni2009_on(shape, affine, resolution)
     by_subject = {}
     for (subject, modality), stem in SPM12_IMAGES.items():
-        data, aff = (ref, affine) if stem == "avg152T1" else _spm_image(spm_dir, stem)
-        if data.shape != ref.shape or not np.allclose(aff, affine, atol=1e-3):
+        data, aff = (ref, ref_affine) if stem == "avg152T1" else _spm_image(spm_dir, stem)
+        if data.shape != ref.shape or not np.allclose(aff, ref_affine, atol=1e-3):
             raise ValueError(f"SPM12 image {stem} is not on avg152T1's grid")
+        if shape != ref.shape:
+            # SPM's 2 mm images, interpolated: a finer grid, not finer anatomy
+            data = _on_grid(data, ref_affine, np.eye(4), shape, affine).astype(np.float32)
         by_subject.setdefault(subject, {})[modality] = data
     by_subject["mni2009"] = {"t1": mni_t1}
     for name, images in by_subject.items():
@@ -240,7 +272,7 @@ def _real_subjects(spm_dir, niivue_dir=None, num_threads=None):
         yield name, {m: np.where(mask, v, 0).astype(np.float32) for m, v in images.items()}, \
             labels, mask, affine
     if niivue_dir is not None:
-        yield _niivue_subject(niivue_dir, ref, affine, mask, num_threads)
+        yield _niivue_subject(niivue_dir, (ref, ref_affine), (shape, affine), mask, num_threads)
 
 
 def _niivue_image(folder, filename):
@@ -270,13 +302,16 @@ def _on_grid(data, data_affine, world_map, shape, affine):
     return synth.sample_image(data, data_affine, points, order=1).reshape(shape)
 
 
-def _niivue_subject(niivue_dir, ref, affine, mask, num_threads=None):
-    """(name, images, labels, mask, affine) of ``chris`` on the SPM grid.
+def _niivue_subject(niivue_dir, reference, grid, mask, num_threads=None):
+    """(name, images, labels, mask, affine) of ``chris`` on the study grid.
 
-    The T1 is registered affinely to avg152T1 (both with their skulls), the
-    PD rigidly to the T1; each image is resampled once, through the
-    composed matrices.
+    The T1 is registered affinely to avg152T1 (``reference``: its data and
+    affine; both with their skulls), the PD rigidly to the T1; each image is
+    resampled once, through the composed matrices, onto ``grid`` (shape,
+    affine).
     """
+    ref, ref_affine = reference
+    shape, affine = grid
     from ..imaffine import affine_registration
     from ..register import _quiet_dipy
 
@@ -284,16 +319,16 @@ def _niivue_subject(niivue_dir, ref, affine, mask, num_threads=None):
                                         for m in ("t1", "pd"))
     # Both matrices map points of the static world to the moving world.
     with _quiet_dipy():
-        _, to_t1 = affine_registration(t1, ref, t1_affine, affine, num_threads=num_threads)
+        _, to_t1 = affine_registration(t1, ref, t1_affine, ref_affine, num_threads=num_threads)
         _, pd_to_t1 = affine_registration(pd, t1, pd_affine, t1_affine,
                                           pipeline=["center_of_mass", "translation", "rigid"],
                                           num_threads=num_threads)
     to_pd = pd_to_t1 @ to_t1
-    images = {"t1": _on_grid(t1, t1_affine, to_t1, ref.shape, affine),
-              "pd": _on_grid(pd, pd_affine, to_pd, ref.shape, affine)}
+    images = {"t1": _on_grid(t1, t1_affine, to_t1, shape, affine),
+              "pd": _on_grid(pd, pd_affine, to_pd, shape, affine)}
     # The PD slab covers less of the head than the T1: keep the voxels whose
     # interpolation stencil lies wholly inside it.
-    coverage = _on_grid(np.ones_like(pd), pd_affine, to_pd, ref.shape, affine)
+    coverage = _on_grid(np.ones_like(pd), pd_affine, to_pd, shape, affine)
     inside = mask & (coverage > 0.999)
     labels = tissue_classes(images["t1"], inside)
     return ("chris", {m: np.where(inside, v, 0).astype(np.float32) for m, v in images.items()},
@@ -320,7 +355,7 @@ def _synthetic_subjects(cohort):
 
 # ---------------------------------------------------------------------- build
 def build_real_set(dst, *, synthetic_cohort, spm_dir=None, niivue_dir=None, num_threads=None,
-                   progress=True):
+                   progress=True, resolution=2.0):
     """Write the real-anatomy study set into ``dst`` (see the module docstring).
 
     Parameters
@@ -329,8 +364,9 @@ def build_real_set(dst, *, synthetic_cohort, spm_dir=None, niivue_dir=None, num_
         Output folder (created; finished subjects are replaced).
     synthetic_cohort : callable
         Returns the embedded multimodal cohort (:data:`SYNTHETIC_COHORT`:
-        ``load_dataset("embedded-multi", resolution=2.0, n_subjects=2)``)
-        whose first subjects become the synthetic ones; called once.
+        ``load_dataset("embedded-multi", resolution=2.0, n_subjects=2)``, at
+        ``resolution``) whose first subjects become the synthetic ones;
+        called once.
     spm_dir : str or Path, optional
         A copy of SPM12 (its ``canonical/`` folder is read); default the
         images shipped in ``fastsyn.data``.
@@ -341,6 +377,13 @@ def build_real_set(dst, *, synthetic_cohort, spm_dir=None, niivue_dir=None, num_
         Threads of the affine registrations that align ``chris``.
     progress : bool
         Show progress bars.
+    resolution : float
+        Voxel size in mm (default 2, SPM's grid).  Another value samples
+        every subject on a grid of that voxel size over the same field of
+        view (:func:`study_grid`): mni2009 and the synthetic subjects from
+        the template at that resolution, ``chris`` from its own scans, the
+        SPM images interpolated from their 2 mm; the set is then named
+        ``real-1mm`` (``real-niivue-1mm``), and so are its records.
 
     Returns
     -------
@@ -351,6 +394,7 @@ def build_real_set(dst, *, synthetic_cohort, spm_dir=None, niivue_dir=None, num_
     from .convert import _write_subject
     from .layout import load_folder, write_dataset_stamp
 
+    resolution = check_resolution(resolution)
     dst = Path(dst).expanduser()
     if dst.exists() and not dst.is_dir():
         raise ValueError(f"destination {dst} exists and is not a folder")
@@ -363,7 +407,7 @@ def build_real_set(dst, *, synthetic_cohort, spm_dir=None, niivue_dir=None, num_
             _niivue_image(niivue_dir, stem)          # a missing file fails before any work
     dst.mkdir(parents=True, exist_ok=True)
     names, synthetic = [], []
-    real = _real_subjects(spm_dir, niivue_dir, num_threads)
+    real = _real_subjects(spm_dir, niivue_dir, num_threads, resolution)
     subjects = itertools.chain(real, _synthetic_subjects(synthetic_cohort()))
     # the SPM subjects, mni2009, chris, the synthetic ones
     total = (len({subject for subject, _ in SPM12_IMAGES}) + 1 + (niivue_dir is not None)
@@ -378,25 +422,30 @@ def build_real_set(dst, *, synthetic_cohort, spm_dir=None, niivue_dir=None, num_
     source = "SPM12 copy " + str(spm_dir) if spm_dir is not None else "fastsyn.data.real"
     set_name = REAL
     if niivue_dir is not None:
-        (dst / "NOTICE-niivue.txt").write_text(NIIVUE_NOTICE)
+        (dst / "NOTICE-niivue.txt").write_text(NIIVUE_NOTICE.format(resolution=resolution))
         source += f"; niivue-demo-images copy {niivue_dir}"
         set_name = f"{REAL}-niivue"
+    set_name += resolution_suffix(resolution)
     write_dataset_stamp(dst, set_name, _MODALITIES, names, sparse_modalities=True,
                         synthetic=synthetic, labels=TISSUE_NAMES, source=source,
-                        version=REALSET_VERSION, generator="fastsyn.bench.realset")
+                        version=REALSET_VERSION, generator="fastsyn.bench.realset",
+                        resolution=resolution)
     return load_folder(dst, check=False)
 
 
-def load_real_set(root, *, synthetic_cohort, progress=True):
+def load_real_set(root, *, synthetic_cohort, progress=True, resolution=2.0):
     """The real-anatomy set in ``root``, built there first if absent or stale.
 
     Parameters
     ----------
     root : str or Path
-        Its folder (``load_dataset("real")`` uses ``<cache>/real``).
+        Its folder (``load_dataset("real")`` uses ``<cache>/real``,
+        ``resolution=1`` ``<cache>/real-1mm``).
     synthetic_cohort : callable
         See :func:`build_real_set`.
     progress : bool
+    resolution : float
+        See :func:`build_real_set`.
 
     Returns
     -------
@@ -411,9 +460,23 @@ def load_real_set(root, *, synthetic_cohort, progress=True):
         try:
             info = json.loads(stamp.read_text())
             current = (info.get("version") == REALSET_VERSION
-                       and info.get("generator") == "fastsyn.bench.realset")
+                       and info.get("generator") == "fastsyn.bench.realset"
+                       and info.get("resolution", 2.0) == resolution)
         except (OSError, json.JSONDecodeError):
             current = False
     if not current:
-        build_real_set(root, synthetic_cohort=synthetic_cohort, progress=progress)
-    return load_folder(root, name=REAL, check=False)
+        build_real_set(root, synthetic_cohort=synthetic_cohort, progress=progress,
+                       resolution=resolution)
+    return load_folder(root, name=REAL + resolution_suffix(resolution), check=False)
+
+
+def check_resolution(resolution):
+    """``resolution`` as a float of mm, checked (0.5 to 4 mm)."""
+    from fastsyn._validation import check_real
+
+    return check_real("resolution", resolution, low=0.5, high=4)
+
+
+def resolution_suffix(resolution):
+    """The suffix of the set's name at a voxel size: none at SPM's 2 mm."""
+    return "" if resolution == 2.0 else f"-{resolution:g}mm"

@@ -40,6 +40,7 @@ __all__ = [
     "current_defaults",
     "parse_setting",
     "study_grid",
+    "ANCHORS",
     "anchor_settings",
     "study_pairs",
     "split_halves",
@@ -303,13 +304,22 @@ def study_grid(grid="default"):
     return out
 
 
-def anchor_settings(masks=("none",)):
-    """ANTs SyN Mattes (32 bins) and greedy NMI, once per masks value."""
+#: Anchor method -> its rows' name.
+ANCHORS = {"ants": "ANTs Mattes", "greedy": "greedy NMI"}
+
+
+def anchor_settings(masks=("none",), methods=tuple(ANCHORS)):
+    """ANTs SyN Mattes (32 bins) and greedy NMI (or those of ``methods``),
+    once per masks value."""
+    unknown = [m for m in methods if m not in ANCHORS]
+    if unknown or not methods:
+        raise ValueError(f"anchors must name some of {', '.join(ANCHORS)}, got "
+                         f"{', '.join(map(str, methods)) or 'none'}")
     out = []
     for m in masks:
         tag = "" if m == "none" else f" [{m}]"
-        out.append(Setting(f"ANTs Mattes{tag}", "anchor", "ants", {}, m))
-        out.append(Setting(f"greedy NMI{tag}", "anchor", "greedy", {}, m))
+        out += [Setting(f"{ANCHORS[a]}{tag}", "anchor", a, {}, m)
+                for a in ANCHORS if a in methods]
     return out
 
 
@@ -564,8 +574,9 @@ def run_study(dataset="embedded-multi", *, results_dir, resolution=2.0, sample=1
     settings : sequence of str or Setting
         More settings (:func:`parse_setting`), e.g. the winners of a coarser
         study to confirm.
-    anchors : bool
-        Run ANTs Mattes and greedy NMI (those installed).
+    anchors : bool or sequence of str
+        Run ANTs Mattes and greedy NMI (those installed), or only the
+        anchors named (``("greedy",)``: at 1 mm ANTs takes minutes a pair).
     anchor_masks : sequence of str
         ``masks`` values the anchors run with.
     combine : bool, optional
@@ -603,7 +614,8 @@ def run_study(dataset="embedded-multi", *, results_dir, resolution=2.0, sample=1
     rows = [parse_setting(s) if isinstance(s, str) else s for s in settings]
     todo = _unique(study_grid(grid) + rows)
     if anchors:
-        todo = anchor_settings(anchor_masks) + todo
+        methods = tuple(ANCHORS) if anchors is True else tuple(anchors)
+        todo = anchor_settings(anchor_masks, methods) + todo
     store = ResultStore(results_dir)
     ctx = {"dataset": dataset, "pairs": pairs, "levels": levels, "threads": threads,
            "data_tag": dataset_tag(dataset), "pre_opts": _prealign_options(None),

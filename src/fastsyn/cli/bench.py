@@ -74,7 +74,8 @@ def _add_run(bsub):
     p.add_argument("--dask", default=None, metavar="local|ADDRESS",
                    help="run on Dask: a LocalCluster or a scheduler address")
     p.add_argument("--resolution", type=positive_float, default=2.0, metavar="MM",
-                   help="voxel size of the embedded cohorts (default 2)")
+                   help="voxel size of the embedded cohorts and of the real set "
+                        "(default 2)")
     p.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="cache for built cohorts and prealigned pairs")
     p.add_argument("--prealign", default="fastsyn", choices=("fastsyn", "dipy", "ants", "greedy"),
@@ -370,7 +371,8 @@ def _add_study(bsub):
     p.add_argument("--dataset", default="embedded-multi", metavar="NAME_OR_DIR",
                    help="a multimodal cohort (default embedded-multi)")
     p.add_argument("--resolution", type=positive_float, default=2.0, metavar="MM",
-                   help="voxel size of the embedded cohorts (default 2)")
+                   help="voxel size of the embedded cohorts and of the real set "
+                        "(default 2)")
     p.add_argument("--sample", type=positive_int, default=None, metavar="N",
                    help="pairs, balanced over the cross-modality directions (default 12 "
                         "of an embedded cohort, every pair of another dataset)")
@@ -398,6 +400,9 @@ def _add_study(bsub):
                         "(repeatable)")
     p.add_argument("--no-combine", action="store_true",
                    help="do not run the combinations of the winners")
+    p.add_argument("--anchors", default="ants,greedy", metavar="LIST",
+                   help="anchor methods to run: ants (ANTs Mattes), greedy (greedy NMI) "
+                        "(default ants,greedy)")
     p.add_argument("--no-anchors", action="store_true",
                    help="do not run ANTs Mattes and greedy NMI")
     p.add_argument("--anchor-masks", default="none", metavar="LIST",
@@ -432,6 +437,10 @@ def run_study(args):
     if not anchor_masks or bad:
         raise CommandError(f"--anchor-masks must list values of {MASK_MODES}, "
                            f"got {args.anchor_masks!r}")
+    anchors = _names(args.anchors)
+    if not anchors or any(a not in study.ANCHORS for a in anchors):
+        raise CommandError(f"--anchors must list some of {', '.join(study.ANCHORS)}, "
+                           f"got {args.anchors!r}")
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     try:
         rows = study.run_study(
@@ -441,7 +450,8 @@ def run_study(args):
             seed=args.seed, half=args.half,
             pairs_with=None if args.pairs_with is None else _names(args.pairs_with),
             levels=args.levels, grid=args.grid,
-            settings=settings, anchors=not args.no_anchors, anchor_masks=anchor_masks,
+            settings=settings, anchors=False if args.no_anchors else anchors,
+            anchor_masks=anchor_masks,
             combine=False if args.no_combine else None, threads=args.threads,
             workers=args.workers, cache_dir=args.cache_dir, progress=not args.quiet,
             log=log)

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from ._common import positive_float
+
 #: Datasets with a converter in :mod:`fastsyn.bench.convert`, ``spm12`` (the
 #: real-anatomy study set of :mod:`fastsyn.bench.realset` from a copy of
 #: SPM12) and ``niivue`` (that set, from the shipped SPM12 images, plus the
@@ -20,6 +22,9 @@ def add_parser(sub):
     p.add_argument("dataset", choices=DATASETS)
     p.add_argument("src", metavar="SRC", help="dataset as distributed")
     p.add_argument("dst", metavar="DST", help="output folder")
+    p.add_argument("--resolution", type=positive_float, default=2.0, metavar="MM",
+                   help="spm12 and niivue: voxel size of the set (default 2, SPM's grid; "
+                        "1 samples chris and the template-based subjects at 1 mm)")
     p.set_defaults(func=run)
     return p
 
@@ -32,15 +37,19 @@ def run(args):
     src, dst = Path(args.src), Path(args.dst)
     if args.dataset in ("spm12", "niivue"):
         from fastsyn.bench.datasets import load_dataset
-        from fastsyn.bench.realset import SYNTHETIC_COHORT, build_real_set
+        from fastsyn.bench.realset import SYNTHETIC_COHORT, build_real_set, check_resolution
 
         if not src.expanduser().is_dir():
             what = "SPM12" if args.dataset == "spm12" else "niivue-demo-images"
             raise FileNotFoundError(f"{what} folder not found: {src}")
         folder = {"spm_dir" if args.dataset == "spm12" else "niivue_dir": src}
-        dataset = build_real_set(dst, **folder,
-                                 synthetic_cohort=lambda: load_dataset(**SYNTHETIC_COHORT))
+        resolution = check_resolution(args.resolution)
+        cohort = {**SYNTHETIC_COHORT, "resolution": resolution}
+        dataset = build_real_set(dst, **folder, resolution=resolution,
+                                 synthetic_cohort=lambda: load_dataset(**cohort))
     else:
+        if args.resolution != 2.0:
+            raise ValueError(f"--resolution applies to spm12 and niivue, not {args.dataset}")
         dataset = CONVERTERS[args.dataset](src, dst)
     print(f"prepared {args.dataset} from {src} into {dst}: {len(dataset)} subjects, "
           f"modalities {', '.join(dataset.modalities)}")
