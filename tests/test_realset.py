@@ -67,11 +67,11 @@ def test_real_set_subjects_labels_and_masks(real):
             assert (img[~mask] == 0).all() and np.ptp(img[mask]) > 0  # skull-stripped
 
 
-def test_study_grid_keeps_the_field_of_view():
+def test_grid_at_resolution_keeps_the_field_of_view():
     affine = np.array([[-2.0, 0, 0, 90], [0, 2, 0, -126], [0, 0, 2, -72], [0, 0, 0, 1]])
-    shape, same = realset.study_grid((91, 109, 91), affine, 2.0)
+    shape, same = realset.grid_at_resolution((91, 109, 91), affine, 2.0)
     assert shape == (91, 109, 91) and np.array_equal(same, affine)
-    fine_shape, fine = realset.study_grid((91, 109, 91), affine, 1.0)
+    fine_shape, fine = realset.grid_at_resolution((91, 109, 91), affine, 1.0)
     assert fine_shape == (182, 218, 182)
     assert np.allclose(np.abs(np.diag(fine)[:3]), 1.0)
     for corner in (np.full(3, -0.5), np.array([91, 109, 91]) - 0.5):

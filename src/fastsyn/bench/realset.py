@@ -85,6 +85,9 @@ __all__ = [
     "SPM12_IMAGES",
     "NIIVUE_IMAGES",
     "tissue_classes",
+    "grid_at_resolution",
+    "check_resolution",
+    "resolution_suffix",
     "build_real_set",
     "load_real_set",
     "shipped_images_available",
@@ -219,7 +222,7 @@ def _spm_image(source, stem):
     return data, np.asarray(img.affine, dtype=np.float64)
 
 
-def study_grid(shape, affine, resolution):
+def grid_at_resolution(shape, affine, resolution):
     """(shape, affine) of the grid of ``resolution`` mm voxels over the field
     of view of the grid (``shape``, ``affine``), the same corners.
 
@@ -255,7 +258,7 @@ def _mni2009_on(shape, affine, resolution=2.0):
 def _real_subjects(spm_dir, niivue_dir=None, num_threads=None, resolution=2.0):
     """Yield (name, images, labels, mask, affine) for the real anatomies."""
     ref, ref_affine = _spm_image(spm_dir, SPM12_IMAGES[("avg152", "t1")])
-    shape, affine = study_grid(ref.shape, ref_affine, resolution)
+    shape, affine = grid_at_resolution(ref.shape, ref_affine, resolution)
     mni_t1, mask = _mni2009_on(shape, affine, resolution)
     by_subject = {}
     for (subject, modality), stem in SPM12_IMAGES.items():
@@ -310,10 +313,11 @@ def _niivue_subject(niivue_dir, reference, grid, mask, num_threads=None):
     resampled once, through the composed matrices, onto ``grid`` (shape,
     affine).
     """
-    ref, ref_affine = reference
-    shape, affine = grid
     from ..imaffine import affine_registration
     from ..register import _quiet_dipy
+
+    ref, ref_affine = reference
+    shape, affine = grid
 
     (t1, t1_affine), (pd, pd_affine) = (_niivue_image(niivue_dir, NIIVUE_IMAGES[("chris", m)])
                                         for m in ("t1", "pd"))
@@ -380,10 +384,11 @@ def build_real_set(dst, *, synthetic_cohort, spm_dir=None, niivue_dir=None, num_
     resolution : float
         Voxel size in mm (default 2, SPM's grid).  Another value samples
         every subject on a grid of that voxel size over the same field of
-        view (:func:`study_grid`): mni2009 and the synthetic subjects from
-        the template at that resolution, ``chris`` from its own scans, the
-        SPM images interpolated from their 2 mm; the set is then named
-        ``real-1mm`` (``real-niivue-1mm``), and so are its records.
+        view (:func:`grid_at_resolution`): mni2009 and the synthetic
+        subjects from the template at that resolution, ``chris`` from its
+        own scans, the SPM images interpolated from their 2 mm; the set is
+        then named ``real-1mm`` (``real-niivue-1mm``), and so are its
+        records.
 
     Returns
     -------
