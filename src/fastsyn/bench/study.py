@@ -614,7 +614,8 @@ def run_study(dataset="embedded-multi", *, results_dir, resolution=2.0, sample=1
     rows = [parse_setting(s) if isinstance(s, str) else s for s in settings]
     todo = _unique(study_grid(grid) + rows)
     if anchors:
-        methods = tuple(ANCHORS) if anchors is True else tuple(anchors)
+        methods = (tuple(ANCHORS) if anchors is True
+                   else (anchors,) if isinstance(anchors, str) else tuple(anchors))
         todo = anchor_settings(anchor_masks, methods) + todo
     store = ResultStore(results_dir)
     ctx = {"dataset": dataset, "pairs": pairs, "levels": levels, "threads": threads,
