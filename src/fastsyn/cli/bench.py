@@ -438,9 +438,11 @@ def run_study(args):
         raise CommandError(f"--anchor-masks must list values of {MASK_MODES}, "
                            f"got {args.anchor_masks!r}")
     anchors = _names(args.anchors)
-    if not anchors or any(a not in study.ANCHORS for a in anchors):
+    try:
+        study.anchor_settings(methods=anchors)    # the library's check, before any work
+    except ValueError:
         raise CommandError(f"--anchors must list some of {', '.join(study.ANCHORS)}, "
-                           f"got {args.anchors!r}")
+                           f"got {args.anchors!r}") from None
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     try:
         rows = study.run_study(

@@ -37,15 +37,15 @@ def run(args):
     src, dst = Path(args.src), Path(args.dst)
     if args.dataset in ("spm12", "niivue"):
         from fastsyn.bench.datasets import load_dataset
-        from fastsyn.bench.realset import SYNTHETIC_COHORT, build_real_set, check_resolution
+        from fastsyn.bench.realset import SYNTHETIC_COHORT, build_real_set
 
         if not src.expanduser().is_dir():
             what = "SPM12" if args.dataset == "spm12" else "niivue-demo-images"
             raise FileNotFoundError(f"{what} folder not found: {src}")
         folder = {"spm_dir" if args.dataset == "spm12" else "niivue_dir": src}
-        resolution = check_resolution(args.resolution)
-        cohort = {**SYNTHETIC_COHORT, "resolution": resolution}
-        dataset = build_real_set(dst, **folder, resolution=resolution,
+        # build_real_set checks the resolution before it loads the cohort
+        cohort = {**SYNTHETIC_COHORT, "resolution": args.resolution}
+        dataset = build_real_set(dst, **folder, resolution=args.resolution,
                                  synthetic_cohort=lambda: load_dataset(**cohort))
     else:
         if args.resolution != 2.0:
