@@ -723,6 +723,26 @@ def jacobian_determinant(field, grid2world=None, *, num_threads=None):
     return det
 
 
+def _bounds(mask):
+    """(lo, hi) of the box holding a boolean array's true points (hi is one
+    past the last), or None when there is none."""
+    lo, hi = [], []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        lo.append(int(hit[0]))
+        hi.append(int(hit[-1]) + 1)
+    return lo, hi
+
+
+def _widen(bounds, margin, shape):
+    """Slices of the box ``bounds`` widened by ``margin`` on every side,
+    clipped to ``shape``."""
+    lo, hi = bounds
+    return tuple(slice(max(a - margin, 0), min(b + margin, n)) for a, b, n in zip(lo, hi, shape))
+
+
 #: Jacobian determinant below which :func:`repair_folds` smooths a field.
 FOLD_REPAIR_MIN_DET = 0.05
 
@@ -770,25 +790,33 @@ def repair_folds(field, grid2world=None, *, min_det=FOLD_REPAIR_MIN_DET, max_rou
     det = jacobian_determinant(field, grid2world, num_threads=num_threads)
     spatial = field.shape[:-1]
     box = np.ones((3,) * dim, dtype=bool)
+    bad = det <= min_det
     for rounds in range(max_rounds):
-        bad = det <= min_det
-        if not bad.any():
+        found = _bounds(bad)
+        if found is None:
             return rounds, 0
-        region = ndimage.binary_dilation(bad, structure=box)
-        # The box of the changed points, widened by two: the means of the
+        # Every array-wide pass costs more than a round on a few folds, so
+        # each step works in a box: the dilation in the bad points' box
+        # widened by one (all of the dilation lies in it), the means of the
         # changed points and the determinants that change (one point around
-        # them) need only neighbours inside it, so computing them on it gives
-        # the whole field's values.
-        idx = np.nonzero(region)
-        lo = [int(i.min()) for i in idx]
-        hi = [int(i.max()) + 1 for i in idx]
-        win = tuple(slice(max(a - 2, 0), min(b + 2, s)) for a, b, s in zip(lo, hi, spatial))
+        # them) in the changed points' box widened by two (all the
+        # neighbours they read lie in it).  The values are those of the same
+        # steps over the whole field.
+        near = _widen(found, 1, spatial)
+        region = ndimage.binary_dilation(bad[near], structure=box)
+        lo, hi = _bounds(region)
+        lo = [a + s.start for a, s in zip(lo, near)]
+        hi = [b + s.start for b, s in zip(hi, near)]
+        win = _widen((lo, hi), 2, spatial)
         sub = field[win]
         mean = ndimage.uniform_filter(sub, size=(3,) * dim + (1,), mode="nearest")
-        changed = region[win]
+        changed = np.zeros(sub.shape[:-1], dtype=bool)
+        changed[tuple(slice(a - w.start, b - w.start) for a, b, w in zip(lo, hi, win))] = \
+            region[tuple(slice(a - n.start, b - n.start) for a, b, n in zip(lo, hi, near))]
         sub[changed] = mean[changed]
         sub_det = jacobian_determinant(sub, grid2world, num_threads=num_threads)
-        inner = tuple(slice(max(a - 1, 0), min(b + 1, s)) for a, b, s in zip(lo, hi, spatial))
+        inner = _widen((lo, hi), 1, spatial)
         det[inner] = sub_det[tuple(slice(i.start - w.start, i.stop - w.start)
                                    for i, w in zip(inner, win))]
+        bad[inner] = det[inner] <= min_det
     return max_rounds, int(np.count_nonzero(det <= min_det))
