@@ -16,6 +16,10 @@ cc_factors ``CCMetric.initialize_iteration``            ``dipy.align.metrics.CCM
 cc_steps   ``CCMetric.compute_forward`` + ``backward``  ``dipy.align.metrics.CCMetric``
 ========== ============================================ ==========================
 
+:class:`RepairFolds` times ``fields.repair_folds`` (no stock twin: DIPY has no
+fold repair) on a smooth field with one fold near a corner, as SyN MI ends
+with on real pairs.
+
 Parameters: shape, dtype, ``num_threads`` (1 or all CPUs) and implementation.
 Stock DIPY has no thread count, so its ``"all"`` combinations are skipped (shown
 as n/a).  DIPY's CC metric computes its gradients in float32, so its float64
@@ -390,3 +394,37 @@ def _copy(result):
     if isinstance(result, tuple):
         return tuple(np.array(r, copy=True) for r in result)
     return np.array(result, copy=True)
+
+
+def folded_field(shape, seed=0):
+    """A smooth random displacement with one fold near a corner of the grid:
+    a field SyN ends with on real pairs, where the repair touches a small
+    part of a large field."""
+    field = np.ascontiguousarray(smooth_field(shape, np.float32, seed=seed))
+    corner = tuple(slice(0, max(n // 4, 3)) for n in shape)
+    z = np.indices(field[corner].shape[:3], dtype=np.float64)
+    centre = [(n - 1) / 2 for n in field[corner].shape[:3]]
+    bump = np.exp(-sum((z[i] - centre[i]) ** 2 for i in range(3)) / 8)
+    field[corner + (0,)] -= (8 * bump * np.sign(z[0] - centre[0] + 0.25)).astype(np.float32)
+    return field
+
+
+class RepairFolds:
+    """``fields.repair_folds`` on a smooth field with one fold near a corner
+    (the final fields of SyN MI with ``repair_folds``, its default)."""
+
+    params = [kernel_shapes(), THREADS]
+    param_names = ["shape", "num_threads"]
+    timeout = 300
+
+    def setup(self, shape, num_threads):
+        self.field = folded_field(shape_of(shape))
+        self.work = np.empty_like(self.field)
+        self.n = nthreads_of(num_threads)
+        np.copyto(self.work, self.field)
+        if fields.repair_folds(self.work, num_threads=self.n)[0] == 0:
+            raise NotImplementedError("the field does not fold")
+
+    def time_repair_folds(self, shape, num_threads):
+        np.copyto(self.work, self.field)
+        fields.repair_folds(self.work, num_threads=self.n)
