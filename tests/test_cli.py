@@ -155,6 +155,21 @@ def test_prepare(dataset, make_source, clean_env, tmp_path):
         assert nib.load(str(subject / "labels.nii.gz")).shape == SHAPE
 
 
+def test_prepare_thick_slices(clean_env, tmp_path):
+    src, _ = _mrbrains18_source(tmp_path / "src")
+    ok(fastsyn(clean_env, tmp_path, "prepare", "mrbrains18", src, tmp_path / "mr"))
+    dst = tmp_path / "thick"
+    out = ok(fastsyn(clean_env, tmp_path, "prepare", "thick-slices", tmp_path / "mr", dst,
+                     "--slices", "2", "--axis", "1", "--subjects", "4"))
+    assert f"prepared thick-slices from {tmp_path / 'mr'} into {dst}: 2 subjects" in out
+    stamp = json.loads((dst / "dataset.json").read_text())
+    assert stamp["name"] == "mrbrains18-thick2"
+    assert stamp["thick_slices"] == {"slices": 2, "axis": 1, "subjects": ["4"]}
+    assert nib.load(str(dst / "1" / "t1.nii.gz")).shape == SHAPE
+    thick = nib.load(str(dst / "4" / "t1.nii.gz"))
+    assert thick.shape == (6, 3, 5) and thick.header.get_zooms() == (1.0, 2.4, 1.5)
+
+
 # --------------------------------------------------------------------- bench
 @pytest.fixture(scope="module")
 def bench_results(clean_env, tmp_path_factory):
@@ -302,7 +317,12 @@ def test_demo_quick_from_another_folder(clean_env, tmp_path):
      "LPBA40 source folder not found: {tmp}/missing"),
     (["prepare", "nosuch", "{tmp}", "{tmp}/out"], "invalid choice: 'nosuch'"),
     (["prepare", "lpba40", "{tmp}", "{tmp}/out", "--resolution", "1"],
-     "--resolution applies to spm12 and niivue, not lpba40"),
+     "--resolution applies to spm12, niivue and thick-slices, not lpba40"),
+    (["prepare", "oasis", "{tmp}", "{tmp}/out", "--slices", "3"],
+     "--slices applies to thick-slices, not oasis"),
+    (["prepare", "thick-slices", "{tmp}", "{tmp}/out"], "thick-slices needs --slices K"),
+    (["prepare", "thick-slices", "{tmp}/missing", "{tmp}/out", "--slices", "3"],
+     "missing"),
     (["prepare", "spm12", "{tmp}", "{tmp}/out", "--resolution", "0.1"],
      "resolution must be"),
     (["bench", "study", "--anchors", "elastix", "--results", "{tmp}/res"],

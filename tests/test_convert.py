@@ -13,6 +13,7 @@ from fastsyn.bench.datasets import (
     convert_mrbrains18,
     convert_oasis,
     load_dataset,
+    thick_slices,
 )
 
 SHAPE = (7, 8, 6)
@@ -175,3 +176,44 @@ def test_oasis(tmp_path):
 
 def test_registry():
     assert set(CONVERTERS) == {"lpba40", "mrbrains18", "oasis"}
+
+
+def test_thick_slices(mrbrains_src, tmp_path):
+    src = convert_mrbrains18(mrbrains_src, tmp_path / "mr", progress=False)
+    ds = thick_slices(src, tmp_path / "thick", slices=3, subjects=["4"], progress=False)
+    assert ds.name == "mrbrains18-thick3" and ds.names == ["1", "4"]
+    assert ds.modalities == src.modalities
+    same, thick = ds.subjects
+    kept = src.subject("1")
+    for a, b in ((same.images["t1"], kept.images["t1"]), (same.labels, kept.labels),
+                 (same.mask, kept.mask)):
+        assert np.array_equal(np.asanyarray(nib.load(str(a)).dataobj),
+                              np.asanyarray(nib.load(str(b)).dataobj))
+    source = src.subject("4")
+    img = nib.load(str(source.images["flair"]))
+    data = np.asanyarray(img.dataobj).astype(np.float64)
+    out = nib.load(str(thick.images["flair"]))
+    assert out.shape == (7, 8, 2)                     # 6 planes, two slices of three
+    np.testing.assert_allclose(np.asanyarray(out.dataobj),
+                               data.reshape(7, 8, 2, 3).mean(-1), rtol=1e-6)
+    # each slice's centre is where its middle plane was
+    np.testing.assert_allclose(out.affine @ [2, 3, 1, 1], img.affine @ [2, 3, 4, 1])
+    np.testing.assert_allclose(out.header.get_zooms(), (0.96, 0.96, 9.0), rtol=1e-6)
+    labels = nib.load(str(thick.labels))
+    assert labels.get_data_dtype() == np.uint8
+    assert np.array_equal(np.asanyarray(labels.dataobj),
+                          np.asanyarray(nib.load(str(source.labels)).dataobj)[:, :, 1::3])
+    across = thick_slices(src, tmp_path / "across", slices=2, axis=0, progress=False)
+    assert nib.load(str(across.subject("1").labels)).shape == (3, 8, 6)
+    with pytest.raises(ValueError, match="slices must be an integer of at least 2"):
+        thick_slices(src, tmp_path / "o1", slices=1)
+    with pytest.raises(ValueError, match="axis must be 0, 1 or 2"):
+        thick_slices(src, tmp_path / "o2", slices=2, axis=3)
+    with pytest.raises(ValueError, match=r"subjects not in mrbrains18: \['9'\]"):
+        thick_slices(src, tmp_path / "o3", slices=2, subjects=["9"])
+    with pytest.raises(TypeError, match="the string '4'"):
+        thick_slices(src, tmp_path / "o4", slices=2, subjects="4")
+    with pytest.raises(ValueError, match="must differ from the source"):
+        thick_slices(src, tmp_path / "mr", slices=2)
+    with pytest.raises(ValueError, match="fewer than 8 planes"):
+        thick_slices(src, tmp_path / "o5", slices=4)

@@ -23,6 +23,9 @@ MRBrainS18
 OASIS (neurite layout)
     ``<subject>/aligned_norm.nii.gz`` and ``<subject>/aligned_seg35.nii.gz``;
     modality ``t1``; mask = nonzero voxels of ``aligned_norm``.
+
+:func:`thick_slices` derives a set from a set of this layout: some subjects
+as if scanned in thick slices (a clinical T2 or FLAIR of 3 to 5 mm slices).
 """
 
 from __future__ import annotations
@@ -38,11 +41,13 @@ from .layout import (
     load_folder,
     read_image_data,
     read_image_header,
+    read_stamp,
     save_nifti,
     write_dataset_stamp,
 )
 
-__all__ = ["convert_lpba40", "convert_mrbrains18", "convert_oasis", "CONVERTERS"]
+__all__ = ["convert_lpba40", "convert_mrbrains18", "convert_oasis", "CONVERTERS",
+           "thick_slices"]
 
 #: LPBA40 labels removed by the converter (cerebellum and brainstem).
 LPBA40_DROPPED = (181, 182)
@@ -329,3 +334,115 @@ def convert_oasis(src, dst, *, subjects=None, progress=True):
 
 #: Converters by dataset name, for the command line (``fastsyn prepare NAME SRC DST``).
 CONVERTERS = {"lpba40": convert_lpba40, "mrbrains18": convert_mrbrains18, "oasis": convert_oasis}
+
+
+# --------------------------------------------------------------------------
+# Thick slices
+# --------------------------------------------------------------------------
+
+
+def _thick(data, slices, axis, how):
+    """Blocks of ``slices`` planes along ``axis`` (a rest that fills no block
+    is dropped): their mean (``"mean"``), or their middle plane."""
+    data = np.moveaxis(np.asarray(data), axis, -1)
+    n = data.shape[-1] // slices * slices
+    blocks = data[..., :n].reshape(data.shape[:-1] + (n // slices, slices))
+    out = blocks.mean(-1, dtype=np.float64).astype(np.float32) if how == "mean" \
+        else blocks[..., slices // 2]
+    return np.ascontiguousarray(np.moveaxis(out, -1, axis))
+
+
+def _thick_affine(affine, slices, axis):
+    """The affine of the grid of blocks: the axis's step ``slices`` times as
+    long, the first voxel at the centre of the first block."""
+    out = np.array(affine, dtype=np.float64)
+    out[:3, 3] += out[:3, axis] * (slices - 1) / 2
+    out[:3, axis] *= slices
+    return out
+
+
+def thick_slices(dataset, dst, *, slices, axis=2, subjects=None, progress=True):
+    """Write a dataset with some subjects resampled to thick slices.
+
+    A clinical T2 or FLAIR is often 3 to 5 mm thick in one direction.  Each
+    chosen subject's images become the mean of every ``slices`` consecutive
+    planes along ``axis`` (the partial-volume blur of a thick slice); its
+    labels and mask are those of each block's middle plane.  The other
+    subjects are copied unchanged.  Pairs, their directions and the tune and
+    report halves of :func:`fastsyn.bench.study.study_pairs` do not depend on
+    the grids, so they are the source set's.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        The source set (:func:`fastsyn.bench.layout.load_folder`); its
+        subjects' truth fields, if any, are not carried over.
+    dst : str or Path
+        Output folder; it may not be the source's.
+    slices : int
+        Planes per thick slice (2 or more).
+    axis : int
+        Voxel axis across the slices (0, 1 or 2; default 2, axial on an
+        RAS grid).
+    subjects : sequence of str, optional
+        Subjects to thicken (default all).
+    progress : bool
+
+    Returns
+    -------
+    Dataset
+        Named ``<source name>-thick<slices>``.
+    """
+    from tqdm.auto import tqdm
+
+    if isinstance(slices, bool) or not isinstance(slices, (int, np.integer)) or slices < 2:
+        raise ValueError(f"slices must be an integer of at least 2, got {slices!r}")
+    if isinstance(axis, bool) or axis not in (0, 1, 2):
+        raise ValueError(f"axis must be 0, 1 or 2, got {axis!r}")
+    src = Path(dataset.root)
+    dst = Path(dst).expanduser()
+    if dst.exists() and not dst.is_dir():
+        raise ValueError(f"destination {dst} exists and is not a folder")
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise ValueError("destination must differ from the source folder")
+    if isinstance(subjects, (str, bytes)):
+        raise TypeError(f"subjects must be a sequence of subject names, got the string "
+                        f"{subjects!r}")
+    chosen = list(dataset.names if subjects is None else subjects)
+    missing = [s for s in chosen if s not in dataset.names]
+    if missing or not chosen:
+        raise ValueError(f"subjects not in {dataset.name}: {missing or 'none given'} "
+                         f"(it has {', '.join(dataset.names)})")
+    dst.mkdir(parents=True, exist_ok=True)
+    for subject in tqdm(dataset.subjects, desc=f"{slices}-voxel slices", unit="subject",
+                        disable=not progress):
+        who = f"subject {subject.name!r}"
+        files = dict(subject.images, labels=subject.labels)
+        if subject.mask is not None:
+            files["mask"] = subject.mask
+        arrays, headers = {}, {}
+        for key, path in files.items():
+            headers[key] = read_image_header(Path(path), key, who)
+            arrays[key] = read_image_data(headers[key], Path(path), key, who)
+        affine = headers["labels"].affine      # the layout keeps a subject on one grid
+        if subject.name in chosen:
+            if min(a.shape[axis] for a in arrays.values()) < 2 * slices:
+                raise ValueError(f"{who}: axis {axis} has fewer than {2 * slices} planes, "
+                                 f"too few for two {slices}-plane slices")
+            arrays = {k: _thick(a, slices, axis, "middle" if k in ("labels", "mask")
+                                else "mean") for k, a in arrays.items()}
+            affine = _thick_affine(affine, slices, axis)
+        labels = arrays.pop("labels")
+        mask = arrays.pop("mask", labels > 0)
+        _write_subject(dst, subject.name, arrays, labels, mask, affine)
+    stamp = read_stamp(src)
+    extra = {k: stamp[k] for k in ("sparse_modalities", "synthetic", "labels", "resolution")
+             if k in stamp}
+    write_dataset_stamp(dst, f"{dataset.name}-thick{slices}", dataset.modalities,
+                        dataset.names, **extra,
+                        source=f"{dataset.name} ({src}), {', '.join(chosen)} in "
+                               f"{slices}-plane slices along axis {axis}",
+                        thick_slices={"slices": int(slices), "axis": int(axis),
+                                      "subjects": chosen},
+                        generator="fastsyn.bench.convert.thick_slices")
+    return load_folder(dst, check=False)

@@ -37,7 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .convert import CONVERTERS, convert_lpba40, convert_mrbrains18, convert_oasis
+from .convert import (
+    CONVERTERS,
+    convert_lpba40,
+    convert_mrbrains18,
+    convert_oasis,
+    thick_slices,
+)
 from .layout import (
     STAMP,
     Dataset,
@@ -70,6 +76,7 @@ __all__ = [
     "convert_mrbrains18",
     "convert_oasis",
     "CONVERTERS",
+    "thick_slices",
 ]
 
 #: Name of the per-subject completion marker of embedded cohorts.
