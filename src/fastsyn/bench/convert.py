@@ -414,7 +414,7 @@ def thick_slices(dataset, dst, *, slices, axis=2, subjects=None, progress=True):
         raise ValueError(f"subjects not in {dataset.name}: {missing or 'none given'} "
                          f"(it has {', '.join(dataset.names)})")
     dst.mkdir(parents=True, exist_ok=True)
-    for subject in tqdm(dataset.subjects, desc=f"{slices}-voxel slices", unit="subject",
+    for subject in tqdm(dataset.subjects, desc=f"{slices}-plane slices", unit="subject",
                         disable=not progress):
         who = f"subject {subject.name!r}"
         files = dict(subject.images, labels=subject.labels)
