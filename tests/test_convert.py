@@ -209,10 +209,12 @@ def test_thick_slices(mrbrains_src, tmp_path):
         thick_slices(src, tmp_path / "o1", slices=1)
     with pytest.raises(ValueError, match="axis must be 0, 1 or 2"):
         thick_slices(src, tmp_path / "o2", slices=2, axis=3)
-    with pytest.raises(ValueError, match=r"subjects not in mrbrains18: \['9'\]"):
+    with pytest.raises(ValueError, match=r"mrbrains18: subjects not found under .*: \['9'\]"):
         thick_slices(src, tmp_path / "o3", slices=2, subjects=["9"])
     with pytest.raises(TypeError, match="the string '4'"):
         thick_slices(src, tmp_path / "o4", slices=2, subjects="4")
+    with pytest.raises(ValueError, match="names none of the set's subjects"):
+        thick_slices(src, tmp_path / "o6", slices=2, subjects=[])
     with pytest.raises(ValueError, match="must differ from the source"):
         thick_slices(src, tmp_path / "mr", slices=2)
     with pytest.raises(ValueError, match="fewer than 8 planes"):

@@ -796,26 +796,17 @@ def repair_folds(field, grid2world=None, *, min_det=FOLD_REPAIR_MIN_DET, max_rou
         if found is None:
             return rounds, 0
         # Every array-wide pass costs more than a round on a few folds, so
-        # each step works in a box: the dilation in the bad points' box
-        # widened by one (all of the dilation lies in it), the means of the
-        # changed points and the determinants that change (one point around
-        # them) in the changed points' box widened by two (all the
-        # neighbours they read lie in it).  The values are those of the same
-        # steps over the whole field.
-        near = _widen(found, 1, spatial)
-        region = ndimage.binary_dilation(bad[near], structure=box)
-        lo, hi = _bounds(region)
-        lo = [a + s.start for a, s in zip(lo, near)]
-        hi = [b + s.start for b, s in zip(hi, near)]
-        win = _widen((lo, hi), 2, spatial)
+        # each round works in the bad points' box: widened by one it holds
+        # every changed point (the dilation), by two every determinant that
+        # changes, by three every neighbour those read.  The windows are the
+        # ones the whole-array rule used, so the values are its values.
+        win = _widen(found, 3, spatial)
         sub = field[win]
+        changed = ndimage.binary_dilation(bad[win], structure=box)
         mean = ndimage.uniform_filter(sub, size=(3,) * dim + (1,), mode="nearest")
-        changed = np.zeros(sub.shape[:-1], dtype=bool)
-        changed[tuple(slice(a - w.start, b - w.start) for a, b, w in zip(lo, hi, win))] = \
-            region[tuple(slice(a - n.start, b - n.start) for a, b, n in zip(lo, hi, near))]
         sub[changed] = mean[changed]
         sub_det = jacobian_determinant(sub, grid2world, num_threads=num_threads)
-        inner = _widen((lo, hi), 1, spatial)
+        inner = _widen(found, 2, spatial)
         det[inner] = sub_det[tuple(slice(i.start - w.start, i.stop - w.start)
                                    for i, w in zip(inner, win))]
         bad[inner] = det[inner] <= min_det

@@ -154,7 +154,9 @@ def _prepare(src, dst, what):
     return src, dst
 
 
-def _run(items, dst, name, modalities, convert_one, progress, desc):
+def _run(items, dst, name, modalities, convert_one, progress, desc, **stamp):
+    """Convert every (subject, args) item, then stamp the set (``source`` is
+    ``desc`` unless ``stamp`` names one)."""
     from tqdm.auto import tqdm
 
     dst.mkdir(parents=True, exist_ok=True)
@@ -162,7 +164,7 @@ def _run(items, dst, name, modalities, convert_one, progress, desc):
     for subject, args in tqdm(items, desc=desc, unit="subject", disable=not progress):
         convert_one(subject, *args)
         done.append(subject)
-    write_dataset_stamp(dst, name, modalities, done, source=desc)
+    write_dataset_stamp(dst, name, modalities, done, **{"source": desc, **stamp})
     return load_folder(dst, check=False)
 
 
@@ -393,30 +395,18 @@ def thick_slices(dataset, dst, *, slices, axis=2, subjects=None, progress=True):
     Dataset
         Named ``<source name>-thick<slices>``.
     """
-    from tqdm.auto import tqdm
-
     if isinstance(slices, bool) or not isinstance(slices, (int, np.integer)) or slices < 2:
         raise ValueError(f"slices must be an integer of at least 2, got {slices!r}")
     if isinstance(axis, bool) or axis not in (0, 1, 2):
         raise ValueError(f"axis must be 0, 1 or 2, got {axis!r}")
-    src = Path(dataset.root)
-    dst = Path(dst).expanduser()
-    if dst.exists() and not dst.is_dir():
-        raise ValueError(f"destination {dst} exists and is not a folder")
-    if dst.exists() and dst.resolve() == src.resolve():
-        raise ValueError("destination must differ from the source folder")
-    if isinstance(subjects, (str, bytes)):
-        raise TypeError(f"subjects must be a sequence of subject names, got the string "
-                        f"{subjects!r}")
-    chosen = list(dataset.names if subjects is None else subjects)
-    missing = [s for s in chosen if s not in dataset.names]
-    if missing or not chosen:
-        raise ValueError(f"subjects not in {dataset.name}: {missing or 'none given'} "
-                         f"(it has {', '.join(dataset.names)})")
-    dst.mkdir(parents=True, exist_ok=True)
-    for subject in tqdm(dataset.subjects, desc=f"{slices}-plane slices", unit="subject",
-                        disable=not progress):
-        who = f"subject {subject.name!r}"
+    src, dst = _prepare(dataset.root, dst, dataset.name)
+    chosen = [name for name, _ in _select({s.name: s for s in dataset.subjects}, subjects,
+                                          dataset.name, src)]
+    if not chosen:
+        raise ValueError("subjects names none of the set's subjects")
+
+    def one(name, subject):
+        who = f"subject {name!r}"
         files = dict(subject.images, labels=subject.labels)
         if subject.mask is not None:
             files["mask"] = subject.mask
@@ -425,7 +415,7 @@ def thick_slices(dataset, dst, *, slices, axis=2, subjects=None, progress=True):
             headers[key] = read_image_header(Path(path), key, who)
             arrays[key] = read_image_data(headers[key], Path(path), key, who)
         affine = headers["labels"].affine      # the layout keeps a subject on one grid
-        if subject.name in chosen:
+        if name in chosen:
             if min(a.shape[axis] for a in arrays.values()) < 2 * slices:
                 raise ValueError(f"{who}: axis {axis} has fewer than {2 * slices} planes, "
                                  f"too few for two {slices}-plane slices")
@@ -433,16 +423,16 @@ def thick_slices(dataset, dst, *, slices, axis=2, subjects=None, progress=True):
                                 else "mean") for k, a in arrays.items()}
             affine = _thick_affine(affine, slices, axis)
         labels = arrays.pop("labels")
-        mask = arrays.pop("mask", labels > 0)
-        _write_subject(dst, subject.name, arrays, labels, mask, affine)
+        mask = arrays.pop("mask") if "mask" in arrays else labels > 0
+        _write_subject(dst, name, arrays, labels, mask, affine)
+
     stamp = read_stamp(src)
-    extra = {k: stamp[k] for k in ("sparse_modalities", "synthetic", "labels", "resolution")
-             if k in stamp}
-    write_dataset_stamp(dst, f"{dataset.name}-thick{slices}", dataset.modalities,
-                        dataset.names, **extra,
-                        source=f"{dataset.name} ({src}), {', '.join(chosen)} in "
-                               f"{slices}-plane slices along axis {axis}",
-                        thick_slices={"slices": int(slices), "axis": int(axis),
-                                      "subjects": chosen},
-                        generator="fastsyn.bench.convert.thick_slices")
-    return load_folder(dst, check=False)
+    kept = {k: stamp[k] for k in ("sparse_modalities", "synthetic", "labels", "resolution")
+            if k in stamp}
+    return _run([(s.name, (s,)) for s in dataset.subjects], dst,
+                f"{dataset.name}-thick{slices}", dataset.modalities, one, progress,
+                f"{slices}-plane slices", **kept,
+                source=f"{dataset.name} ({src}), {', '.join(chosen)} in {slices}-plane "
+                       f"slices along axis {axis}",
+                thick_slices={"slices": int(slices), "axis": int(axis), "subjects": chosen},
+                generator="fastsyn.bench.convert.thick_slices")
