@@ -170,6 +170,22 @@ def test_prepare_thick_slices(clean_env, tmp_path):
     assert thick.shape == (6, 3, 5) and thick.header.get_zooms() == (1.0, 2.4, 1.5)
 
 
+def test_prepare_noisy(clean_env, tmp_path):
+    src, _ = _mrbrains18_source(tmp_path / "src")
+    ok(fastsyn(clean_env, tmp_path, "prepare", "mrbrains18", src, tmp_path / "mr"))
+    dst = tmp_path / "noisy"
+    out = ok(fastsyn(clean_env, tmp_path, "prepare", "noisy", tmp_path / "mr", dst,
+                     "--noise", "3", "--seed", "7", "--subjects", "4"))
+    assert f"prepared noisy from {tmp_path / 'mr'} into {dst}: 2 subjects" in out
+    stamp = json.loads((dst / "dataset.json").read_text())
+    assert stamp["name"] == "mrbrains18-noise3"
+    assert stamp["noise"] == {"percent": 3.0, "seed": 7, "subjects": ["4"]}
+    for subject, changed in (("1", False), ("4", True)):
+        before = np.asanyarray(nib.load(str(tmp_path / "mr" / subject / "t1.nii.gz")).dataobj)
+        after = np.asanyarray(nib.load(str(dst / subject / "t1.nii.gz")).dataobj)
+        assert np.array_equal(before, after) != changed
+
+
 # --------------------------------------------------------------------- bench
 @pytest.fixture(scope="module")
 def bench_results(clean_env, tmp_path_factory):
@@ -317,7 +333,14 @@ def test_demo_quick_from_another_folder(clean_env, tmp_path):
      "LPBA40 source folder not found: {tmp}/missing"),
     (["prepare", "nosuch", "{tmp}", "{tmp}/out"], "invalid choice: 'nosuch'"),
     (["prepare", "lpba40", "{tmp}", "{tmp}/out", "--resolution", "1"],
-     "--resolution applies to spm12, niivue and thick-slices, not lpba40"),
+     "--resolution applies to spm12, niivue, thick-slices and noisy, not lpba40"),
+    (["prepare", "thick-slices", "{tmp}", "{tmp}/out", "--slices", "2", "--noise", "5"],
+     "--noise applies to noisy, not thick-slices"),
+    (["prepare", "oasis", "{tmp}", "{tmp}/out", "--subjects", "a"],
+     "--subjects applies to thick-slices and noisy, not oasis"),
+    (["prepare", "noisy", "{tmp}", "{tmp}/out"], "noisy needs --noise PCT"),
+    (["prepare", "noisy", "{tmp}", "{tmp}/out", "--noise", "5", "--axis", "1"],
+     "--axis applies to thick-slices, not noisy"),
     (["prepare", "oasis", "{tmp}", "{tmp}/out", "--slices", "3"],
      "--slices applies to thick-slices, not oasis"),
     (["prepare", "thick-slices", "{tmp}", "{tmp}/out"], "thick-slices needs --slices K"),

@@ -13,6 +13,7 @@ from fastsyn.bench.datasets import (
     convert_mrbrains18,
     convert_oasis,
     load_dataset,
+    noisy,
     thick_slices,
 )
 
@@ -219,3 +220,52 @@ def test_thick_slices(mrbrains_src, tmp_path):
         thick_slices(src, tmp_path / "mr", slices=2)
     with pytest.raises(ValueError, match="fewer than 8 planes"):
         thick_slices(src, tmp_path / "o5", slices=4)
+
+
+def _data(path):
+    return np.asanyarray(nib.load(str(path)).dataobj).astype(np.float64)
+
+
+def test_noisy(mrbrains_src, tmp_path):
+    src = convert_mrbrains18(mrbrains_src, tmp_path / "mr", progress=False)
+    ds = noisy(src, tmp_path / "noisy", percent=5, subjects=["4"], progress=False)
+    assert ds.name == "mrbrains18-noise5" and ds.names == ["1", "4"]
+    assert ds.modalities == src.modalities
+    kept, source, changed = src.subject("1"), src.subject("4"), ds.subject("4")
+    for a, b in [(ds.subject("1").images[m], kept.images[m]) for m in src.modalities] + [
+            (ds.subject("1").labels, kept.labels), (changed.labels, source.labels),
+            (changed.mask, source.mask)]:
+        assert np.array_equal(_data(a), _data(b))
+    for m in src.modalities:
+        before, after = _data(source.images[m]), _data(changed.images[m])
+        inside = before != 0
+        assert np.all(after[~inside] == 0) and np.all(after >= 0)
+        sigma = 0.05 * np.percentile(before[inside], 99)
+        # far above the noise, a magnitude's error is close to its real part's
+        bright = before > 5 * sigma
+        assert bright.sum() > 150
+        assert 0.8 * sigma < np.std(after[bright] - before[bright]) < 1.2 * sigma
+    # an image's noise depends on the seed, the subject and the modality only
+    again = noisy(src, tmp_path / "again", percent=5, progress=False)
+    other = noisy(src, tmp_path / "other", percent=5, seed=1, subjects=["4"], progress=False)
+    for m in src.modalities:
+        assert np.array_equal(_data(again.subject("4").images[m]), _data(changed.images[m]))
+        assert not np.array_equal(_data(other.subject("4").images[m]), _data(changed.images[m]))
+    assert not np.array_equal(_data(changed.images["t1"]), _data(changed.images["ir"]))
+    assert noisy(src, tmp_path / "half", percent=2.5, progress=False).name == "mrbrains18-noise2.5"
+    for bad in (0, -1, 101, True, "5"):
+        with pytest.raises(ValueError, match="percent must be a number above 0 and at most 100"):
+            noisy(src, tmp_path / "o1", percent=bad)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+            noisy(src, tmp_path / "o2", percent=5, seed=bad)
+    with pytest.raises(ValueError, match=r"mrbrains18: subjects not found under .*: \['9'\]"):
+        noisy(src, tmp_path / "o3", percent=5, subjects=["9"])
+    with pytest.raises(ValueError, match="must differ from the source"):
+        noisy(src, tmp_path / "mr", percent=5)
+    flair = nib.load(str(kept.images["flair"]))
+    negative = _data(kept.images["flair"])
+    negative[3, 3, 3] = -2.0
+    nib.save(nib.Nifti1Image(negative.astype(np.float32), flair.affine), str(kept.images["flair"]))
+    with pytest.raises(ValueError, match="subject '1': flair has negative intensities"):
+        noisy(src, tmp_path / "o4", percent=5, subjects=["1"], progress=False)

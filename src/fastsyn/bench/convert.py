@@ -24,8 +24,10 @@ OASIS (neurite layout)
     ``<subject>/aligned_norm.nii.gz`` and ``<subject>/aligned_seg35.nii.gz``;
     modality ``t1``; mask = nonzero voxels of ``aligned_norm``.
 
-:func:`thick_slices` derives a set from a set of this layout: some subjects
-as if scanned in thick slices (a clinical T2 or FLAIR of 3 to 5 mm slices).
+Two functions derive a set from a set of this layout: :func:`thick_slices`
+(some subjects as if scanned in thick slices, as a clinical T2 or FLAIR of 3
+to 5 mm slices often is) and :func:`noisy` (some subjects with a single scan's
+Rician noise, which population averages such as SPM's templates lack).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +48,10 @@ from .layout import (
     save_nifti,
     write_dataset_stamp,
 )
+from .synth import apply_appearance
 
 __all__ = ["convert_lpba40", "convert_mrbrains18", "convert_oasis", "CONVERTERS",
-           "thick_slices"]
+           "thick_slices", "noisy"]
 
 #: LPBA40 labels removed by the converter (cerebellum and brainstem).
 LPBA40_DROPPED = (181, 182)
@@ -339,6 +343,43 @@ CONVERTERS = {"lpba40": convert_lpba40, "mrbrains18": convert_mrbrains18, "oasis
 
 
 # --------------------------------------------------------------------------
+# Sets derived from a set of this layout
+# --------------------------------------------------------------------------
+
+
+def _derive(dataset, dst, subjects):
+    """Source and destination folders of a derived set, and the chosen
+    subjects' names (all when ``subjects`` is None)."""
+    src, dst = _prepare(dataset.root, dst, dataset.name)
+    chosen = [name for name, _ in _select({s.name: s for s in dataset.subjects}, subjects,
+                                          dataset.name, src)]
+    if not chosen:
+        raise ValueError("subjects names none of the set's subjects")
+    return src, dst, chosen
+
+
+def _read_subject(subject, who):
+    """A subject's arrays (its images, ``labels`` and ``mask`` when it has
+    one) and its grid's affine."""
+    files = dict(subject.images, labels=subject.labels)
+    if subject.mask is not None:
+        files["mask"] = subject.mask
+    arrays, headers = {}, {}
+    for key, path in files.items():
+        headers[key] = read_image_header(Path(path), key, who)
+        arrays[key] = read_image_data(headers[key], Path(path), key, who)
+    return arrays, headers["labels"].affine     # the layout keeps a subject on one grid
+
+
+def _kept_stamp(src):
+    """The source stamp's entries that a derived set keeps (pairs, halves and
+    labels depend on them, not on grids or intensities)."""
+    stamp = read_stamp(src)
+    return {k: stamp[k] for k in ("sparse_modalities", "synthetic", "labels", "resolution")
+            if k in stamp}
+
+
+# --------------------------------------------------------------------------
 # Thick slices
 # --------------------------------------------------------------------------
 
@@ -399,22 +440,11 @@ def thick_slices(dataset, dst, *, slices, axis=2, subjects=None, progress=True):
         raise ValueError(f"slices must be an integer of at least 2, got {slices!r}")
     if isinstance(axis, bool) or axis not in (0, 1, 2):
         raise ValueError(f"axis must be 0, 1 or 2, got {axis!r}")
-    src, dst = _prepare(dataset.root, dst, dataset.name)
-    chosen = [name for name, _ in _select({s.name: s for s in dataset.subjects}, subjects,
-                                          dataset.name, src)]
-    if not chosen:
-        raise ValueError("subjects names none of the set's subjects")
+    src, dst, chosen = _derive(dataset, dst, subjects)
 
     def one(name, subject):
         who = f"subject {name!r}"
-        files = dict(subject.images, labels=subject.labels)
-        if subject.mask is not None:
-            files["mask"] = subject.mask
-        arrays, headers = {}, {}
-        for key, path in files.items():
-            headers[key] = read_image_header(Path(path), key, who)
-            arrays[key] = read_image_data(headers[key], Path(path), key, who)
-        affine = headers["labels"].affine      # the layout keeps a subject on one grid
+        arrays, affine = _read_subject(subject, who)
         if name in chosen:
             if min(a.shape[axis] for a in arrays.values()) < 2 * slices:
                 raise ValueError(f"{who}: axis {axis} has fewer than {2 * slices} planes, "
@@ -426,13 +456,98 @@ def thick_slices(dataset, dst, *, slices, axis=2, subjects=None, progress=True):
         mask = arrays.pop("mask") if "mask" in arrays else labels > 0
         _write_subject(dst, name, arrays, labels, mask, affine)
 
-    stamp = read_stamp(src)
-    kept = {k: stamp[k] for k in ("sparse_modalities", "synthetic", "labels", "resolution")
-            if k in stamp}
     return _run([(s.name, (s,)) for s in dataset.subjects], dst,
                 f"{dataset.name}-thick{slices}", dataset.modalities, one, progress,
-                f"{slices}-plane slices", **kept,
+                f"{slices}-plane slices", **_kept_stamp(src),
                 source=f"{dataset.name} ({src}), {', '.join(chosen)} in {slices}-plane "
                        f"slices along axis {axis}",
                 thick_slices={"slices": int(slices), "axis": int(axis), "subjects": chosen},
                 generator="fastsyn.bench.convert.thick_slices")
+
+
+# --------------------------------------------------------------------------
+# Noise
+# --------------------------------------------------------------------------
+
+
+def noisy(dataset, dst, *, percent, subjects=None, seed=0, progress=True):
+    """Write a dataset with Rician noise added to some subjects' images.
+
+    A population average (SPM's avg152, avg305, the MNI templates) has almost
+    no noise; a single scan has plenty.  Each chosen subject's image becomes
+    the magnitude ``|I + n1 + i n2|`` of its complex sum with two independent
+    Gaussian noises of standard deviation ``percent`` % of the image's 99th
+    percentile, on its non-zero voxels (a skull-stripped image keeps its zero
+    background).  Labels, masks and grids are unchanged, the other subjects
+    are copied unchanged, and the pairs and halves of
+    :func:`fastsyn.bench.study.study_pairs` are the source set's.  The noise
+    of one image depends only on ``seed``, the subject and the modality.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        The source set (:func:`fastsyn.bench.layout.load_folder`); its
+        subjects' truth fields, if any, are not carried over.
+    dst : str or Path
+        Output folder; it may not be the source's.
+    percent : float
+        Noise standard deviation in percent of each image's 99th percentile
+        (of its non-zero voxels); above 0 and at most 100.  BrainWeb's
+        simulated scans quote 3 % (its default) to 9 % of the brightest tissue.
+    subjects : sequence of str, optional
+        Subjects to make noisy (default all).
+    seed : int
+        Seed of every image's noise (a non-negative integer).
+    progress : bool
+
+    Returns
+    -------
+    Dataset
+        Named ``<source name>-noise<percent>``.
+
+    Raises
+    ------
+    ValueError
+        If ``percent`` or ``seed`` is out of range, a subject is unknown, or
+        a chosen image has negative intensities (Rician noise is that of MR
+        magnitude images).
+    """
+    if isinstance(percent, bool) or not isinstance(percent, (int, float, np.integer, np.floating)) \
+            or not 0 < percent <= 100:
+        raise ValueError(f"percent must be a number above 0 and at most 100, got {percent!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    src, dst, chosen = _derive(dataset, dst, subjects)
+
+    def one(name, subject):
+        who = f"subject {name!r}"
+        arrays, affine = _read_subject(subject, who)
+        labels = arrays.pop("labels")
+        mask = arrays.pop("mask") if "mask" in arrays else labels > 0
+        if name in chosen:
+            arrays = {m: _rician(a, percent, seed, name, m, who) for m, a in arrays.items()}
+        _write_subject(dst, name, arrays, labels, mask, affine)
+
+    return _run([(s.name, (s,)) for s in dataset.subjects], dst,
+                f"{dataset.name}-noise{percent:g}", dataset.modalities, one, progress,
+                f"{percent:g} % Rician noise", **_kept_stamp(src),
+                source=f"{dataset.name} ({src}), {', '.join(chosen)} with Rician noise of "
+                       f"{percent:g} % of each image's 99th percentile",
+                noise={"percent": float(percent), "seed": int(seed), "subjects": chosen},
+                generator="fastsyn.bench.convert.noisy")
+
+
+def _rician(image, percent, seed, subject, modality, who):
+    """One image with :func:`noisy`'s noise (float32)."""
+    image = np.asarray(image, dtype=np.float64)
+    if image.min() < 0:
+        raise ValueError(f"{who}: {modality} has negative intensities ({image.min():g}); "
+                         "Rician noise models MR magnitude images, which are not negative")
+    support = image != 0
+    if not support.any():
+        return image.astype(np.float32)
+    sigma = percent / 100.0 * float(np.percentile(image[support], 99))
+    # one stream per (seed, subject, modality): an image's noise does not
+    # depend on which other subjects or modalities are converted
+    rng = np.random.default_rng([seed, zlib.crc32(f"{subject}/{modality}".encode())])
+    return apply_appearance(image, support, None, rng, noise=sigma)

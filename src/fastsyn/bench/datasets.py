@@ -42,6 +42,7 @@ from .convert import (
     convert_lpba40,
     convert_mrbrains18,
     convert_oasis,
+    noisy,
     thick_slices,
 )
 from .layout import (
@@ -77,6 +78,7 @@ __all__ = [
     "convert_oasis",
     "CONVERTERS",
     "thick_slices",
+    "noisy",
 ]
 
 #: Name of the per-subject completion marker of embedded cohorts.

@@ -7,9 +7,15 @@ from ._common import positive_float
 #: Datasets with a converter in :mod:`fastsyn.bench.convert`, ``spm12`` (the
 #: real-anatomy study set of :mod:`fastsyn.bench.realset` from a copy of
 #: SPM12), ``niivue`` (that set, from the shipped SPM12 images, plus the
-#: single-scan T1 and PD of a copy of niivue-demo-images) and ``thick-slices``
-#: (a set of fastsyn's layout with some subjects in thick slices).
-DATASETS = ("lpba40", "mrbrains18", "oasis", "spm12", "niivue", "thick-slices")
+#: single-scan T1 and PD of a copy of niivue-demo-images), ``thick-slices`` (a
+#: set of fastsyn's layout with some subjects in thick slices) and ``noisy``
+#: (such a set with Rician noise added to some subjects).
+DATASETS = ("lpba40", "mrbrains18", "oasis", "spm12", "niivue", "thick-slices", "noisy")
+#: The derived sets: their SRC is a set, or a dataset name such as ``real``.
+DERIVED = ("thick-slices", "noisy")
+#: Options that only some subcommands take: option -> those subcommands.
+ONLY_FOR = {"slices": ("thick-slices",), "axis": ("thick-slices",),
+            "subjects": DERIVED, "noise": ("noisy",), "seed": ("noisy",)}
 
 
 def add_parser(sub):
@@ -22,20 +28,28 @@ def add_parser(sub):
                                    "a copy of github.com/niivue/niivue-demo-images; "
                                    "thick-slices: SRC = a set (a folder of fastsyn's "
                                    "layout, or a dataset name such as real) with the "
-                                   "subjects of --subjects in slices of --slices planes")
+                                   "subjects of --subjects in slices of --slices planes; "
+                                   "noisy: SRC = such a set with Rician noise of --noise "
+                                   "percent on the images of --subjects")
     p.add_argument("dataset", choices=DATASETS)
-    p.add_argument("src", metavar="SRC", help="dataset as distributed (thick-slices: a set)")
+    p.add_argument("src", metavar="SRC",
+                   help="dataset as distributed (thick-slices, noisy: a set)")
     p.add_argument("dst", metavar="DST", help="output folder")
     p.add_argument("--resolution", type=positive_float, default=2.0, metavar="MM",
                    help="spm12 and niivue: voxel size of the set (default 2, SPM's grid; "
                         "1 samples chris and the template-based subjects at 1 mm); "
-                        "thick-slices: of SRC when it is the name 'real'")
+                        "thick-slices, noisy: of SRC when it is the name 'real'")
     p.add_argument("--slices", type=int, metavar="K",
                    help="thick-slices: planes averaged into one slice (2 or more)")
-    p.add_argument("--axis", type=int, default=2, choices=(0, 1, 2),
+    p.add_argument("--axis", type=int, choices=(0, 1, 2),
                    help="thick-slices: voxel axis across the slices (default 2)")
     p.add_argument("--subjects", metavar="S1,S2,...",
-                   help="thick-slices: the subjects to thicken (default all)")
+                   help="thick-slices, noisy: the subjects to change (default all)")
+    p.add_argument("--noise", type=positive_float, metavar="PCT",
+                   help="noisy: noise standard deviation in percent of each image's 99th "
+                        "percentile (BrainWeb's scans: 3 to 9)")
+    p.add_argument("--seed", type=int, metavar="N",
+                   help="noisy: seed of the noise (default 0)")
     p.set_defaults(func=run)
     return p
 
@@ -46,11 +60,12 @@ def run(args):
 
     # The converter checks SRC and DST itself (FileNotFoundError, ValueError).
     src, dst = Path(args.src), Path(args.dst)
-    if args.dataset != "thick-slices":
-        stray = [f"--{k}" for k in ("slices", "subjects") if getattr(args, k) is not None]
-        stray += ["--axis"] if args.axis != 2 else []
-        if stray:
-            raise ValueError(f"{', '.join(stray)} applies to thick-slices, not {args.dataset}")
+    for option, takers in ONLY_FOR.items():
+        if getattr(args, option) is not None and args.dataset not in takers:
+            raise ValueError(f"--{option} applies to {' and '.join(takers)}, "
+                             f"not {args.dataset}")
+    subjects = None if args.subjects is None else \
+        [s.strip() for s in args.subjects.split(",") if s.strip()]
     if args.dataset in ("spm12", "niivue"):
         from fastsyn.bench.datasets import load_dataset
         from fastsyn.bench.realset import SYNTHETIC_COHORT, build_real_set
@@ -68,14 +83,22 @@ def run(args):
 
         if args.slices is None:
             raise ValueError("thick-slices needs --slices K (planes per slice, 2 or more)")
-        subjects = None if args.subjects is None else \
-            [s.strip() for s in args.subjects.split(",") if s.strip()]
         dataset = thick_slices(load_dataset(str(src), resolution=args.resolution), dst,
-                               slices=args.slices, axis=args.axis, subjects=subjects)
+                               slices=args.slices, axis=2 if args.axis is None else args.axis,
+                               subjects=subjects)
+    elif args.dataset == "noisy":
+        from fastsyn.bench.datasets import load_dataset, noisy
+
+        if args.noise is None:
+            raise ValueError("noisy needs --noise PCT (noise in percent of each image's "
+                             "99th percentile)")
+        dataset = noisy(load_dataset(str(src), resolution=args.resolution), dst,
+                        percent=args.noise, seed=0 if args.seed is None else args.seed,
+                        subjects=subjects)
     else:
         if args.resolution != 2.0:
-            raise ValueError(f"--resolution applies to spm12, niivue and thick-slices, not "
-                             f"{args.dataset}")
+            raise ValueError(f"--resolution applies to spm12, niivue, thick-slices and noisy, "
+                             f"not {args.dataset}")
         dataset = CONVERTERS[args.dataset](src, dst)
     print(f"prepared {args.dataset} from {src} into {dst}: {len(dataset)} subjects, "
           f"modalities {', '.join(dataset.modalities)}")
