@@ -5,7 +5,8 @@ Every converter writes ``DST/<subject>/<modality>.nii.gz``,
 stamp ``DST/dataset.json``, one subject at a time (each written into a
 temporary folder and renamed into place, so an interrupted run never leaves a
 half-written subject), and returns the :class:`~fastsyn.bench.layout.Dataset`.
-It builds on :mod:`fastsyn.bench.layout` only; :mod:`fastsyn.bench.datasets`
+It builds on :mod:`fastsyn.bench.layout` (and the noise model of
+:mod:`fastsyn.bench.synth`) only; :mod:`fastsyn.bench.datasets`
 re-exports the converters.
 
 Supported sources
