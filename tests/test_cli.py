@@ -155,35 +155,28 @@ def test_prepare(dataset, make_source, clean_env, tmp_path):
         assert nib.load(str(subject / "labels.nii.gz")).shape == SHAPE
 
 
-def test_prepare_thick_slices(clean_env, tmp_path):
+@pytest.mark.parametrize("subcommand,options,name,key,params", [
+    ("thick-slices", ["--slices", "2", "--axis", "1"], "mrbrains18-thick2", "thick_slices",
+     {"slices": 2, "axis": 1}),
+    ("noisy", ["--noise", "3", "--seed", "7"], "mrbrains18-noise3", "noise",
+     {"percent": 3.0, "seed": 7}),
+])
+def test_prepare_derived_set(subcommand, options, name, key, params, clean_env, tmp_path):
     src, _ = _mrbrains18_source(tmp_path / "src")
     ok(fastsyn(clean_env, tmp_path, "prepare", "mrbrains18", src, tmp_path / "mr"))
-    dst = tmp_path / "thick"
-    out = ok(fastsyn(clean_env, tmp_path, "prepare", "thick-slices", tmp_path / "mr", dst,
-                     "--slices", "2", "--axis", "1", "--subjects", "4"))
-    assert f"prepared thick-slices from {tmp_path / 'mr'} into {dst}: 2 subjects" in out
+    dst = tmp_path / "derived"
+    out = ok(fastsyn(clean_env, tmp_path, "prepare", subcommand, tmp_path / "mr", dst,
+                     *options, "--subjects", "4"))
+    assert f"prepared {subcommand} from {tmp_path / 'mr'} into {dst}: 2 subjects" in out
     stamp = json.loads((dst / "dataset.json").read_text())
-    assert stamp["name"] == "mrbrains18-thick2"
-    assert stamp["thick_slices"] == {"slices": 2, "axis": 1, "subjects": ["4"]}
-    assert nib.load(str(dst / "1" / "t1.nii.gz")).shape == SHAPE
-    thick = nib.load(str(dst / "4" / "t1.nii.gz"))
-    assert thick.shape == (6, 3, 5) and thick.header.get_zooms() == (1.0, 2.4, 1.5)
-
-
-def test_prepare_noisy(clean_env, tmp_path):
-    src, _ = _mrbrains18_source(tmp_path / "src")
-    ok(fastsyn(clean_env, tmp_path, "prepare", "mrbrains18", src, tmp_path / "mr"))
-    dst = tmp_path / "noisy"
-    out = ok(fastsyn(clean_env, tmp_path, "prepare", "noisy", tmp_path / "mr", dst,
-                     "--noise", "3", "--seed", "7", "--subjects", "4"))
-    assert f"prepared noisy from {tmp_path / 'mr'} into {dst}: 2 subjects" in out
-    stamp = json.loads((dst / "dataset.json").read_text())
-    assert stamp["name"] == "mrbrains18-noise3"
-    assert stamp["noise"] == {"percent": 3.0, "seed": 7, "subjects": ["4"]}
+    assert stamp["name"] == name and stamp[key] == {**params, "subjects": ["4"]}
     for subject, changed in (("1", False), ("4", True)):
-        before = np.asanyarray(nib.load(str(tmp_path / "mr" / subject / "t1.nii.gz")).dataobj)
-        after = np.asanyarray(nib.load(str(dst / subject / "t1.nii.gz")).dataobj)
-        assert np.array_equal(before, after) != changed
+        before = nib.load(str(tmp_path / "mr" / subject / "t1.nii.gz"))
+        after = nib.load(str(dst / subject / "t1.nii.gz"))
+        same = before.shape == after.shape and np.array_equal(before.dataobj, after.dataobj)
+        assert same != changed
+    if subcommand == "thick-slices":
+        assert after.shape == (6, 3, 5) and after.header.get_zooms() == (1.0, 2.4, 1.5)
 
 
 # --------------------------------------------------------------------- bench

@@ -380,6 +380,30 @@ def _kept_stamp(src):
             if k in stamp}
 
 
+def _derived_set(dataset, dst, subjects, change, *, suffix, desc, what, key, params,
+                 generator, progress):
+    """Write ``dataset`` into ``dst`` with ``change(who, name, arrays, affine)
+    -> (arrays, affine)`` applied to the chosen subjects (``arrays`` holds the
+    images, ``labels`` and ``mask`` when the subject has one), the others
+    copied; the set is named ``<source>-<suffix>`` and its stamp records
+    ``params`` and the subjects under ``key``."""
+    src, dst, chosen = _derive(dataset, dst, subjects)
+
+    def one(name, subject):
+        who = f"subject {name!r}"
+        arrays, affine = _read_subject(subject, who)
+        if name in chosen:
+            arrays, affine = change(who, name, arrays, affine)
+        labels = arrays.pop("labels")
+        mask = arrays.pop("mask") if "mask" in arrays else labels > 0
+        _write_subject(dst, name, arrays, labels, mask, affine)
+
+    return _run([(s.name, (s,)) for s in dataset.subjects], dst, f"{dataset.name}-{suffix}",
+                dataset.modalities, one, progress, desc, **_kept_stamp(src),
+                source=f"{dataset.name} ({src}), {', '.join(chosen)} {what}",
+                **{key: {**params, "subjects": chosen}}, generator=generator)
+
+
 # --------------------------------------------------------------------------
 # Thick slices
 # --------------------------------------------------------------------------
@@ -441,29 +465,19 @@ def thick_slices(dataset, dst, *, slices, axis=2, subjects=None, progress=True):
         raise ValueError(f"slices must be an integer of at least 2, got {slices!r}")
     if isinstance(axis, bool) or axis not in (0, 1, 2):
         raise ValueError(f"axis must be 0, 1 or 2, got {axis!r}")
-    src, dst, chosen = _derive(dataset, dst, subjects)
+    def thicken(who, name, arrays, affine):
+        if min(a.shape[axis] for a in arrays.values()) < 2 * slices:
+            raise ValueError(f"{who}: axis {axis} has fewer than {2 * slices} planes, "
+                             f"too few for two {slices}-plane slices")
+        arrays = {k: _thick(a, slices, axis, "middle" if k in ("labels", "mask") else "mean")
+                  for k, a in arrays.items()}
+        return arrays, _thick_affine(affine, slices, axis)
 
-    def one(name, subject):
-        who = f"subject {name!r}"
-        arrays, affine = _read_subject(subject, who)
-        if name in chosen:
-            if min(a.shape[axis] for a in arrays.values()) < 2 * slices:
-                raise ValueError(f"{who}: axis {axis} has fewer than {2 * slices} planes, "
-                                 f"too few for two {slices}-plane slices")
-            arrays = {k: _thick(a, slices, axis, "middle" if k in ("labels", "mask")
-                                else "mean") for k, a in arrays.items()}
-            affine = _thick_affine(affine, slices, axis)
-        labels = arrays.pop("labels")
-        mask = arrays.pop("mask") if "mask" in arrays else labels > 0
-        _write_subject(dst, name, arrays, labels, mask, affine)
-
-    return _run([(s.name, (s,)) for s in dataset.subjects], dst,
-                f"{dataset.name}-thick{slices}", dataset.modalities, one, progress,
-                f"{slices}-plane slices", **_kept_stamp(src),
-                source=f"{dataset.name} ({src}), {', '.join(chosen)} in {slices}-plane "
-                       f"slices along axis {axis}",
-                thick_slices={"slices": int(slices), "axis": int(axis), "subjects": chosen},
-                generator="fastsyn.bench.convert.thick_slices")
+    return _derived_set(dataset, dst, subjects, thicken, suffix=f"thick{slices}",
+                        desc=f"{slices}-plane slices",
+                        what=f"in {slices}-plane slices along axis {axis}", key="thick_slices",
+                        params={"slices": int(slices), "axis": int(axis)},
+                        generator="fastsyn.bench.convert.thick_slices", progress=progress)
 
 
 # --------------------------------------------------------------------------
@@ -518,24 +532,16 @@ def noisy(dataset, dst, *, percent, subjects=None, seed=0, progress=True):
         raise ValueError(f"percent must be a number above 0 and at most 100, got {percent!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    src, dst, chosen = _derive(dataset, dst, subjects)
+    def add_noise(who, name, arrays, affine):
+        return {k: a if k in ("labels", "mask") else _rician(a, percent, seed, name, k, who)
+                for k, a in arrays.items()}, affine
 
-    def one(name, subject):
-        who = f"subject {name!r}"
-        arrays, affine = _read_subject(subject, who)
-        labels = arrays.pop("labels")
-        mask = arrays.pop("mask") if "mask" in arrays else labels > 0
-        if name in chosen:
-            arrays = {m: _rician(a, percent, seed, name, m, who) for m, a in arrays.items()}
-        _write_subject(dst, name, arrays, labels, mask, affine)
-
-    return _run([(s.name, (s,)) for s in dataset.subjects], dst,
-                f"{dataset.name}-noise{percent:g}", dataset.modalities, one, progress,
-                f"{percent:g} % Rician noise", **_kept_stamp(src),
-                source=f"{dataset.name} ({src}), {', '.join(chosen)} with Rician noise of "
-                       f"{percent:g} % of each image's 99th percentile",
-                noise={"percent": float(percent), "seed": int(seed), "subjects": chosen},
-                generator="fastsyn.bench.convert.noisy")
+    return _derived_set(dataset, dst, subjects, add_noise, suffix=f"noise{percent:g}",
+                        desc=f"{percent:g} % Rician noise",
+                        what=f"with Rician noise of {percent:g} % of each image's 99th "
+                             "percentile", key="noise",
+                        params={"percent": float(percent), "seed": int(seed)},
+                        generator="fastsyn.bench.convert.noisy", progress=progress)
 
 
 def _rician(image, percent, seed, subject, modality, who):
