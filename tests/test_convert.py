@@ -251,7 +251,10 @@ def test_noisy(mrbrains_src, tmp_path):
     for m in src.modalities:
         assert np.array_equal(_data(again.subject("4").images[m]), _data(changed.images[m]))
         assert not np.array_equal(_data(other.subject("4").images[m]), _data(changed.images[m]))
-    assert not np.array_equal(_data(changed.images["t1"]), _data(changed.images["ir"]))
+    # each modality draws its own noise: the errors of two modalities are unrelated
+    errors = [_data(changed.images[m]) - _data(source.images[m]) for m in ("t1", "ir")]
+    both = (_data(source.images["t1"]) > 100) & (_data(source.images["ir"]) > 100)
+    assert abs(np.corrcoef(errors[0][both], errors[1][both])[0, 1]) < 0.3
     assert noisy(src, tmp_path / "half", percent=2.5, progress=False).name == "mrbrains18-noise2.5"
     for bad in (0, -1, 101, True, "5"):
         with pytest.raises(ValueError, match="percent must be a number above 0 and at most 100"):

@@ -166,6 +166,11 @@ def test_repair_folds_in_boxes_equals_the_whole_array_rule():
     assert np.array_equal(field, expected)
     moved = np.any(field != original, axis=-1)            # both folds were repaired
     assert moved[:12, 20:, 20:].any() and moved[2:32, 1:20, 3:20].any()
+    # stopped after two rounds: the same field and the same count of points left
+    early, early_expected = original.copy(), original.copy()
+    counts = _repair_over_the_whole_array(early_expected, grid2world, max_rounds=2)
+    assert counts[1] > 0 and repair_folds(early, grid2world, max_rounds=2) == counts
+    assert np.array_equal(early, early_expected)
     flat = np.ascontiguousarray(_folded_field((3, 40, 41))[1, ..., :2][..., ::-1] * 0.5)
     flat[:, :12] += np.ascontiguousarray(_folded_field((3, 40, 12))[1, ..., :2])
     flat_expected = flat.copy()

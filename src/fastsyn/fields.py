@@ -723,16 +723,18 @@ def jacobian_determinant(field, grid2world=None, *, num_threads=None):
     return det
 
 
-def _bounds(mask):
-    """(lo, hi) of the box holding a boolean array's true points (hi is one
-    past the last), or None when there is none."""
+def _bounds(mask, within):
+    """(lo, hi) of the box holding the true points of ``mask[within]`` (a
+    tuple of slices with steps of 1), in ``mask``'s indices (hi is one past
+    the last), or None when there is none."""
+    part = mask[within]
     lo, hi = [], []
-    for axis in range(mask.ndim):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+    for axis, window in enumerate(within):
+        hit = np.flatnonzero(part.any(axis=tuple(a for a in range(part.ndim) if a != axis)))
         if hit.size == 0:
             return None
-        lo.append(int(hit[0]))
-        hi.append(int(hit[-1]) + 1)
+        lo.append(window.start + int(hit[0]))
+        hi.append(window.start + int(hit[-1]) + 1)
     return lo, hi
 
 
@@ -791,8 +793,11 @@ def repair_folds(field, grid2world=None, *, min_det=FOLD_REPAIR_MIN_DET, max_rou
     spatial = field.shape[:-1]
     box = np.ones((3,) * dim, dtype=bool)
     bad = det <= min_det
+    # Where bad points can be: the whole field, then the window whose
+    # determinants the last round recomputed (outside it nothing changed).
+    search = tuple(slice(0, n) for n in spatial)
     for rounds in range(max_rounds):
-        found = _bounds(bad)
+        found = _bounds(bad, search)
         if found is None:
             return rounds, 0
         # Every array-wide pass costs more than a round on a few folds, so
@@ -810,4 +815,5 @@ def repair_folds(field, grid2world=None, *, min_det=FOLD_REPAIR_MIN_DET, max_rou
         det[inner] = sub_det[tuple(slice(i.start - w.start, i.stop - w.start)
                                    for i, w in zip(inner, win))]
         bad[inner] = det[inner] <= min_det
-    return max_rounds, int(np.count_nonzero(det <= min_det))
+        search = inner
+    return max_rounds, int(np.count_nonzero(bad))
