@@ -147,6 +147,42 @@ def test_ants_reads_forward_and_inverse_fields(registered, files):
     _close(inverse.astype(np.float64), dipy_inv, m_mask)
 
 
+def test_masks_reach_mi_syn(files, tmp_path, monkeypatch):
+    """With ``metric="mi"`` the masks restrict SyN's metric too, each on its
+    own image's grid, and change the result; CC takes none."""
+    import fastsyn
+    from fastsyn.register import register_files
+
+    made = []
+
+    class Recording(fastsyn.MIMetric):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(fastsyn, "MIMetric", Recording)
+    fixed = nib.load(str(files["fixed"]))
+    moving = nib.load(str(files["moving"]))
+    # a moving mask that leaves out a slab: the result must move with it
+    mmask = np.asarray(moving.dataobj) > 0
+    mmask[: mmask.shape[0] // 3] = False
+    nib.save(nib.Nifti1Image(mmask.astype(np.uint8), moving.affine), str(tmp_path / "mm.nii"))
+    results = {}
+    for name, kwargs in (("none", {}),
+                         ("masks", {"fixed_mask": files["fixed_mask"],
+                                    "moving_mask": tmp_path / "mm.nii"})):
+        results[name] = register_files(files["fixed"], files["moving"], str(tmp_path / name),
+                                       metric="mi", levels=(4, 4, 2), threads=2,
+                                       log=lambda msg: None, **kwargs)
+    assert made[0]["static_mask"] is None and made[0]["moving_mask"] is None
+    fmask = np.asarray(nib.load(str(files["fixed_mask"])).dataobj) > 0
+    assert made[1]["static_mask"].shape == fixed.shape
+    assert np.array_equal(made[1]["static_mask"], fmask)
+    assert np.array_equal(made[1]["moving_mask"], mmask)
+    assert not np.array_equal(results["none"]["arrays"]["displacement"],
+                              results["masks"]["arrays"]["displacement"])
+
+
 def test_itk_displacement_components_are_lps(tmp_path):
     from fastsyn.register import write_itk_displacement
 

@@ -322,7 +322,14 @@ def _syn_stage(inputs, matrix, metric, levels, threads, log):
     import fastsyn
 
     (f_img, f), (m_img, m) = inputs["fixed"], inputs["moving"]
-    sim = fastsyn.CCMetric(3, radius=4) if metric == "cc" else fastsyn.MIMetric(3)
+    if metric == "cc":
+        sim = fastsyn.CCMetric(3, radius=4)
+    else:
+        # MI restricts its histogram and its update to the masks, each on its
+        # own image's grid: on whole heads the scalp and skull then steer nothing
+        fmask, mmask = inputs["fixed mask"][1], inputs["moving mask"][1]
+        sim = fastsyn.MIMetric(3, static_mask=None if fmask is None else fmask > 0,
+                               moving_mask=None if mmask is None else mmask > 0)
     sdr = fastsyn.SymmetricDiffeomorphicRegistration(
         sim, level_iters=list(levels), num_threads=threads, callback=_level_logger(log))
     t0 = time.perf_counter()
@@ -453,7 +460,8 @@ def register_files(fixed, moving, out, *, metric="cc", transform="syn", threads=
         SyN iterations per level, coarsest first.
     fixed_mask, moving_mask : str or Path, optional
         Masks (nonzero = inside) on the fixed / moving grid, for the affine
-        stage's metric and the summary's NCC.
+        stage's metric, MI SyN's metric (``metric="mi"``; CC has no mask) and
+        the summary's NCC.
     labels : str or Path, optional
         Moving label map, warped with nearest-neighbour interpolation.
     log : callable, optional

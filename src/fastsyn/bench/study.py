@@ -63,6 +63,7 @@ FACTORS = {
     "step_length": (0.25, 0.4, 0.5),
     "sampling": (None, 0.3),
     "pyramid": ("dipy", "ants"),
+    "ss_sigma_factor": (0.2, 0.5, 1.0),
     "total_sigma": (0.0, 0.3, 0.5),
     "inv_iter": (20, 5),
     "reinvert": (True, False, "coarse"),
@@ -74,7 +75,7 @@ FACTORS = {
 }
 #: Factors the sweep changes, per grid name (``none``: the default only).
 GRIDS = {"default": tuple(FACTORS), "quick": ("nbins", "masks"), "none": (),
-         "syn": ("sigma_diff", "step_length", "pyramid", "total_sigma", "reinvert",
+         "syn": ("sigma_diff", "step_length", "pyramid", "ss_sigma_factor", "total_sigma", "reinvert",
                  "inversion_sweeps", "fused_inversion", "repair_folds", "step_percentile",
                  "moving_share")}
 #: The quick grid's levels (a first look: the two factors that moved most).
@@ -82,7 +83,7 @@ _QUICK_LEVELS = {"nbins": (16,), "masks": ("brain",)}
 #: Factors a combination of winners may take (the MIMetric and SDR defaults;
 #: masks are data, not a default).
 _COMBINABLE = ("nbins", "clip", "sigma_diff", "step_length", "sampling", "pyramid",
-               "total_sigma", "inv_iter", "reinvert", "inversion_sweeps",
+               "ss_sigma_factor", "total_sigma", "inv_iter", "reinvert", "inversion_sweeps",
                "fused_inversion", "repair_folds", "step_percentile", "moving_share")
 NOT_STUDIED = ("Parzen window on the static side (cubic vs box as in Mattes/ITK): "
                "needs a change of the MI kernel (fastsyn/_kernels/mi.pyx)")
@@ -148,7 +149,8 @@ def current_defaults():
             "clip": tuple(float(v) for v in d["clip"]),
             "sigma_diff": float(d["mi_sigma_diff"]), "step_length": float(d["step_length"]),
             "sampling": None if d["sampling"] is None else float(d["sampling"]),
-            "pyramid": str(d["pyramid"]), "total_sigma": float(d["total_sigma"]),
+            "pyramid": str(d["pyramid"]), "ss_sigma_factor": float(d["ss_sigma_factor"]),
+            "total_sigma": float(d["total_sigma"]),
             "inv_iter": int(d["inv_iter"]), "reinvert": _normal("reinvert", d["reinvert"]),
             "inversion_sweeps": int(d["mi_inversion_sweeps"]),
             "fused_inversion": bool(d["mi_fused_inversion"]),
@@ -185,7 +187,8 @@ def _normal(factor, value):
         return None if value is None else float(value)
     if factor == "inversion_sweeps":
         return 0 if value is None else int(value)
-    if factor in ("sigma_diff", "step_length", "total_sigma", "step_percentile", "moving_share"):
+    if factor in ("sigma_diff", "step_length", "ss_sigma_factor", "total_sigma", "step_percentile",
+                  "moving_share"):
         return float(value)
     raise ValueError(f"unknown factor {factor!r}; known: {sorted(FACTORS)}")
 

@@ -29,8 +29,11 @@ def add_parser(sub):
                    help="threads (default: all CPUs)")
     p.add_argument("--levels", type=level_list, default=(20, 20, 10), metavar="L1,L2,...",
                    help="SyN iterations per level, coarsest first (default 20,20,10)")
-    p.add_argument("--fixed-mask", default=None, metavar="M")
-    p.add_argument("--moving-mask", default=None, metavar="M")
+    p.add_argument("--fixed-mask", default=None, metavar="M",
+                   help="brain mask on the fixed grid (nonzero inside): restricts the affine "
+                        "stage and, with --metric mi, SyN to it")
+    p.add_argument("--moving-mask", default=None, metavar="M",
+                   help="brain mask on the moving grid, as --fixed-mask")
     p.add_argument("--labels", default=None, metavar="L",
                    help="moving label map, warped nearest-neighbour")
     p.add_argument("--qc", action="store_true",
