@@ -100,6 +100,37 @@ def test_real_set_at_another_resolution(real):
             load_dataset("real", cache_dir=cache, resolution=bad, progress=False)
 
 
+def test_real_heads_keeps_the_spm_heads_and_nothing_else(real):
+    """``load_dataset("real-heads")``: the same subjects, labels, masks and
+    pairs, in a folder and under a name of their own; the SPM subjects' images
+    are SPM's whole heads (the stripped set's inside the mask), mni2009 and
+    the synthetic subjects the stripped set's."""
+    ds, cache = real
+    heads = load_dataset("real-heads", cache_dir=cache, progress=False)
+    assert "real-heads" in NAMED
+    assert heads.name == "real-heads" and heads.root.name == "real-heads"
+    assert json.loads((heads.root / "dataset.json").read_text())["heads"] is True
+    assert "heads" not in json.loads((ds.root / "dataset.json").read_text())
+    stripped = {s.name: s for s in ds.subjects}
+    for s in heads.subjects:
+        t = stripped[s.name]
+        for a, b in ((s.labels, t.labels), (s.mask, t.mask)):
+            assert np.array_equal(np.asarray(nib.load(str(a)).dataobj),
+                                  np.asarray(nib.load(str(b)).dataobj))
+        mask = np.asarray(nib.load(str(s.mask)).dataobj) > 0
+        for modality, path in s.images.items():
+            img = np.asarray(nib.load(str(path)).dataobj)
+            brain = np.asarray(nib.load(str(t.images[modality])).dataobj)
+            assert np.array_equal(img[mask], brain[mask])
+            outside = np.count_nonzero(img[~mask]) / np.count_nonzero(~mask)
+            if s.name in ("avg152", "avg305", "colin27"):
+                assert outside > 0.3, (s.name, modality, outside)   # a head
+            else:
+                assert outside == 0, (s.name, modality)
+    assert ([p.id for p in make_pairs(heads)]
+            == [p.id for p in make_pairs(ds)])
+
+
 def test_real_pairs_cross_anatomies_and_contrasts(real):
     ds, _ = real
     pairs = make_pairs(ds)

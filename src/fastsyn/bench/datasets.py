@@ -106,7 +106,7 @@ EMBEDDED = {
 
 #: Every dataset known by name: the embedded cohorts and the real-anatomy set
 #: (:mod:`fastsyn.bench.realset`, built into the cache on first use).
-NAMED = (*EMBEDDED, "real")
+NAMED = (*EMBEDDED, "real", "real-heads")
 
 
 def save_displacement(disp, affine, path) -> None:
@@ -345,7 +345,8 @@ def load_dataset(name_or_dir, *, cache_dir=None, resolution=2.0, n_subjects=None
     name_or_dir : str or pathlib.Path
         ``"embedded-mono"`` (8 subjects, modality ``t1``), ``"embedded-multi"``
         (7 subjects, ``t1``, ``t2``, ``flair``), ``"real"`` (the real-anatomy
-        study set of :mod:`fastsyn.bench.realset`), or a folder in the layout
+        study set of :mod:`fastsyn.bench.realset`), ``"real-heads"`` (the same
+        set with the SPM subjects' heads kept), or a folder in the layout
         ``DIR/<subject>/<modality>.nii.gz`` + ``labels.nii.gz``.
     cache_dir : str or pathlib.Path, optional
         Root of the embedded-cohort cache; the cohort lives in
@@ -377,8 +378,9 @@ def load_dataset(name_or_dir, *, cache_dir=None, resolution=2.0, n_subjects=None
         ``n_subjects`` / ``resolution``.
     """
     n_subjects = _check_n_subjects(n_subjects)
-    if isinstance(name_or_dir, str) and name_or_dir == "real":
+    if isinstance(name_or_dir, str) and name_or_dir in ("real", "real-heads"):
         from .realset import (
+            HEADS_SUFFIX,
             REAL,
             SYNTHETIC_COHORT,
             check_resolution,
@@ -389,9 +391,10 @@ def load_dataset(name_or_dir, *, cache_dir=None, resolution=2.0, n_subjects=None
         resolution = check_resolution(resolution)
         base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
         cohort = {**SYNTHETIC_COHORT, "resolution": resolution}
+        heads = name_or_dir == REAL + HEADS_SUFFIX
         ds = load_real_set(
-            base / (REAL + resolution_suffix(resolution)), progress=progress,
-            resolution=resolution,
+            base / (name_or_dir + resolution_suffix(resolution)), progress=progress,
+            resolution=resolution, heads=heads,
             synthetic_cohort=lambda: load_dataset(**cohort, cache_dir=cache_dir,
                                                   progress=progress))
         if n_subjects is not None:

@@ -61,7 +61,13 @@ Masks and labels (the same for every method)
 --------------------------------------------
 Brain mask: the MNI152 2009 brain mask (:func:`fastsyn.bench.synth.brain_mask`)
 sampled on each SPM grid; the synthetic subjects keep their own.  Every image
-is multiplied by its mask (skull-stripped).  Labels: three tissue classes
+is multiplied by its mask (skull-stripped), except in ``real-heads``
+(``load_dataset("real-heads")``, ``heads=True``): there the SPM subjects
+(avg152, avg305, colin27) keep their whole heads, as SPM ships them, with the
+same masks, labels and pairs, so that Dice still scores the brain.  mni2009
+(nilearn's template has little head) and the synthetic subjects stay brain
+only, so its pairs are head against head and head against brain.
+Labels: three tissue classes
 (1 CSF, 2 GM, 3 WM) from :func:`tissue_classes`, a one-dimensional k-means of
 the subject's T1 intensities inside its mask, applied the same way to every
 subject (the T2/PD of avg152 share avg152T1's classes; a synthetic subject
@@ -80,6 +86,7 @@ import numpy as np
 
 __all__ = [
     "REAL",
+    "HEADS_SUFFIX",
     "REALSET_VERSION",
     "SYNTHETIC_COHORT",
     "SPM12_IMAGES",
@@ -95,6 +102,8 @@ __all__ = [
 
 #: Name of the dataset (``load_dataset("real")``).
 REAL = "real"
+#: Suffix of the variant whose SPM subjects keep their heads.
+HEADS_SUFFIX = "-heads"
 #: Bumped whenever the set's images, masks or labels change.
 REALSET_VERSION = 1
 #: (subject, modality) -> stem of the SPM12 ``canonical/`` image.
@@ -255,8 +264,9 @@ def _mni2009_on(shape, affine, resolution=2.0):
     return t1.astype(np.float32), mask
 
 
-def _real_subjects(spm_dir, niivue_dir=None, num_threads=None, resolution=2.0):
-    """Yield (name, images, labels, mask, affine) for the real anatomies."""
+def _real_subjects(spm_dir, niivue_dir=None, num_threads=None, resolution=2.0, heads=False):
+    """Yield (name, images, labels, mask, affine) for the real anatomies
+    (with ``heads`` the SPM subjects' images unmasked)."""
     ref, ref_affine = _spm_image(spm_dir, SPM12_IMAGES[("avg152", "t1")])
     shape, affine = grid_at_resolution(ref.shape, ref_affine, resolution)
     mni_t1, mask = _mni2009_on(shape, affine, resolution)
@@ -272,8 +282,9 @@ def _real_subjects(spm_dir, niivue_dir=None, num_threads=None, resolution=2.0):
     by_subject["mni2009"] = {"t1": mni_t1}
     for name, images in by_subject.items():
         labels = tissue_classes(images["t1"], mask)
-        yield name, {m: np.where(mask, v, 0).astype(np.float32) for m, v in images.items()}, \
-            labels, mask, affine
+        keep_head = heads and name != "mni2009"
+        yield name, {m: (v if keep_head else np.where(mask, v, 0)).astype(np.float32)
+                     for m, v in images.items()}, labels, mask, affine
     if niivue_dir is not None:
         yield _niivue_subject(niivue_dir, (ref, ref_affine), (shape, affine), mask, num_threads)
 
@@ -359,7 +370,7 @@ def _synthetic_subjects(cohort):
 
 # ---------------------------------------------------------------------- build
 def build_real_set(dst, *, synthetic_cohort, spm_dir=None, niivue_dir=None, num_threads=None,
-                   progress=True, resolution=2.0):
+                   progress=True, resolution=2.0, heads=False):
     """Write the real-anatomy study set into ``dst`` (see the module docstring).
 
     Parameters
@@ -389,6 +400,9 @@ def build_real_set(dst, *, synthetic_cohort, spm_dir=None, niivue_dir=None, num_
         own scans, the SPM images interpolated from their 2 mm; the set is
         then named ``real-1mm`` (``real-niivue-1mm``), and so are its
         records.
+    heads : bool
+        Keep the SPM subjects' heads (see the module docstring); the set is
+        then named ``real-heads`` (``real-niivue-heads``, ``real-heads-1mm``).
 
     Returns
     -------
@@ -412,7 +426,7 @@ def build_real_set(dst, *, synthetic_cohort, spm_dir=None, niivue_dir=None, num_
             _niivue_image(niivue_dir, stem)          # a missing file fails before any work
     dst.mkdir(parents=True, exist_ok=True)
     names, synthetic = [], []
-    real = _real_subjects(spm_dir, niivue_dir, num_threads, resolution)
+    real = _real_subjects(spm_dir, niivue_dir, num_threads, resolution, heads)
     subjects = itertools.chain(real, _synthetic_subjects(synthetic_cohort()))
     # the SPM subjects, mni2009, chris, the synthetic ones
     total = (len({subject for subject, _ in SPM12_IMAGES}) + 1 + (niivue_dir is not None)
@@ -430,26 +444,27 @@ def build_real_set(dst, *, synthetic_cohort, spm_dir=None, niivue_dir=None, num_
         (dst / "NOTICE-niivue.txt").write_text(NIIVUE_NOTICE.format(resolution=resolution))
         source += f"; niivue-demo-images copy {niivue_dir}"
         set_name = f"{REAL}-niivue"
-    set_name += resolution_suffix(resolution)
+    set_name += (HEADS_SUFFIX if heads else "") + resolution_suffix(resolution)
     write_dataset_stamp(dst, set_name, _MODALITIES, names, sparse_modalities=True,
                         synthetic=synthetic, labels=TISSUE_NAMES, source=source,
                         version=REALSET_VERSION, generator="fastsyn.bench.realset",
-                        resolution=resolution)
+                        resolution=resolution, **({"heads": True} if heads else {}))
     return load_folder(dst, check=False)
 
 
-def load_real_set(root, *, synthetic_cohort, progress=True, resolution=2.0):
+def load_real_set(root, *, synthetic_cohort, progress=True, resolution=2.0, heads=False):
     """The real-anatomy set in ``root``, built there first if absent or stale.
 
     Parameters
     ----------
     root : str or Path
         Its folder (``load_dataset("real")`` uses ``<cache>/real``,
-        ``resolution=1`` ``<cache>/real-1mm``).
+        ``resolution=1`` ``<cache>/real-1mm``, ``load_dataset("real-heads")``
+        ``<cache>/real-heads``).
     synthetic_cohort : callable
         See :func:`build_real_set`.
     progress : bool
-    resolution : float
+    resolution, heads : float, bool
         See :func:`build_real_set`.
 
     Returns
@@ -466,13 +481,15 @@ def load_real_set(root, *, synthetic_cohort, progress=True, resolution=2.0):
             info = json.loads(stamp.read_text())
             current = (info.get("version") == REALSET_VERSION
                        and info.get("generator") == "fastsyn.bench.realset"
-                       and info.get("resolution", 2.0) == resolution)
+                       and info.get("resolution", 2.0) == resolution
+                       and info.get("heads", False) == heads)
         except (OSError, json.JSONDecodeError):
             current = False
     if not current:
         build_real_set(root, synthetic_cohort=synthetic_cohort, progress=progress,
-                       resolution=resolution)
-    return load_folder(root, name=REAL + resolution_suffix(resolution), check=False)
+                       resolution=resolution, heads=heads)
+    name = REAL + (HEADS_SUFFIX if heads else "") + resolution_suffix(resolution)
+    return load_folder(root, name=name, check=False)
 
 
 def check_resolution(resolution):
