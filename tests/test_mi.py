@@ -99,6 +99,30 @@ def test_mi_from_histogram_independent_image():
     assert np.allclose(weights, 0)
 
 
+@pytest.mark.parametrize("rule", ["either", "both"])
+def test_two_masks_combine_by_the_mask_rule(rule):
+    """``mask_rule``: a voxel counts where either mask is nonzero (default)
+    or where both are; outside, no histogram mass and no update."""
+    static, moving = _pair((24, 20), np.float64)
+    sm = np.zeros(static.shape, bool)
+    sm[2:14, 3:15] = True
+    mm = np.zeros(static.shape, bool)
+    mm[8:22, 6:18] = True
+    inside = (sm | mm) if rule == "either" else (sm & mm)
+    metric = _metric(static, moving, nbins=12, static_mask=sm, moving_mask=mm,
+                     mask_rule=rule, clip=(0, 100), sigma_diff=0)
+    assert metric.histogram_count == inside.sum()
+    expected, _ = _numpy_mi(static[inside], moving[inside], 12, metric.static_range,
+                            metric.moving_range)
+    np.testing.assert_allclose(metric.mi, expected, rtol=1e-10)
+    for step in (metric.compute_forward(), metric.compute_backward()):
+        assert not step[~inside].any() and step[inside].any()
+    if rule == "either":
+        assert MIMetric(2, static_mask=sm).mask_rule == "either"   # the default
+    with pytest.raises(ValueError, match="mask_rule"):
+        MIMetric(2, mask_rule="and")
+
+
 def test_mask_and_sampling_restrict_histogram():
     static, moving = _pair((24, 20), np.float64)
     mask = np.zeros(static.shape, bool)

@@ -78,7 +78,12 @@ def test_parse_setting_canonical_names_and_errors():
     assert study.parse_setting("sigma_diff=1").options == {"mi_sigma_diff": 1.0}
     assert study.current_defaults()["sigma_diff"] == FastsynMethod.defaults["mi_sigma_diff"]
     assert study.parse_setting("sampling=none").name == "default"
-    for bad in ("nbins", "bins=16", "nbins=x", "clip=50:10", "masks=skull", "nbins=16+nbins=24"):
+    both = study.parse_setting("masks=brain+mask_rule=both+ss_sigma_factor=1")
+    assert both.masks == "brain"
+    assert both.options == {"mask_rule": "both", "ss_sigma_factor": 1.0}
+    assert study.parse_setting("mask_rule=either").name == "default"
+    for bad in ("nbins", "bins=16", "nbins=x", "clip=50:10", "masks=skull", "nbins=16+nbins=24",
+                "mask_rule=and"):
         with pytest.raises(ValueError):
             study.parse_setting(bad)
 
@@ -89,11 +94,13 @@ def test_default_grid_is_one_factor_at_a_time():
     assert names[0] == "default" and names[-1] == "ANTs mode"
     assert len(names) == len(set(names))
     defaults = study.current_defaults()
-    expected = sum(1 for f, levels in study.FACTORS.items() for v in levels
+    swept = study.GRIDS["default"]
+    assert set(swept) == set(study.FACTORS) - {"mask_rule"}   # a setting, not a sweep
+    expected = sum(1 for f in swept for v in study.FACTORS[f]
                    if study._normal(f, v) != defaults[f])
     assert len(grid) == expected + 2
     assert all("+" not in n for n in names)
-    assert {s.factor for s in grid[1:-1]} == set(study.FACTORS)
+    assert {s.factor for s in grid[1:-1]} == set(swept)
     assert [s.name for s in study.study_grid("none")] == ["default"]
     with pytest.raises(ValueError):
         study.study_grid("huge")

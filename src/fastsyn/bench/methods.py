@@ -418,11 +418,12 @@ class FastsynMethod(Method):
     # and moving_share are SymmetricDiffeomorphicRegistration's (None: the metric's syn_defaults,
     # else DIPY's value); mi_inversion_sweeps is its inversion_sweeps and
     # mi_fused_inversion its fused_inversion, for MI (MIMetric.syn_defaults;
-    # CC keeps DIPY's rule)
+    # CC keeps DIPY's rule); mask_rule is MIMetric's (how the two masks combine)
     defaults = {**DipyMethod.defaults, "clip": (0.5, 99.5), "sampling": None,
                 "step_length": None, "pyramid": "dipy", "total_sigma": None,
                 "reinvert": None, "repair_folds": None, "step_percentile": None,
-                "moving_share": None, "mi_inversion_sweeps": 1, "mi_fused_inversion": True}
+                "moving_share": None, "mi_inversion_sweeps": 1, "mi_fused_inversion": True,
+                "mask_rule": "either"}
     mask_metrics = ("mi",)
     #: Options whose None means "the metric's syn_defaults"
     resolved_options = ("step_length", "total_sigma", "reinvert", "repair_folds",
@@ -466,7 +467,7 @@ class FastsynMethod(Method):
             m = fastsyn.MIMetric(3, nbins=o["nbins"], sigma_diff=o["mi_sigma_diff"],
                                  clip=tuple(o["clip"]), sampling=o["sampling"],
                                  num_threads=threads, static_mask=fixed_mask,
-                                 moving_mask=moving_mask)
+                                 moving_mask=moving_mask, mask_rule=o["mask_rule"])
         reg = fastsyn.SymmetricDiffeomorphicRegistration(
             m, level_iters=list(levels), step_length=o["step_length"],
             ss_sigma_factor=o["ss_sigma_factor"], opt_tol=o["opt_tol"],
@@ -504,8 +505,10 @@ class FastsynAntsMethod(FastsynMethod):
         if metric == "cc":
             m = fastsyn.CCMetric(3, radius=o["radius"], num_threads=threads)
         else:
+            # ANTs counts a point where both masks hold it
             m = fastsyn.MIMetric(3, nbins=o["nbins"], num_threads=threads,
-                                 static_mask=fixed_mask, moving_mask=moving_mask)
+                                 static_mask=fixed_mask, moving_mask=moving_mask,
+                                 mask_rule="both")
         reg = fastsyn.ants_like(m, level_iters=list(levels), num_threads=threads,
                                 step_length=o["grad_step"], flow_sigma=o["flow_sigma"],
                                 total_sigma=o["total_sigma"], inv_iter=o["inv_iter"],

@@ -58,6 +58,7 @@ __all__ = [
 FACTORS = {
     "nbins": (16, 24, 32, 48),
     "masks": ("none", "nonzero", "brain"),
+    "mask_rule": ("either", "both"),
     "clip": ((0.5, 99.5), (0.0, 100.0), (1.0, 99.0)),
     "sigma_diff": (1.0, 1.5, 2.0, 3.0),
     "step_length": (0.25, 0.4, 0.5),
@@ -74,7 +75,8 @@ FACTORS = {
     "moving_share": (0.5, 0.65, 0.75),
 }
 #: Factors the sweep changes, per grid name (``none``: the default only).
-GRIDS = {"default": tuple(FACTORS), "quick": ("nbins", "masks"), "none": (),
+# (mask_rule matters only with masks: it is a --setting, not a sweep)
+GRIDS = {"default": tuple(f for f in FACTORS if f != "mask_rule"), "quick": ("nbins", "masks"), "none": (),
          "syn": ("sigma_diff", "step_length", "pyramid", "ss_sigma_factor", "total_sigma", "reinvert",
                  "inversion_sweeps", "fused_inversion", "repair_folds", "step_percentile",
                  "moving_share")}
@@ -145,7 +147,7 @@ def current_defaults():
     for name in FastsynMethod.resolved_options:
         if d[name] is None:  # the registration's own default for MI
             d[name] = syn_default("mi", name)
-    return {"nbins": int(d["nbins"]), "masks": "none",
+    return {"nbins": int(d["nbins"]), "masks": "none", "mask_rule": str(d["mask_rule"]),
             "clip": tuple(float(v) for v in d["clip"]),
             "sigma_diff": float(d["mi_sigma_diff"]), "step_length": float(d["step_length"]),
             "sampling": None if d["sampling"] is None else float(d["sampling"]),
@@ -172,6 +174,11 @@ def _normal(factor, value):
     if factor == "pyramid":
         if value not in FACTORS["pyramid"]:
             raise ValueError(f"pyramid must be one of {FACTORS['pyramid']}, got {value!r}")
+        return value
+    if factor == "mask_rule":
+        from fastsyn.metrics.mi import MASK_RULES
+        if value not in MASK_RULES:
+            raise ValueError(f"mask_rule must be one of {MASK_RULES}, got {value!r}")
         return value
     if factor == "masks":
         from .run import MASK_MODES
@@ -223,7 +230,7 @@ def ants_mode_setting():
 
 def _parse_value(factor, text):
     text = text.strip()
-    if factor in ("masks", "pyramid"):
+    if factor in ("masks", "mask_rule", "pyramid"):
         return _normal(factor, text)
     if factor == "reinvert" and text.lower() == "coarse":
         return "coarse"

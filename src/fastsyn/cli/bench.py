@@ -56,7 +56,7 @@ def _metric_list(text):
 def _add_run(bsub):
     p = bsub.add_parser("run", help="register and evaluate a cohort (resumable)")
     p.add_argument("--dataset", required=True, metavar="NAME_OR_DIR",
-                   help="embedded-mono, embedded-multi or a dataset folder")
+                   help="embedded-mono, embedded-multi, real, real-heads or a dataset folder")
     p.add_argument("--methods", required=True, metavar="LIST",
                    help="comma-separated: fastsyn,dipy,ants,greedy")
     p.add_argument("--metric", required=True, choices=("cc", "mi"))
@@ -369,7 +369,8 @@ def _add_study(bsub):
     p = bsub.add_parser("study", help="MI accuracy study: fastsyn MI settings against "
                                       "ANTs Mattes and greedy NMI (resumable)")
     p.add_argument("--dataset", default="embedded-multi", metavar="NAME_OR_DIR",
-                   help="a multimodal cohort (default embedded-multi)")
+                   help="a multimodal cohort: embedded-multi (default), real, real-heads "
+                        "(real with the SPM subjects' whole heads) or a dataset folder")
     p.add_argument("--resolution", type=positive_float, default=2.0, metavar="MM",
                    help="voxel size of the embedded cohorts and of the real set "
                         "(default 2)")

@@ -30,10 +30,12 @@ from fastsyn._validation import check_integer, check_real
 from fastsyn.fields import smooth_unchecked
 from fastsyn.metrics._base import MetricInputs, check_metric_dim, step_geometry
 
-__all__ = ["MAX_NBINS", "MIMetric", "mi_from_histogram"]
+__all__ = ["MASK_RULES", "MAX_NBINS", "MIMetric", "mi_from_histogram"]
 
 #: Upper bound of ``nbins`` (memory of the per-slice partial histograms).
 MAX_NBINS = 256
+#: How ``static_mask`` and ``moving_mask`` combine on the common grid.
+MASK_RULES = ("either", "both")
 
 # Flags of the per-voxel ``use`` array handed to the kernels.
 _DERIV = np.uint8(1)   # the voxel gets an update (inside the masks)
@@ -147,10 +149,16 @@ class MIMetric(MetricInputs, SimilarityMetric):
         the first and last bin; intensities beyond them are clamped and get no
         derivative.  ``(0, 100)`` uses the full range.
     static_mask, moving_mask : array or None, optional
-        Masks on the full-resolution grids of the static and the moving image.
-        A voxel of the common grid counts where both (warped along with their
-        images) are nonzero; voxels outside get a zero update.  On coarser
-        pyramid levels a mask is resampled by nearest neighbour.
+        Masks on the full-resolution grids of the static and the moving image,
+        warped along with their images; voxels of the common grid outside get
+        a zero update and stay out of the histogram.  On coarser pyramid
+        levels a mask is resampled by nearest neighbour.
+    mask_rule : {"either", "both"}, optional
+        Where two masks count: where either is nonzero (default), or where
+        both are (ITK's and ANTs' rule).  On whole-head scans with brain
+        masks "either" leaves out the scalp and skull that no mask covers but
+        keeps the brain's outline where the two brains do not yet overlap,
+        which "both" cuts away (see Notes).
     num_threads : int or None, optional
         Threads to use (None: OpenMP default, honouring ``OMP_NUM_THREADS``,
         or the value of a fastsyn optimizer that drives the metric; negative:
@@ -300,7 +308,7 @@ class MIMetric(MetricInputs, SimilarityMetric):
 
     def __init__(self, dim, *, nbins=32, sigma_diff=2.0, smooth=None,
                  sampling=None, seed=0, clip=(0.5, 99.5), static_mask=None,
-                 moving_mask=None, num_threads=None):
+                 moving_mask=None, mask_rule="either", num_threads=None):
         dim = check_metric_dim(dim)
         # Each slice (3D) or row block (2D) fills its own nbins x nbins float64
         # histogram so that the merge is deterministic: MAX_NBINS keeps that
@@ -325,8 +333,11 @@ class MIMetric(MetricInputs, SimilarityMetric):
         clip = (check_real("clip[0]", clip[0]), check_real("clip[1]", clip[1]))
         if not 0 <= clip[0] < clip[1] <= 100:
             raise ValueError(f"clip must be two percentiles 0 <= lo < hi <= 100, got {clip}")
+        if mask_rule not in MASK_RULES:
+            raise ValueError(f"mask_rule must be one of {MASK_RULES}, got {mask_rule!r}")
         resolve_num_threads(num_threads)
         super().__init__(dim)
+        self.mask_rule = mask_rule
         self.nbins = int(nbins)
         self.sigma_diff = float(sigma_diff)
         self.sampling = None if sampling is None or sampling == 1 else float(sampling)
@@ -447,7 +458,10 @@ class MIMetric(MetricInputs, SimilarityMetric):
             return None
         inside = masks[0] != 0 if masks else None
         for m in masks[1:]:
-            inside &= m != 0
+            if self.mask_rule == "either":
+                inside |= m != 0
+            else:
+                inside &= m != 0
         if inside is None:
             return sample
         flags = inside.astype(np.uint8)
