@@ -66,7 +66,8 @@ is multiplied by its mask (skull-stripped), except in ``real-heads``
 (avg152, avg305, colin27) keep their whole heads, as SPM ships them, with the
 same masks, labels and pairs, so that Dice still scores the brain.  mni2009
 (nilearn's template has little head) and the synthetic subjects stay brain
-only, so its pairs are head against head and head against brain.
+only (as ``chris`` of ``fastsyn prepare niivue``), so its pairs are head
+against head, head against brain and brain against brain.
 Labels: three tissue classes
 (1 CSF, 2 GM, 3 WM) from :func:`tissue_classes`, a one-dimensional k-means of
 the subject's T1 intensities inside its mask, applied the same way to every
@@ -402,7 +403,7 @@ def build_real_set(dst, *, synthetic_cohort, spm_dir=None, niivue_dir=None, num_
         records.
     heads : bool
         Keep the SPM subjects' heads (see the module docstring); the set is
-        then named ``real-heads`` (``real-niivue-heads``, ``real-heads-1mm``).
+        then named ``real-heads`` (``real-heads-1mm`` at 1 mm).
 
     Returns
     -------
