@@ -76,10 +76,11 @@ FACTORS = {
 }
 #: Factors the sweep changes, per grid name (``none``: the default only).
 # (mask_rule matters only with masks: it is a --setting, not a sweep)
-GRIDS = {"default": tuple(f for f in FACTORS if f != "mask_rule"), "quick": ("nbins", "masks"), "none": (),
-         "syn": ("sigma_diff", "step_length", "pyramid", "ss_sigma_factor", "total_sigma", "reinvert",
-                 "inversion_sweeps", "fused_inversion", "repair_folds", "step_percentile",
-                 "moving_share")}
+GRIDS = {"default": tuple(f for f in FACTORS if f != "mask_rule"),
+         "quick": ("nbins", "masks"), "none": (),
+         "syn": ("sigma_diff", "step_length", "pyramid", "ss_sigma_factor", "total_sigma",
+                 "reinvert", "inversion_sweeps", "fused_inversion", "repair_folds",
+                 "step_percentile", "moving_share")}
 #: The quick grid's levels (a first look: the two factors that moved most).
 _QUICK_LEVELS = {"nbins": (16,), "masks": ("brain",)}
 #: Factors a combination of winners may take (the MIMetric and SDR defaults;

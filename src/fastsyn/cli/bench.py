@@ -388,14 +388,17 @@ def _add_study(bsub):
                    help="iterations per level, coarsest first (default 20,20,10)")
     p.add_argument("--grid", default="default", choices=("default", "quick", "syn", "none"),
                    help="default: one factor at a time (bins, masks, clipping, sigma_diff, "
-                        "step length, sampling, pyramid, total-field smoothing, inversion "
+                        "step length, sampling, pyramid, scale-space smoothing, total-field "
+                        "smoothing, inversion "
                         "iterations, re-inversion, inversion sweeps, fused inversion, fold "
                         "repair, step percentile, moving share) and the ANTs mode, then the "
                         "combination of the winners; syn: the optimizer's factors only "
-                        "(sigma_diff, step length, pyramid, total_sigma, reinvert, "
+                        "(sigma_diff, step length, pyramid, ss_sigma_factor, total_sigma, "
+                        "reinvert, "
                         "inversion sweeps, fused inversion, fold repair, step percentile, "
                         "moving share); quick: 16 bins and brain masks; "
-                        "none: the default only (with --setting)")
+                        "none: the default only (with --setting; mask_rule=either|both "
+                        "only there, with masks)")
     p.add_argument("--setting", action="append", default=[], metavar="SPEC",
                    help="one more setting, e.g. nbins=16+clip=1:99 or ants-mode "
                         "(repeatable)")

@@ -31,7 +31,8 @@ def add_parser(sub):
                    help="SyN iterations per level, coarsest first (default 20,20,10)")
     p.add_argument("--fixed-mask", default=None, metavar="M",
                    help="brain mask on the fixed grid (nonzero inside): restricts the affine "
-                        "stage and, with --metric mi, SyN to it")
+                        "stage to it and, with --metric mi, SyN to the voxels either mask "
+                        "holds; give masks for whole-head scans, not for skull-stripped ones")
     p.add_argument("--moving-mask", default=None, metavar="M",
                    help="brain mask on the moving grid, as --fixed-mask")
     p.add_argument("--labels", default=None, metavar="L",
