@@ -308,6 +308,14 @@ def test_map_level_change_and_composition_match_dipy():
     tol = dict(rtol=0, atol=1e-5)
     for a, b in zip(ours.compute_inversion_error(), stock.compute_inversion_error()):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    # The inverse is a threaded map too, warping as DIPY's inverse does.
+    inverse = ours.inverse()
+    assert type(inverse) is DiffeomorphicMap and inverse.num_threads == 2
+    labels = np.random.default_rng(3).integers(0, 4, shape).astype(np.int32)
+    for interpolation in ("nearest", "linear"):
+        np.testing.assert_allclose(
+            inverse.transform(labels, interpolation=interpolation),
+            stock.inverse().transform(labels, interpolation=interpolation), **tol)
     ours_e = ours.warp_endomorphism(ours.inverse())
     stock_e = stock.warp_endomorphism(stock.inverse())
     np.testing.assert_allclose(ours_e.forward, stock_e.forward, **tol)

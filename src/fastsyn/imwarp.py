@@ -151,7 +151,8 @@ class DiffeomorphicMap(_DIPY_MAP):
 
     Same constructor as DIPY's plus ``num_threads``; ``transform``,
     ``transform_inverse``, ``expand_fields``, ``compute_inversion_error`` and
-    ``warp_endomorphism`` run on fastsyn's threaded kernels.
+    ``warp_endomorphism`` run on fastsyn's threaded kernels, and ``inverse``
+    returns such a map.
     """
 
     def __init__(self, dim, disp_shape, *, disp_grid2world=None, domain_shape=None,
@@ -192,6 +193,11 @@ class DiffeomorphicMap(_DIPY_MAP):
                                            image_world2grid=image_world2grid,
                                            out_shape=out_shape,
                                            out_grid2world=out_grid2world)
+
+    def inverse(self):
+        """DIPY's :meth:`~dipy.align.imwarp.DiffeomorphicMap.inverse` (the
+        same fields, directions swapped), warping on threads too."""
+        return type(self).from_dipy(_DIPY_MAP.inverse(self), self.num_threads)
 
     def _check_transform_args(self, image_world2grid, out_shape, out_grid2world):
         check_affine("image_world2grid", image_world2grid, self.dim, invertible=True)
