@@ -99,28 +99,52 @@ def test_mi_from_histogram_independent_image():
     assert np.allclose(weights, 0)
 
 
+def _grown(mask, margin):
+    """``mask`` grown by ``margin`` face-connected voxels, with array shifts."""
+    out = mask.copy()
+    for _ in range(margin):
+        step = out.copy()
+        for axis in range(mask.ndim):
+            lead = [slice(None)] * mask.ndim
+            lag = [slice(None)] * mask.ndim
+            lead[axis], lag[axis] = slice(1, None), slice(None, -1)
+            step[tuple(lead)] |= out[tuple(lag)]
+            step[tuple(lag)] |= out[tuple(lead)]
+        out = step
+    return out
+
+
+@pytest.mark.parametrize("margin", [0, 1, 2])
 @pytest.mark.parametrize("rule", ["either", "both"])
-def test_two_masks_combine_by_the_mask_rule(rule):
-    """``mask_rule``: a voxel counts where either mask is nonzero (default)
-    or where both are; outside, no histogram mass and no update."""
+def test_two_masks_combine_by_the_mask_rule(rule, margin):
+    """``mask_rule``: a voxel counts where either grown mask is nonzero
+    (default) or where both are; outside, no histogram mass and no update.
+    ``mask_margin`` grows each mask first; the ranges keep the masks as given."""
     static, moving = _pair((24, 20), np.float64)
     sm = np.zeros(static.shape, bool)
     sm[2:14, 3:15] = True
     mm = np.zeros(static.shape, bool)
     mm[8:22, 6:18] = True
-    inside = (sm | mm) if rule == "either" else (sm & mm)
+    gs, gm = _grown(sm, margin), _grown(mm, margin)
+    inside = (gs | gm) if rule == "either" else (gs & gm)
     metric = _metric(static, moving, nbins=12, static_mask=sm, moving_mask=mm,
-                     mask_rule=rule, clip=(0, 100), sigma_diff=0)
+                     mask_rule=rule, mask_margin=margin, clip=(0, 100), sigma_diff=0)
     assert metric.histogram_count == inside.sum()
+    assert metric.static_range == (static[sm].min(), static[sm].max())
+    assert metric.moving_range == (moving[mm].min(), moving[mm].max())
     expected, _ = _numpy_mi(static[inside], moving[inside], 12, metric.static_range,
                             metric.moving_range)
     np.testing.assert_allclose(metric.mi, expected, rtol=1e-10)
     for step in (metric.compute_forward(), metric.compute_backward()):
         assert not step[~inside].any() and step[inside].any()
     if rule == "either":
-        assert MIMetric(2, static_mask=sm).mask_rule == "either"   # the default
+        default = MIMetric(2, static_mask=sm)
+        assert (default.mask_rule, default.mask_margin) == ("either", 1)
     with pytest.raises(ValueError, match="mask_rule"):
         MIMetric(2, mask_rule="and")
+    for bad in (-1, 1.5, "1"):
+        with pytest.raises((ValueError, TypeError), match="mask_margin"):
+            MIMetric(2, mask_margin=bad)
 
 
 def test_mask_and_sampling_restrict_histogram():
@@ -128,7 +152,7 @@ def test_mask_and_sampling_restrict_histogram():
     mask = np.zeros(static.shape, bool)
     mask[4:20, 3:15] = True
     metric = _metric(static, moving, nbins=12, static_mask=mask, clip=(0, 100),
-                     sigma_diff=0)
+                     sigma_diff=0, mask_margin=0)
     assert metric.histogram_count == mask.sum()
     expected, _ = _numpy_mi(static[mask], moving[mask], 12, metric.static_range,
                             metric.moving_range)

@@ -82,8 +82,11 @@ def test_parse_setting_canonical_names_and_errors():
     assert both.masks == "brain"
     assert both.options == {"mask_rule": "both", "ss_sigma_factor": 1.0}
     assert study.parse_setting("mask_rule=either").name == "default"
+    assert study.parse_setting("mask_margin=1").name == "default"
+    bare = study.parse_setting("masks=brain+mask_margin=0")
+    assert bare.name == "masks=brain+mask_margin=0" and bare.options == {"mask_margin": 0}
     for bad in ("nbins", "bins=16", "nbins=x", "clip=50:10", "masks=skull", "nbins=16+nbins=24",
-                "mask_rule=and"):
+                "mask_rule=and", "mask_margin=-1", "mask_margin=1.5"):
         with pytest.raises(ValueError):
             study.parse_setting(bad)
 
@@ -95,7 +98,8 @@ def test_default_grid_is_one_factor_at_a_time():
     assert len(names) == len(set(names))
     defaults = study.current_defaults()
     swept = study.GRIDS["default"]
-    assert set(swept) == set(study.FACTORS) - {"mask_rule"}   # a setting, not a sweep
+    # settings, not sweeps
+    assert set(swept) == set(study.FACTORS) - {"mask_rule", "mask_margin"}
     expected = sum(1 for f in swept for v in study.FACTORS[f]
                    if study._normal(f, v) != defaults[f])
     assert len(grid) == expected + 2

@@ -59,6 +59,7 @@ FACTORS = {
     "nbins": (16, 24, 32, 48),
     "masks": ("none", "nonzero", "brain"),
     "mask_rule": ("either", "both"),
+    "mask_margin": (1, 0, 2),
     "clip": ((0.5, 99.5), (0.0, 100.0), (1.0, 99.0)),
     "sigma_diff": (1.0, 1.5, 2.0, 3.0),
     "step_length": (0.25, 0.4, 0.5),
@@ -75,8 +76,9 @@ FACTORS = {
     "moving_share": (0.5, 0.65, 0.75),
 }
 #: Factors the sweep changes, per grid name (``none``: the default only).
-# (mask_rule matters only with masks: it is a --setting, not a sweep)
-GRIDS = {"default": tuple(f for f in FACTORS if f != "mask_rule"),
+# (mask_rule and mask_margin matter only with masks: they are --settings, not sweeps)
+_MASK_ONLY = ("mask_rule", "mask_margin")
+GRIDS = {"default": tuple(f for f in FACTORS if f not in _MASK_ONLY),
          "quick": ("nbins", "masks"), "none": (),
          "syn": ("sigma_diff", "step_length", "pyramid", "ss_sigma_factor", "total_sigma",
                  "reinvert", "inversion_sweeps", "fused_inversion", "repair_folds",
@@ -149,6 +151,7 @@ def current_defaults():
         if d[name] is None:  # the registration's own default for MI
             d[name] = syn_default("mi", name)
     return {"nbins": int(d["nbins"]), "masks": "none", "mask_rule": str(d["mask_rule"]),
+            "mask_margin": int(d["mask_margin"]),
             "clip": tuple(float(v) for v in d["clip"]),
             "sigma_diff": float(d["mi_sigma_diff"]), "step_length": float(d["step_length"]),
             "sampling": None if d["sampling"] is None else float(d["sampling"]),
@@ -165,6 +168,10 @@ def current_defaults():
 def _normal(factor, value):
     """A factor's value in its canonical type (so equal settings share a key)."""
     if factor in ("nbins", "inv_iter"):
+        return int(value)
+    if factor == "mask_margin":
+        if int(value) != value or value < 0:
+            raise ValueError(f"mask_margin must be a whole number of voxels >= 0, got {value!r}")
         return int(value)
     if factor == "reinvert" and value == "coarse":
         return value

@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 from dipy.align.metrics import SimilarityMetric
+from scipy import ndimage
 
 from fastsyn._kernels import mi as k_mi
 from fastsyn._threads import resolve_num_threads
@@ -111,6 +112,15 @@ def _mask_to_level(name, mask, shape):
     return np.ascontiguousarray(mask[np.ix_(*index)])
 
 
+def _grow_mask(mask, margin):
+    """``mask`` grown by ``margin`` face-connected voxels (uint8)."""
+    if margin == 0:
+        return mask
+    grown = ndimage.binary_dilation(
+        mask != 0, ndimage.generate_binary_structure(mask.ndim, 1), iterations=margin)
+    return grown.astype(np.uint8)
+
+
 class MIMetric(MetricInputs, SimilarityMetric):
     r"""Mutual Information metric for SyN (Mattes-style Parzen histogram).
 
@@ -150,15 +160,24 @@ class MIMetric(MetricInputs, SimilarityMetric):
         derivative.  ``(0, 100)`` uses the full range.
     static_mask, moving_mask : array or None, optional
         Masks on the full-resolution grids of the static and the moving image,
-        warped along with their images; voxels of the common grid outside get
-        a zero update and stay out of the histogram.  On coarser pyramid
-        levels a mask is resampled by nearest neighbour.
+        warped along with their images; voxels of the common grid outside
+        them (grown by ``mask_margin``) get a zero update and stay out of the
+        histogram.  On coarser pyramid levels a mask is resampled by nearest
+        neighbour.
     mask_rule : {"either", "both"}, optional
         Where two masks count: where either is nonzero (default), or where
         both are (ITK's and ANTs' rule).  On whole-head scans with brain
         masks "either" leaves out the scalp and skull that no mask covers but
         keeps the brain's outline where the two brains do not yet overlap,
         which "both" cuts away (see Notes).
+    mask_margin : int, optional
+        Voxels of background kept around each mask: before it is warped,
+        each mask is grown by this many face-connected voxels on every
+        pyramid level (so by more millimetres on coarser levels).  The
+        intensity percentiles still come from the masks as given.  Default
+        1: on skull-stripped images a one-voxel rim keeps most of the
+        outline's match that brain masks otherwise cut away (see Notes);
+        0 uses the masks as given.
     num_threads : int or None, optional
         Threads to use (None: OpenMP default, honouring ``OMP_NUM_THREADS``,
         or the value of a fastsyn optimizer that drives the metric; negative:
@@ -297,7 +316,14 @@ class MIMetric(MetricInputs, SimilarityMetric):
       masks, 0.631 against 0.618 on the 30 tune pairs and 0.645 against 0.620
       held out (ANTs Mattes 0.640, greedy NMI 0.627, both without masks);
       on the skull-stripped set brain masks cost 0.029 with "either" and
-      0.064 with "both", so stripped images need none.
+      0.064 with "both", so stripped images need none.  (Both figures with
+      ``mask_margin=0``.)
+    * ``mask_margin=1``: on the skull-stripped set's tune half brain masks
+      then cost 0.011 instead of 0.029 (0.674 against 0.656; none 0.685),
+      and on the whole heads 0.632 against 0.631 (tune) and 0.646 against
+      0.645 (held out).  In a scratch run that grew the masks after
+      warping, two voxels or four millimetres did no better than one
+      (stripped 0.677 / 0.676 / 0.676, heads 0.625 / 0.630 / 0.632).
 
     The README's "MI on real anatomy" section has both halves' tables.
     """
@@ -315,7 +341,7 @@ class MIMetric(MetricInputs, SimilarityMetric):
 
     def __init__(self, dim, *, nbins=32, sigma_diff=2.0, smooth=None,
                  sampling=None, seed=0, clip=(0.5, 99.5), static_mask=None,
-                 moving_mask=None, mask_rule="either", num_threads=None):
+                 moving_mask=None, mask_rule="either", mask_margin=1, num_threads=None):
         dim = check_metric_dim(dim)
         # Each slice (3D) or row block (2D) fills its own nbins x nbins float64
         # histogram so that the merge is deterministic: MAX_NBINS keeps that
@@ -342,9 +368,11 @@ class MIMetric(MetricInputs, SimilarityMetric):
             raise ValueError(f"clip must be two percentiles 0 <= lo < hi <= 100, got {clip}")
         if mask_rule not in MASK_RULES:
             raise ValueError(f"mask_rule must be one of {MASK_RULES}, got {mask_rule!r}")
+        mask_margin = check_integer("mask_margin", mask_margin, low=0)
         resolve_num_threads(num_threads)
         super().__init__(dim)
         self.mask_rule = mask_rule
+        self.mask_margin = int(mask_margin)
         self.nbins = int(nbins)
         self.sigma_diff = float(sigma_diff)
         self.sampling = None if sampling is None or sampling == 1 else float(sampling)
@@ -365,6 +393,8 @@ class MIMetric(MetricInputs, SimilarityMetric):
         self._range_source = {"static": None, "moving": None}
         self._dyn_source = {"static": None, "moving": None}
         self._warped_mask = {"static": None, "moving": None}
+        # Per side: ((level shape, margin), mask on that level, grown mask as int32).
+        self._level_masks = {"static": None, "moving": None}
         self._sample_cache = (None, None)
 
     # ------------------------------------------------------------- images
@@ -417,26 +447,28 @@ class MIMetric(MetricInputs, SimilarityMetric):
             return
         current = self.static_image if side == "static" else self.moving_image
         grid2world = self.static_affine if side == "static" else self.moving_affine
-        level_mask = _mask_to_level(f"{side}_mask", mask, np.shape(original))
+        grown = self._level_mask(side, np.shape(original), grown=True)
         if transformation is None:
-            warped = level_mask
+            warped = grown
         else:
             # ``transformation`` produced the current image from the original
             # one on the common grid; the mask follows the same path.
             warped = transformation.transform(
-                level_mask.astype(np.int32), interpolation="nearest",
+                grown, interpolation="nearest",
                 image_world2grid=None, out_shape=np.shape(current),
                 out_grid2world=grid2world)
         self._warped_mask[side] = np.asarray(warped)
 
     # ---------------------------------------------------------- iteration
-    def _range(self, side, source, level_mask):
-        """Clip range of one image, cached per source array."""
+    def _range(self, side, source):
+        """Clip range of one image inside its mask as given, cached per
+        source array."""
         cached = self._range_source[side]
         if cached is not None and cached[0] is source:
             return cached[1]
         name = f"{side}_image"
         values = np.asarray(source)
+        level_mask = self._level_mask(side, values.shape, grown=False)
         if not np.isfinite(values).all():
             raise ValueError(f"{name} contains NaN or infinite values")
         if level_mask is not None:
@@ -482,14 +514,30 @@ class MIMetric(MetricInputs, SimilarityMetric):
                              "current grid (no voxel left for the histogram)")
         return np.ascontiguousarray(flags)
 
+    def _level_mask(self, side, shape, *, grown):
+        """One side's mask on a pyramid level of ``shape``, as given or grown
+        by the margin (int32, ready to warp); cached per level."""
+        mask = self.static_mask if side == "static" else self.moving_mask
+        if mask is None:
+            return None
+        key = (tuple(shape), self.mask_margin)
+        cached = self._level_masks[side]
+        if cached is None or cached[0] != key:
+            level = _mask_to_level(f"{side}_mask", mask, shape)
+            cached = (key, level,
+                      _grow_mask(level, self.mask_margin).astype(np.int32))
+            self._level_masks[side] = cached
+        return cached[2] if grown else cached[1]
+
     def _current_mask(self, side, shape):
+        """One side's grown mask on the common grid of ``shape``."""
         mask = self.static_mask if side == "static" else self.moving_mask
         if mask is None:
             return None
         warped = self._warped_mask[side]
         if warped is None:
             # No dynamics: the image is taken as it is on its own grid.
-            warped = _mask_to_level(f"{side}_mask", mask, shape)
+            warped = self._level_mask(side, shape, grown=True)
         if warped.shape != tuple(shape):
             raise ValueError(f"{side}_mask does not match the image shape {tuple(shape)}")
         return warped
@@ -540,12 +588,7 @@ class MIMetric(MetricInputs, SimilarityMetric):
             source = self._dyn_source[side]
             if source is None:
                 source = self.static_image if side == "static" else self.moving_image
-                level_mask = self._current_mask(side, shape)
-            else:
-                mask = self.static_mask if side == "static" else self.moving_mask
-                level_mask = (None if mask is None else
-                              _mask_to_level(f"{side}_mask", mask, np.shape(source)))
-            ranges[side] = self._range(side, source, level_mask)
+            ranges[side] = self._range(side, source)
         self.static_range = ranges["static"]
         self.moving_range = ranges["moving"]
         span = self.nbins - 3
