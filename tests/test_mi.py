@@ -625,3 +625,57 @@ def _label_dice(fixed, warped):
     labels = [v for v in np.unique(fixed) if v != 0]
     return np.mean([2 * np.sum((fixed == v) & (warped == v))
                     / (np.sum(fixed == v) + np.sum(warped == v)) for v in labels])
+
+
+# ------------------------------------------------- zero background (auto_masks)
+def _head_and_brain(shape=(28, 30, 26), seed=0):
+    """A 'head' (signal inside a large ellipsoid, a bright rim for the scalp)
+    and a 'brain' (the inner ellipsoid only, exactly zero outside)."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices(shape, dtype=np.float64)
+    centre = (np.array(shape) - 1) / 2
+    radius = np.sqrt(sum(((g - c) / (s / 2)) ** 2 for g, c, s in zip(grid, centre, shape)))
+    tissue = 0.5 + 0.3 * np.sin(grid[0] / 3) * np.cos(grid[1] / 4)
+    head = np.where(radius < 0.95, np.where(radius > 0.75, 1.0, tissue), 0.02)
+    head = head + 0.01 * rng.random(shape)
+    brain = np.where(radius < 0.65, 1.0 - tissue, 0.0)
+    return head, brain
+
+
+def test_zero_background_sides_finds_a_stripped_image_facing_a_head():
+    from fastsyn.metrics.mi import zero_background_sides
+
+    head, brain = _head_and_brain()
+    assert zero_background_sides(head, brain) == ("moving",)
+    assert zero_background_sides(brain, head) == ("static",)
+    # Two stripped images, or two heads: nothing to mask.
+    assert zero_background_sides(brain, np.roll(brain, 1, axis=0)) == ()
+    assert zero_background_sides(head, np.roll(head, 1, axis=1)) == ()
+    # Only where the moving image covers the static grid are they compared.
+    covered = np.zeros(head.shape, bool)
+    covered[:, :, :2] = True       # a slab outside both the head and the brain
+    assert zero_background_sides(head, brain, covered) == ()
+    covered[:, :, 4:22] = True     # and the middle: the head's rim faces zeros
+    assert zero_background_sides(head, brain, covered) == ("moving",)
+
+
+def test_auto_masks_mask_a_stripped_image_for_one_run():
+    head, brain = _head_and_brain()
+    runs = {}
+    for auto in (True, False):
+        metric = MIMetric(3, nbins=16, auto_masks=auto)
+        reg = fastsyn.SymmetricDiffeomorphicRegistration(metric, level_iters=[4, 3],
+                                                         num_threads=2)
+        runs[auto] = reg.optimize(head, brain)
+        assert metric.auto_masked == (("moving",) if auto else ())
+        # The run's mask does not outlive it.
+        assert metric.moving_mask is None and metric.static_mask is None
+    assert not np.array_equal(runs[True].forward, runs[False].forward)
+    # A given mask is kept: nothing is chosen for that side.
+    given = np.ones(brain.shape, bool)
+    metric = MIMetric(3, nbins=16, moving_mask=given)
+    fastsyn.SymmetricDiffeomorphicRegistration(metric, level_iters=[2, 2],
+                                               num_threads=2).optimize(head, brain)
+    assert metric.auto_masked == () and metric.moving_mask is not None
+    with pytest.raises(ValueError, match="auto_masks"):
+        MIMetric(3, auto_masks="yes")

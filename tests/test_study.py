@@ -99,7 +99,7 @@ def test_default_grid_is_one_factor_at_a_time():
     defaults = study.current_defaults()
     swept = study.GRIDS["default"]
     # settings, not sweeps
-    assert set(swept) == set(study.FACTORS) - {"mask_rule", "mask_margin"}
+    assert set(swept) == set(study.FACTORS) - {"mask_rule", "mask_margin", "auto_masks"}
     expected = sum(1 for f in swept for v in study.FACTORS[f]
                    if study._normal(f, v) != defaults[f])
     assert len(grid) == expected + 2

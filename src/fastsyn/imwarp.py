@@ -21,6 +21,7 @@ from contextlib import contextmanager
 import numpy as np
 import numpy.linalg as npl
 from dipy.align import imwarp as dipy_imwarp
+from dipy.align.imaffine import AffineMap
 from dipy.align.imwarp import RegistrationStages, VerbosityLevels
 from dipy.align.metrics import SimilarityMetric
 
@@ -735,6 +736,28 @@ def _metric_threads(metric, num_threads):
         yield
 
 
+@contextmanager
+def _zero_background_masks(metric, static, moving, static_grid2world, moving_grid2world,
+                           prealign):
+    """MI's masks for a skull-stripped image that meets a whole head
+    (``MIMetric.auto_masks``), for the length of one run."""
+    choose = getattr(metric, "masks_for_zero_background", None)
+    if choose is None or not getattr(metric, "auto_masks", False):
+        yield
+        return
+    # The two images are compared on the static grid, where the prealigned
+    # moving image covers it; nearest neighbour keeps the zeros exact.
+    to_static = AffineMap(prealign, domain_grid_shape=static.shape,
+                          domain_grid2world=static_grid2world,
+                          codomain_grid_shape=moving.shape,
+                          codomain_grid2world=moving_grid2world)
+    moving_on_static = to_static.transform(moving, interpolation="nearest")
+    covered = to_static.transform(np.ones(moving.shape, np.float32),
+                                  interpolation="nearest") != 0
+    with choose(static, moving, moving_on_static, covered):
+        yield
+
+
 class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
     r"""Symmetric Diffeomorphic Registration (SyN) on threaded kernels.
 
@@ -948,7 +971,8 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
         static, moving = _validate_inputs(self, static, moving, static_grid2world,
                                           moving_grid2world, prealign)
         start = time.perf_counter()
-        with _metric_threads(self.metric, self.num_threads):
+        with _metric_threads(self.metric, self.num_threads), _zero_background_masks(
+                self.metric, static, moving, static_grid2world, moving_grid2world, prealign):
             result = _DIPY_SDR_OPTIMIZE(self, static, moving,
                                         static_grid2world=static_grid2world,
                                         moving_grid2world=moving_grid2world,

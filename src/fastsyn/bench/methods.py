@@ -418,13 +418,14 @@ class FastsynMethod(Method):
     # and moving_share are SymmetricDiffeomorphicRegistration's (None: the metric's syn_defaults,
     # else DIPY's value); mi_inversion_sweeps is its inversion_sweeps and
     # mi_fused_inversion its fused_inversion, for MI (MIMetric.syn_defaults;
-    # CC keeps DIPY's rule); mask_rule and mask_margin are MIMetric's (how the
-    # two masks combine, and the voxels of background kept around each)
+    # CC keeps DIPY's rule); mask_rule, mask_margin and auto_masks are
+    # MIMetric's (how two masks combine, the voxels of background kept around
+    # each, and a skull-stripped image's own mask where it meets a head)
     defaults = {**DipyMethod.defaults, "clip": (0.5, 99.5), "sampling": None,
                 "step_length": None, "pyramid": "dipy", "total_sigma": None,
                 "reinvert": None, "repair_folds": None, "step_percentile": None,
                 "moving_share": None, "mi_inversion_sweeps": 1, "mi_fused_inversion": True,
-                "mask_rule": "either", "mask_margin": 1}
+                "mask_rule": "either", "mask_margin": 1, "auto_masks": True}
     mask_metrics = ("mi",)
     #: Options whose None means "the metric's syn_defaults"
     resolved_options = ("step_length", "total_sigma", "reinvert", "repair_folds",
@@ -469,7 +470,8 @@ class FastsynMethod(Method):
                                  clip=tuple(o["clip"]), sampling=o["sampling"],
                                  num_threads=threads, static_mask=fixed_mask,
                                  moving_mask=moving_mask, mask_rule=o["mask_rule"],
-                                 mask_margin=o["mask_margin"])
+                                 mask_margin=o["mask_margin"],
+                                 auto_masks=o["auto_masks"])
         reg = fastsyn.SymmetricDiffeomorphicRegistration(
             m, level_iters=list(levels), step_length=o["step_length"],
             ss_sigma_factor=o["ss_sigma_factor"], opt_tol=o["opt_tol"],
@@ -510,7 +512,7 @@ class FastsynAntsMethod(FastsynMethod):
             # ANTs counts a point where both masks, as given, hold it
             m = fastsyn.MIMetric(3, nbins=o["nbins"], num_threads=threads,
                                  static_mask=fixed_mask, moving_mask=moving_mask,
-                                 mask_rule="both", mask_margin=0)
+                                 mask_rule="both", mask_margin=0, auto_masks=False)
         reg = fastsyn.ants_like(m, level_iters=list(levels), num_threads=threads,
                                 step_length=o["grad_step"], flow_sigma=o["flow_sigma"],
                                 total_sigma=o["total_sigma"], inv_iter=o["inv_iter"],

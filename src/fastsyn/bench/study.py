@@ -60,6 +60,7 @@ FACTORS = {
     "masks": ("none", "nonzero", "brain"),
     "mask_rule": ("either", "both"),
     "mask_margin": (1, 0, 2),
+    "auto_masks": (True, False),
     "clip": ((0.5, 99.5), (0.0, 100.0), (1.0, 99.0)),
     "sigma_diff": (1.0, 1.5, 2.0, 3.0),
     "step_length": (0.25, 0.4, 0.5),
@@ -77,7 +78,7 @@ FACTORS = {
 }
 #: Factors the sweep changes, per grid name (``none``: the default only).
 # (mask_rule and mask_margin matter only with masks: they are --settings, not sweeps)
-_MASK_ONLY = ("mask_rule", "mask_margin")
+_MASK_ONLY = ("mask_rule", "mask_margin", "auto_masks")
 GRIDS = {"default": tuple(f for f in FACTORS if f not in _MASK_ONLY),
          "quick": ("nbins", "masks"), "none": (),
          "syn": ("sigma_diff", "step_length", "pyramid", "ss_sigma_factor", "total_sigma",
@@ -151,7 +152,7 @@ def current_defaults():
         if d[name] is None:  # the registration's own default for MI
             d[name] = syn_default("mi", name)
     return {"nbins": int(d["nbins"]), "masks": "none", "mask_rule": str(d["mask_rule"]),
-            "mask_margin": int(d["mask_margin"]),
+            "mask_margin": int(d["mask_margin"]), "auto_masks": bool(d["auto_masks"]),
             "clip": tuple(float(v) for v in d["clip"]),
             "sigma_diff": float(d["mi_sigma_diff"]), "step_length": float(d["step_length"]),
             "sampling": None if d["sampling"] is None else float(d["sampling"]),
@@ -175,7 +176,7 @@ def _normal(factor, value):
         return int(value)
     if factor == "reinvert" and value == "coarse":
         return value
-    if factor in ("reinvert", "fused_inversion", "repair_folds"):
+    if factor in ("reinvert", "fused_inversion", "repair_folds", "auto_masks"):
         if not isinstance(value, (bool, np.bool_)):
             raise ValueError(f"{factor} must be True or False, got {value!r}")
         return bool(value)
@@ -242,7 +243,7 @@ def _parse_value(factor, text):
         return _normal(factor, text)
     if factor == "reinvert" and text.lower() == "coarse":
         return "coarse"
-    if factor in ("reinvert", "fused_inversion", "repair_folds"):
+    if factor in ("reinvert", "fused_inversion", "repair_folds", "auto_masks"):
         flag = {"true": True, "1": True, "false": False, "0": False}.get(text.lower())
         if flag is None:
             raise ValueError(f"bad value {text!r} for {factor} (true or false)")

@@ -19,7 +19,9 @@ References
    deformations", IEEE Transactions on Medical Imaging, 22(1), 120-128, 2003.
 """
 
+import logging
 import time
+from contextlib import contextmanager
 
 import numpy as np
 from dipy.align.metrics import SimilarityMetric
@@ -31,7 +33,7 @@ from fastsyn._validation import check_integer, check_real
 from fastsyn.fields import smooth_unchecked
 from fastsyn.metrics._base import MetricInputs, check_metric_dim, step_geometry
 
-__all__ = ["MASK_RULES", "MAX_NBINS", "MIMetric", "mi_from_histogram"]
+__all__ = ["MASK_RULES", "MAX_NBINS", "MIMetric", "mi_from_histogram", "zero_background_sides"]
 
 #: Upper bound of ``nbins`` (memory of the per-slice partial histograms).
 MAX_NBINS = 256
@@ -112,6 +114,57 @@ def _mask_to_level(name, mask, shape):
     return np.ascontiguousarray(mask[np.ix_(*index)])
 
 
+#: A zero background is "no data" (a skull-stripped image) when it fills at
+#: least this fraction of the image ...
+ZERO_BACKGROUND_MIN = 0.1
+#: ... and at least this fraction of it faces signal in the other image (on
+#: the real sets: 0.29 to 0.56 where a stripped image meets a head, at most
+#: 0.04 between two stripped images and 0.14 between two heads).
+ZERO_FACING_SIGNAL_MIN = 0.2
+
+logger = logging.getLogger("fastsyn")
+
+
+def zero_background_sides(static, moving_on_static, covered=None):
+    """Which images are zero where the other one has signal.
+
+    Parameters
+    ----------
+    static : array
+        The static image.
+    moving_on_static : array
+        The moving image resampled on the static grid (nearest neighbour, so
+        that its zeros stay exact).
+    covered : bool array or None, optional
+        Where the moving image's field of view covers the static grid; only
+        there are the two compared.
+
+    Returns
+    -------
+    tuple of str
+        ``"static"`` and/or ``"moving"``: the sides whose exact zeros fill at
+        least :data:`ZERO_BACKGROUND_MIN` of the compared voxels and of which
+        at least :data:`ZERO_FACING_SIGNAL_MIN` face signal (above a tenth of
+        the other image's 1st-99th percentile range) in the other image.
+    """
+    static = np.asarray(static)
+    moving = np.asarray(moving_on_static)
+    if covered is not None:
+        static, moving = static[covered], moving[covered]
+    sides = []
+    for side, image, other in (("static", static, moving), ("moving", moving, static)):
+        if image.size == 0:
+            continue
+        zero = image == 0
+        if zero.mean() < ZERO_BACKGROUND_MIN:
+            continue
+        lo, hi = np.percentile(other, (1, 99))
+        facing = np.count_nonzero(zero & (other > lo + 0.1 * (hi - lo)))
+        if facing >= ZERO_FACING_SIGNAL_MIN * np.count_nonzero(zero):
+            sides.append(side)
+    return tuple(sides)
+
+
 def _grow_mask(mask, margin):
     """``mask`` grown by ``margin`` face-connected voxels (uint8)."""
     if margin == 0:
@@ -178,6 +231,14 @@ class MIMetric(MetricInputs, SimilarityMetric):
         1: on skull-stripped images a one-voxel rim keeps most of the
         outline's match that brain masks otherwise cut away (see Notes);
         0 uses the masks as given.
+    auto_masks : bool, optional
+        When a registration starts (:class:`fastsyn.SymmetricDiffeomorphicRegistration`)
+        and an image is exactly zero outside a region where the other image
+        has signal, as a skull-stripped image against a whole head, that
+        image's nonzero region becomes its mask for the run, unless a mask
+        was given for it (see :func:`zero_background_sides` and the Notes).
+        Between two skull-stripped images, or two heads, nothing changes.
+        Default True; the sides chosen are in ``auto_masked``.
     num_threads : int or None, optional
         Threads to use (None: OpenMP default, honouring ``OMP_NUM_THREADS``,
         or the value of a fastsyn optimizer that drives the metric; negative:
@@ -195,6 +256,9 @@ class MIMetric(MetricInputs, SimilarityMetric):
         Number of voxels that built it.
     static_range, moving_range : tuple of float
         Intensities mapped to the first and last bin.
+    auto_masked : tuple of str
+        The sides (``"static"``, ``"moving"``) that ``auto_masks`` masked in
+        the last registration.
 
     Notes
     -----
@@ -324,6 +388,16 @@ class MIMetric(MetricInputs, SimilarityMetric):
       0.645 (held out).  In a scratch run that grew the masks after
       warping, two voxels or four millimetres did no better than one
       (stripped 0.677 / 0.676 / 0.676, heads 0.625 / 0.630 / 0.632).
+    * ``auto_masks=True``: where a skull-stripped image meets a whole head
+      and no masks are given, MI would match the stripped image's zeros to
+      the head's scalp and skull.  On the heads' tune half without masks it
+      lifted 0.545 to 0.613 (head against brain-only image 0.457 to 0.626,
+      the reverse 0.590 to 0.623), and held out 0.576 to 0.648 (ANTs Mattes
+      0.640, greedy NMI 0.627); between two stripped images or two heads it
+      never chose a mask, so they are unchanged (``real``: the same Dice on
+      all 56 pairs).
+      Taking each image's percentiles over its nonzero voxels alone (no
+      mask) gave 0.607 on the heads but cost 0.021 on the stripped set.
 
     The README's "MI on real anatomy" section has both halves' tables.
     """
@@ -341,7 +415,8 @@ class MIMetric(MetricInputs, SimilarityMetric):
 
     def __init__(self, dim, *, nbins=32, sigma_diff=2.0, smooth=None,
                  sampling=None, seed=0, clip=(0.5, 99.5), static_mask=None,
-                 moving_mask=None, mask_rule="either", mask_margin=1, num_threads=None):
+                 moving_mask=None, mask_rule="either", mask_margin=1, auto_masks=True,
+                 num_threads=None):
         dim = check_metric_dim(dim)
         # Each slice (3D) or row block (2D) fills its own nbins x nbins float64
         # histogram so that the merge is deterministic: MAX_NBINS keeps that
@@ -373,6 +448,10 @@ class MIMetric(MetricInputs, SimilarityMetric):
         super().__init__(dim)
         self.mask_rule = mask_rule
         self.mask_margin = int(mask_margin)
+        if not isinstance(auto_masks, (bool, np.bool_)):
+            raise ValueError(f"auto_masks must be True or False, got {auto_masks!r}")
+        self.auto_masks = bool(auto_masks)
+        self.auto_masked = ()
         self.nbins = int(nbins)
         self.sigma_diff = float(sigma_diff)
         self.sampling = None if sampling is None or sampling == 1 else float(sampling)
@@ -396,6 +475,41 @@ class MIMetric(MetricInputs, SimilarityMetric):
         # Per side: ((level shape, margin), mask on that level, grown mask as int32).
         self._level_masks = {"static": None, "moving": None}
         self._sample_cache = (None, None)
+
+    @contextmanager
+    def masks_for_zero_background(self, static, moving, moving_on_static, covered=None):
+        """Within the context, an image that is zero where the other has
+        signal (:func:`zero_background_sides`) and has no mask of its own is
+        masked by its nonzero region; afterwards the masks are as before.
+
+        Parameters
+        ----------
+        static, moving : array
+            The images on their own grids.
+        moving_on_static, covered : array
+            See :func:`zero_background_sides`.
+        """
+        saved = (self.static_mask, self.moving_mask)
+        self.auto_masked = ()
+        if self.auto_masks:
+            given = {"static": saved[0] is not None, "moving": saved[1] is not None}
+            chosen = tuple(side for side in zero_background_sides(static, moving_on_static,
+                                                                   covered)
+                           if not given[side])
+            for side in chosen:
+                image = static if side == "static" else moving
+                mask = np.ascontiguousarray(np.asarray(image) != 0, dtype=np.uint8)
+                setattr(self, f"{side}_mask", mask)
+                logger.info("MI: the %s image is zero where the other image has signal "
+                            "(skull-stripped?); its nonzero region is its mask for this "
+                            "run (auto_masks=False turns this off)", side)
+            self.auto_masked = chosen
+        self._level_masks = {"static": None, "moving": None}
+        try:
+            yield self.auto_masked
+        finally:
+            self.static_mask, self.moving_mask = saved
+            self._level_masks = {"static": None, "moving": None}
 
     # ------------------------------------------------------------- images
     def set_static_image(self, static_image, static_affine, static_spacing,
