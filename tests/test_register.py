@@ -183,6 +183,32 @@ def test_masks_reach_mi_syn(files, tmp_path, monkeypatch):
                               results["masks"]["arrays"]["displacement"])
 
 
+def test_a_stripped_image_against_a_head_is_masked_and_logged(files, tmp_path):
+    """MI's auto_masks: the fixture's images are zero outside the brain
+    (skull-stripped); given the fixed one a bright 'scalp' around its brain,
+    the moving image is masked by its nonzero region and the log says so.
+    Between the two stripped images nothing is masked."""
+    from scipy import ndimage
+
+    from fastsyn.register import register_files
+
+    fixed = nib.load(str(files["fixed"]))
+    data = np.asarray(fixed.dataobj, dtype=np.float32)
+    brain = data != 0
+    scalp = ndimage.binary_dilation(brain, iterations=4) & ~brain
+    head = np.where(scalp, np.float32(0.8 * data.max()), data)
+    nib.save(nib.Nifti1Image(head, fixed.affine), str(tmp_path / "head.nii"))
+    for fixed_file, expected in ((tmp_path / "head.nii", "moving"), (files["fixed"], None)):
+        lines = []
+        register_files(fixed_file, files["moving"], str(tmp_path / "out"), metric="mi",
+                       levels=(2, 2), threads=2, log=lines.append)
+        said = [line for line in lines if "served as its mask" in line]
+        if expected is None:
+            assert not said
+        else:
+            assert len(said) == 1 and f"the {expected} image" in said[0]
+
+
 def test_itk_displacement_components_are_lps(tmp_path):
     from fastsyn.register import write_itk_displacement
 

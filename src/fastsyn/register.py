@@ -337,6 +337,10 @@ def _syn_stage(inputs, matrix, metric, levels, threads, log):
                            static_grid2world=f_img.affine, moving_grid2world=m_img.affine,
                            prealign=matrix)
     seconds = time.perf_counter() - t0
+    for side in getattr(sim, "auto_masked", ()):
+        name = "fixed" if side == "static" else "moving"
+        log(f"MI: the {name} image is zero where the other has signal (skull-stripped); "
+            "its nonzero region served as its mask")
     log(f"SyN ({metric.upper()}, levels {','.join(map(str, levels))}): {seconds:.1f} s")
     return mapping, seconds
 

@@ -32,7 +32,9 @@ def add_parser(sub):
     p.add_argument("--fixed-mask", default=None, metavar="M",
                    help="brain mask on the fixed grid (nonzero inside): restricts the affine "
                         "stage to it and, with --metric mi, SyN to the voxels either mask "
-                        "holds; give masks for whole-head scans, not for skull-stripped ones")
+                        "holds; give masks for whole-head scans, not for skull-stripped ones "
+                        "(a skull-stripped image against a head is masked by its nonzero "
+                        "region without them)")
     p.add_argument("--moving-mask", default=None, metavar="M",
                    help="brain mask on the moving grid, as --fixed-mask")
     p.add_argument("--labels", default=None, metavar="L",

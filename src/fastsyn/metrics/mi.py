@@ -472,7 +472,8 @@ class MIMetric(MetricInputs, SimilarityMetric):
         self._range_source = {"static": None, "moving": None}
         self._dyn_source = {"static": None, "moving": None}
         self._warped_mask = {"static": None, "moving": None}
-        # Per side: ((level shape, margin), mask on that level, grown mask as int32).
+        # Per side: ((level shape, margin), mask on that level, grown mask as
+        # int32, the full-resolution mask it came from).
         self._level_masks = {"static": None, "moving": None}
         self._sample_cache = (None, None)
 
@@ -636,10 +637,10 @@ class MIMetric(MetricInputs, SimilarityMetric):
             return None
         key = (tuple(shape), self.mask_margin)
         cached = self._level_masks[side]
-        if cached is None or cached[0] != key:
+        if cached is None or cached[0] != key or cached[3] is not mask:
             level = _mask_to_level(f"{side}_mask", mask, shape)
             cached = (key, level,
-                      _grow_mask(level, self.mask_margin).astype(np.int32))
+                      _grow_mask(level, self.mask_margin).astype(np.int32), mask)
             self._level_masks[side] = cached
         return cached[2] if grown else cached[1]
 
