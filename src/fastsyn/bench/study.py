@@ -77,7 +77,8 @@ FACTORS = {
     "moving_share": (0.5, 0.65, 0.75),
 }
 #: Factors the sweep changes, per grid name (``none``: the default only).
-# (mask_rule and mask_margin matter only with masks: they are --settings, not sweeps)
+# (mask_rule and mask_margin matter only with masks, auto_masks only where a
+# skull-stripped image meets a head: they are --settings, not sweeps)
 _MASK_ONLY = ("mask_rule", "mask_margin", "auto_masks")
 GRIDS = {"default": tuple(f for f in FACTORS if f not in _MASK_ONLY),
          "quick": ("nbins", "masks"), "none": (),

@@ -397,8 +397,8 @@ def _add_study(bsub):
                         "reinvert, "
                         "inversion sweeps, fused inversion, fold repair, step percentile, "
                         "moving share); quick: 16 bins and brain masks; "
-                        "none: the default only (with --setting; mask_rule=either|both "
-                        ", mask_margin=VOXELS and auto_masks=true|false only there)")
+                        "none: the default only (with --setting; mask_rule=either|both, "
+                        "mask_margin=VOXELS and auto_masks=true|false only there)")
     p.add_argument("--setting", action="append", default=[], metavar="SPEC",
                    help="one more setting, e.g. nbins=16+clip=1:99 or ants-mode "
                         "(repeatable)")
