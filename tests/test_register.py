@@ -186,8 +186,9 @@ def test_masks_reach_mi_syn(files, tmp_path, monkeypatch):
 def test_a_stripped_image_against_a_head_is_masked_and_logged(files, tmp_path):
     """MI's auto_masks: the fixture's images are zero outside the brain
     (skull-stripped); given the fixed one a bright 'scalp' around its brain,
-    the moving image is masked by its nonzero region and the log says so.
-    Between the two stripped images nothing is masked."""
+    the moving image is masked by its nonzero region and the command says
+    so, unless --no-auto-masks.  Between the two stripped images nothing is
+    masked."""
     from scipy import ndimage
 
     from fastsyn.register import register_files
@@ -198,15 +199,19 @@ def test_a_stripped_image_against_a_head_is_masked_and_logged(files, tmp_path):
     scalp = ndimage.binary_dilation(brain, iterations=4) & ~brain
     head = np.where(scalp, np.float32(0.8 * data.max()), data)
     nib.save(nib.Nifti1Image(head, fixed.affine), str(tmp_path / "head.nii"))
-    for fixed_file, expected in ((tmp_path / "head.nii", "moving"), (files["fixed"], None)):
-        lines = []
-        register_files(fixed_file, files["moving"], str(tmp_path / "out"), metric="mi",
-                       levels=(2, 2), threads=2, log=lines.append)
-        said = [line for line in lines if "served as its mask" in line]
-        if expected is None:
-            assert not said
-        else:
-            assert len(said) == 1 and f"the {expected} image" in said[0]
+    said = "the moving image is zero where the other has signal"
+    for extra, expected in (([], True), (["--no-auto-masks"], False)):
+        proc = _cli([tmp_path / "head.nii", files["moving"], "--out", "out/h_", "--metric",
+                     "mi", "--levels", "2,2", "--threads", "2", *extra], tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert (said in proc.stderr) is expected
+    lines = []
+    register_files(files["fixed"], files["moving"], str(tmp_path / "out" / "s_"), metric="mi",
+                   levels=(2, 2), threads=2, log=lines.append)
+    assert not [line for line in lines if "served as its mask" in line]
+    with pytest.raises(ValueError, match="auto_masks"):
+        register_files(files["fixed"], files["moving"], str(tmp_path / "x_"), metric="mi",
+                       auto_masks="no", log=lines.append)
 
 
 def test_itk_displacement_components_are_lps(tmp_path):

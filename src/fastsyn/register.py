@@ -318,7 +318,7 @@ def _level_logger(log):
     return callback
 
 
-def _syn_stage(inputs, matrix, metric, levels, threads, log):
+def _syn_stage(inputs, matrix, metric, levels, threads, log, auto_masks=True):
     import fastsyn
 
     (f_img, f), (m_img, m) = inputs["fixed"], inputs["moving"]
@@ -329,7 +329,8 @@ def _syn_stage(inputs, matrix, metric, levels, threads, log):
         # own image's grid: on whole heads the scalp and skull then steer nothing
         fmask, mmask = inputs["fixed mask"][1], inputs["moving mask"][1]
         sim = fastsyn.MIMetric(3, static_mask=None if fmask is None else fmask > 0,
-                               moving_mask=None if mmask is None else mmask > 0)
+                               moving_mask=None if mmask is None else mmask > 0,
+                               auto_masks=auto_masks)
     sdr = fastsyn.SymmetricDiffeomorphicRegistration(
         sim, level_iters=list(levels), num_threads=threads, callback=_level_logger(log))
     t0 = time.perf_counter()
@@ -444,7 +445,7 @@ def _write_outputs(prefix, inputs, matrix, mapping, log):
 
 def register_files(fixed, moving, out, *, metric="cc", transform="syn", threads=None,
                    levels=(20, 20, 10), fixed_mask=None, moving_mask=None, labels=None,
-                   log=None):
+                   auto_masks=True, log=None):
     """Register a moving image file to a fixed one and write the results.
 
     Parameters
@@ -468,6 +469,11 @@ def register_files(fixed, moving, out, *, metric="cc", transform="syn", threads=
         the summary's NCC.
     labels : str or Path, optional
         Moving label map, warped with nearest-neighbour interpolation.
+    auto_masks : bool, optional
+        MI SyN's :class:`~fastsyn.MIMetric` ``auto_masks``: an image without
+        a mask that is exactly zero where the other has signal (a
+        skull-stripped image against a whole head) is masked by its nonzero
+        region (default True; logged when it happens).
     log : callable, optional
         Progress messages (default: print to stderr).
 
@@ -485,6 +491,8 @@ def register_files(fixed, moving, out, *, metric="cc", transform="syn", threads=
         def log(msg):
             print(msg, file=sys.stderr, flush=True)
     levels = _check_options(metric, transform, levels, threads)
+    if not isinstance(auto_masks, bool):
+        raise ValueError(f"auto_masks must be True or False, got {auto_masks!r}")
     if not isinstance(out, (str, Path)) or not str(out):
         raise ValueError(f"out must be an output prefix, got {out!r}")
     t0 = time.perf_counter()
@@ -495,7 +503,8 @@ def register_files(fixed, moving, out, *, metric="cc", transform="syn", threads=
         _check_prealigned_overlap(inputs, matrix, fixed, moving)
         mapping, syn_s = None, 0.0
         if transform == "syn":
-            mapping, syn_s = _syn_stage(inputs, matrix, metric, levels, threads, log)
+            mapping, syn_s = _syn_stage(inputs, matrix, metric, levels, threads, log,
+                                        auto_masks=auto_masks)
         files, arrays = _write_outputs(out, inputs, matrix, mapping, log)
     f = inputs["fixed"][1]
     mask = foreground(f, inputs["fixed mask"][1])

@@ -37,6 +37,10 @@ def add_parser(sub):
                         "region without them)")
     p.add_argument("--moving-mask", default=None, metavar="M",
                    help="brain mask on the moving grid, as --fixed-mask")
+    p.add_argument("--no-auto-masks", action="store_true",
+                   help="with --metric mi, do not mask an image that is zero where the other "
+                        "has signal (a skull-stripped image against a whole head) by its "
+                        "nonzero region")
     p.add_argument("--labels", default=None, metavar="L",
                    help="moving label map, warped nearest-neighbour")
     p.add_argument("--qc", action="store_true",
@@ -71,7 +75,7 @@ def run(args):
     res = register_files(args.fixed, args.moving, args.out, metric=args.metric,
                          transform=args.transform, threads=args.threads, levels=args.levels,
                          fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
-                         labels=args.labels, log=log)
+                         labels=args.labels, auto_masks=not args.no_auto_masks, log=log)
     print(f"fastsyn register: {args.transform} {args.metric.upper()} in "
           f"{res['seconds']:.1f} s (affine {res['affine_seconds']:.1f} s, SyN "
           f"{res['syn_seconds']:.1f} s), final NCC {res['ncc']:.4f} -> "
