@@ -677,5 +677,5 @@ def test_auto_masks_mask_a_stripped_image_for_one_run():
     fastsyn.SymmetricDiffeomorphicRegistration(metric, level_iters=[2, 2],
                                                num_threads=2).optimize(head, brain)
     assert metric.auto_masked == () and metric.moving_mask is not None
-    with pytest.raises(ValueError, match="auto_masks"):
+    with pytest.raises(TypeError, match="auto_masks"):
         MIMetric(3, auto_masks="yes")

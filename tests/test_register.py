@@ -209,7 +209,7 @@ def test_a_stripped_image_against_a_head_is_masked_and_logged(files, tmp_path):
     register_files(files["fixed"], files["moving"], str(tmp_path / "out" / "s_"), metric="mi",
                    levels=(2, 2), threads=2, log=lines.append)
     assert not [line for line in lines if "served as its mask" in line]
-    with pytest.raises(ValueError, match="auto_masks"):
+    with pytest.raises(TypeError, match="auto_masks"):
         register_files(files["fixed"], files["moving"], str(tmp_path / "x_"), metric="mi",
                        auto_masks="no", log=lines.append)
 

@@ -11,6 +11,7 @@ import numpy as np
 __all__ = [
     "FLOAT_TYPES",
     "check_affine",
+    "check_bool",
     "check_contrast",
     "check_direction",
     "check_field",
@@ -71,6 +72,13 @@ def check_real(name, value, *, low=None, low_inclusive=True, high=None, allow_no
     if high is not None and value > high:
         raise ValueError(f"{name} must be <= {high}, got {value}")
     return value
+
+
+def check_bool(name, value):
+    """``True`` or ``False`` (NumPy's booleans too; 0, 1 and strings refused)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def check_integer(name, value, *, low=None, high=None):

@@ -30,6 +30,7 @@ from fastsyn._kernels import compose as k_compose
 from fastsyn._threads import effective_threads, resolve_num_threads
 from fastsyn._validation import (
     check_affine,
+    check_bool,
     check_contrast,
     check_field,
     check_image,
@@ -920,10 +921,8 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
                                      low=50, high=100)
         moving_share = check_real("moving_share", prefer("moving_share", moving_share),
                                   low=0, high=1)
-        for name, flag in (("fused_inversion", fused_inversion),
-                           ("repair_folds", repair_folds)):
-            if not isinstance(flag, (bool, np.bool_)):
-                raise TypeError(f"{name} must be True or False, got {flag!r}")
+        check_bool("fused_inversion", fused_inversion)
+        check_bool("repair_folds", repair_folds)
         step_length = check_real("step_length", step_length, low=0, low_inclusive=False)
         ss_sigma_factor = check_real("ss_sigma_factor", ss_sigma_factor, low=0)
         options = check_syn_options(pyramid=pyramid, flow_sigma=flow_sigma,

@@ -491,8 +491,9 @@ def register_files(fixed, moving, out, *, metric="cc", transform="syn", threads=
         def log(msg):
             print(msg, file=sys.stderr, flush=True)
     levels = _check_options(metric, transform, levels, threads)
-    if not isinstance(auto_masks, bool):
-        raise ValueError(f"auto_masks must be True or False, got {auto_masks!r}")
+    from fastsyn._validation import check_bool
+
+    auto_masks = check_bool("auto_masks", auto_masks)
     if not isinstance(out, (str, Path)) or not str(out):
         raise ValueError(f"out must be an output prefix, got {out!r}")
     t0 = time.perf_counter()

@@ -172,9 +172,8 @@ def _normal(factor, value):
     if factor in ("nbins", "inv_iter"):
         return int(value)
     if factor == "mask_margin":
-        if int(value) != value or value < 0:
-            raise ValueError(f"mask_margin must be a whole number of voxels >= 0, got {value!r}")
-        return int(value)
+        from fastsyn._validation import check_integer
+        return check_integer("mask_margin", value, low=0)
     if factor == "reinvert" and value == "coarse":
         return value
     if factor in ("reinvert", "fused_inversion", "repair_folds", "auto_masks"):
@@ -256,7 +255,8 @@ def _parse_value(factor, text):
             lo, hi = text.replace(",", ":").split(":")
             value = (float(lo), float(hi))
         else:
-            value = (int(text) if factor in ("nbins", "inv_iter", "inversion_sweeps")
+            value = (int(text) if factor in ("nbins", "inv_iter", "inversion_sweeps",
+                                             "mask_margin")
                      else float(text))
     except ValueError:
         raise ValueError(f"bad value {text!r} for {factor}") from None
