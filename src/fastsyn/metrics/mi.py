@@ -290,8 +290,9 @@ class MIMetric(MetricInputs, SimilarityMetric):
       (-0.000 against DIPY's rule on both halves), about 0.86x the time of
       the unfused sweep.  On two threads of a 2-core VM the default takes
       0.73x, 0.91x and 0.83x greedy NMI's time at 128^3 (three runs) and
-      0.80x to 1.05x in five runs at 1 mm, 0.94x in the last (the README's
-      speed table; 0.93x to 1.10x before the smoothing took fewer passes).
+      0.80x to 1.05x in five runs at 1 mm, 0.94x in the last
+      (``docs/speed-log.md``; 0.93x to 1.10x before the smoothing took
+      fewer passes).
       DIPY's re-inversion stays: without it (``reinvert=False``) the 30 tune
       pairs gained 0.003 at 20/20/10 but folded voxels on 3 of them and
       SD log|J| rose from 0.19 to 0.33; at DIPY's 100/100/25 it lost 0.021
@@ -364,7 +365,7 @@ class MIMetric(MetricInputs, SimilarityMetric):
       held-out gap to greedy NMI (which moves the moving image alone) was
       a matter of which image moves: moving either image alone loses on
       average, but the static image alone loses far more (tune halves of
-      the real set, per direction in the README).  Tune halves: 0.65 /
+      the real set, per direction in ``docs/mi-study.md``).  Tune halves: 0.65 /
       0.75 gave +0.0025 / +0.0025 on the 30 real pairs (19 / 18 won) and
       +0.0011 / +0.0012 on the 18 single-scan ones (12 / 13 won), white
       matter gaining most.  Held out: +0.0033 [+0.0005, +0.0061] on the real
@@ -401,7 +402,8 @@ class MIMetric(MetricInputs, SimilarityMetric):
       Taking each image's percentiles over its nonzero voxels alone (no
       mask) gave 0.607 on the heads but cost 0.021 on the stripped set.
 
-    The README's "MI on real anatomy" section has both halves' tables.
+    The README's "MI on real anatomy" section sums up every set, and
+    ``docs/mi-study.md`` has both halves' tables per direction and label.
     """
 
     #: Settings of :class:`fastsyn.SymmetricDiffeomorphicRegistration` that a
