@@ -659,6 +659,26 @@ def test_zero_background_sides_finds_a_stripped_image_facing_a_head():
     assert zero_background_sides(head, brain, covered) == ("moving",)
 
 
+def test_background_only_mask_tells_a_brain_mask_on_a_stripped_image_from_one_on_a_head():
+    from fastsyn.metrics.mi import background_only_mask
+
+    head, brain = _head_and_brain()
+    inside = brain != 0
+    assert background_only_mask(brain, inside)
+    assert background_only_mask(brain, np.ones(brain.shape, bool))
+    # A mask one voxel short of the image (a nearest-neighbour mask beside a
+    # linearly resampled image) still leaves out only background.
+    assert background_only_mask(brain, ndimage.binary_erosion(inside))
+    # Two voxels short, or half the brain, or a brain mask on a head: signal
+    # is left out.
+    assert not background_only_mask(brain, ndimage.binary_erosion(inside, iterations=2))
+    assert not background_only_mask(brain, inside & (np.indices(brain.shape)[0] < 14))
+    assert not background_only_mask(head, inside)
+    # A mask on another grid, or an image without signal, is never set aside.
+    assert not background_only_mask(brain, inside[::2, ::2, ::2])
+    assert not background_only_mask(np.zeros(brain.shape), inside)
+
+
 def test_auto_masks_mask_a_stripped_image_for_one_run():
     head, brain = _head_and_brain()
     runs = {}
@@ -671,11 +691,33 @@ def test_auto_masks_mask_a_stripped_image_for_one_run():
         # The run's mask does not outlive it.
         assert metric.moving_mask is None and metric.static_mask is None
     assert not np.array_equal(runs[True].forward, runs[False].forward)
-    # A given mask is kept: nothing is chosen for that side.
-    given = np.ones(brain.shape, bool)
-    metric = MIMetric(3, nbins=16, moving_mask=given)
+    # A given mask that leaves out some of the image's signal is kept:
+    # nothing is chosen for that side.
+    half = (brain != 0) & (np.indices(brain.shape)[0] < brain.shape[0] // 2)
+    metric = MIMetric(3, nbins=16, moving_mask=half)
     fastsyn.SymmetricDiffeomorphicRegistration(metric, level_iters=[2, 2],
                                                num_threads=2).optimize(head, brain)
-    assert metric.auto_masked == () and metric.moving_mask is not None
+    assert metric.auto_masked == () and metric.masks_set_aside == ()
+    assert metric.moving_mask is not None
+    # One that leaves out only the zero background (here: none at all) stays
+    # where the image's zeros face the head's signal ...
+    metric = MIMetric(3, nbins=16, moving_mask=np.ones(brain.shape, bool))
+    fastsyn.SymmetricDiffeomorphicRegistration(metric, level_iters=[2, 2],
+                                               num_threads=2).optimize(head, brain)
+    assert metric.masks_set_aside == () and metric.auto_masked == ()
+    # ... and is set aside between two stripped images, so that brain masks
+    # there give what no masks give (unless auto_masks=False).
+    other = np.roll(brain, 1, axis=0)
+    plain = fastsyn.SymmetricDiffeomorphicRegistration(
+        MIMetric(3, nbins=16), level_iters=[4, 3], num_threads=2).optimize(other, brain)
+    for auto in (True, False):
+        metric = MIMetric(3, nbins=16, static_mask=other != 0, moving_mask=brain != 0,
+                          auto_masks=auto)
+        result = fastsyn.SymmetricDiffeomorphicRegistration(
+            metric, level_iters=[4, 3], num_threads=2).optimize(other, brain)
+        assert metric.masks_set_aside == (("static", "moving") if auto else ())
+        assert metric.auto_masked == ()
+        assert metric.moving_mask is not None and metric.static_mask is not None
+        assert np.array_equal(result.forward, plain.forward) == auto
     with pytest.raises(TypeError, match="auto_masks"):
         MIMetric(3, auto_masks="yes")

@@ -188,7 +188,7 @@ def test_a_stripped_image_against_a_head_is_masked_and_logged(files, tmp_path):
     (skull-stripped); given the fixed one a bright 'scalp' around its brain,
     the moving image is masked by its nonzero region and the command says
     so, unless --no-auto-masks.  Between the two stripped images nothing is
-    masked."""
+    masked, and brain masks given for them are set aside."""
     from scipy import ndimage
 
     from fastsyn.register import register_files
@@ -209,6 +209,20 @@ def test_a_stripped_image_against_a_head_is_masked_and_logged(files, tmp_path):
     register_files(files["fixed"], files["moving"], str(tmp_path / "out" / "s_"), metric="mi",
                    levels=(2, 2), threads=2, log=lines.append)
     assert not [line for line in lines if "served as its mask" in line]
+    # Brain masks on the two stripped images leave out only zeros: both are
+    # set aside (and said so), unless --no-auto-masks.
+    for side in ("fixed", "moving"):
+        image = nib.load(str(files[side]))
+        nib.save(nib.Nifti1Image((np.asarray(image.dataobj) != 0).astype(np.uint8),
+                                 image.affine), str(tmp_path / f"{side}_mask.nii"))
+    for extra, expected in (([], True), (["--no-auto-masks"], False)):
+        proc = _cli([files["fixed"], files["moving"], "--out", "out/m_", "--metric", "mi",
+                     "--levels", "2,2", "--threads", "2", "--fixed-mask",
+                     tmp_path / "fixed_mask.nii", "--moving-mask", tmp_path / "moving_mask.nii",
+                     *extra], tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        for name in ("fixed", "moving"):
+            assert (f"the {name} mask leaves out nothing but" in proc.stderr) is expected
     with pytest.raises(TypeError, match="auto_masks"):
         register_files(files["fixed"], files["moving"], str(tmp_path / "x_"), metric="mi",
                        auto_masks="no", log=lines.append)

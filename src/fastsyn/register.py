@@ -338,6 +338,10 @@ def _syn_stage(inputs, matrix, metric, levels, threads, log, auto_masks=True):
                            static_grid2world=f_img.affine, moving_grid2world=m_img.affine,
                            prealign=matrix)
     seconds = time.perf_counter() - t0
+    for side in getattr(sim, "masks_set_aside", ()):
+        name = "fixed" if side == "static" else "moving"
+        log(f"MI: the {name} mask leaves out nothing but the image's zero background "
+            "(skull-stripped); it was set aside (--no-auto-masks keeps it)")
     for side in getattr(sim, "auto_masked", ()):
         name = "fixed" if side == "static" else "moving"
         log(f"MI: the {name} image is zero where the other has signal (skull-stripped); "
@@ -473,7 +477,8 @@ def register_files(fixed, moving, out, *, metric="cc", transform="syn", threads=
         MI SyN's :class:`~fastsyn.MIMetric` ``auto_masks``: an image without
         a mask that is exactly zero where the other has signal (a
         skull-stripped image against a whole head) is masked by its nonzero
-        region (default True; logged when it happens).
+        region, and a mask that leaves out only its image's zero background
+        is set aside (default True; logged when it happens).
     log : callable, optional
         Progress messages (default: print to stderr).
 

@@ -438,6 +438,10 @@ class FastsynMethod(Method):
         for name in self.resolved_options:
             if name in cfg and cfg[name] is None:
                 cfg[name] = syn_default(metric, name)
+        if metric == "mi" and cfg.get("auto_masks"):
+            from fastsyn.metrics.mi import AUTO_MASK_RULES
+
+            cfg["auto_mask_rules"] = list(AUTO_MASK_RULES)
         return cfg
 
     def available(self, metric=None):

@@ -32,15 +32,16 @@ def add_parser(sub):
     p.add_argument("--fixed-mask", default=None, metavar="M",
                    help="brain mask on the fixed grid (nonzero inside): restricts the affine "
                         "stage to it and, with --metric mi, SyN to the voxels either mask "
-                        "holds; give masks for whole-head scans, not for skull-stripped ones "
-                        "(a skull-stripped image against a head is masked by its nonzero "
-                        "region without them)")
+                        "holds; give masks for whole-head scans; a skull-stripped image "
+                        "needs none (against a head it is masked by its nonzero region, and "
+                        "between two stripped images MI sets their masks aside)")
     p.add_argument("--moving-mask", default=None, metavar="M",
                    help="brain mask on the moving grid, as --fixed-mask")
     p.add_argument("--no-auto-masks", action="store_true",
-                   help="with --metric mi, do not mask an image that is zero where the other "
-                        "has signal (a skull-stripped image against a whole head) by its "
-                        "nonzero region")
+                   help="with --metric mi, take the masks exactly as given: do not mask an "
+                        "image that is zero where the other has signal (a skull-stripped "
+                        "image against a whole head) by its nonzero region, nor set aside a "
+                        "mask that leaves out only its image's zero background")
     p.add_argument("--labels", default=None, metavar="L",
                    help="moving label map, warped nearest-neighbour")
     p.add_argument("--qc", action="store_true",
