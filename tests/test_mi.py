@@ -679,6 +679,40 @@ def test_background_only_mask_tells_a_brain_mask_on_a_stripped_image_from_one_on
     assert not background_only_mask(np.zeros(brain.shape), inside)
 
 
+def test_auto_masks_compare_the_images_where_dipy_would_resample_them(monkeypatch):
+    """The moving image and its coverage on the static grid, under a
+    prealignment and grids of their own, are DIPY's nearest-neighbour
+    resampling (made on threads)."""
+    from dipy.align.imaffine import AffineMap
+
+    head, brain = _head_and_brain()
+    static_g2w = np.diag([2.0, 2.0, 2.0, 1.0])
+    static_g2w[:3, 3] = (-20, -25, -18)
+    moving_g2w = np.diag([1.9, 2.1, 2.0, 1.0])
+    angle = 0.1
+    prealign = np.eye(4)
+    prealign[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    prealign[:3, 3] = (1.5, -2.0, 3.0)
+    seen = {}
+    original = MIMetric.masks_for_zero_background
+
+    def spy(self, static, moving, moving_on_static, covered=None):
+        seen.update(moving=moving, moving_on_static=moving_on_static, covered=covered)
+        return original(self, static, moving, moving_on_static, covered)
+
+    monkeypatch.setattr(MIMetric, "masks_for_zero_background", spy)
+    fastsyn.SymmetricDiffeomorphicRegistration(MIMetric(3, nbins=16), level_iters=[1],
+                                               num_threads=2).optimize(
+        head, brain, static_grid2world=static_g2w, moving_grid2world=moving_g2w,
+        prealign=prealign)
+    dipy_map = AffineMap(prealign, domain_grid_shape=head.shape, domain_grid2world=static_g2w,
+                         codomain_grid_shape=brain.shape, codomain_grid2world=moving_g2w)
+    assert np.array_equal(seen["moving_on_static"],
+                          dipy_map.transform(seen["moving"], interpolation="nearest"))
+    expected = dipy_map.transform(np.ones(brain.shape, np.float32), interpolation="nearest") != 0
+    assert not expected.all() and np.array_equal(seen["covered"], expected)
+
+
 def test_auto_masks_mask_a_stripped_image_for_one_run():
     head, brain = _head_and_brain()
     runs = {}

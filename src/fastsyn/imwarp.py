@@ -21,7 +21,6 @@ from contextlib import contextmanager
 import numpy as np
 import numpy.linalg as npl
 from dipy.align import imwarp as dipy_imwarp
-from dipy.align.imaffine import AffineMap
 from dipy.align.imwarp import RegistrationStages, VerbosityLevels
 from dipy.align.metrics import SimilarityMetric
 
@@ -49,6 +48,7 @@ from fastsyn.fields import (
     resample_unchecked,
     warp_unchecked,
 )
+from fastsyn.imaffine import transform_image
 from fastsyn.pyramid import AntsScaleSpace
 
 __all__ = [
@@ -758,13 +758,17 @@ def _zero_background_masks(metric, static, moving, static_grid2world, moving_gri
             and same(static_grid2world, moving_grid2world)):
         moving_on_static, covered = moving, None
     else:
-        to_static = AffineMap(prealign, domain_grid_shape=static.shape,
-                              domain_grid2world=static_grid2world,
-                              codomain_grid_shape=moving.shape,
-                              codomain_grid2world=moving_grid2world)
-        moving_on_static = to_static.transform(moving, interpolation="nearest")
-        covered = to_static.transform(np.ones(moving.shape, np.float32),
-                                      interpolation="nearest") != 0
+        # Static grid index -> moving grid index, resampled on threads (as
+        # DIPY's AffineMap.transform would, serially).
+        eye = np.eye(static.ndim + 1)
+        index_map = (npl.inv(eye if moving_grid2world is None else moving_grid2world)
+                     @ (eye if prealign is None else prealign)
+                     @ (eye if static_grid2world is None else static_grid2world))
+        threads = getattr(metric, "num_threads", None)
+        moving_on_static = transform_image(moving, index_map, static.shape, nearest=True,
+                                           num_threads=threads)
+        covered = transform_image(np.ones(moving.shape, np.uint8), index_map, static.shape,
+                                  nearest=True, num_threads=threads) != 0
     with choose(static, moving, moving_on_static, covered):
         yield
 
