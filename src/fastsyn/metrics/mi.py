@@ -127,8 +127,8 @@ ZERO_FACING_SIGNAL_MIN = 0.2
 #: most 0.0016 for a skull-stripped image and its brain mask, resampled or
 #: not; 0.47 to 0.55 for a whole head and its brain mask).
 BACKGROUND_MASK_SIGNAL_MAX = 0.01
-#: What ``auto_masks=True`` does, in order (the benchmark harness records it,
-#: so that results made under other rules get other keys).
+#: What ``auto_masks=True`` does (the benchmark harness records it, so that
+#: results made under other rules get other keys).
 AUTO_MASK_RULES = ("stripped-image-facing-signal-masked",
                    "background-only-mask-set-aside-unless-facing-signal")
 
@@ -287,9 +287,9 @@ class MIMetric(MetricInputs, SimilarityMetric):
         mask) is set aside for the run, as if not given, unless that image
         is zero where the other has signal (the mask then keeps its zeros
         out).  Between two skull-stripped images, with or without their
-        masks, MI then uses no mask; between two heads nothing changes.  Default True; the
-        sides chosen are in ``auto_masked`` and ``masks_set_aside``; False
-        takes the masks exactly as given.
+        masks, MI then uses no mask; between two heads nothing changes.
+        Default True; the sides chosen are in ``auto_masked`` and
+        ``masks_set_aside``; False takes the masks exactly as given.
     num_threads : int or None, optional
         Threads to use (None: OpenMP default, honouring ``OMP_NUM_THREADS``,
         or the value of a fastsyn optimizer that drives the metric; negative:
