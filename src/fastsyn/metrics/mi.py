@@ -289,7 +289,9 @@ class MIMetric(MetricInputs, SimilarityMetric):
         out).  Between two skull-stripped images, with or without their
         masks, MI then uses no mask; between two heads nothing changes.
         Default True; the sides chosen are in ``auto_masked`` and
-        ``masks_set_aside``; False takes the masks exactly as given.
+        ``masks_set_aside``; False takes the masks exactly as given (use it
+        for cost-function masking of a lesion smaller than 1 % of the
+        image's signal, which the rule would take for background).
     num_threads : int or None, optional
         Threads to use (None: OpenMP default, honouring ``OMP_NUM_THREADS``,
         or the value of a fastsyn optimizer that drives the metric; negative:
