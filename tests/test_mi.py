@@ -674,6 +674,15 @@ def test_background_only_mask_tells_a_brain_mask_on_a_stripped_image_from_one_on
     assert not background_only_mask(brain, ndimage.binary_erosion(inside, iterations=2))
     assert not background_only_mask(brain, inside & (np.indices(brain.shape)[0] < 14))
     assert not background_only_mask(head, inside)
+    # A mask with a lesion cut out of it is kept, though it leaves out less
+    # than 1 % of the signal.
+    big_head, big_brain = _head_and_brain(shape=(48, 50, 46))
+    grid = np.indices(big_brain.shape)
+    lesion = sum((g - c) ** 2 for g, c in zip(grid, (24, 25, 23))) <= 9
+    cut = (big_brain != 0) & ~lesion
+    assert np.count_nonzero(lesion) < 0.01 * np.count_nonzero(big_brain)
+    assert background_only_mask(big_brain, big_brain != 0)
+    assert not background_only_mask(big_brain, cut)
     # A mask on another grid, or an image without signal, is never set aside.
     assert not background_only_mask(brain, inside[::2, ::2, ::2])
     assert not background_only_mask(np.zeros(brain.shape), inside)
