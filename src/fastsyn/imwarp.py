@@ -750,20 +750,17 @@ def _zero_background_masks(metric, static, moving, static_grid2world, moving_gri
     # moving image covers it; nearest neighbour keeps the zeros exact.  A
     # moving image already on that grid (the harness's prealigned pairs) is
     # compared as it is.
-    def same(a, b):
-        return np.array_equal(np.eye(static.ndim + 1) if a is None else a,
-                              np.eye(static.ndim + 1) if b is None else b)
-
-    if (static.shape == moving.shape and same(prealign, None)
-            and same(static_grid2world, moving_grid2world)):
+    eye = np.eye(static.ndim + 1)
+    prealign, static_grid2world, moving_grid2world = (
+        eye if m is None else np.asarray(m, dtype=np.float64)
+        for m in (prealign, static_grid2world, moving_grid2world))
+    if (static.shape == moving.shape and np.array_equal(prealign, eye)
+            and np.array_equal(static_grid2world, moving_grid2world)):
         moving_on_static, covered = moving, None
     else:
         # Static grid index -> moving grid index, resampled on threads (as
         # DIPY's AffineMap.transform would, serially).
-        eye = np.eye(static.ndim + 1)
-        index_map = (npl.inv(eye if moving_grid2world is None else moving_grid2world)
-                     @ (eye if prealign is None else prealign)
-                     @ (eye if static_grid2world is None else static_grid2world))
+        index_map = npl.inv(moving_grid2world) @ prealign @ static_grid2world
         threads = getattr(metric, "num_threads", None)
         moving_on_static = transform_image(moving, index_map, static.shape, nearest=True,
                                            num_threads=threads)

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastsyn._validation import check_bool
 from fastsyn.imaffine import affine_registration
 
 __all__ = ["register_files", "check_overlap", "AFFINE_PIPELINES", "DEFAULT_AFFINE_LEVELS",
@@ -496,8 +497,6 @@ def register_files(fixed, moving, out, *, metric="cc", transform="syn", threads=
         def log(msg):
             print(msg, file=sys.stderr, flush=True)
     levels = _check_options(metric, transform, levels, threads)
-    from fastsyn._validation import check_bool
-
     auto_masks = check_bool("auto_masks", auto_masks)
     if not isinstance(out, (str, Path)) or not str(out):
         raise ValueError(f"out must be an output prefix, got {out!r}")
