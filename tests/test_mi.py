@@ -688,6 +688,63 @@ def test_background_only_mask_tells_a_brain_mask_on_a_stripped_image_from_one_on
     assert not background_only_mask(np.zeros(brain.shape), inside)
 
 
+def test_outline_leaves_out_signal_tells_a_brain_mask_on_a_head_from_a_lesion_cut_out():
+    from fastsyn.metrics.mi import mask_outline, outline_leaves_out_signal
+
+    head, brain = _head_and_brain(shape=(48, 50, 46))
+    inside = brain != 0
+    assert outline_leaves_out_signal(head, inside)
+    # A skull-stripped image and its own mask, or a mask a voxel short of it.
+    assert not outline_leaves_out_signal(brain, inside)
+    assert not outline_leaves_out_signal(brain, ndimage.binary_erosion(inside))
+    # A lesion cut out of the brain is a hole that the outline fills, even
+    # a large one: the mask leaves out 14 % of the signal, its outline none.
+    grid = np.indices(brain.shape)
+    lesion = sum((g - c) ** 2 for g, c in zip(grid, (24, 25, 23))) <= 64
+    cut = inside & ~lesion
+    assert np.count_nonzero(lesion & inside) > 0.1 * np.count_nonzero(inside)
+    assert np.array_equal(mask_outline(cut), inside)
+    assert not outline_leaves_out_signal(brain, cut)
+    # A notch at the brain's edge is left out by the outline too, but a
+    # small one only restricts MI; half the brain is stripped.
+    notch = inside & ~(sum((g - c) ** 2 for g, c in zip(grid, (24, 25, 8))) <= 16)
+    assert not outline_leaves_out_signal(brain, notch)
+    assert outline_leaves_out_signal(brain, inside & (grid[0] < 24))
+    # A mask on another grid, an empty mask's outline, an image without signal.
+    assert not outline_leaves_out_signal(head, inside[::2, ::2, ::2])
+    assert not mask_outline(np.zeros(brain.shape, bool)).any()
+    assert not outline_leaves_out_signal(np.zeros(brain.shape), inside)
+
+
+def test_auto_masks_register_a_head_stripped_by_its_brain_mask():
+    """A whole head with its brain mask registers as the head stripped by
+    the mask, without masks; auto_masks=False restricts MI to the masks."""
+    head, brain = _head_and_brain()
+    inside = brain != 0
+    other_head = np.roll(head, 1, axis=0)
+    other_inside = np.roll(inside, 1, axis=0)
+    stripped = fastsyn.SymmetricDiffeomorphicRegistration(
+        MIMetric(3, nbins=16), level_iters=[4, 3], num_threads=2).optimize(
+        np.where(other_inside, other_head, 0), np.where(inside, head, 0))
+    for auto in (True, False):
+        metric = MIMetric(3, nbins=16, static_mask=other_inside, moving_mask=inside,
+                          auto_masks=auto)
+        result = fastsyn.SymmetricDiffeomorphicRegistration(
+            metric, level_iters=[4, 3], num_threads=2).optimize(other_head, head)
+        assert metric.images_stripped == (("static", "moving") if auto else ())
+        # Stripped, the masks leave out only background: set aside.
+        assert metric.masks_set_aside == (("static", "moving") if auto else ())
+        # The masks are back after the run.
+        assert metric.static_mask is not None and metric.moving_mask is not None
+        assert np.array_equal(result.forward, stripped.forward) == auto
+    # A head with its mask against a head without one: stripped, its zeros
+    # face the other's scalp, so its mask stays and restricts MI.
+    metric = MIMetric(3, nbins=16, moving_mask=inside)
+    fastsyn.SymmetricDiffeomorphicRegistration(metric, level_iters=[2, 2],
+                                               num_threads=2).optimize(other_head, head)
+    assert metric.images_stripped == ("moving",) and metric.masks_set_aside == ()
+
+
 def test_auto_masks_compare_the_images_where_dipy_would_resample_them(monkeypatch):
     """The moving image and its coverage on the static grid, under a
     prealignment and grids of their own, are DIPY's nearest-neighbour

@@ -188,7 +188,8 @@ def test_a_stripped_image_against_a_head_is_masked_and_logged(files, tmp_path):
     (skull-stripped); given the fixed one a bright 'scalp' around its brain,
     the moving image is masked by its nonzero region and the command says
     so, unless --no-auto-masks.  Between the two stripped images nothing is
-    masked, and brain masks given for them are set aside."""
+    masked, and brain masks given for them are set aside; the head with its
+    brain mask is registered stripped by it."""
     from scipy import ndimage
 
     from fastsyn.register import register_files
@@ -223,6 +224,15 @@ def test_a_stripped_image_against_a_head_is_masked_and_logged(files, tmp_path):
         assert proc.returncode == 0, proc.stderr
         for name in ("fixed", "moving"):
             assert (f"the {name} mask leaves out nothing but" in proc.stderr) is expected
+    # The head with its brain mask is registered stripped by it (and said
+    # so, not that the mask was set aside), unless --no-auto-masks.
+    for extra, expected in (([], True), (["--no-auto-masks"], False)):
+        proc = _cli([tmp_path / "head.nii", files["moving"], "--out", "out/hm_", "--metric",
+                     "mi", "--levels", "2,2", "--threads", "2", "--fixed-mask",
+                     tmp_path / "fixed_mask.nii", *extra], tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert ("the fixed mask leaves out much of the image" in proc.stderr) is expected
+        assert "the fixed mask leaves out nothing but" not in proc.stderr
     with pytest.raises(TypeError, match="auto_masks"):
         register_files(files["fixed"], files["moving"], str(tmp_path / "x_"), metric="mi",
                        auto_masks="no", log=lines.append)

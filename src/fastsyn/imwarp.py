@@ -740,12 +740,14 @@ def _metric_threads(metric, num_threads):
 @contextmanager
 def _zero_background_masks(metric, static, moving, static_grid2world, moving_grid2world,
                            prealign):
-    """MI's masks for a skull-stripped image that meets a whole head
-    (``MIMetric.auto_masks``), for the length of one run."""
+    """MI's masks for a skull-stripped image that meets a whole head, and a
+    whole head stripped by its brain mask (``MIMetric.auto_masks``), for the
+    length of one run; yields the images to register."""
     choose = getattr(metric, "masks_for_zero_background", None)
     if choose is None or not getattr(metric, "auto_masks", False):
-        yield
+        yield static, moving
         return
+    static, moving = metric.strip_by_masks(static, moving)
     # The two images are compared on the static grid, where the prealigned
     # moving image covers it; nearest neighbour keeps the zeros exact.  A
     # moving image already on that grid (the harness's prealigned pairs) is
@@ -767,7 +769,7 @@ def _zero_background_masks(metric, static, moving, static_grid2world, moving_gri
         covered = transform_image(np.ones(moving.shape, np.uint8), index_map, static.shape,
                                   nearest=True, num_threads=threads) != 0
     with choose(static, moving, moving_on_static, covered):
-        yield
+        yield static, moving
 
 
 class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
@@ -982,7 +984,8 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
                                           moving_grid2world, prealign)
         start = time.perf_counter()
         with _metric_threads(self.metric, self.num_threads), _zero_background_masks(
-                self.metric, static, moving, static_grid2world, moving_grid2world, prealign):
+                self.metric, static, moving, static_grid2world, moving_grid2world,
+                prealign) as (static, moving):
             result = _DIPY_SDR_OPTIMIZE(self, static, moving,
                                         static_grid2world=static_grid2world,
                                         moving_grid2world=moving_grid2world,

@@ -326,8 +326,9 @@ def _syn_stage(inputs, matrix, metric, levels, threads, log, auto_masks=True):
     if metric == "cc":
         sim = fastsyn.CCMetric(3, radius=4)
     else:
-        # MI restricts its histogram and its update to the masks, each on its
-        # own image's grid: on whole heads the scalp and skull then steer nothing
+        # MI registers a whole head stripped by its brain mask, or restricts
+        # its histogram and its update to a mask, each on its own image's
+        # grid: the scalp and skull then steer nothing
         fmask, mmask = inputs["fixed mask"][1], inputs["moving mask"][1]
         sim = fastsyn.MIMetric(3, static_mask=None if fmask is None else fmask > 0,
                                moving_mask=None if mmask is None else mmask > 0,
@@ -339,7 +340,15 @@ def _syn_stage(inputs, matrix, metric, levels, threads, log, auto_masks=True):
                            static_grid2world=f_img.affine, moving_grid2world=m_img.affine,
                            prealign=matrix)
     seconds = time.perf_counter() - t0
+    stripped = getattr(sim, "images_stripped", ())
+    for side in stripped:
+        name = "fixed" if side == "static" else "moving"
+        log(f"MI: the {name} mask leaves out much of the image's signal (a brain mask on a "
+            "whole head); the image was registered stripped by it (--no-auto-masks "
+            "restricts MI to the mask instead)")
     for side in getattr(sim, "masks_set_aside", ()):
+        if side in stripped:
+            continue  # stripped by its mask: the mask has done its work
         name = "fixed" if side == "static" else "moving"
         log(f"MI: the {name} mask leaves out nothing but the image's zero background "
             "(skull-stripped); it was set aside (--no-auto-masks keeps it)")

@@ -420,7 +420,8 @@ class FastsynMethod(Method):
     # mi_fused_inversion its fused_inversion, for MI (MIMetric.syn_defaults;
     # CC keeps DIPY's rule); mask_rule, mask_margin and auto_masks are
     # MIMetric's (how two masks combine, the voxels of background kept around
-    # each, and a skull-stripped image's own mask where it meets a head)
+    # each, and a skull-stripped image's own mask where it meets a head, or a
+    # whole head stripped by its brain mask)
     defaults = {**DipyMethod.defaults, "clip": (0.5, 99.5), "sampling": None,
                 "step_length": None, "pyramid": "dipy", "total_sigma": None,
                 "reinvert": None, "repair_folds": None, "step_percentile": None,

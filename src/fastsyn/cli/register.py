@@ -31,14 +31,16 @@ def add_parser(sub):
                    help="SyN iterations per level, coarsest first (default 20,20,10)")
     p.add_argument("--fixed-mask", default=None, metavar="M",
                    help="brain mask on the fixed grid (nonzero inside): restricts the affine "
-                        "stage to it and, with --metric mi, SyN to the voxels either mask "
-                        "holds; give masks for whole-head scans; a skull-stripped image "
+                        "stage to it and, with --metric mi, registers a whole head stripped "
+                        "by it (any other mask restricts SyN to the voxels either mask "
+                        "holds); give masks for whole-head scans; a skull-stripped image "
                         "needs none (against a head it is masked by its nonzero region, and "
                         "between two stripped images MI sets their masks aside)")
     p.add_argument("--moving-mask", default=None, metavar="M",
                    help="brain mask on the moving grid, as --fixed-mask")
     p.add_argument("--no-auto-masks", action="store_true",
-                   help="with --metric mi, take the masks exactly as given: do not mask an "
+                   help="with --metric mi, take the masks exactly as given, as restrictions "
+                        "of MI: do not strip a whole head by its brain mask, nor mask an "
                         "image that is zero where the other has signal (a skull-stripped "
                         "image against a whole head) by its nonzero region, nor set aside a "
                         "mask that leaves out only its image's zero background")
