@@ -269,16 +269,23 @@ def outline_leaves_out_signal(image, mask):
         skull-stripped image and its own, with a lesion cut out of it or
         not.  False for a mask on another grid or an image without signal.
     """
+    return _stripping_outline(image, mask) is not None
+
+
+def _stripping_outline(image, mask):
+    """:func:`mask_outline` where :func:`outline_leaves_out_signal`, else None."""
     image = np.asarray(image)
     mask = np.asarray(mask)
     if image.shape != mask.shape or image.size == 0:
-        return False
+        return None
     signal = _signal(image)
     limit = STRIP_MASK_SIGNAL_MIN * np.count_nonzero(signal)
     if np.count_nonzero(signal & (_grow_mask(mask, 1) == 0)) <= limit:
-        return False  # the outline holds the mask: it leaves out no more
-    outline = _grow_mask(mask_outline(mask).astype(np.uint8), 1)
-    return bool(np.count_nonzero(signal & (outline == 0)) > limit)
+        return None  # the outline holds the mask: it leaves out no more
+    outline = mask_outline(mask)
+    if np.count_nonzero(signal & (_grow_mask(outline, 1) == 0)) <= limit:
+        return None
+    return outline
 
 
 def _grow_mask(mask, margin):
@@ -651,10 +658,11 @@ class MIMetric(MetricInputs, SimilarityMetric):
         images = {"static": static, "moving": moving}
         for side in images:
             mask = getattr(self, f"{side}_mask")
-            if mask is None or not outline_leaves_out_signal(images[side], mask):
+            outline = None if mask is None else _stripping_outline(images[side], mask)
+            if outline is None:
                 continue
             image = np.asarray(images[side])
-            images[side] = np.where(mask_outline(mask), image, image.dtype.type(0))
+            images[side] = np.where(outline, image, image.dtype.type(0))
             self.images_stripped += (side,)
             logger.info("MI: the %s mask leaves out much of its image's signal (a brain "
                         "mask on a whole head?); the image is registered stripped by it "
