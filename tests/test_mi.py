@@ -688,15 +688,15 @@ def test_background_only_mask_tells_a_brain_mask_on_a_stripped_image_from_one_on
     assert not background_only_mask(np.zeros(brain.shape), inside)
 
 
-def test_outline_leaves_out_signal_tells_a_brain_mask_on_a_head_from_a_lesion_cut_out():
-    from fastsyn.metrics.mi import mask_outline, outline_leaves_out_signal
+def test_brain_mask_on_head_tells_it_from_a_lesion_cut_out_or_a_small_region():
+    from fastsyn.metrics.mi import brain_mask_on_head, mask_outline
 
     head, brain = _head_and_brain(shape=(48, 50, 46))
     inside = brain != 0
-    assert outline_leaves_out_signal(head, inside)
+    assert brain_mask_on_head(head, inside)
     # A skull-stripped image and its own mask, or a mask a voxel short of it.
-    assert not outline_leaves_out_signal(brain, inside)
-    assert not outline_leaves_out_signal(brain, ndimage.binary_erosion(inside))
+    assert not brain_mask_on_head(brain, inside)
+    assert not brain_mask_on_head(brain, ndimage.binary_erosion(inside))
     # A lesion cut out of the brain is a hole that the outline fills, even
     # a large one: the mask leaves out 14 % of the signal, its outline none.
     grid = np.indices(brain.shape)
@@ -704,16 +704,19 @@ def test_outline_leaves_out_signal_tells_a_brain_mask_on_a_head_from_a_lesion_cu
     cut = inside & ~lesion
     assert np.count_nonzero(lesion & inside) > 0.1 * np.count_nonzero(inside)
     assert np.array_equal(mask_outline(cut), inside)
-    assert not outline_leaves_out_signal(brain, cut)
+    assert not brain_mask_on_head(brain, cut)
     # A notch at the brain's edge is left out by the outline too, but a
     # small one only restricts MI; half the brain is stripped.
     notch = inside & ~(sum((g - c) ** 2 for g, c in zip(grid, (24, 25, 8))) <= 16)
-    assert not outline_leaves_out_signal(brain, notch)
-    assert outline_leaves_out_signal(brain, inside & (grid[0] < 24))
+    assert not brain_mask_on_head(brain, notch)
+    assert brain_mask_on_head(brain, inside & (grid[0] < 24))
+    # A small region of interest on a head holds too little to strip by.
+    roi = sum((g - c) ** 2 for g, c in zip(grid, (24, 25, 23))) <= 16
+    assert not brain_mask_on_head(head, roi)
     # A mask on another grid, an empty mask's outline, an image without signal.
-    assert not outline_leaves_out_signal(head, inside[::2, ::2, ::2])
+    assert not brain_mask_on_head(head, inside[::2, ::2, ::2])
     assert not mask_outline(np.zeros(brain.shape, bool)).any()
-    assert not outline_leaves_out_signal(np.zeros(brain.shape), inside)
+    assert not brain_mask_on_head(np.zeros(brain.shape), inside)
 
 
 def test_auto_masks_register_a_head_stripped_by_its_brain_mask():
@@ -743,6 +746,13 @@ def test_auto_masks_register_a_head_stripped_by_its_brain_mask():
     fastsyn.SymmetricDiffeomorphicRegistration(metric, level_iters=[2, 2],
                                                num_threads=2).optimize(other_head, head)
     assert metric.images_stripped == ("moving",) and metric.masks_set_aside == ()
+    # A one-voxel mask is no brain to strip by: it restricts MI to a constant.
+    one = np.zeros(head.shape, bool)
+    one[14, 15, 13] = True
+    with pytest.raises(ValueError, match="constant"):
+        fastsyn.SymmetricDiffeomorphicRegistration(
+            MIMetric(3, nbins=16, static_mask=one, moving_mask=one), level_iters=[2, 2],
+            num_threads=2).optimize(other_head, head)
 
 
 def test_auto_masks_compare_the_images_where_dipy_would_resample_them(monkeypatch):

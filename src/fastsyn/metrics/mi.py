@@ -132,18 +132,19 @@ BACKGROUND_MASK_SIGNAL_MAX = 0.01
 #: cut out of it is kept (0.00002 at most on the real sets' stripped images).
 BACKGROUND_MASK_INTERIOR_MAX = 0.0005
 #: A given mask whose outline (the mask with its holes filled) leaves out
-#: more than this fraction of its image's signal, grown by one voxel, is a
-#: brain mask on a whole head (on the real sets: 0.49 to 0.59 for a head and
-#: its brain mask, at most 0.0025 for a skull-stripped image and its own):
-#: the image is registered stripped by that outline.  A mask that leaves out
-#: less (a lesion at the brain's edge) only restricts MI.
+#: more than this fraction of its image's signal, grown by one voxel, and
+#: holds more than this fraction too, is a brain mask on a whole head (on the
+#: real sets: 0.49 to 0.59 left out for a head and its brain mask, at most
+#: 0.0025 for a skull-stripped image and its own): the image is registered
+#: stripped by that outline.  A mask that leaves out less (a lesion at the
+#: brain's edge) or holds less (a small region of interest) only restricts MI.
 STRIP_MASK_SIGNAL_MIN = 0.1
 
 #: What ``auto_masks=True`` does (the benchmark harness records it, so that
 #: results made under other rules get other keys).
 AUTO_MASK_RULES = ("stripped-image-facing-signal-masked",
                    "background-only-mask-set-aside-unless-facing-signal-or-interior-cut",
-                   "image-stripped-by-mask-outline-leaving-out-over-0.1-of-signal")
+                   "image-stripped-by-mask-outline-leaving-out-and-holding-over-0.1-of-signal")
 
 logger = logging.getLogger("fastsyn")
 
@@ -248,9 +249,9 @@ def mask_outline(mask):
     return outline
 
 
-def outline_leaves_out_signal(image, mask):
-    """Whether a mask's outline leaves out much of its image's signal, as a
-    brain mask does on a whole head.
+def brain_mask_on_head(image, mask):
+    """Whether a mask is a brain mask on a whole head: its outline leaves out
+    much of its image's signal, and holds much of it.
 
     Parameters
     ----------
@@ -264,16 +265,18 @@ def outline_leaves_out_signal(image, mask):
     bool
         True when more than :data:`STRIP_MASK_SIGNAL_MIN` of the image's
         signal (above a tenth of its 1st-99th percentile range) lies outside
-        :func:`mask_outline`, grown by one face-connected voxel: about half
-        for a whole head and its brain mask, about nothing for a
-        skull-stripped image and its own, with a lesion cut out of it or
-        not.  False for a mask on another grid or an image without signal.
+        :func:`mask_outline`, grown by one face-connected voxel, and more
+        than that inside it: about half either way for a whole head and its
+        brain mask; about nothing left out for a skull-stripped image and
+        its own, with a lesion cut out of it or not; little held by a small
+        region of interest.  False for a mask on another grid or an image
+        without signal.
     """
     return _stripping_outline(image, mask) is not None
 
 
 def _stripping_outline(image, mask):
-    """:func:`mask_outline` where :func:`outline_leaves_out_signal`, else None."""
+    """:func:`mask_outline` where :func:`brain_mask_on_head`, else None."""
     image = np.asarray(image)
     mask = np.asarray(mask)
     if image.shape != mask.shape or image.size == 0:
@@ -284,6 +287,10 @@ def _stripping_outline(image, mask):
         return None  # the outline holds the mask: it leaves out no more
     outline = mask_outline(mask)
     if np.count_nonzero(signal & (_grow_mask(outline, 1) == 0)) <= limit:
+        return None
+    if np.count_nonzero(signal & outline) <= limit:
+        # A small region of interest, not a brain: stripped, MI would have
+        # next to nothing left.
         return None
     return outline
 
@@ -361,7 +368,7 @@ class MIMetric(MetricInputs, SimilarityMetric):
         image's nonzero region becomes its mask for the run, unless a mask
         was given for it (see :func:`zero_background_sides` and the Notes).
         An image whose given mask's outline leaves out much of its signal
-        (:func:`outline_leaves_out_signal`: a whole head and its brain mask)
+        (:func:`brain_mask_on_head`: a whole head and its brain mask)
         is first set to zero outside that outline, and registered as a
         skull-stripped image is, by the rules that follow.
         A given mask that leaves out nothing of its image but background
@@ -638,7 +645,7 @@ class MIMetric(MetricInputs, SimilarityMetric):
     def strip_by_masks(self, static, moving):
         """The images to register: with ``auto_masks``, an image whose given
         mask's outline leaves out much of its signal
-        (:func:`outline_leaves_out_signal`: a whole head and its brain mask)
+        (:func:`brain_mask_on_head`: a whole head and its brain mask)
         is set to zero outside that outline, as a skull-stripped image is.
 
         Parameters
