@@ -340,22 +340,19 @@ def _syn_stage(inputs, matrix, metric, levels, threads, log, auto_masks=True):
                            static_grid2world=f_img.affine, moving_grid2world=m_img.affine,
                            prealign=matrix)
     seconds = time.perf_counter() - t0
+    names = {"static": "fixed", "moving": "moving"}
     stripped = getattr(sim, "images_stripped", ())
     for side in stripped:
-        name = "fixed" if side == "static" else "moving"
-        log(f"MI: the {name} mask leaves out much of the image's signal (a brain mask on a "
-            "whole head); the image was registered stripped by it (--no-auto-masks "
+        log(f"MI: the {names[side]} mask leaves out much of the image's signal (a brain mask "
+            "on a whole head); the image was registered stripped by it (--no-auto-masks "
             "restricts MI to the mask instead)")
     for side in getattr(sim, "masks_set_aside", ()):
-        if side in stripped:
-            continue  # stripped by its mask: the mask has done its work
-        name = "fixed" if side == "static" else "moving"
-        log(f"MI: the {name} mask leaves out nothing but the image's zero background "
-            "(skull-stripped); it was set aside (--no-auto-masks keeps it)")
+        if side not in stripped:  # a stripped image's mask has done its work
+            log(f"MI: the {names[side]} mask leaves out nothing but the image's zero "
+                "background (skull-stripped); it was set aside (--no-auto-masks keeps it)")
     for side in getattr(sim, "auto_masked", ()):
-        name = "fixed" if side == "static" else "moving"
-        log(f"MI: the {name} image is zero where the other has signal (skull-stripped); "
-            "its nonzero region served as its mask")
+        log(f"MI: the {names[side]} image is zero where the other has signal "
+            "(skull-stripped); its nonzero region served as its mask")
     log(f"SyN ({metric.upper()}, levels {','.join(map(str, levels))}): {seconds:.1f} s")
     return mapping, seconds
 
@@ -487,8 +484,10 @@ def register_files(fixed, moving, out, *, metric="cc", transform="syn", threads=
         MI SyN's :class:`~fastsyn.MIMetric` ``auto_masks``: an image without
         a mask that is exactly zero where the other has signal (a
         skull-stripped image against a whole head) is masked by its nonzero
-        region, and a mask that leaves out only its image's zero background
-        is set aside (default True; logged when it happens).
+        region, a whole head given its brain mask is registered stripped by
+        it, and a mask that leaves out only its image's zero background is
+        set aside (default True; logged when it happens; False: masks only
+        restrict MI).
     log : callable, optional
         Progress messages (default: print to stderr).
 

@@ -194,6 +194,18 @@ def _signal(image):
     return image > lo + 0.1 * (hi - lo)
 
 
+def _mask_and_signal(image, mask):
+    """(image, mask, signal, signal count) for a mask on its image's grid,
+    or None where there is nothing to judge (another grid, no signal)."""
+    image = np.asarray(image)
+    mask = np.asarray(mask)
+    if image.shape != mask.shape or image.size == 0:
+        return None
+    signal = _signal(image)
+    n_signal = np.count_nonzero(signal)
+    return None if n_signal == 0 else (image, mask, signal, n_signal)
+
+
 def background_only_mask(image, mask):
     """Whether a mask leaves out nothing of its image but background.
 
@@ -215,14 +227,10 @@ def background_only_mask(image, mask):
         and its brain mask; False for a mask with a lesion cut out of it,
         for a brain mask on a whole head and for a mask on another grid.
     """
-    image = np.asarray(image)
-    mask = np.asarray(mask)
-    if image.shape != mask.shape or image.size == 0:
+    judged = _mask_and_signal(image, mask)
+    if judged is None:
         return False
-    signal = _signal(image)
-    n_signal = np.count_nonzero(signal)
-    if n_signal == 0:
-        return False
+    image, mask, signal, n_signal = judged
     left_out = signal & (_grow_mask(mask, 1) == 0)
     n_left_out = np.count_nonzero(left_out)
     if n_left_out > BACKGROUND_MASK_SIGNAL_MAX * n_signal:
@@ -277,12 +285,11 @@ def brain_mask_on_head(image, mask):
 
 def _stripping_outline(image, mask):
     """:func:`mask_outline` where :func:`brain_mask_on_head`, else None."""
-    image = np.asarray(image)
-    mask = np.asarray(mask)
-    if image.shape != mask.shape or image.size == 0:
+    judged = _mask_and_signal(image, mask)
+    if judged is None:
         return None
-    signal = _signal(image)
-    limit = STRIP_MASK_SIGNAL_MIN * np.count_nonzero(signal)
+    _, mask, signal, n_signal = judged
+    limit = STRIP_MASK_SIGNAL_MIN * n_signal
     if np.count_nonzero(signal & (_grow_mask(mask, 1) == 0)) <= limit:
         return None  # the outline holds the mask: it leaves out no more
     outline = mask_outline(mask)
