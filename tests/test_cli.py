@@ -160,6 +160,8 @@ def test_prepare(dataset, make_source, clean_env, tmp_path):
      {"slices": 2, "axis": 1}),
     ("noisy", ["--noise", "3", "--seed", "7"], "mrbrains18-noise3", "noise",
      {"percent": 3.0, "seed": 7}),
+    ("biased", ["--bias", "40", "--seed", "2"], "mrbrains18-bias40", "bias",
+     {"percent": 40.0, "seed": 2}),
 ])
 def test_prepare_derived_set(subcommand, options, name, key, params, clean_env, tmp_path):
     src, _ = _mrbrains18_source(tmp_path / "src")
@@ -326,12 +328,17 @@ def test_demo_quick_from_another_folder(clean_env, tmp_path):
      "LPBA40 source folder not found: {tmp}/missing"),
     (["prepare", "nosuch", "{tmp}", "{tmp}/out"], "invalid choice: 'nosuch'"),
     (["prepare", "lpba40", "{tmp}", "{tmp}/out", "--resolution", "1"],
-     "--resolution applies to spm12, niivue, thick-slices and noisy, not lpba40"),
+     "--resolution applies to spm12, niivue, thick-slices, noisy and biased, not lpba40"),
     (["prepare", "thick-slices", "{tmp}", "{tmp}/out", "--slices", "2", "--noise", "5"],
      "--noise applies to noisy, not thick-slices"),
     (["prepare", "oasis", "{tmp}", "{tmp}/out", "--subjects", "a"],
-     "--subjects applies to thick-slices and noisy, not oasis"),
+     "--subjects applies to thick-slices, noisy and biased, not oasis"),
     (["prepare", "noisy", "{tmp}", "{tmp}/out"], "noisy needs --noise PCT"),
+    (["prepare", "biased", "{tmp}", "{tmp}/out"], "biased needs --bias PCT"),
+    (["prepare", "noisy", "{tmp}", "{tmp}/out", "--noise", "5", "--bias", "20"],
+     "--bias applies to biased, not noisy"),
+    (["prepare", "oasis", "{tmp}", "{tmp}/out", "--seed", "1"],
+     "--seed applies to noisy and biased, not oasis"),
     (["prepare", "noisy", "{tmp}", "{tmp}/out", "--noise", "5", "--axis", "1"],
      "--axis applies to thick-slices, not noisy"),
     (["prepare", "oasis", "{tmp}", "{tmp}/out", "--slices", "3"],

@@ -14,6 +14,7 @@ from fastsyn.bench.datasets import (
     convert_oasis,
     load_dataset,
     noisy,
+    biased,
     thick_slices,
 )
 
@@ -224,6 +225,54 @@ def test_thick_slices(mrbrains_src, tmp_path):
 
 def _data(path):
     return np.asanyarray(nib.load(str(path)).dataobj).astype(np.float64)
+
+
+def test_biased(mrbrains_src, tmp_path):
+    src = convert_mrbrains18(mrbrains_src, tmp_path / "mr", progress=False)
+    ds = biased(src, tmp_path / "biased", percent=40, subjects=["4"], progress=False)
+    assert ds.name == "mrbrains18-bias40" and ds.names == ["1", "4"]
+    assert ds.modalities == src.modalities
+    kept, source, changed = src.subject("1"), src.subject("4"), ds.subject("4")
+    for a, b in [(ds.subject("1").images[m], kept.images[m]) for m in src.modalities] + [
+            (ds.subject("1").labels, kept.labels), (changed.labels, source.labels),
+            (changed.mask, source.mask)]:
+        assert np.array_equal(_data(a), _data(b))
+    gains = {}
+    for m in src.modalities:
+        before, after = _data(source.images[m]), _data(changed.images[m])
+        inside = before != 0
+        assert np.array_equal(after != 0, inside)
+        gain = after[inside] / before[inside]
+        # the field spans 1.4 times its smallest value, either side of 1 (float32 rounding)
+        assert gain.max() / gain.min() == pytest.approx(1.4, rel=1e-5)
+        assert gain.max() * gain.min() == pytest.approx(1.0, rel=1e-5)
+        # the field is smooth: its log is a quadratic of the voxel coordinates,
+        # so its third differences vanish wherever four voxels in a row have signal
+        # (a field drawn voxel by voxel would give differences of the order of 0.3)
+        field = np.where(inside, after / np.where(inside, before, 1), np.nan)
+        third = [np.diff(np.log(field), n=3, axis=axis) for axis in range(3)]
+        assert sum(np.isfinite(t).sum() for t in third) > 20
+        assert max(np.nanmax(np.abs(t)) for t in third) < 1e-3     # float32 rounding
+        gains[m] = field
+    # each modality draws its own field
+    assert not np.allclose(gains["t1"], gains["ir"], equal_nan=True)
+    # a field depends on the seed, the subject and the modality only
+    again = biased(src, tmp_path / "again", percent=40, progress=False)
+    other = biased(src, tmp_path / "other", percent=40, seed=1, subjects=["4"], progress=False)
+    for m in src.modalities:
+        assert np.array_equal(_data(again.subject("4").images[m]), _data(changed.images[m]))
+        assert not np.array_equal(_data(other.subject("4").images[m]), _data(changed.images[m]))
+    assert biased(src, tmp_path / "b20", percent=20, progress=False).name == "mrbrains18-bias20"
+    for bad in (0, -1, 101, True, "5"):
+        with pytest.raises(ValueError, match="percent must be a number above 0 and at most 100"):
+            biased(src, tmp_path / "o1", percent=bad)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+            biased(src, tmp_path / "o2", percent=5, seed=bad)
+    with pytest.raises(ValueError, match=r"mrbrains18: subjects not found under .*: \['9'\]"):
+        biased(src, tmp_path / "o3", percent=5, subjects=["9"])
+    with pytest.raises(ValueError, match="must differ from the source"):
+        biased(src, tmp_path / "mr", percent=5)
 
 
 def test_noisy(mrbrains_src, tmp_path):

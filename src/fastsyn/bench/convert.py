@@ -27,8 +27,10 @@ OASIS (neurite layout)
 
 Two functions derive a set from a set of this layout: :func:`thick_slices`
 (some subjects as if scanned in thick slices, as a clinical T2 or FLAIR of 3
-to 5 mm slices often is) and :func:`noisy` (some subjects with a single scan's
-Rician noise, which population averages such as SPM's templates lack).
+to 5 mm slices often is), :func:`noisy` (some subjects with a single scan's
+Rician noise, which population averages such as SPM's templates lack) and
+:func:`biased` (some subjects with the smooth intensity inhomogeneity of a
+scan not corrected for it, which the averages lack too).
 """
 
 from __future__ import annotations
@@ -49,10 +51,10 @@ from .layout import (
     save_nifti,
     write_dataset_stamp,
 )
-from .synth import apply_appearance
+from .synth import apply_appearance, bias_field
 
 __all__ = ["convert_lpba40", "convert_mrbrains18", "convert_oasis", "CONVERTERS",
-           "thick_slices", "noisy"]
+           "thick_slices", "noisy", "biased"]
 
 #: LPBA40 labels removed by the converter (cerebellum and brainstem).
 LPBA40_DROPPED = (181, 182)
@@ -527,11 +529,7 @@ def noisy(dataset, dst, *, percent, subjects=None, seed=0, progress=True):
         a chosen image has negative intensities (Rician noise is that of MR
         magnitude images).
     """
-    if isinstance(percent, bool) or not isinstance(percent, (int, float, np.integer, np.floating)) \
-            or not 0 < percent <= 100:
-        raise ValueError(f"percent must be a number above 0 and at most 100, got {percent!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    _check_percent_and_seed(percent, seed)
     def add_noise(who, name, arrays, affine):
         return {k: a if k in ("labels", "mask") else _rician(a, percent, seed, name, k, who)
                 for k, a in arrays.items()}, affine
@@ -544,6 +542,21 @@ def noisy(dataset, dst, *, percent, subjects=None, seed=0, progress=True):
                         generator="fastsyn.bench.convert.noisy", progress=progress)
 
 
+def _image_stream(seed, subject, modality):
+    """The random stream of one image of a derived set: it depends on the
+    seed, the subject and the modality only, not on which other subjects or
+    modalities are converted."""
+    return np.random.default_rng([seed, zlib.crc32(f"{subject}/{modality}".encode())])
+
+
+def _check_percent_and_seed(percent, seed):
+    if isinstance(percent, bool) or not isinstance(percent, (int, float, np.integer, np.floating)) \
+            or not 0 < percent <= 100:
+        raise ValueError(f"percent must be a number above 0 and at most 100, got {percent!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+
+
 def _rician(image, percent, seed, subject, modality, who):
     """One image with :func:`noisy`'s noise (float32)."""
     image = np.asarray(image, dtype=np.float64)
@@ -554,7 +567,84 @@ def _rician(image, percent, seed, subject, modality, who):
     if not support.any():
         return image.astype(np.float32)
     sigma = percent / 100.0 * float(np.percentile(image[support], 99))
-    # one stream per (seed, subject, modality): an image's noise does not
-    # depend on which other subjects or modalities are converted
-    rng = np.random.default_rng([seed, zlib.crc32(f"{subject}/{modality}".encode())])
-    return apply_appearance(image, support, None, rng, noise=sigma)
+    return apply_appearance(image, support, None, _image_stream(seed, subject, modality),
+                            noise=sigma)
+
+
+# --------------------------------------------------------------------------
+# Intensity inhomogeneity
+# --------------------------------------------------------------------------
+
+def biased(dataset, dst, *, percent, subjects=None, seed=0, progress=True):
+    """Write a dataset with a smooth intensity inhomogeneity on some subjects' images.
+
+    An MR scan not corrected for its receive field (N4, SPM's bias
+    correction) is brighter on one side of the head than on the other;
+    population averages such as SPM's templates are not.  Each chosen
+    subject's image is multiplied by its own field: the exponential of a
+    random quadratic polynomial of the world coordinates (the shape of
+    :mod:`fastsyn.bench.synth`'s fields), scaled so that over the image's
+    non-zero voxels its largest value is ``1 + percent/100`` times its
+    smallest, the two on either side of 1 (20 %: from 0.91 to 1.10, as
+    BrainWeb's "20 % INU").  Zeros stay zero; labels, masks and grids are unchanged, the other subjects are copied
+    unchanged, and the pairs and halves of
+    :func:`fastsyn.bench.study.study_pairs` are the source set's.  The field
+    of one image depends only on ``seed``, the subject and the modality.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        The source set (:func:`fastsyn.bench.layout.load_folder`); its
+        subjects' truth fields, if any, are not carried over.
+    dst : str or Path
+        Output folder; it may not be the source's.
+    percent : float
+        The field's spread over the image: its largest value exceeds its
+        smallest by this many percent (above 0, at most 100).  BrainWeb's
+        simulated scans offer 20 % and 40 %.
+    subjects : sequence of str, optional
+        Subjects to change (default all).
+    seed : int
+        Seed of every image's field (a non-negative integer).
+    progress : bool
+
+    Returns
+    -------
+    Dataset
+        Named ``<source name>-bias<percent>``.
+
+    Raises
+    ------
+    ValueError
+        If ``percent`` or ``seed`` is out of range, or a subject is unknown.
+    """
+    _check_percent_and_seed(percent, seed)
+    def add_bias(who, name, arrays, affine):
+        return {k: a if k in ("labels", "mask") else _inhomogeneous(a, affine, percent, seed,
+                                                                     name, k)
+                for k, a in arrays.items()}, affine
+
+    return _derived_set(dataset, dst, subjects, add_bias, suffix=f"bias{percent:g}",
+                        desc=f"{percent:g} % intensity inhomogeneity",
+                        what=f"with a smooth intensity inhomogeneity of {percent:g} %",
+                        key="bias", params={"percent": float(percent), "seed": int(seed)},
+                        generator="fastsyn.bench.convert.biased", progress=progress)
+
+
+def _inhomogeneous(image, affine, percent, seed, subject, modality):
+    """One image times :func:`biased`'s field (float32)."""
+    image = np.asarray(image, dtype=np.float64)
+    support = image != 0
+    if not support.any():
+        return image.astype(np.float32)
+    grid = np.indices(image.shape, dtype=np.float64).reshape(3, -1)
+    points = (np.asarray(affine, dtype=np.float64)[:3, :3] @ grid).T.reshape(image.shape + (3,))
+    points -= points[support].mean(axis=0)
+    log_field = np.log(bias_field(points, _image_stream(seed, subject, modality)),
+                       dtype=np.float64)
+    lo, hi = log_field[support].min(), log_field[support].max()
+    if hi > lo:         # one voxel of signal has no spread to scale
+        log_field = (log_field - (lo + hi) / 2) * (np.log1p(percent / 100.0) / (hi - lo))
+    else:
+        log_field[:] = 0.0
+    return np.where(support, image * np.exp(log_field), 0.0).astype(np.float32)

@@ -39,6 +39,7 @@ import numpy as np
 
 from .convert import (
     CONVERTERS,
+    biased,
     convert_lpba40,
     convert_mrbrains18,
     convert_oasis,
@@ -79,6 +80,7 @@ __all__ = [
     "CONVERTERS",
     "thick_slices",
     "noisy",
+    "biased",
 ]
 
 #: Name of the per-subject completion marker of embedded cohorts.

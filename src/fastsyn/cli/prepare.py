@@ -8,14 +8,17 @@ from ._common import positive_float
 #: real-anatomy study set of :mod:`fastsyn.bench.realset` from a copy of
 #: SPM12), ``niivue`` (that set, from the shipped SPM12 images, plus the
 #: single-scan T1 and PD of a copy of niivue-demo-images), ``thick-slices`` (a
-#: set of fastsyn's layout with some subjects in thick slices) and ``noisy``
-#: (such a set with Rician noise added to some subjects).
-DATASETS = ("lpba40", "mrbrains18", "oasis", "spm12", "niivue", "thick-slices", "noisy")
+#: set of fastsyn's layout with some subjects in thick slices), ``noisy``
+#: (such a set with Rician noise added to some subjects) and ``biased`` (such
+#: a set with a smooth intensity inhomogeneity on some subjects).
+DATASETS = ("lpba40", "mrbrains18", "oasis", "spm12", "niivue", "thick-slices", "noisy",
+            "biased")
 #: The derived sets: their SRC is a set, or a dataset name such as ``real``.
-DERIVED = ("thick-slices", "noisy")
+DERIVED = ("thick-slices", "noisy", "biased")
 #: Options that only some subcommands take: option -> those subcommands.
 ONLY_FOR = {"slices": ("thick-slices",), "axis": ("thick-slices",),
-            "subjects": DERIVED, "noise": ("noisy",), "seed": ("noisy",)}
+            "subjects": DERIVED, "noise": ("noisy",), "bias": ("biased",),
+            "seed": ("noisy", "biased")}
 
 
 def add_parser(sub):
@@ -30,26 +33,31 @@ def add_parser(sub):
                                    "layout, or a dataset name such as real) with the "
                                    "subjects of --subjects in slices of --slices planes; "
                                    "noisy: SRC = such a set with Rician noise of --noise "
-                                   "percent on the images of --subjects")
+                                   "percent on the images of --subjects; biased: SRC = "
+                                   "such a set with a smooth intensity inhomogeneity of "
+                                   "up to --bias percent on the images of --subjects")
     p.add_argument("dataset", choices=DATASETS)
     p.add_argument("src", metavar="SRC",
-                   help="dataset as distributed (thick-slices, noisy: a set)")
+                   help="dataset as distributed (thick-slices, noisy, biased: a set)")
     p.add_argument("dst", metavar="DST", help="output folder")
     p.add_argument("--resolution", type=positive_float, default=2.0, metavar="MM",
                    help="spm12 and niivue: voxel size of the set (default 2, SPM's grid; "
                         "1 samples chris and the template-based subjects at 1 mm); "
-                        "thick-slices, noisy: of SRC when it is the name 'real'")
+                        "thick-slices, noisy, biased: of SRC when it is the name 'real'")
     p.add_argument("--slices", type=int, metavar="K",
                    help="thick-slices: planes averaged into one slice (2 or more)")
     p.add_argument("--axis", type=int, choices=(0, 1, 2),
                    help="thick-slices: voxel axis across the slices (default 2)")
     p.add_argument("--subjects", metavar="S1,S2,...",
-                   help="thick-slices, noisy: the subjects to change (default all)")
+                   help="thick-slices, noisy, biased: the subjects to change (default all)")
     p.add_argument("--noise", type=positive_float, metavar="PCT",
                    help="noisy: noise standard deviation in percent of each image's 99th "
                         "percentile (BrainWeb's scans: 3 to 9)")
+    p.add_argument("--bias", type=positive_float, metavar="PCT",
+                   help="biased: the field's largest gain in percent, within 100 mm of "
+                        "each image's centre (BrainWeb's scans: 20 or 40)")
     p.add_argument("--seed", type=int, metavar="N",
-                   help="noisy: seed of the noise (default 0)")
+                   help="noisy, biased: seed of the noise or the field (default 0)")
     p.set_defaults(func=run)
     return p
 
@@ -62,8 +70,9 @@ def run(args):
     src, dst = Path(args.src), Path(args.dst)
     for option, takers in ONLY_FOR.items():
         if getattr(args, option) is not None and args.dataset not in takers:
-            raise ValueError(f"--{option} applies to {' and '.join(takers)}, "
-                             f"not {args.dataset}")
+            named = " and ".join(takers) if len(takers) < 3 else \
+                f"{', '.join(takers[:-1])} and {takers[-1]}"
+            raise ValueError(f"--{option} applies to {named}, not {args.dataset}")
     subjects = None if args.subjects is None else \
         [s.strip() for s in args.subjects.split(",") if s.strip()]
     if args.dataset in ("spm12", "niivue"):
@@ -95,10 +104,18 @@ def run(args):
         dataset = noisy(load_dataset(str(src), resolution=args.resolution), dst,
                         percent=args.noise, seed=0 if args.seed is None else args.seed,
                         subjects=subjects)
+    elif args.dataset == "biased":
+        from fastsyn.bench.datasets import biased, load_dataset
+
+        if args.bias is None:
+            raise ValueError("biased needs --bias PCT (the field's largest gain in percent)")
+        dataset = biased(load_dataset(str(src), resolution=args.resolution), dst,
+                         percent=args.bias, seed=0 if args.seed is None else args.seed,
+                         subjects=subjects)
     else:
         if args.resolution != 2.0:
-            raise ValueError(f"--resolution applies to spm12, niivue, thick-slices and noisy, "
-                             f"not {args.dataset}")
+            raise ValueError(f"--resolution applies to spm12, niivue, thick-slices, noisy "
+                             f"and biased, not {args.dataset}")
         dataset = CONVERTERS[args.dataset](src, dst)
     print(f"prepared {args.dataset} from {src} into {dst}: {len(dataset)} subjects, "
           f"modalities {', '.join(dataset.modalities)}")
