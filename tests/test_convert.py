@@ -9,12 +9,12 @@ import pytest
 
 from fastsyn.bench.datasets import (
     CONVERTERS,
+    biased,
     convert_lpba40,
     convert_mrbrains18,
     convert_oasis,
     load_dataset,
     noisy,
-    biased,
     thick_slices,
 )
 

@@ -586,10 +586,11 @@ def biased(dataset, dst, *, percent, subjects=None, seed=0, progress=True):
     :mod:`fastsyn.bench.synth`'s fields), scaled so that over the image's
     non-zero voxels its largest value is ``1 + percent/100`` times its
     smallest, the two on either side of 1 (20 %: from 0.91 to 1.10, as
-    BrainWeb's "20 % INU").  Zeros stay zero; labels, masks and grids are unchanged, the other subjects are copied
-    unchanged, and the pairs and halves of
-    :func:`fastsyn.bench.study.study_pairs` are the source set's.  The field
-    of one image depends only on ``seed``, the subject and the modality.
+    BrainWeb's "20 % INU").  Zeros stay zero; labels, masks and grids are
+    unchanged, the other subjects are copied unchanged, and the pairs and
+    halves of :func:`fastsyn.bench.study.study_pairs` are the source set's.
+    The field of one image depends only on ``seed``, the subject and the
+    modality.
 
     Parameters
     ----------
