@@ -263,6 +263,12 @@ def test_biased(mrbrains_src, tmp_path):
         assert np.array_equal(_data(again.subject("4").images[m]), _data(changed.images[m]))
         assert not np.array_equal(_data(other.subject("4").images[m]), _data(changed.images[m]))
     assert biased(src, tmp_path / "b20", percent=20, progress=False).name == "mrbrains18-bias20"
+    # an image without signal, or with one voxel of it, has no spread to scale
+    from fastsyn.bench.convert import _inhomogeneous
+    empty = np.zeros(SHAPE, np.float32)
+    assert np.array_equal(_inhomogeneous(empty, np.eye(4), 40, 0, "s", "t1"), empty)
+    empty[2, 3, 4] = 7.0
+    assert np.array_equal(_inhomogeneous(empty, np.eye(4), 40, 0, "s", "t1"), empty)
     for bad in (0, -1, 101, True, "5"):
         with pytest.raises(ValueError, match="percent must be a number above 0 and at most 100"):
             biased(src, tmp_path / "o1", percent=bad)

@@ -25,7 +25,7 @@ OASIS (neurite layout)
     ``<subject>/aligned_norm.nii.gz`` and ``<subject>/aligned_seg35.nii.gz``;
     modality ``t1``; mask = nonzero voxels of ``aligned_norm``.
 
-Two functions derive a set from a set of this layout: :func:`thick_slices`
+Three functions derive a set from a set of this layout: :func:`thick_slices`
 (some subjects as if scanned in thick slices, as a clinical T2 or FLAIR of 3
 to 5 mm slices often is), :func:`noisy` (some subjects with a single scan's
 Rician noise, which population averages such as SPM's templates lack) and
@@ -550,6 +550,7 @@ def _image_stream(seed, subject, modality):
 
 
 def _check_percent_and_seed(percent, seed):
+    """The checks of the ``percent`` and ``seed`` arguments of a derived set."""
     if isinstance(percent, bool) or not isinstance(percent, (int, float, np.integer, np.floating)) \
             or not 0 < percent <= 100:
         raise ValueError(f"percent must be a number above 0 and at most 100, got {percent!r}")
@@ -638,6 +639,8 @@ def _inhomogeneous(image, affine, percent, seed, subject, modality):
     support = image != 0
     if not support.any():
         return image.astype(np.float32)
+    # world coordinates from the centre of the signal (the affine's translation
+    # cancels), so the field's shape does not depend on where the origin lies
     grid = np.indices(image.shape, dtype=np.float64).reshape(3, -1)
     points = (np.asarray(affine, dtype=np.float64)[:3, :3] @ grid).T.reshape(image.shape + (3,))
     points -= points[support].mean(axis=0)
