@@ -54,8 +54,9 @@ def add_parser(sub):
                    help="noisy: noise standard deviation in percent of each image's 99th "
                         "percentile (BrainWeb's scans: 3 to 9)")
     p.add_argument("--bias", type=positive_float, metavar="PCT",
-                   help="biased: the field's largest gain in percent, within 100 mm of "
-                        "each image's centre (BrainWeb's scans: 20 or 40)")
+                   help="biased: the field's spread in percent, by which its largest "
+                        "value over each image's signal exceeds its smallest (at most 100; "
+                        "BrainWeb's scans: 20 or 40)")
     p.add_argument("--seed", type=int, metavar="N",
                    help="noisy, biased: seed of the noise or the field (default 0)")
     p.set_defaults(func=run)
@@ -108,7 +109,7 @@ def run(args):
         from fastsyn.bench.datasets import biased, load_dataset
 
         if args.bias is None:
-            raise ValueError("biased needs --bias PCT (the field's largest gain in percent)")
+            raise ValueError("biased needs --bias PCT (the field's spread in percent)")
         dataset = biased(load_dataset(str(src), resolution=args.resolution), dst,
                          percent=args.bias, seed=0 if args.seed is None else args.seed,
                          subjects=subjects)
