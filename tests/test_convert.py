@@ -227,16 +227,24 @@ def _data(path):
     return np.asanyarray(nib.load(str(path)).dataobj).astype(np.float64)
 
 
-def test_biased(mrbrains_src, tmp_path):
-    src = convert_mrbrains18(mrbrains_src, tmp_path / "mr", progress=False)
-    ds = biased(src, tmp_path / "biased", percent=40, subjects=["4"], progress=False)
-    assert ds.name == "mrbrains18-bias40" and ds.names == ["1", "4"]
-    assert ds.modalities == src.modalities
+def _only_subject_4_changed(src, ds):
+    """Check that a set derived from ``src`` with subject "4" chosen keeps
+    subject "1", and subject 4's labels and mask, as they were; return
+    subject 1, and subject 4 before and after."""
+    assert ds.names == ["1", "4"] and ds.modalities == src.modalities
     kept, source, changed = src.subject("1"), src.subject("4"), ds.subject("4")
     for a, b in [(ds.subject("1").images[m], kept.images[m]) for m in src.modalities] + [
             (ds.subject("1").labels, kept.labels), (changed.labels, source.labels),
             (changed.mask, source.mask)]:
         assert np.array_equal(_data(a), _data(b))
+    return kept, source, changed
+
+
+def test_biased(mrbrains_src, tmp_path):
+    src = convert_mrbrains18(mrbrains_src, tmp_path / "mr", progress=False)
+    ds = biased(src, tmp_path / "biased", percent=40, subjects=["4"], progress=False)
+    assert ds.name == "mrbrains18-bias40"
+    _, source, changed = _only_subject_4_changed(src, ds)
     gains = {}
     for m in src.modalities:
         before, after = _data(source.images[m]), _data(changed.images[m])
@@ -284,13 +292,8 @@ def test_biased(mrbrains_src, tmp_path):
 def test_noisy(mrbrains_src, tmp_path):
     src = convert_mrbrains18(mrbrains_src, tmp_path / "mr", progress=False)
     ds = noisy(src, tmp_path / "noisy", percent=5, subjects=["4"], progress=False)
-    assert ds.name == "mrbrains18-noise5" and ds.names == ["1", "4"]
-    assert ds.modalities == src.modalities
-    kept, source, changed = src.subject("1"), src.subject("4"), ds.subject("4")
-    for a, b in [(ds.subject("1").images[m], kept.images[m]) for m in src.modalities] + [
-            (ds.subject("1").labels, kept.labels), (changed.labels, source.labels),
-            (changed.mask, source.mask)]:
-        assert np.array_equal(_data(a), _data(b))
+    assert ds.name == "mrbrains18-noise5"
+    kept, source, changed = _only_subject_4_changed(src, ds)
     for m in src.modalities:
         before, after = _data(source.images[m]), _data(changed.images[m])
         inside = before != 0
