@@ -277,16 +277,21 @@ def test_biased(mrbrains_src, tmp_path):
     assert np.array_equal(_inhomogeneous(empty, np.eye(4), 40, 0, "s", "t1"), empty)
     empty[2, 3, 4] = 7.0
     assert np.array_equal(_inhomogeneous(empty, np.eye(4), 40, 0, "s", "t1"), empty)
+
+
+@pytest.mark.parametrize("derive", [noisy, biased])
+def test_noise_and_bias_name_bad_arguments(derive, mrbrains_src, tmp_path):
+    src = convert_mrbrains18(mrbrains_src, tmp_path / "mr", progress=False)
     for bad in (0, -1, 101, True, "5"):
         with pytest.raises(ValueError, match="percent must be a number above 0 and at most 100"):
-            biased(src, tmp_path / "o1", percent=bad)
+            derive(src, tmp_path / "o1", percent=bad)
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="seed must be a non-negative integer"):
-            biased(src, tmp_path / "o2", percent=5, seed=bad)
+            derive(src, tmp_path / "o2", percent=5, seed=bad)
     with pytest.raises(ValueError, match=r"mrbrains18: subjects not found under .*: \['9'\]"):
-        biased(src, tmp_path / "o3", percent=5, subjects=["9"])
+        derive(src, tmp_path / "o3", percent=5, subjects=["9"])
     with pytest.raises(ValueError, match="must differ from the source"):
-        biased(src, tmp_path / "mr", percent=5)
+        derive(src, tmp_path / "mr", percent=5)
 
 
 def test_noisy(mrbrains_src, tmp_path):
@@ -314,16 +319,6 @@ def test_noisy(mrbrains_src, tmp_path):
     both = (_data(source.images["t1"]) > 100) & (_data(source.images["ir"]) > 100)
     assert abs(np.corrcoef(errors[0][both], errors[1][both])[0, 1]) < 0.3
     assert noisy(src, tmp_path / "half", percent=2.5, progress=False).name == "mrbrains18-noise2.5"
-    for bad in (0, -1, 101, True, "5"):
-        with pytest.raises(ValueError, match="percent must be a number above 0 and at most 100"):
-            noisy(src, tmp_path / "o1", percent=bad)
-    for bad in (-1, 1.5, True):
-        with pytest.raises(ValueError, match="seed must be a non-negative integer"):
-            noisy(src, tmp_path / "o2", percent=5, seed=bad)
-    with pytest.raises(ValueError, match=r"mrbrains18: subjects not found under .*: \['9'\]"):
-        noisy(src, tmp_path / "o3", percent=5, subjects=["9"])
-    with pytest.raises(ValueError, match="must differ from the source"):
-        noisy(src, tmp_path / "mr", percent=5)
     flair = nib.load(str(kept.images["flair"]))
     negative = _data(kept.images["flair"])
     negative[3, 3, 3] = -2.0
