@@ -260,7 +260,8 @@ def test_biased(mrbrains_src, tmp_path):
         field = np.where(inside, after / np.where(inside, before, 1), np.nan)
         third = [np.diff(np.log(field), n=3, axis=axis) for axis in range(3)]
         assert sum(np.isfinite(t).sum() for t in third) > 20
-        assert max(np.nanmax(np.abs(t)) for t in third) < 1e-3     # float32 rounding
+        # (the images are float32: 8 roundings of 6e-8 at most)
+        assert max(np.nanmax(np.abs(t)) for t in third) < 1e-6
         gains[m] = field
     # each modality draws its own field
     assert not np.allclose(gains["t1"], gains["ir"], equal_nan=True)

@@ -51,7 +51,7 @@ from .layout import (
     save_nifti,
     write_dataset_stamp,
 )
-from .synth import apply_appearance, bias_field
+from .synth import apply_appearance, log_bias_field
 
 __all__ = ["convert_lpba40", "convert_mrbrains18", "convert_oasis", "CONVERTERS",
            "thick_slices", "noisy", "biased"]
@@ -644,8 +644,7 @@ def _inhomogeneous(image, affine, percent, seed, subject, modality):
     grid = np.indices(image.shape, dtype=np.float64).reshape(3, -1)
     points = (np.asarray(affine, dtype=np.float64)[:3, :3] @ grid).T.reshape(image.shape + (3,))
     points -= points[support].mean(axis=0)
-    log_field = np.log(bias_field(points, _image_stream(seed, subject, modality)),
-                       dtype=np.float64)
+    log_field = log_bias_field(points, _image_stream(seed, subject, modality))
     lo, hi = log_field[support].min(), log_field[support].max()
     if hi > lo:         # one voxel of signal has no spread to scale
         log_field = (log_field - (lo + hi) / 2) * (np.log1p(percent / 100.0) / (hi - lo))

@@ -76,6 +76,7 @@ __all__ = [
     "apply_transfer",
     "synthesize_contrast",
     "bias_field",
+    "log_bias_field",
     "apply_appearance",
     "warp_anatomy",
     "subject_contrast",
@@ -1049,6 +1050,8 @@ def apply_transfer(image, values) -> np.ndarray:
 def bias_field(points, rng, *, amplitude=0.15, scale_mm=100.0) -> np.ndarray:
     """A smooth multiplicative bias field (exp of a random quadratic).
 
+    The exponential of :func:`log_bias_field`, in float32.
+
     Parameters
     ----------
     points : ndarray, shape ``(..., ndim)``
@@ -1064,14 +1067,35 @@ def bias_field(points, rng, *, amplitude=0.15, scale_mm=100.0) -> np.ndarray:
     -------
     ndarray, float32, shape ``points.shape[:-1]``
     """
+    return np.exp(log_bias_field(points, rng, amplitude=amplitude,
+                                 scale_mm=scale_mm)).astype(np.float32)
+
+
+def log_bias_field(points, rng, *, amplitude=0.15, scale_mm=100.0) -> np.ndarray:
+    """The logarithm of :func:`bias_field`, in float64: a random quadratic
+    of the points whose coefficients' absolute values sum to
+    ``log1p(amplitude)``.
+
+    Parameters
+    ----------
+    points : ndarray, shape ``(..., ndim)``
+        World points (mm).
+    rng : numpy.random.Generator
+        Draws ``ndim * (ndim + 3) / 2`` standard normal coefficients.
+    amplitude, scale_mm : float
+        As in :func:`bias_field`.
+
+    Returns
+    -------
+    ndarray, float64, shape ``points.shape[:-1]``
+    """
     p = np.asarray(points, dtype=np.float64) / scale_mm
     ndim = p.shape[-1]
     terms = [p[..., i] for i in range(ndim)]
     terms += [p[..., i] * p[..., j] for i in range(ndim) for j in range(i, ndim)]
     coef = rng.standard_normal(len(terms))
     coef *= np.log1p(amplitude) / np.abs(coef).sum()
-    log_b = sum(c * t for c, t in zip(coef, terms))
-    return np.exp(log_b).astype(np.float32)
+    return sum(c * t for c, t in zip(coef, terms))
 
 
 def apply_appearance(image, support, points, rng, *, gamma=1.0, bias=0.0, noise=0.0) -> np.ndarray:
