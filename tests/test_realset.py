@@ -6,6 +6,7 @@ pairs it allows, the tune/report halves, `fastsyn prepare spm12` and
 import collections
 import gzip
 import json
+import os
 from importlib.resources import files
 
 import nibabel as nib
@@ -260,6 +261,130 @@ def test_prepare_niivue_aligns_the_single_scan_subject(real, tmp_path):
     bad = run_cli(["prepare", "niivue", missing, tmp_path / "x"], tmp_path, env)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert "chris_PD.nii.gz" in bad.stderr and not (tmp_path / "x").exists()
+
+
+def _write_ixi_scans(folder, spm, subject, to_t1, to_t2, pd_grid=None):
+    """avg152's images moved as one IXI subject's scans: the T1 by ``to_t1``
+    on a sagittal grid, the T2 and PD by ``to_t2`` on one axial grid (the PD
+    on ``pd_grid`` if given); ``spm``: (images by modality, SPM affine)."""
+    images, spm_affine = spm
+    t1_grid = np.array([[0, 0, 2.3, -95.0], [2.3, 0, 0, -125.0], [0, 2.3, 0, -80.0],
+                        [0, 0, 0, 1.0]])                  # sagittal slices, as IXI's T1
+    t2_grid = np.diag([2.1, 2.1, 2.4, 1.0])
+    t2_grid[:3, 3] = [-100.0, -128.0, -75.0]
+    written = {}
+    for modality, shape, grid2world, world_map in (
+            ("t1", (94, 80, 86), t1_grid, to_t1), ("t2", (96, 115, 70), t2_grid, to_t2),
+            ("pd", (96, 115, 70), t2_grid if pd_grid is None else pd_grid, to_t2)):
+        data = _resampled(images[modality], spm_affine, shape, grid2world,
+                          np.linalg.inv(world_map))
+        path = folder / f"{subject}-{modality.upper()}.nii.gz"
+        nib.save(nib.Nifti1Image(data.astype(np.float32), grid2world), str(path))
+        written[modality] = path
+    return written
+
+
+def test_prepare_ixi_aligns_each_subject_and_resumes(real, tmp_path):
+    """`fastsyn prepare ixi IXI_DIR DST`: the set plus IXI's subjects (here
+    avg152's T1, T2 and PD moved by known matrices onto IXI-like grids, in
+    the archives' subfolders), realigned onto the SPM grid; a rerun keeps the
+    finished subjects, a changed scan is converted again."""
+    ds, cache = real
+    spm = {m: realset._spm_image(None, f"avg152{m.upper()}")[0] for m in ("t1", "t2", "pd")}
+    spm = (spm, realset._spm_image(None, "avg152T1")[1])
+    folder = tmp_path / "IXI"
+    for sub in ("IXI-T1", "IXI-T2", "IXI-PD"):
+        (folder / sub).mkdir(parents=True)
+    to_t1 = _rotation_x(4.0, [3.0, -5.0, 2.0]) @ np.diag([1.05, 0.96, 1.02, 1.0])
+    written = _write_ixi_scans(folder / "IXI-T1", spm, "IXI002-Guys-0828", to_t1,
+                               _rotation_x(-5.0, [-2.0, 4.0, 3.0]) @ to_t1)
+    for modality in ("t2", "pd"):                          # as the archives extract
+        written[modality] = written[modality].rename(
+            folder / f"IXI-{modality.upper()}" / written[modality].name)
+    other = _rotation_x(-3.0, [1.0, 2.0, -4.0])
+    _write_ixi_scans(folder, spm, "IXI012-HH-1211", other, other)
+    (folder / "IXI012-HH-1211-PD.nii.gz").unlink()
+    (folder / "IXI099-IOP-0001-T1.nii.gz").write_bytes(written["t1"].read_bytes())  # T1 only
+    (folder / "IXI-T1" / "README.txt").write_text("not a scan")
+    found = realset.find_ixi_scans(folder)
+    assert list(found) == ["ixi002", "ixi012"] and sorted(found["ixi012"]) == ["t1", "t2"]
+
+    env = cli_env(FASTSYN_CACHE=str(cache))
+    dst = tmp_path / "real-ixi"
+    proc = run_cli(["prepare", "ixi", folder, dst], tmp_path, env)
+    assert proc.returncode == 0, proc.stderr
+    assert "prepared ixi" in proc.stdout and "8 subjects" in proc.stdout
+    assert "INFO" not in proc.stderr
+    assert "ShareAlike 3.0" in (dst / "NOTICE-ixi.txt").read_text()
+    stamp = json.loads((dst / "dataset.json").read_text())
+    assert stamp["name"] == "real-ixi"
+    assert {"ixi002", "ixi012"} <= set(stamp["subjects"]) and "ixi099" not in stamp["subjects"]
+    brain = np.asarray(nib.load(str(ds.root / "avg152" / "mask.nii.gz")).dataobj) > 0
+    for subject, modalities in (("ixi002", ("t1", "t2", "pd")), ("ixi012", ("t1", "t2"))):
+        mask = np.asarray(nib.load(str(dst / subject / "mask.nii.gz")).dataobj) > 0
+        labels = np.asarray(nib.load(str(dst / subject / "labels.nii.gz")).dataobj)
+        assert np.array_equal(labels > 0, mask) and set(np.unique(labels)) == {0, 1, 2, 3}
+        assert (mask & brain).sum() > 0.97 * brain.sum()  # the scans cover the brain
+        assert sorted(p.name.split(".")[0] for p in (dst / subject).glob("*.nii.gz")) == \
+            sorted([*modalities, "labels", "mask"])
+        for modality in modalities:
+            got = np.asarray(nib.load(str(dst / subject / f"{modality}.nii.gz")).dataobj)
+            r = np.corrcoef(got[mask], spm[0][modality][mask])[0, 1]
+            assert r > 0.98, (subject, modality, r)      # realigned, not just resampled
+
+    # A rerun keeps the two subjects; a scan that changed is converted again.
+    def stamps(subject):
+        return (dst / subject / "t1.nii.gz").stat().st_mtime_ns
+    before = {s: stamps(s) for s in ("ixi002", "ixi012", "avg152")}
+    again = run_cli(["prepare", "ixi", folder, dst, "--subjects", "IXI002,ixi012"],
+                    tmp_path, env)
+    assert again.returncode == 0, again.stderr
+    assert {s: stamps(s) for s in ("ixi002", "ixi012")} == \
+        {s: before[s] for s in ("ixi002", "ixi012")}
+    assert stamps("avg152") != before["avg152"]
+    os.utime(written["t2"], ns=(1, 1))
+    one = run_cli(["prepare", "ixi", folder, dst, "--subjects", "IXI002"], tmp_path, env)
+    assert one.returncode == 0, one.stderr
+    assert stamps("ixi002") != before["ixi002"] and "8 subjects" not in one.stdout
+    assert "ixi012" not in json.loads((dst / "dataset.json").read_text())["subjects"]
+
+    bad = run_cli(["prepare", "ixi", folder, tmp_path / "x", "--subjects", "IXI099"],
+                  tmp_path, env)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "IXI099" in bad.stderr and "T1 and a T2 or PD" in bad.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_scan_subject_moves_a_second_echo_with_its_first(monkeypatch):
+    """IXI's PD shares its T2's acquisition and grid: it takes the T2's
+    matrix (one registration fewer); a PD on another grid is registered."""
+    import fastsyn.imaffine
+
+    calls = []
+    real_registration = fastsyn.imaffine.affine_registration
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("pipeline"))
+        return real_registration(*args, **kwargs)
+
+    monkeypatch.setattr(fastsyn.imaffine, "affine_registration", counted)
+    t1, affine = realset._spm_image(None, "avg152T1")
+    shape, grid = realset.grid_at_resolution(t1.shape, affine, 4.0)
+    mask = np.zeros(shape, bool)
+    mask[10:35, 10:44, 10:35] = True
+    scans = {m: realset._spm_image(None, f"avg152{m.upper()}") for m in ("t1", "t2", "pd")}
+    moved = np.diag([1.0, 1.0, 1.0, 1.0])
+    moved[:3, 3] = [0.0, 0.0, 8.0]
+    shifted_pd = (scans["pd"][0], moved @ scans["pd"][1])
+    for pd, registrations in ((scans["pd"], 2), (shifted_pd, 3)):
+        calls.clear()
+        name, images, labels, inside, _ = realset._scan_subject(
+            "s", {**scans, "pd": pd}, (t1, affine), (shape, grid), mask, num_threads=2,
+            same_acquisition={"pd": "t2"})
+        assert len(calls) == registrations and sorted(images) == ["pd", "t1", "t2"]
+        r = np.corrcoef(images["pd"][inside], images["t2"][inside])[0, 1]
+        assert r > 0.5                                     # the PD lies where the T2 lies
+    assert np.array_equal(labels > 0, inside)
 
 
 def test_study_pairs_with_a_subject(real, tmp_path):

@@ -37,6 +37,16 @@ Subjects
     slab leaves out the top and bottom of the head).  The licence forbids
     commercial use, so the files are not shipped: the user's copy is
     converted, and the notice is written beside the set (``NOTICE-niivue.txt``).
+``ixi<number>`` (only with ``fastsyn prepare ixi``)
+    T1, T2 and PD of the IXI dataset (https://brain-development.org/ixi-dataset/,
+    CC BY-SA 3.0): real single scans of many people, heads, 0.94 x 0.94 x
+    1.2 mm, from a copy of its ``IXI-T1``, ``IXI-T2`` and ``IXI-PD`` archives
+    (files ``IXI002-Guys-0828-T1.nii.gz`` and so on, in one folder or in
+    subfolders).  Each subject is aligned as ``chris``: the T1 affinely to
+    avg152T1, the T2 rigidly to the T1 and the PD with it (IXI's T2 and PD are
+    the two echoes of one acquisition, on one grid; a PD on another grid is
+    registered on its own), then masked and labelled the same way.  The
+    notice is written beside the set (``NOTICE-ixi.txt``).
 
 The SPM images share SPM's 2 mm MNI grid (91 x 109 x 91); all are in MNI
 space after an affine registration, so the remaining differences between two
@@ -81,6 +91,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +104,7 @@ __all__ = [
     "SYNTHETIC_COHORT",
     "SPM12_IMAGES",
     "NIIVUE_IMAGES",
+    "find_ixi_scans",
     "tissue_classes",
     "grid_at_resolution",
     "check_resolution",
@@ -133,6 +146,21 @@ the SPM12 avg152T1 grid (affine for the T1, rigid PD-to-T1), resampled to
 {resolution:g} mm, masked with the MNI152 2009 brain mask, tissue classes added.
 Non-commercial use only.
 """
+#: An IXI scan's file name: subject number, site, series, contrast.
+IXI_FILE = re.compile(r"^IXI(\d+)-([A-Za-z]+)-(\d+)-(T1|T2|PD)\.nii(\.gz)?$")
+#: Written beside a set built with IXI scans (their licence asks for it).
+IXI_NOTICE = """\
+The subjects ixi* of this folder are derived from the IXI dataset
+(https://brain-development.org/ixi-dataset/), distributed under the Creative
+Commons Attribution-ShareAlike 3.0 licence
+(https://creativecommons.org/licenses/by-sa/3.0/).  Changes: registered to
+the SPM12 avg152T1 grid (affine for the T1, rigid T2-to-T1 with the PD moved
+as its T2), resampled to {resolution:g} mm, masked with the MNI152 2009 brain
+mask, tissue classes added.  Derived files are shared under the same licence.
+"""
+#: Written into a set's folder as its IXI subjects are finished, so that a
+#: rerun keeps them (see :func:`build_real_set`).
+IXI_DONE = ".ixi-done.json"
 #: Embedded-multi subjects used as synthetic T2/FLAIR partners, and their names here.
 _SYNTHETIC = {"S01": "synthetic01", "S02": "synthetic02"}
 #: The cohort they come from (arguments of ``load_dataset``).
@@ -265,9 +293,11 @@ def _mni2009_on(shape, affine, resolution=2.0):
     return t1.astype(np.float32), mask
 
 
-def _real_subjects(spm_dir, niivue_dir=None, num_threads=None, resolution=2.0, heads=False):
+def _real_subjects(spm_dir, niivue_dir=None, num_threads=None, resolution=2.0, heads=False,
+                   ixi=None):
     """Yield (name, images, labels, mask, affine) for the real anatomies
-    (with ``heads`` the SPM subjects' images unmasked)."""
+    (with ``heads`` the SPM subjects' images unmasked; ``ixi``: the IXI
+    subjects' scans and the set's folder, see :func:`_ixi_subjects`)."""
     ref, ref_affine = _spm_image(spm_dir, SPM12_IMAGES[("avg152", "t1")])
     shape, affine = grid_at_resolution(ref.shape, ref_affine, resolution)
     mni_t1, mask = _mni2009_on(shape, affine, resolution)
@@ -288,25 +318,18 @@ def _real_subjects(spm_dir, niivue_dir=None, num_threads=None, resolution=2.0, h
                      for m, v in images.items()}, labels, mask, affine
     if niivue_dir is not None:
         yield _niivue_subject(niivue_dir, (ref, ref_affine), (shape, affine), mask, num_threads)
+    if ixi is not None:
+        yield from _ixi_subjects(*ixi, (ref, ref_affine), (shape, affine), mask, resolution,
+                                 num_threads)
 
 
 def _niivue_image(folder, filename):
-    """A niivue-demo-images volume as a nibabel image, checked."""
-    import nibabel as nib
-
+    """A niivue-demo-images volume as (data, affine), checked."""
     path = Path(folder).expanduser() / filename
     if not path.is_file():
         raise FileNotFoundError(f"{filename} not found in {folder} (expected a copy of "
                                 "https://github.com/niivue/niivue-demo-images)")
-    try:
-        img = nib.load(str(path))
-        data = np.asarray(img.dataobj, dtype=np.float32)
-    except Exception as exc:  # nibabel raises several kinds for a damaged file
-        raise ValueError(f"{path}: not a readable NIfTI image ({exc})") from None
-    if data.ndim != 3 or not np.isfinite(data).all() or not np.ptp(data) > 0:
-        raise ValueError(f"{path}: expected a finite 3D image with contrast, got shape "
-                         f"{data.shape}")
-    return data, np.asarray(img.affine, dtype=np.float64)
+    return _scan_image(path, "niivue-demo-images")
 
 
 def _on_grid(data, data_affine, world_map, shape, affine):
@@ -318,37 +341,164 @@ def _on_grid(data, data_affine, world_map, shape, affine):
 
 
 def _niivue_subject(niivue_dir, reference, grid, mask, num_threads=None):
-    """(name, images, labels, mask, affine) of ``chris`` on the study grid.
+    """(name, images, labels, mask, affine) of ``chris`` on the study grid
+    (:func:`_scan_subject`)."""
+    scans = {m: _niivue_image(niivue_dir, NIIVUE_IMAGES[("chris", m)]) for m in ("t1", "pd")}
+    return _scan_subject("chris", scans, reference, grid, mask, num_threads)
 
-    The T1 is registered affinely to avg152T1 (``reference``: its data and
-    affine; both with their skulls), the PD rigidly to the T1; each image is
-    resampled once, through the composed matrices, onto ``grid`` (shape,
-    affine).
+
+def _scan_subject(name, scans, reference, grid, mask, num_threads=None, same_acquisition=None):
+    """(name, images, labels, mask, affine) of one person's scans on the study grid.
+
+    ``scans`` maps modalities to (data, affine), a ``t1`` among them.  The T1
+    is registered affinely to avg152T1 (``reference``: its data and affine;
+    both with their skulls), every other scan rigidly to the T1, except one
+    that ``same_acquisition`` maps to another modality of the same
+    acquisition on the same grid (IXI's PD to its T2), which moves with that
+    one.  Each image is resampled once, through the composed matrices, onto
+    ``grid`` (shape, affine); the mask is ``mask`` where every scan other than
+    the T1 has data.
     """
     from ..imaffine import affine_registration
     from ..register import _quiet_dipy
 
     ref, ref_affine = reference
     shape, affine = grid
-
-    (t1, t1_affine), (pd, pd_affine) = (_niivue_image(niivue_dir, NIIVUE_IMAGES[("chris", m)])
-                                        for m in ("t1", "pd"))
-    # Both matrices map points of the static world to the moving world.
+    t1, t1_affine = scans["t1"]
+    same_acquisition = same_acquisition or {}
+    # Every matrix maps points of the static world to the moving world.
+    to = {}
     with _quiet_dipy():
-        _, to_t1 = affine_registration(t1, ref, t1_affine, ref_affine, num_threads=num_threads)
-        _, pd_to_t1 = affine_registration(pd, t1, pd_affine, t1_affine,
-                                          pipeline=["center_of_mass", "translation", "rigid"],
+        _, to["t1"] = affine_registration(t1, ref, t1_affine, ref_affine,
                                           num_threads=num_threads)
-    to_pd = pd_to_t1 @ to_t1
-    images = {"t1": _on_grid(t1, t1_affine, to_t1, shape, affine),
-              "pd": _on_grid(pd, pd_affine, to_pd, shape, affine)}
-    # The PD slab covers less of the head than the T1: keep the voxels whose
-    # interpolation stencil lies wholly inside it.
-    coverage = _on_grid(np.ones_like(pd), pd_affine, to_pd, shape, affine)
-    inside = mask & (coverage > 0.999)
+        for modality, (data, data_affine) in scans.items():
+            if modality in to:
+                continue
+            partner = same_acquisition.get(modality)
+            if partner in to and data.shape == scans[partner][0].shape \
+                    and np.allclose(data_affine, scans[partner][1], atol=1e-3):
+                to[modality] = to[partner]
+                continue
+            _, to_t1 = affine_registration(data, t1, data_affine, t1_affine,
+                                           pipeline=["center_of_mass", "translation", "rigid"],
+                                           num_threads=num_threads)
+            to[modality] = to_t1 @ to["t1"]
+    images = {m: _on_grid(data, data_affine, to[m], shape, affine)
+              for m, (data, data_affine) in scans.items()}
+    # A slab (chris's PD) covers less of the head than the T1: keep the voxels
+    # whose interpolation stencil lies wholly inside every other scan.
+    inside = np.array(mask, dtype=bool)
+    for modality, (data, data_affine) in scans.items():
+        if modality != "t1":
+            coverage = _on_grid(np.ones_like(data), data_affine, to[modality], shape, affine)
+            inside &= coverage > 0.999
     labels = tissue_classes(images["t1"], inside)
-    return ("chris", {m: np.where(inside, v, 0).astype(np.float32) for m, v in images.items()},
+    return (name, {m: np.where(inside, v, 0).astype(np.float32) for m, v in images.items()},
             labels, inside, affine)
+
+
+def find_ixi_scans(folder):
+    """The IXI scans under ``folder``, by subject.
+
+    Parameters
+    ----------
+    folder : str or Path
+        A copy of IXI's ``IXI-T1``, ``IXI-T2`` and ``IXI-PD`` archives,
+        extracted into it or into subfolders of it (any depth).
+
+    Returns
+    -------
+    dict
+        ``{"ixi002": {"t1": path, "t2": path, "pd": path}, ...}`` (names in
+        lower case), sorted by subject, only subjects with a T1 and a T2 or a
+        PD (a deformable pair needs two contrasts, and the T1 aligns and
+        labels the subject).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``folder`` is not a folder or holds no such subject.
+    ValueError
+        If two files give one subject the same contrast.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"IXI folder not found: {folder}")
+    found = {}
+    for path in sorted(folder.rglob("IXI*")):
+        match = IXI_FILE.match(path.name)
+        if match is None or not path.is_file():
+            continue
+        subject, modality = f"ixi{match.group(1)}", match.group(4).lower()
+        if modality in found.setdefault(subject, {}):
+            raise ValueError(f"two IXI {match.group(4)} scans of subject IXI{match.group(1)}: "
+                             f"{found[subject][modality]} and {path}")
+        found[subject][modality] = path
+    usable = {k: v for k, v in sorted(found.items())
+              if "t1" in v and ("t2" in v or "pd" in v)}
+    if not usable:
+        raise FileNotFoundError(
+            f"no IXI subject with a T1 and a T2 or PD under {folder} (expected files such "
+            "as IXI002-Guys-0828-T1.nii.gz and IXI002-Guys-0828-T2.nii.gz)")
+    return usable
+
+
+def _ixi_key(scans, resolution):
+    """What a finished IXI subject was built from: the set's version and
+    voxel size, and each scan's file name, size and time (not its folder, so
+    that a moved copy is still recognised)."""
+    return {"version": REALSET_VERSION, "resolution": resolution,
+            "files": {m: [Path(p).name, Path(p).stat().st_size, Path(p).stat().st_mtime_ns]
+                      for m, p in sorted(scans.items())}}
+
+
+def _ixi_subjects(scans_by_subject, dst, reference, grid, mask, resolution, num_threads=None):
+    """Yield (name, images, labels, mask, affine) of each IXI subject not yet
+    finished in ``dst``, else (name, None, ...) for one that is."""
+    done_file = dst / IXI_DONE
+    try:
+        done = json.loads(done_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        done = {}
+    for name, files in scans_by_subject.items():
+        key = _ixi_key(files, resolution)
+        if done.get(name) == key and (dst / name / "labels.nii.gz").is_file():
+            yield name, None, None, None, None
+            continue
+        scans = {m: _scan_image(files[m], f"IXI {m.upper()} of {name}")
+                 for m in ("t1", "t2", "pd") if m in files}
+        yield _scan_subject(name, scans, reference, grid, mask, num_threads,
+                            same_acquisition={"pd": "t2"})
+
+
+def _mark_ixi_done(dst, name, files, resolution):
+    """Record one finished IXI subject (atomically) for a rerun to keep."""
+    done_file = dst / IXI_DONE
+    try:
+        done = json.loads(done_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        done = {}
+    done[name] = _ixi_key(files, resolution)
+    tmp = done_file.with_name(done_file.name + ".tmp")
+    tmp.write_text(json.dumps(done, indent=1))
+    os.replace(tmp, done_file)
+
+
+def _scan_image(path, what):
+    """A scan as (data, affine), checked: 3D, finite, with contrast."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as exc:  # nibabel raises several kinds for a damaged file
+        raise ValueError(f"{path} ({what}): not a readable NIfTI image ({exc})") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3 or not np.isfinite(data).all() or not np.ptp(data) > 0:
+        raise ValueError(f"{path} ({what}): expected a finite 3D image with contrast, got "
+                         f"shape {data.shape}")
+    return data, np.asarray(img.affine, dtype=np.float64)
 
 
 def _synthetic_subjects(cohort):
@@ -370,8 +520,9 @@ def _synthetic_subjects(cohort):
 
 
 # ---------------------------------------------------------------------- build
-def build_real_set(dst, *, synthetic_cohort, spm_dir=None, niivue_dir=None, num_threads=None,
-                   progress=True, resolution=2.0, heads=False):
+def build_real_set(dst, *, synthetic_cohort, spm_dir=None, niivue_dir=None, ixi_dir=None,
+                   ixi_subjects=None, num_threads=None, progress=True, resolution=2.0,
+                   heads=False):
     """Write the real-anatomy study set into ``dst`` (see the module docstring).
 
     Parameters
@@ -389,8 +540,17 @@ def build_real_set(dst, *, synthetic_cohort, spm_dir=None, niivue_dir=None, num_
     niivue_dir : str or Path, optional
         A copy of niivue-demo-images: adds the subject ``chris``
         (:data:`NIIVUE_IMAGES`; the dataset is then named ``real-niivue``).
+    ixi_dir : str or Path, optional
+        A copy of the IXI dataset's T1, T2 and PD scans
+        (:func:`find_ixi_scans`): adds its subjects (``ixi002``, ...; the
+        dataset is then named ``real-ixi``).  A subject finished by an
+        earlier build into ``dst`` from the same files is kept, not
+        registered again, so that an interrupted build resumes.
+    ixi_subjects : sequence of str, optional
+        The IXI subjects to add (``IXI002`` or ``ixi002``; default all found).
     num_threads : int or None, optional
-        Threads of the affine registrations that align ``chris``.
+        Threads of the affine registrations that align ``chris`` and the IXI
+        subjects.
     progress : bool
         Show progress bars.
     resolution : float
@@ -425,17 +585,26 @@ def build_real_set(dst, *, synthetic_cohort, spm_dir=None, niivue_dir=None, num_
     if niivue_dir is not None:
         for stem in NIIVUE_IMAGES.values():
             _niivue_image(niivue_dir, stem)          # a missing file fails before any work
+    ixi = None
+    if ixi_dir is not None:
+        ixi = _chosen_ixi_scans(ixi_dir, ixi_subjects)
+        if dst.resolve() == Path(ixi_dir).expanduser().resolve():
+            raise ValueError("destination must differ from the IXI folder")
+        ixi = (ixi, dst)
     dst.mkdir(parents=True, exist_ok=True)
     names, synthetic = [], []
-    real = _real_subjects(spm_dir, niivue_dir, num_threads, resolution, heads)
+    real = _real_subjects(spm_dir, niivue_dir, num_threads, resolution, heads, ixi)
     subjects = itertools.chain(real, _synthetic_subjects(synthetic_cohort()))
-    # the SPM subjects, mni2009, chris, the synthetic ones
+    # the SPM subjects, mni2009, chris, the IXI subjects, the synthetic ones
     total = (len({subject for subject, _ in SPM12_IMAGES}) + 1 + (niivue_dir is not None)
-             + len(_SYNTHETIC))
+             + (len(ixi[0]) if ixi else 0) + len(_SYNTHETIC))
     for name, images, labels, mask, affine in tqdm(subjects, desc="building the real set",
                                                    unit="subject", total=total,
                                                    disable=not progress):
-        _write_subject(dst, name, images, labels, mask, affine)
+        if images is not None:                       # None: an IXI subject kept from before
+            _write_subject(dst, name, images, labels, mask, affine)
+            if ixi and name in ixi[0]:
+                _mark_ixi_done(dst, name, ixi[0][name], resolution)
         names.append(name)
         if name in _SYNTHETIC.values():
             synthetic.append(name)
@@ -445,12 +614,39 @@ def build_real_set(dst, *, synthetic_cohort, spm_dir=None, niivue_dir=None, num_
         (dst / "NOTICE-niivue.txt").write_text(NIIVUE_NOTICE.format(resolution=resolution))
         source += f"; niivue-demo-images copy {niivue_dir}"
         set_name = f"{REAL}-niivue"
+    if ixi_dir is not None:
+        (dst / "NOTICE-ixi.txt").write_text(IXI_NOTICE.format(resolution=resolution))
+        source += f"; IXI copy {ixi_dir}"
+        set_name += "-ixi"
     set_name += (HEADS_SUFFIX if heads else "") + resolution_suffix(resolution)
     write_dataset_stamp(dst, set_name, _MODALITIES, names, sparse_modalities=True,
                         synthetic=synthetic, labels=TISSUE_NAMES, source=source,
                         version=REALSET_VERSION, generator="fastsyn.bench.realset",
                         resolution=resolution, **({"heads": True} if heads else {}))
     return load_folder(dst, check=False)
+
+
+def _chosen_ixi_scans(ixi_dir, subjects):
+    """:func:`find_ixi_scans`, restricted to ``subjects`` (in their order)."""
+    found = find_ixi_scans(ixi_dir)
+    if subjects is None:
+        return found
+    if isinstance(subjects, (str, bytes)):
+        raise TypeError(f"ixi_subjects must be a sequence of subject names, got the string "
+                        f"{subjects!r}")
+    chosen, missing = {}, []
+    for subject in subjects:
+        name = str(subject).strip().lower()
+        if name in found:
+            chosen[name] = found[name]
+        else:
+            missing.append(subject)
+    if missing:
+        raise ValueError(f"IXI subjects without a T1 and a T2 or PD under {ixi_dir}: {missing} "
+                         f"(found {len(found)}, e.g. {', '.join(list(found)[:3])})")
+    if not chosen:
+        raise ValueError("ixi_subjects is empty")
+    return chosen
 
 
 def load_real_set(root, *, synthetic_cohort, progress=True, resolution=2.0, heads=False):
