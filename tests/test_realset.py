@@ -304,10 +304,14 @@ def test_prepare_ixi_aligns_each_subject_and_resumes(real, tmp_path):
     other = _rotation_x(-3.0, [1.0, 2.0, -4.0])
     _write_ixi_scans(folder, spm, "IXI012-HH-1211", other, other)
     (folder / "IXI012-HH-1211-PD.nii.gz").unlink()
-    (folder / "IXI099-IOP-0001-T1.nii.gz").write_bytes(written["t1"].read_bytes())  # T1 only
+    (folder / "IXI099-IOP-0001-T2.nii.gz").write_bytes(written["t1"].read_bytes())  # no T1
     (folder / "IXI-T1" / "README.txt").write_text("not a scan")
     found = realset.find_ixi_scans(folder)
     assert list(found) == ["ixi002", "ixi012"] and sorted(found["ixi012"]) == ["t1", "t2"]
+    (folder / "IXI-T1" / "IXI002-Guys-0828-T1.nii").write_bytes(b"")
+    with pytest.raises(ValueError, match="two IXI T1 scans of subject IXI002"):
+        realset.find_ixi_scans(folder)
+    (folder / "IXI-T1" / "IXI002-Guys-0828-T1.nii").unlink()
 
     env = cli_env(FASTSYN_CACHE=str(cache))
     dst = tmp_path / "real-ixi"
@@ -351,8 +355,65 @@ def test_prepare_ixi_aligns_each_subject_and_resumes(real, tmp_path):
     bad = run_cli(["prepare", "ixi", folder, tmp_path / "x", "--subjects", "IXI099"],
                   tmp_path, env)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert "IXI099" in bad.stderr and "T1 and a T2 or PD" in bad.stderr
+    assert "IXI099" in bad.stderr and "without a T1" in bad.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_find_bids_scans_takes_one_file_per_person_and_contrast(tmp_path):
+    """A BIDS dataset's people: the first file of each contrast in path order
+    (a later session or run is one more scan of the same anatomy), only
+    people with a T1w, other suffixes and derivatives ignored."""
+    files = ["sub-01/anat/sub-01_T1w.nii.gz", "sub-01/anat/sub-01_T2w.nii.gz",
+             "sub-01/anat/sub-01_T2starw.nii.gz", "sub-01/anat/sub-01_T1w.json",
+             "sub-02/ses-1/anat/sub-02_ses-1_run-1_T1w.nii",
+             "sub-02/ses-1/anat/sub-02_ses-1_run-2_T1w.nii",
+             "sub-02/ses-1/anat/sub-02_ses-1_acq-fast_FLAIR.nii.gz",
+             "sub-02/ses-2/anat/sub-02_ses-2_T1w.nii.gz", "sub-02/ses-2/anat/sub-02_ses-2_PDw.nii",
+             "sub-03/anat/sub-03_T2w.nii.gz", "derivatives/sub-04/anat/sub-04_T1w.nii.gz",
+             "sub-05/func/sub-05_T1w.nii.gz"]
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    found = realset.find_bids_scans(tmp_path)
+    assert {k: {m: str(p.relative_to(tmp_path)) for m, p in v.items()}
+            for k, v in found.items()} == {
+        "sub-01": {"t1": files[0], "t2": files[1]},
+        "sub-02": {"t1": files[4], "flair": files[6], "pd": files[8]}}
+    chosen = realset._chosen_scans(tmp_path, "bids", ["02", "sub-01"])
+    assert list(chosen) == ["sub-02", "sub-01"]
+    with pytest.raises(ValueError, match=r"without a T1 in the BIDS folder .*\['03'\]"):
+        realset._chosen_scans(tmp_path, "bids", ["03"])
+    with pytest.raises(FileNotFoundError, match="no BIDS subject with a T1"):
+        realset.find_bids_scans(tmp_path / "sub-03")
+
+
+def test_prepare_bids_adds_the_people_of_a_bids_dataset(real, tmp_path):
+    """`fastsyn prepare bids BIDS_DIR DST --subjects 01`: the set plus
+    ``sub-01`` (avg152's T1 moved onto another grid), realigned."""
+    ds, cache = real
+    t1, spm_affine = realset._spm_image(None, "avg152T1")
+    grid = np.diag([2.2, 2.2, 2.2, 1.0])
+    grid[:3, 3] = [-100.0, -130.0, -90.0]
+    to_t1 = _rotation_x(-4.0, [2.0, 3.0, -2.0])
+    anat = tmp_path / "bids" / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    data = _resampled(t1, spm_affine, (91, 110, 85), grid, np.linalg.inv(to_t1))
+    nib.save(nib.Nifti1Image(data.astype(np.float32), grid), str(anat / "sub-01_T1w.nii.gz"))
+    (tmp_path / "bids" / "sub-02" / "anat").mkdir(parents=True)
+    env = cli_env(FASTSYN_CACHE=str(cache))
+    dst = tmp_path / "real-bids"
+    proc = run_cli(["prepare", "bids", tmp_path / "bids", dst, "--subjects", "01"], tmp_path, env)
+    assert proc.returncode == 0, proc.stderr
+    assert "prepared bids" in proc.stdout and "7 subjects" in proc.stdout
+    stamp = json.loads((dst / "dataset.json").read_text())
+    assert stamp["name"] == "real-bids" and "sub-01" in stamp["subjects"]
+    assert not list(dst.glob("NOTICE*"))                   # the user's own data
+    mask = np.asarray(nib.load(str(dst / "sub-01" / "mask.nii.gz")).dataobj) > 0
+    got = np.asarray(nib.load(str(dst / "sub-01" / "t1.nii.gz")).dataobj)
+    assert np.corrcoef(got[mask], t1[mask])[0, 1] > 0.98
+    pairs = study.study_pairs(load_dataset(str(dst), cache_dir=cache, progress=False),
+                              pairs_with=["sub-01"])
+    assert pairs and {p.fixed_modality for p in pairs if p.moving == "sub-01"} >= {"t2", "pd"}
 
 
 def test_scan_subject_moves_a_second_echo_with_its_first(monkeypatch):
@@ -378,10 +439,12 @@ def test_scan_subject_moves_a_second_echo_with_its_first(monkeypatch):
     shifted_pd = (scans["pd"][0], moved @ scans["pd"][1])
     for pd, registrations in ((scans["pd"], 2), (shifted_pd, 3)):
         calls.clear()
+        # the PD listed first (as IXI-PD/ sorts before IXI-T2/): the T2 still leads
         name, images, labels, inside, _ = realset._scan_subject(
-            "s", {**scans, "pd": pd}, (t1, affine), (shape, grid), mask, num_threads=2,
-            same_acquisition={"pd": "t2"})
+            "s", {"pd": pd, "t2": scans["t2"], "t1": scans["t1"]}, (t1, affine),
+            (shape, grid), mask, num_threads=2, same_acquisition={"pd": "t2"})
         assert len(calls) == registrations and sorted(images) == ["pd", "t1", "t2"]
+        assert calls[0] is None                            # the T1's affine pipeline first
         r = np.corrcoef(images["pd"][inside], images["t2"][inside])[0, 1]
         assert r > 0.5                                     # the PD lies where the T2 lies
     assert np.array_equal(labels > 0, inside)

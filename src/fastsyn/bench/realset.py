@@ -47,6 +47,9 @@ Subjects
     the two echoes of one acquisition, on one grid; a PD on another grid is
     registered on its own), then masked and labelled the same way.  The
     notice is written beside the set (``NOTICE-ixi.txt``).
+``sub-<label>`` (only with ``fastsyn prepare bids``)
+    The T1w, T2w, PDw and FLAIR scans of a BIDS dataset's people (your own
+    cohort), each aligned, masked and labelled as ``chris``.
 
 The SPM images share SPM's 2 mm MNI grid (91 x 109 x 91); all are in MNI
 space after an affine registration, so the remaining differences between two
@@ -105,6 +108,7 @@ __all__ = [
     "SPM12_IMAGES",
     "NIIVUE_IMAGES",
     "find_ixi_scans",
+    "find_bids_scans",
     "tissue_classes",
     "grid_at_resolution",
     "check_resolution",
@@ -158,9 +162,14 @@ the SPM12 avg152T1 grid (affine for the T1, rigid T2-to-T1 with the PD moved
 as its T2), resampled to {resolution:g} mm, masked with the MNI152 2009 brain
 mask, tissue classes added.  Derived files are shared under the same licence.
 """
-#: Written into a set's folder as its IXI subjects are finished, so that a
-#: rerun keeps them (see :func:`build_real_set`).
-IXI_DONE = ".ixi-done.json"
+#: A BIDS anatomical file: subject, then the suffix (other entities between).
+BIDS_FILE = re.compile(r"^(sub-[A-Za-z0-9]+)(?:_[A-Za-z]+-[A-Za-z0-9]+)*_(T1w|T2w|PDw|PD|FLAIR)"
+                       r"\.nii(?:\.gz)?$")
+#: BIDS anatomical suffixes read, and the set's modality of each.
+BIDS_SUFFIXES = {"T1w": "t1", "T2w": "t2", "PDw": "pd", "PD": "pd", "FLAIR": "flair"}
+#: Written into a set's folder as the subjects of a folder of scans are
+#: finished, so that a rerun keeps them (see :func:`build_real_set`).
+SCANS_DONE = ".scans-done.json"
 #: Embedded-multi subjects used as synthetic T2/FLAIR partners, and their names here.
 _SYNTHETIC = {"S01": "synthetic01", "S02": "synthetic02"}
 #: The cohort they come from (arguments of ``load_dataset``).
@@ -294,10 +303,11 @@ def _mni2009_on(shape, affine, resolution=2.0):
 
 
 def _real_subjects(spm_dir, niivue_dir=None, num_threads=None, resolution=2.0, heads=False,
-                   ixi=None):
+                   scans=None):
     """Yield (name, images, labels, mask, affine) for the real anatomies
-    (with ``heads`` the SPM subjects' images unmasked; ``ixi``: the IXI
-    subjects' scans and the set's folder, see :func:`_ixi_subjects`)."""
+    (with ``heads`` the SPM subjects' images unmasked; ``scans``: the
+    subjects of a folder of scans, the set's folder and the layout, see
+    :func:`_scan_subjects`)."""
     ref, ref_affine = _spm_image(spm_dir, SPM12_IMAGES[("avg152", "t1")])
     shape, affine = grid_at_resolution(ref.shape, ref_affine, resolution)
     mni_t1, mask = _mni2009_on(shape, affine, resolution)
@@ -318,9 +328,9 @@ def _real_subjects(spm_dir, niivue_dir=None, num_threads=None, resolution=2.0, h
                      for m, v in images.items()}, labels, mask, affine
     if niivue_dir is not None:
         yield _niivue_subject(niivue_dir, (ref, ref_affine), (shape, affine), mask, num_threads)
-    if ixi is not None:
-        yield from _ixi_subjects(*ixi, (ref, ref_affine), (shape, affine), mask, resolution,
-                                 num_threads)
+    if scans is not None:
+        yield from _scan_subjects(*scans, (ref, ref_affine), (shape, affine), mask, resolution,
+                                  num_threads)
 
 
 def _niivue_image(folder, filename):
@@ -371,9 +381,11 @@ def _scan_subject(name, scans, reference, grid, mask, num_threads=None, same_acq
     with _quiet_dipy():
         _, to["t1"] = affine_registration(t1, ref, t1_affine, ref_affine,
                                           num_threads=num_threads)
-        for modality, (data, data_affine) in scans.items():
+        # a scan that may move with a partner comes after the others
+        for modality in sorted(scans, key=lambda m: m in same_acquisition):
             if modality in to:
                 continue
+            data, data_affine = scans[modality]
             partner = same_acquisition.get(modality)
             if partner in to and data.shape == scans[partner][0].shape \
                     and np.allclose(data_affine, scans[partner][1], atol=1e-3):
@@ -397,6 +409,27 @@ def _scan_subject(name, scans, reference, grid, mask, num_threads=None, same_acq
             labels, inside, affine)
 
 
+def _found_scans(folder, what, files, example):
+    """``{subject: {modality: path}}`` from (subject, modality, path) triples
+    in sorted path order: the first file of a contrast is kept, only subjects
+    with a T1 (it aligns and labels them)."""
+    found = {}
+    for subject, modality, path in files:
+        found.setdefault(subject, {}).setdefault(modality, path)
+    usable = {k: v for k, v in sorted(found.items()) if "t1" in v}
+    if not usable:
+        raise FileNotFoundError(f"no {what} subject with a T1 under {folder} (expected files "
+                                f"such as {example})")
+    return usable
+
+
+def _scan_folder(folder, what):
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what} folder not found: {folder}")
+    return folder
+
+
 def find_ixi_scans(folder):
     """The IXI scans under ``folder``, by subject.
 
@@ -410,9 +443,8 @@ def find_ixi_scans(folder):
     -------
     dict
         ``{"ixi002": {"t1": path, "t2": path, "pd": path}, ...}`` (names in
-        lower case), sorted by subject, only subjects with a T1 and a T2 or a
-        PD (a deformable pair needs two contrasts, and the T1 aligns and
-        labels the subject).
+        lower case), sorted by subject, only subjects with a T1 (it aligns
+        and labels the subject).
 
     Raises
     ------
@@ -421,67 +453,124 @@ def find_ixi_scans(folder):
     ValueError
         If two files give one subject the same contrast.
     """
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise FileNotFoundError(f"IXI folder not found: {folder}")
-    found = {}
+    folder = _scan_folder(folder, "IXI")
+    files = []
     for path in sorted(folder.rglob("IXI*")):
         match = IXI_FILE.match(path.name)
         if match is None or not path.is_file():
             continue
         subject, modality = f"ixi{match.group(1)}", match.group(4).lower()
-        if modality in found.setdefault(subject, {}):
-            raise ValueError(f"two IXI {match.group(4)} scans of subject IXI{match.group(1)}: "
-                             f"{found[subject][modality]} and {path}")
-        found[subject][modality] = path
-    usable = {k: v for k, v in sorted(found.items())
-              if "t1" in v and ("t2" in v or "pd" in v)}
-    if not usable:
-        raise FileNotFoundError(
-            f"no IXI subject with a T1 and a T2 or PD under {folder} (expected files such "
-            "as IXI002-Guys-0828-T1.nii.gz and IXI002-Guys-0828-T2.nii.gz)")
-    return usable
+        if any(s == subject and m == modality for s, m, _ in files):
+            raise ValueError(f"two IXI {match.group(4)} scans of subject IXI{match.group(1)}")
+        files.append((subject, modality, path))
+    return _found_scans(folder, "IXI", files, "IXI002-Guys-0828-T1.nii.gz")
 
 
-def _ixi_key(scans, resolution):
-    """What a finished IXI subject was built from: the set's version and
-    voxel size, and each scan's file name, size and time (not its folder, so
-    that a moved copy is still recognised)."""
+def find_bids_scans(folder):
+    """The anatomical scans of a BIDS dataset, by subject.
+
+    Parameters
+    ----------
+    folder : str or Path
+        A BIDS dataset: ``sub-<label>/[ses-<label>/]anat/`` folders with
+        files ``sub-<label>[_<key>-<value>...]_<suffix>.nii[.gz]``; the
+        suffixes read are those of :data:`BIDS_SUFFIXES`.
+
+    Returns
+    -------
+    dict
+        ``{"sub-01": {"t1": path, "t2": path, ...}, ...}``, sorted by
+        subject, only subjects with a T1w.  Where a subject has several files
+        of one contrast (sessions, runs, acquisitions), the first in sorted
+        path order is taken: each subject is one person, so that every pair
+        is of two anatomies.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``folder`` is not a folder or holds no subject with a T1w.
+    """
+    folder = _scan_folder(folder, "BIDS")
+    files = []
+    for path in sorted(folder.glob("sub-*/**/anat/sub-*")):   # ** also matches no folder
+        match = BIDS_FILE.match(path.name)
+        if match is not None and path.is_file():
+            files.append((match.group(1), BIDS_SUFFIXES[match.group(2)], path))
+    return _found_scans(folder, "BIDS", files, "sub-01/anat/sub-01_T1w.nii.gz")
+
+
+#: Folders of people's scans that ``build_real_set`` adds: how to find their
+#: subjects, how a subject may be named, which contrast moves with another
+#: (the same acquisition, on the same grid), and the notice written beside.
+SCAN_LAYOUTS = {
+    "ixi": {"find": find_ixi_scans, "name": lambda s: s.strip().lower(),
+            "same_acquisition": {"pd": "t2"}, "notice": ("NOTICE-ixi.txt", IXI_NOTICE)},
+    "bids": {"find": find_bids_scans,
+             "name": lambda s: s.strip() if s.strip().startswith("sub-") else
+             f"sub-{s.strip()}", "same_acquisition": {}, "notice": None},
+}
+
+
+def _chosen_scans(folder, layout, subjects):
+    """The subjects of a folder of scans (:data:`SCAN_LAYOUTS`), restricted to
+    ``subjects`` (in their order)."""
+    spec = SCAN_LAYOUTS[layout]
+    found = spec["find"](folder)
+    if subjects is None:
+        return found
+    if isinstance(subjects, (str, bytes)):
+        raise TypeError(f"scan_subjects must be a sequence of subject names, got the string "
+                        f"{subjects!r}")
+    names = [spec["name"](str(s)) for s in subjects]
+    missing = [s for s, name in zip(subjects, names) if name not in found]
+    if missing:
+        raise ValueError(f"subjects without a T1 in the {layout.upper()} folder {folder}: "
+                         f"{missing} (found {len(found)}, e.g. {', '.join(list(found)[:3])})")
+    if not names:
+        raise ValueError("scan_subjects is empty")
+    return {name: found[name] for name in names}
+
+
+def _scans_key(scans, resolution):
+    """What a finished subject was built from: the set's version and voxel
+    size, and each scan's file name, size and time (not its folder, so that a
+    moved copy is still recognised)."""
     return {"version": REALSET_VERSION, "resolution": resolution,
             "files": {m: [Path(p).name, Path(p).stat().st_size, Path(p).stat().st_mtime_ns]
                       for m, p in sorted(scans.items())}}
 
 
-def _ixi_subjects(scans_by_subject, dst, reference, grid, mask, resolution, num_threads=None):
-    """Yield (name, images, labels, mask, affine) of each IXI subject not yet
-    finished in ``dst``, else (name, None, ...) for one that is."""
-    done_file = dst / IXI_DONE
+def _read_done(dst):
     try:
-        done = json.loads(done_file.read_text())
+        return json.loads((dst / SCANS_DONE).read_text())
     except (OSError, json.JSONDecodeError):
-        done = {}
-    for name, files in scans_by_subject.items():
-        key = _ixi_key(files, resolution)
-        if done.get(name) == key and (dst / name / "labels.nii.gz").is_file():
+        return {}
+
+
+def _scan_subjects(found, dst, layout, reference, grid, mask, resolution, num_threads=None):
+    """Yield (name, images, labels, mask, affine) of each subject of a folder
+    of scans not yet finished in ``dst``, else (name, None, ...) for one that
+    is."""
+    done = _read_done(dst)
+    same_acquisition = SCAN_LAYOUTS[layout]["same_acquisition"]
+    for name, files in found.items():
+        if done.get(name) == _scans_key(files, resolution) \
+                and (dst / name / "labels.nii.gz").is_file():
             yield name, None, None, None, None
             continue
-        scans = {m: _scan_image(files[m], f"IXI {m.upper()} of {name}")
-                 for m in ("t1", "t2", "pd") if m in files}
+        scans = {m: _scan_image(files[m], f"{m.upper()} of {name}")
+                 for m in _MODALITIES if m in files}
         yield _scan_subject(name, scans, reference, grid, mask, num_threads,
-                            same_acquisition={"pd": "t2"})
+                            same_acquisition=same_acquisition)
 
 
-def _mark_ixi_done(dst, name, files, resolution):
-    """Record one finished IXI subject (atomically) for a rerun to keep."""
-    done_file = dst / IXI_DONE
-    try:
-        done = json.loads(done_file.read_text())
-    except (OSError, json.JSONDecodeError):
-        done = {}
-    done[name] = _ixi_key(files, resolution)
-    tmp = done_file.with_name(done_file.name + ".tmp")
+def _mark_done(dst, name, files, resolution):
+    """Record one finished subject (atomically) for a rerun to keep."""
+    done = _read_done(dst)
+    done[name] = _scans_key(files, resolution)
+    tmp = dst / (SCANS_DONE + ".tmp")
     tmp.write_text(json.dumps(done, indent=1))
-    os.replace(tmp, done_file)
+    os.replace(tmp, dst / SCANS_DONE)
 
 
 def _scan_image(path, what):
@@ -520,9 +609,9 @@ def _synthetic_subjects(cohort):
 
 
 # ---------------------------------------------------------------------- build
-def build_real_set(dst, *, synthetic_cohort, spm_dir=None, niivue_dir=None, ixi_dir=None,
-                   ixi_subjects=None, num_threads=None, progress=True, resolution=2.0,
-                   heads=False):
+def build_real_set(dst, *, synthetic_cohort, spm_dir=None, niivue_dir=None, scans_dir=None,
+                   scans_layout="ixi", scan_subjects=None, num_threads=None, progress=True,
+                   resolution=2.0, heads=False):
     """Write the real-anatomy study set into ``dst`` (see the module docstring).
 
     Parameters
@@ -540,17 +629,23 @@ def build_real_set(dst, *, synthetic_cohort, spm_dir=None, niivue_dir=None, ixi_
     niivue_dir : str or Path, optional
         A copy of niivue-demo-images: adds the subject ``chris``
         (:data:`NIIVUE_IMAGES`; the dataset is then named ``real-niivue``).
-    ixi_dir : str or Path, optional
-        A copy of the IXI dataset's T1, T2 and PD scans
-        (:func:`find_ixi_scans`): adds its subjects (``ixi002``, ...; the
-        dataset is then named ``real-ixi``).  A subject finished by an
-        earlier build into ``dst`` from the same files is kept, not
-        registered again, so that an interrupted build resumes.
-    ixi_subjects : sequence of str, optional
-        The IXI subjects to add (``IXI002`` or ``ixi002``; default all found).
+    scans_dir : str or Path, optional
+        A folder of people's scans, each person with a T1: adds them, each
+        aligned, masked and labelled as ``chris`` (:func:`_scan_subject`),
+        and the dataset is named ``real-ixi`` or ``real-bids``.  A subject
+        finished by an earlier build into ``dst`` from the same files is
+        kept, not registered again, so that an interrupted build resumes.
+    scans_layout : {"ixi", "bids"}
+        How ``scans_dir`` is laid out: a copy of the IXI dataset
+        (:func:`find_ixi_scans`; subjects ``ixi002``, ...; its notice is
+        written beside the set) or a BIDS dataset (:func:`find_bids_scans`;
+        subjects ``sub-01``, ...).
+    scan_subjects : sequence of str, optional
+        The subjects of ``scans_dir`` to add (``IXI002`` or ``ixi002``;
+        ``sub-01`` or ``01``); default all found.
     num_threads : int or None, optional
-        Threads of the affine registrations that align ``chris`` and the IXI
-        subjects.
+        Threads of the affine registrations that align ``chris`` and the
+        subjects of ``scans_dir``.
     progress : bool
         Show progress bars.
     resolution : float
@@ -585,26 +680,29 @@ def build_real_set(dst, *, synthetic_cohort, spm_dir=None, niivue_dir=None, ixi_
     if niivue_dir is not None:
         for stem in NIIVUE_IMAGES.values():
             _niivue_image(niivue_dir, stem)          # a missing file fails before any work
-    ixi = None
-    if ixi_dir is not None:
-        ixi = _chosen_ixi_scans(ixi_dir, ixi_subjects)
-        if dst.resolve() == Path(ixi_dir).expanduser().resolve():
-            raise ValueError("destination must differ from the IXI folder")
-        ixi = (ixi, dst)
+    scans = None
+    if scans_dir is not None:
+        if scans_layout not in SCAN_LAYOUTS:
+            raise ValueError(f"scans_layout must be one of {sorted(SCAN_LAYOUTS)}, got "
+                             f"{scans_layout!r}")
+        found = _chosen_scans(scans_dir, scans_layout, scan_subjects)
+        if dst.resolve() == Path(scans_dir).expanduser().resolve():
+            raise ValueError("destination must differ from the folder of scans")
+        scans = (found, dst, scans_layout)
     dst.mkdir(parents=True, exist_ok=True)
     names, synthetic = [], []
-    real = _real_subjects(spm_dir, niivue_dir, num_threads, resolution, heads, ixi)
+    real = _real_subjects(spm_dir, niivue_dir, num_threads, resolution, heads, scans)
     subjects = itertools.chain(real, _synthetic_subjects(synthetic_cohort()))
-    # the SPM subjects, mni2009, chris, the IXI subjects, the synthetic ones
+    # the SPM subjects, mni2009, chris, the scanned people, the synthetic ones
     total = (len({subject for subject, _ in SPM12_IMAGES}) + 1 + (niivue_dir is not None)
-             + (len(ixi[0]) if ixi else 0) + len(_SYNTHETIC))
+             + (len(scans[0]) if scans else 0) + len(_SYNTHETIC))
     for name, images, labels, mask, affine in tqdm(subjects, desc="building the real set",
                                                    unit="subject", total=total,
                                                    disable=not progress):
-        if images is not None:                       # None: an IXI subject kept from before
+        if images is not None:                       # None: a person kept from before
             _write_subject(dst, name, images, labels, mask, affine)
-            if ixi and name in ixi[0]:
-                _mark_ixi_done(dst, name, ixi[0][name], resolution)
+            if scans and name in scans[0]:
+                _mark_done(dst, name, scans[0][name], resolution)
         names.append(name)
         if name in _SYNTHETIC.values():
             synthetic.append(name)
@@ -614,39 +712,18 @@ def build_real_set(dst, *, synthetic_cohort, spm_dir=None, niivue_dir=None, ixi_
         (dst / "NOTICE-niivue.txt").write_text(NIIVUE_NOTICE.format(resolution=resolution))
         source += f"; niivue-demo-images copy {niivue_dir}"
         set_name = f"{REAL}-niivue"
-    if ixi_dir is not None:
-        (dst / "NOTICE-ixi.txt").write_text(IXI_NOTICE.format(resolution=resolution))
-        source += f"; IXI copy {ixi_dir}"
-        set_name += "-ixi"
+    if scans_dir is not None:
+        notice = SCAN_LAYOUTS[scans_layout]["notice"]
+        if notice is not None:
+            (dst / notice[0]).write_text(notice[1].format(resolution=resolution))
+        source += f"; {scans_layout.upper()} folder {scans_dir}"
+        set_name += f"-{scans_layout}"
     set_name += (HEADS_SUFFIX if heads else "") + resolution_suffix(resolution)
     write_dataset_stamp(dst, set_name, _MODALITIES, names, sparse_modalities=True,
                         synthetic=synthetic, labels=TISSUE_NAMES, source=source,
                         version=REALSET_VERSION, generator="fastsyn.bench.realset",
                         resolution=resolution, **({"heads": True} if heads else {}))
     return load_folder(dst, check=False)
-
-
-def _chosen_ixi_scans(ixi_dir, subjects):
-    """:func:`find_ixi_scans`, restricted to ``subjects`` (in their order)."""
-    found = find_ixi_scans(ixi_dir)
-    if subjects is None:
-        return found
-    if isinstance(subjects, (str, bytes)):
-        raise TypeError(f"ixi_subjects must be a sequence of subject names, got the string "
-                        f"{subjects!r}")
-    chosen, missing = {}, []
-    for subject in subjects:
-        name = str(subject).strip().lower()
-        if name in found:
-            chosen[name] = found[name]
-        else:
-            missing.append(subject)
-    if missing:
-        raise ValueError(f"IXI subjects without a T1 and a T2 or PD under {ixi_dir}: {missing} "
-                         f"(found {len(found)}, e.g. {', '.join(list(found)[:3])})")
-    if not chosen:
-        raise ValueError("ixi_subjects is empty")
-    return chosen
 
 
 def load_real_set(root, *, synthetic_cohort, progress=True, resolution=2.0, heads=False):

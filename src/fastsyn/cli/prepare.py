@@ -8,17 +8,20 @@ from ._common import positive_float
 #: real-anatomy study set of :mod:`fastsyn.bench.realset` from a copy of
 #: SPM12), ``niivue`` (that set, from the shipped SPM12 images, plus the
 #: single-scan T1 and PD of a copy of niivue-demo-images), ``ixi`` (that set
-#: plus the T1, T2 and PD scans of a copy of IXI), ``thick-slices`` (a
+#: plus the T1, T2 and PD scans of a copy of IXI), ``bids`` (that set plus
+#: the people of a BIDS dataset), ``thick-slices`` (a
 #: set of fastsyn's layout with some subjects in thick slices), ``noisy``
 #: (such a set with Rician noise added to some subjects) and ``biased`` (such
 #: a set with a smooth intensity inhomogeneity on some subjects).
-DATASETS = ("lpba40", "mrbrains18", "oasis", "spm12", "niivue", "ixi", "thick-slices",
-            "noisy", "biased")
+DATASETS = ("lpba40", "mrbrains18", "oasis", "spm12", "niivue", "ixi", "bids",
+            "thick-slices", "noisy", "biased")
+#: The sets built from people's scans (the real set plus them).
+SCANS = ("ixi", "bids")
 #: The derived sets: their SRC is a set, or a dataset name such as ``real``.
 DERIVED = ("thick-slices", "noisy", "biased")
 #: Options that only some subcommands take: option -> those subcommands.
 ONLY_FOR = {"slices": ("thick-slices",), "axis": ("thick-slices",),
-            "subjects": DERIVED + ("ixi",), "noise": ("noisy",), "bias": ("biased",),
+            "subjects": DERIVED + SCANS, "noise": ("noisy",), "bias": ("biased",),
             "seed": ("noisy", "biased")}
 
 
@@ -33,7 +36,10 @@ def add_parser(sub):
                                    "ixi: that set plus IXI subjects (real single-scan T1, "
                                    "T2 and PD, CC BY-SA 3.0) from SRC = a folder holding "
                                    "IXI's T1, T2 and PD files (IXI002-Guys-0828-T1.nii.gz, "
-                                   "...); a rerun keeps the subjects it finished; "
+                                   "...); bids: that set plus the people of SRC = a BIDS "
+                                   "dataset (their T1w, T2w, PDw, FLAIR; each needs a "
+                                   "T1w); ixi and bids: a rerun keeps the subjects it "
+                                   "finished; "
                                    "thick-slices: SRC = a set (a folder of fastsyn's "
                                    "layout, or a dataset name such as real) with the "
                                    "subjects of --subjects in slices of --slices planes; "
@@ -46,9 +52,9 @@ def add_parser(sub):
                    help="dataset as distributed (thick-slices, noisy, biased: a set)")
     p.add_argument("dst", metavar="DST", help="output folder")
     p.add_argument("--resolution", type=positive_float, default=2.0, metavar="MM",
-                   help="spm12, niivue and ixi: voxel size of the set (default 2, SPM's "
-                        "grid; 1 samples chris, the IXI subjects and the template-based "
-                        "subjects at 1 mm); "
+                   help="spm12, niivue, ixi and bids: voxel size of the set (default 2, "
+                        "SPM's grid; 1 samples chris, the scanned people and the "
+                        "template-based subjects at 1 mm); "
                         "thick-slices, noisy, biased: of SRC when it is the name 'real'")
     p.add_argument("--slices", type=int, metavar="K",
                    help="thick-slices: planes averaged into one slice (2 or more)")
@@ -56,7 +62,8 @@ def add_parser(sub):
                    help="thick-slices: voxel axis across the slices (default 2)")
     p.add_argument("--subjects", metavar="S1,S2,...",
                    help="thick-slices, noisy, biased: the subjects to change (default all); "
-                        "ixi: the IXI subjects to add (IXI002,IXI012,...; default all)")
+                        "ixi, bids: the people to add (IXI002,IXI012,... or sub-01,sub-02,...; "
+                        "default all)")
     p.add_argument("--noise", type=positive_float, metavar="PCT",
                    help="noisy: noise standard deviation in percent of each image's 99th "
                         "percentile (BrainWeb's scans: 3 to 9)")
@@ -83,15 +90,18 @@ def run(args):
             raise ValueError(f"--{option} applies to {named}, not {args.dataset}")
     subjects = None if args.subjects is None else \
         [s.strip() for s in args.subjects.split(",") if s.strip()]
-    if args.dataset in ("spm12", "niivue", "ixi"):
+    if args.dataset in ("spm12", "niivue") + SCANS:
         from fastsyn.bench.datasets import load_dataset
         from fastsyn.bench.realset import SYNTHETIC_COHORT, build_real_set
 
         if not src.expanduser().is_dir():
-            what = {"spm12": "SPM12", "niivue": "niivue-demo-images", "ixi": "IXI"}
+            what = {"spm12": "SPM12", "niivue": "niivue-demo-images", "ixi": "IXI",
+                    "bids": "BIDS"}
             raise FileNotFoundError(f"{what[args.dataset]} folder not found: {src}")
-        folder = {"spm12": {"spm_dir": src}, "niivue": {"niivue_dir": src},
-                  "ixi": {"ixi_dir": src, "ixi_subjects": subjects}}[args.dataset]
+        if args.dataset in SCANS:
+            folder = {"scans_dir": src, "scans_layout": args.dataset, "scan_subjects": subjects}
+        else:
+            folder = {"spm_dir" if args.dataset == "spm12" else "niivue_dir": src}
         # build_real_set checks the resolution before it loads the cohort
         cohort = {**SYNTHETIC_COHORT, "resolution": args.resolution}
         dataset = build_real_set(dst, **folder, resolution=args.resolution,
@@ -123,8 +133,8 @@ def run(args):
                          subjects=subjects)
     else:
         if args.resolution != 2.0:
-            raise ValueError(f"--resolution applies to spm12, niivue, ixi, thick-slices, "
-                             f"noisy and biased, not {args.dataset}")
+            raise ValueError(f"--resolution applies to spm12, niivue, ixi, bids, "
+                             f"thick-slices, noisy and biased, not {args.dataset}")
         dataset = CONVERTERS[args.dataset](src, dst)
     print(f"prepared {args.dataset} from {src} into {dst}: {len(dataset)} subjects, "
           f"modalities {', '.join(dataset.modalities)}")
