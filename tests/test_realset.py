@@ -459,6 +459,20 @@ def test_study_pairs_with_a_subject(real, tmp_path):
     assert sorted(map(str, halves[0] + halves[1])) == sorted(map(str, colin))
     with pytest.raises(ValueError, match="pairs_with must name subjects"):
         study.study_pairs(ds, pairs_with=["nobody"])
+    # A pattern stands for the subjects it matches (a prepared cohort's people).
+    averages = study.study_pairs(ds, pairs_with=["avg*"])
+    assert set(averages) == {p for p in make_pairs(ds)
+                             if {p.fixed, p.moving} & {"avg152", "avg305"}}
+    with pytest.raises(ValueError, match="got colin27, nobody-"):
+        study.study_pairs(ds, pairs_with=["colin27", "nobody-*"])
+    # A cohort's list of names does not make the study file's name too long.
+    cohort = {f"sub-{i:03d}" for i in range(80)}
+    long_name = study._plan_path(tmp_path, "real-bids-v1", (20, 20, 10), "tune", cohort)
+    assert len(long_name.name) < 100 and "-with-80-subjects-" in long_name.name
+    assert long_name != study._plan_path(tmp_path, "real-bids-v1", (20, 20, 10), "tune",
+                                         cohort - {"sub-000"})
+    assert study._plan_path(tmp_path, "real-v1", (20, 20, 10), None, {"colin27"}).name == \
+        "study-real-v1-20x20x10-with-colin27.json"
     proc = run_cli(["bench", "study", "--dataset", "real", "--pairs-with", "nobody",
                     "--results", tmp_path / "r", "--quiet"], tmp_path,
                    cli_env(FASTSYN_CACHE=str(cache)))

@@ -23,6 +23,7 @@ Not studied: the Parzen window on the static side (cubic, as now, against
 Mattes/ITK's box window) needs a change of the MI kernel.
 """
 
+import hashlib
 import itertools
 import json
 import math
@@ -404,16 +405,26 @@ def study_pairs(dataset, sample=None, seed=0, half=None, pairs_with=None):
 
 
 def _check_pairs_with(dataset, pairs_with):
-    """The subjects of ``pairs_with`` as a set (None: every pair), checked."""
+    """The subjects of ``pairs_with`` as a set (None: every pair), checked; a
+    name with ``*``, ``?`` or ``[`` is a shell-style pattern (``sub-*``)
+    standing for the subjects it matches."""
+    import fnmatch
+
     if pairs_with is None:
         return None
     names = [pairs_with] if isinstance(pairs_with, str) else list(pairs_with)
     known = [s.name for s in dataset.subjects]
-    unknown = [n for n in names if n not in known]
+    chosen, unknown = set(), []
+    for name in names:
+        matched = fnmatch.filter(known, str(name)) if any(c in str(name) for c in "*?[") \
+            else [name] if name in known else []
+        chosen.update(matched)
+        if not matched:
+            unknown.append(name)
     if not names or unknown:
         raise ValueError(f"pairs_with must name subjects of {dataset.name!r} "
                          f"({', '.join(known)}), got {', '.join(map(str, names)) or 'none'}")
-    return set(names)
+    return chosen
 
 
 def _involves(pair, keep):
@@ -484,10 +495,19 @@ def split_halves(pairs):
 
 
 # ---------------------------------------------------------------------- plan
+#: Longest list of subject names a study file's name spells out; a longer
+#: one (a cohort's) is named by its count and a digest.
+_PLAN_NAMES_MAX = 60
+
+
 def _plan_path(results_dir, data_tag, levels, half=None, pairs_with=None):
     tail = "" if half is None else f"-{half}"
     if pairs_with:
-        tail = f"-with-{'-'.join(sorted(pairs_with))}{tail}"
+        names = "-".join(sorted(pairs_with))
+        if len(names) > _PLAN_NAMES_MAX:   # a file name has at most 255 bytes
+            digest = hashlib.sha1(names.encode()).hexdigest()[:10]
+            names = f"{len(pairs_with)}-subjects-{digest}"
+        tail = f"-with-{names}{tail}"
     return (Path(results_dir)
             / f"study-{data_tag}-{'x'.join(str(v) for v in levels)}{tail}.json")
 

@@ -382,8 +382,9 @@ def _add_study(bsub):
                    help="one half of the pairs: choose settings on 'tune', report on "
                         "'report' (default: all the pairs)")
     p.add_argument("--pairs-with", default=None, metavar="SUBJECTS",
-                   help="only the pairs with one of these subjects (comma-separated) on "
-                        "either side, e.g. the subject a prepared set adds")
+                   help="only the pairs with one of these subjects (comma-separated; "
+                        "shell-style patterns such as 'sub-*' match several) on either "
+                        "side, e.g. the subjects a prepared set adds")
     p.add_argument("--levels", type=level_list, default=(20, 20, 10), metavar="L1,L2,...",
                    help="iterations per level, coarsest first (default 20,20,10)")
     p.add_argument("--grid", default="default", choices=("default", "quick", "syn", "none"),
