@@ -387,6 +387,22 @@ def test_find_bids_scans_takes_one_file_per_person_and_contrast(tmp_path):
         realset.find_bids_scans(tmp_path / "sub-03")
 
 
+def test_a_failing_person_is_named(monkeypatch, tmp_path):
+    """Among many people, an error says whose scans failed."""
+    anat = tmp_path / "sub-07" / "anat"
+    anat.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(np.arange(64, dtype=np.float32).reshape(4, 4, 4), np.eye(4)),
+             str(anat / "sub-07_T1w.nii.gz"))
+
+    def no_brain(*args, **kwargs):
+        raise ValueError("the T1 image has no contrast inside the mask")
+
+    monkeypatch.setattr(realset, "_scan_subject", no_brain)
+    found = realset.find_bids_scans(tmp_path)
+    with pytest.raises(ValueError, match="^subject sub-07: the T1 image has no contrast"):
+        next(realset._scan_subjects(found, tmp_path, "bids", None, None, None, 2.0))
+
+
 def test_prepare_bids_adds_the_people_of_a_bids_dataset(real, tmp_path):
     """`fastsyn prepare bids BIDS_DIR DST --subjects 01`: the set plus
     ``sub-01`` (avg152's T1 moved onto another grid), realigned."""

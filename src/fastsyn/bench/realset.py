@@ -560,8 +560,12 @@ def _scan_subjects(found, dst, layout, reference, grid, mask, resolution, num_th
             continue
         scans = {m: _scan_image(files[m], f"{m.upper()} of {name}")
                  for m in _MODALITIES if m in files}
-        yield _scan_subject(name, scans, reference, grid, mask, num_threads,
-                            same_acquisition=same_acquisition)
+        try:
+            subject = _scan_subject(name, scans, reference, grid, mask, num_threads,
+                                    same_acquisition=same_acquisition)
+        except ValueError as exc:  # name the person among many (the finished ones are kept)
+            raise ValueError(f"subject {name}: {exc}") from None
+        yield subject
 
 
 def _mark_done(dst, name, files, resolution):
