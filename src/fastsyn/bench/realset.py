@@ -511,11 +511,16 @@ SCAN_LAYOUTS = {
 }
 
 
-def _chosen_scans(folder, layout, subjects):
+def _chosen_scans(folder, layout, subjects, dst=None):
     """The subjects of a folder of scans (:data:`SCAN_LAYOUTS`), restricted to
-    ``subjects`` (in their order)."""
+    ``subjects`` (in their order), checked (and that ``dst``, the set's
+    folder, is another folder)."""
+    if layout not in SCAN_LAYOUTS:
+        raise ValueError(f"scans_layout must be one of {sorted(SCAN_LAYOUTS)}, got {layout!r}")
     spec = SCAN_LAYOUTS[layout]
     found = spec["find"](folder)
+    if dst is not None and Path(dst).expanduser().resolve() == Path(folder).expanduser().resolve():
+        raise ValueError("destination must differ from the folder of scans")
     if subjects is None:
         return found
     if isinstance(subjects, (str, bytes)):
@@ -685,14 +690,8 @@ def build_real_set(dst, *, synthetic_cohort, spm_dir=None, niivue_dir=None, scan
         for stem in NIIVUE_IMAGES.values():
             _niivue_image(niivue_dir, stem)          # a missing file fails before any work
     scans = None
-    if scans_dir is not None:
-        if scans_layout not in SCAN_LAYOUTS:
-            raise ValueError(f"scans_layout must be one of {sorted(SCAN_LAYOUTS)}, got "
-                             f"{scans_layout!r}")
-        found = _chosen_scans(scans_dir, scans_layout, scan_subjects)
-        if dst.resolve() == Path(scans_dir).expanduser().resolve():
-            raise ValueError("destination must differ from the folder of scans")
-        scans = (found, dst, scans_layout)
+    if scans_dir is not None:                        # checked before any work
+        scans = (_chosen_scans(scans_dir, scans_layout, scan_subjects, dst), dst, scans_layout)
     dst.mkdir(parents=True, exist_ok=True)
     names, synthetic = [], []
     real = _real_subjects(spm_dir, niivue_dir, num_threads, resolution, heads, scans)
@@ -710,24 +709,33 @@ def build_real_set(dst, *, synthetic_cohort, spm_dir=None, niivue_dir=None, scan
         names.append(name)
         if name in _SYNTHETIC.values():
             synthetic.append(name)
-    source = "SPM12 copy " + str(spm_dir) if spm_dir is not None else "fastsyn.data.real"
-    set_name = REAL
-    if niivue_dir is not None:
-        (dst / "NOTICE-niivue.txt").write_text(NIIVUE_NOTICE.format(resolution=resolution))
-        source += f"; niivue-demo-images copy {niivue_dir}"
-        set_name = f"{REAL}-niivue"
-    if scans_dir is not None:
-        notice = SCAN_LAYOUTS[scans_layout]["notice"]
-        if notice is not None:
-            (dst / notice[0]).write_text(notice[1].format(resolution=resolution))
-        source += f"; {scans_layout.upper()} folder {scans_dir}"
-        set_name += f"-{scans_layout}"
+    set_name, source = _write_notices(dst, spm_dir, niivue_dir,
+                                      None if scans_dir is None else scans_layout, scans_dir,
+                                      resolution)
     set_name += (HEADS_SUFFIX if heads else "") + resolution_suffix(resolution)
     write_dataset_stamp(dst, set_name, _MODALITIES, names, sparse_modalities=True,
                         synthetic=synthetic, labels=TISSUE_NAMES, source=source,
                         version=REALSET_VERSION, generator="fastsyn.bench.realset",
                         resolution=resolution, **({"heads": True} if heads else {}))
     return load_folder(dst, check=False)
+
+
+def _write_notices(dst, spm_dir, niivue_dir, scans_layout, scans_dir, resolution):
+    """Write the notices the added images' licences ask for beside the set;
+    the set's name (without the heads and resolution suffixes) and source."""
+    source = "SPM12 copy " + str(spm_dir) if spm_dir is not None else "fastsyn.data.real"
+    set_name = REAL
+    if niivue_dir is not None:
+        (dst / "NOTICE-niivue.txt").write_text(NIIVUE_NOTICE.format(resolution=resolution))
+        source += f"; niivue-demo-images copy {niivue_dir}"
+        set_name = f"{REAL}-niivue"
+    if scans_layout:
+        notice = SCAN_LAYOUTS[scans_layout]["notice"]
+        if notice is not None:
+            (dst / notice[0]).write_text(notice[1].format(resolution=resolution))
+        source += f"; {scans_layout.upper()} folder {scans_dir}"
+        set_name += f"-{scans_layout}"
+    return set_name, source
 
 
 def load_real_set(root, *, synthetic_cohort, progress=True, resolution=2.0, heads=False):
