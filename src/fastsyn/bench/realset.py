@@ -454,14 +454,15 @@ def find_ixi_scans(folder):
         If two files give one subject the same contrast.
     """
     folder = _scan_folder(folder, "IXI")
-    files = []
+    files, seen = [], set()
     for path in sorted(folder.rglob("IXI*")):
         match = IXI_FILE.match(path.name)
         if match is None or not path.is_file():
             continue
         subject, modality = f"ixi{match.group(1)}", match.group(4).lower()
-        if any(s == subject and m == modality for s, m, _ in files):
+        if (subject, modality) in seen:
             raise ValueError(f"two IXI {match.group(4)} scans of subject IXI{match.group(1)}")
+        seen.add((subject, modality))
         files.append((subject, modality, path))
     return _found_scans(folder, "IXI", files, "IXI002-Guys-0828-T1.nii.gz")
 
@@ -584,14 +585,11 @@ def _mark_done(dst, name, files, resolution):
 
 def _scan_image(path, what):
     """A scan as (data, affine), checked: 3D, finite, with contrast."""
-    import nibabel as nib
+    from .layout import read_image_data, read_image_header
 
-    try:
-        img = nib.load(str(path))
-        data = np.asarray(img.dataobj, dtype=np.float32)
-    except Exception as exc:  # nibabel raises several kinds for a damaged file
-        raise ValueError(f"{path} ({what}): not a readable NIfTI image ({exc})") from None
-    if data.ndim == 4 and data.shape[3] == 1:
+    img = read_image_header(path, what)
+    data = np.asarray(read_image_data(img, path, what), dtype=np.float32)
+    while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3 or not np.isfinite(data).all() or not np.ptp(data) > 0:
         raise ValueError(f"{path} ({what}): expected a finite 3D image with contrast, got "

@@ -19,6 +19,8 @@ DATASETS = ("lpba40", "mrbrains18", "oasis", "spm12", "niivue", "ixi", "bids",
 SCANS = ("ixi", "bids")
 #: The derived sets: their SRC is a set, or a dataset name such as ``real``.
 DERIVED = ("thick-slices", "noisy", "biased")
+#: The subcommands that take --resolution (its default, 2, is SPM's grid).
+RESOLUTION = ("spm12", "niivue") + SCANS + DERIVED
 #: Options that only some subcommands take: option -> those subcommands.
 ONLY_FOR = {"slices": ("thick-slices",), "axis": ("thick-slices",),
             "subjects": DERIVED + SCANS, "noise": ("noisy",), "bias": ("biased",),
@@ -83,8 +85,10 @@ def run(args):
 
     # The converter checks SRC and DST itself (FileNotFoundError, ValueError).
     src, dst = Path(args.src), Path(args.dst)
-    for option, takers in ONLY_FOR.items():
-        if getattr(args, option) is not None and args.dataset not in takers:
+    given = {option: getattr(args, option) is not None for option in ONLY_FOR}
+    given["resolution"] = args.resolution != 2.0
+    for option, takers in {**ONLY_FOR, "resolution": RESOLUTION}.items():
+        if given[option] and args.dataset not in takers:
             named = " and ".join(takers) if len(takers) < 3 else \
                 f"{', '.join(takers[:-1])} and {takers[-1]}"
             raise ValueError(f"--{option} applies to {named}, not {args.dataset}")
@@ -132,9 +136,6 @@ def run(args):
                          percent=args.bias, seed=0 if args.seed is None else args.seed,
                          subjects=subjects)
     else:
-        if args.resolution != 2.0:
-            raise ValueError(f"--resolution applies to spm12, niivue, ixi, bids, "
-                             f"thick-slices, noisy and biased, not {args.dataset}")
         dataset = CONVERTERS[args.dataset](src, dst)
     print(f"prepared {args.dataset} from {src} into {dst}: {len(dataset)} subjects, "
           f"modalities {', '.join(dataset.modalities)}")
