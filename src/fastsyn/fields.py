@@ -374,6 +374,24 @@ def warp_unchecked(volume, field, affine_idx_in, affine_idx_out, affine_disp,
     return out
 
 
+def sample_points_unchecked(field, affine_idx_in, affine_idx_out, affine_disp, out_shape,
+                            dtype, nthreads):
+    """The grid coordinates ``C d[A i] + B i`` at which :func:`warp_unchecked`
+    with the same arguments samples each output voxel, shape ``out_shape +
+    (dim,)`` in ``dtype`` (the field's precision or wider)."""
+    dim = field.shape[-1]
+    shape = tuple(int(s) for s in out_shape)
+    out = np.empty(shape + (dim,), dtype=dtype)  # all written
+    a_in, a_in_none = flat_affine(affine_idx_in, dim,
+                                  skip_identity=shape == field.shape[:dim])
+    a_out, a_out_none = flat_affine(affine_idx_out, dim)
+    a_disp, a_disp_none = flat_affine(affine_disp, dim)
+    kernel = k_warp.sample_points_3d if dim == 3 else k_warp.sample_points_2d
+    kernel(np.ascontiguousarray(field, dtype=dtype), a_in, a_in_none, a_out, a_out_none,
+           a_disp, a_disp_none, out, effective_threads(nthreads, out.size // dim))
+    return out
+
+
 def _warp(dim, volume, d1, affine_idx_in, affine_idx_out, affine_disp, out_shape,
           nearest, num_threads):
     nthreads = resolve_num_threads(num_threads)

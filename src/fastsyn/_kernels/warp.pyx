@@ -220,3 +220,89 @@ def warp_2d_nn(const number[:, ::1] image, const floating[:, :, ::1] d,
             _warp_nn_row_2d(&image[0, 0], image.shape[0], image.shape[1],
                             &d[0, 0, 0], d.shape[0], d.shape[1], i, out.shape[1],
                             &ia, &oa, &da, &out[0, 0])
+
+
+# ------------------------------------------------------------ sample points
+# The points themselves, ``out[i] = C * d[A i] + B i`` in the image's grid
+# coordinates: where the warps above would sample (partial-volume MI reads an
+# image's own voxels around them instead of an interpolated value).
+
+cdef void _points_slice_3d(const floating* d, Py_ssize_t dns, Py_ssize_t dnr,
+                           Py_ssize_t dnc, Py_ssize_t k, Py_ssize_t onr,
+                           Py_ssize_t onc, const Affine3* idx_in,
+                           const Affine3* idx_out, const Affine3* disp,
+                           floating* out) noexcept nogil:
+    cdef:
+        Py_ssize_t i, j, v
+        double y[3]
+        Affine3 ia = idx_in[0], oa = idx_out[0], da = disp[0]  # local copies: see Affine3
+    for i in range(onr):
+        for j in range(onc):
+            _target_3d(d, dns, dnr, dnc, k, i, j, &ia, &oa, &da, y)
+            v = ((k * onr + i) * onc + j) * 3
+            out[v] = <floating>y[0]
+            out[v + 1] = <floating>y[1]
+            out[v + 2] = <floating>y[2]
+
+
+def sample_points_3d(const floating[:, :, :, ::1] d,
+                     const double[::1] a_in, bint a_in_none,
+                     const double[::1] a_out, bint a_out_none,
+                     const double[::1] a_disp, bint a_disp_none,
+                     floating[:, :, :, ::1] out, int num_threads):
+    """Grid coordinates ``C d[A i] + B i`` at which ``warp_3d`` samples each
+    output voxel ``i`` (``out`` has the output grid's shape plus 3)."""
+    cdef:
+        Py_ssize_t k
+        Affine3 ia = affine3_from(a_in, a_in_none)
+        Affine3 oa = affine3_from(a_out, a_out_none)
+        Affine3 da = affine3_from(a_disp, a_disp_none)
+    if out.shape[3] != 3:
+        raise ValueError("out must have 3 components")
+    if a_in_none and (out.shape[0] != d.shape[0] or out.shape[1] != d.shape[1]
+                      or out.shape[2] != d.shape[2]):
+        # Without A the field is read at the output index: only in bounds on its own grid.
+        raise ValueError("a_in_none needs the output grid to be the field's grid")
+    num_threads = chunk_threads(num_threads, out.shape[0] * out.shape[1] * out.shape[2])
+    with nogil:
+        for k in prange(out.shape[0], schedule="static", num_threads=num_threads):
+            _points_slice_3d(&d[0, 0, 0, 0], d.shape[0], d.shape[1], d.shape[2], k,
+                             out.shape[1], out.shape[2], &ia, &oa, &da,
+                             &out[0, 0, 0, 0])
+
+
+cdef void _points_row_2d(const floating* d, Py_ssize_t dnr, Py_ssize_t dnc,
+                         Py_ssize_t i, Py_ssize_t onc, const Affine2* idx_in,
+                         const Affine2* idx_out, const Affine2* disp,
+                         floating* out) noexcept nogil:
+    cdef:
+        Py_ssize_t j
+        double y[2]
+    for j in range(onc):
+        _target_2d(d, dnr, dnc, i, j, idx_in, idx_out, disp, y)
+        out[(i * onc + j) * 2] = <floating>y[0]
+        out[(i * onc + j) * 2 + 1] = <floating>y[1]
+
+
+def sample_points_2d(const floating[:, :, ::1] d,
+                     const double[::1] a_in, bint a_in_none,
+                     const double[::1] a_out, bint a_out_none,
+                     const double[::1] a_disp, bint a_disp_none,
+                     floating[:, :, ::1] out, int num_threads):
+    """Grid coordinates ``C d[A i] + B i`` at which ``warp_2d`` samples each
+    output pixel ``i`` (``out`` has the output grid's shape plus 2)."""
+    cdef:
+        Py_ssize_t i
+        Affine2 ia = affine2_from(a_in, a_in_none)
+        Affine2 oa = affine2_from(a_out, a_out_none)
+        Affine2 da = affine2_from(a_disp, a_disp_none)
+    if out.shape[2] != 2:
+        raise ValueError("out must have 2 components")
+    if a_in_none and (out.shape[0] != d.shape[0] or out.shape[1] != d.shape[1]):
+        # Without A the field is read at the output index: only in bounds on its own grid.
+        raise ValueError("a_in_none needs the output grid to be the field's grid")
+    num_threads = chunk_threads(num_threads, out.shape[0] * out.shape[1])
+    with nogil:
+        for i in prange(out.shape[0], schedule="static", num_threads=num_threads):
+            _points_row_2d(&d[0, 0, 0], d.shape[0], d.shape[1], i, out.shape[1],
+                           &ia, &oa, &da, &out[0, 0, 0])

@@ -426,7 +426,8 @@ class FastsynMethod(Method):
                 "step_length": None, "pyramid": "dipy", "total_sigma": None,
                 "reinvert": None, "repair_folds": None, "step_percentile": None,
                 "moving_share": None, "mi_inversion_sweeps": 1, "mi_fused_inversion": True,
-                "mask_rule": "either", "mask_margin": 1, "auto_masks": True}
+                "mask_rule": "either", "mask_margin": 1, "auto_masks": True,
+                "partial_volume": False}
     mask_metrics = ("mi",)
     #: Options whose None means "the metric's syn_defaults"
     resolved_options = ("step_length", "total_sigma", "reinvert", "repair_folds",
@@ -476,7 +477,8 @@ class FastsynMethod(Method):
                                  num_threads=threads, static_mask=fixed_mask,
                                  moving_mask=moving_mask, mask_rule=o["mask_rule"],
                                  mask_margin=o["mask_margin"],
-                                 auto_masks=o["auto_masks"])
+                                 auto_masks=o["auto_masks"],
+                                 partial_volume=o["partial_volume"])
         reg = fastsyn.SymmetricDiffeomorphicRegistration(
             m, level_iters=list(levels), step_length=o["step_length"],
             ss_sigma_factor=o["ss_sigma_factor"], opt_tol=o["opt_tol"],

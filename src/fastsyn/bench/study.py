@@ -76,6 +76,7 @@ FACTORS = {
     "repair_folds": (True, False),
     "step_percentile": (100.0, 99.5, 99.0),
     "moving_share": (0.5, 0.65, 0.75),
+    "partial_volume": (False, True, "auto"),
 }
 #: Factors the sweep changes, per grid name (``none``: the default only).
 # (mask_rule and mask_margin matter only with masks, auto_masks only where a
@@ -92,7 +93,8 @@ _QUICK_LEVELS = {"nbins": (16,), "masks": ("brain",)}
 #: masks are data, not a default).
 _COMBINABLE = ("nbins", "clip", "sigma_diff", "step_length", "sampling", "pyramid",
                "ss_sigma_factor", "total_sigma", "inv_iter", "reinvert", "inversion_sweeps",
-               "fused_inversion", "repair_folds", "step_percentile", "moving_share")
+               "fused_inversion", "repair_folds", "step_percentile", "moving_share",
+               "partial_volume")
 NOT_STUDIED = ("Parzen window on the static side (cubic vs box as in Mattes/ITK): "
                "needs a change of the MI kernel (fastsyn/_kernels/mi.pyx)")
 #: Harness option of a factor where the names differ (CC has its own sigma_diff).
@@ -165,7 +167,8 @@ def current_defaults():
             "fused_inversion": bool(d["mi_fused_inversion"]),
             "repair_folds": bool(d["repair_folds"]),
             "step_percentile": float(d["step_percentile"]),
-            "moving_share": float(d["moving_share"])}
+            "moving_share": float(d["moving_share"]),
+            "partial_volume": _normal("partial_volume", d["partial_volume"])}
 
 
 def _normal(factor, value):
@@ -177,6 +180,11 @@ def _normal(factor, value):
         return check_integer("mask_margin", value, low=0)
     if factor == "reinvert" and value == "coarse":
         return value
+    if factor == "partial_volume":
+        from fastsyn.metrics.mi import PARTIAL_VOLUME
+        if value not in PARTIAL_VOLUME:
+            raise ValueError(f"partial_volume must be one of {PARTIAL_VOLUME}, got {value!r}")
+        return value if value == "auto" else bool(value)
     if factor in ("reinvert", "fused_inversion", "repair_folds", "auto_masks"):
         if not isinstance(value, (bool, np.bool_)):
             raise ValueError(f"{factor} must be True or False, got {value!r}")
@@ -242,9 +250,9 @@ def _parse_value(factor, text):
     text = text.strip()
     if factor in ("masks", "mask_rule", "pyramid"):
         return _normal(factor, text)
-    if factor == "reinvert" and text.lower() == "coarse":
-        return "coarse"
-    if factor in ("reinvert", "fused_inversion", "repair_folds", "auto_masks"):
+    if factor in ("reinvert", "partial_volume") and text.lower() in ("coarse", "auto"):
+        return _normal(factor, text.lower())
+    if factor in ("reinvert", "fused_inversion", "repair_folds", "auto_masks", "partial_volume"):
         flag = {"true": True, "1": True, "false": False, "0": False}.get(text.lower())
         if flag is None:
             raise ValueError(f"bad value {text!r} for {factor} (true or false)")

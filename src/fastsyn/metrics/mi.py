@@ -24,13 +24,15 @@ import time
 from contextlib import contextmanager
 
 import numpy as np
+from dipy.align.imwarp import mult_aff as dipy_mult_aff
 from dipy.align.metrics import SimilarityMetric
 from scipy import ndimage
 
 from fastsyn._kernels import mi as k_mi
+from fastsyn._kernels import mi_pv as k_pv
 from fastsyn._threads import resolve_num_threads
 from fastsyn._validation import check_bool, check_integer, check_real
-from fastsyn.fields import smooth_unchecked
+from fastsyn.fields import sample_points_unchecked, smooth_unchecked
 from fastsyn.metrics._base import MetricInputs, check_metric_dim, step_geometry
 
 __all__ = ["AUTO_MASK_RULES", "MASK_RULES", "MAX_NBINS", "MIMetric", "background_only_mask",
@@ -40,6 +42,12 @@ __all__ = ["AUTO_MASK_RULES", "MASK_RULES", "MAX_NBINS", "MIMetric", "background
 MAX_NBINS = 256
 #: How ``static_mask`` and ``moving_mask`` combine on the common grid.
 MASK_RULES = ("either", "both")
+#: ``partial_volume``: neither side, both, or each side by its image.
+PARTIAL_VOLUME = (False, True, "auto")
+#: ``partial_volume="auto"`` samples a side's own voxels when half a voxel of
+#: linear interpolation lowers its image's 32-bin entropy by more than this
+#: (nats; :func:`interpolation_entropy_drop`).
+NOISY_ENTROPY_DROP = 0.05
 
 # Flags of the per-voxel ``use`` array handed to the kernels.
 _DERIV = np.uint8(1)   # the voxel gets an update (inside the masks)
@@ -300,6 +308,82 @@ def _stripping_outline(image, mask):
         # next to nothing left.
         return None
     return outline
+
+
+def _fixed_sides(partial_volume):
+    if partial_volume is True:
+        return ("static", "moving")
+    return ()
+
+
+def interpolation_entropy_drop(image, nbins=32):
+    """How much half a voxel of linear interpolation lowers an image's
+    histogram entropy (nats), over its signal.
+
+    The image is sampled half a voxel off along every axis (the mean of each
+    cell's 2^dim corners) and both histograms, ``nbins`` bins between the
+    0.5th and 99.5th percentiles of the signal, are taken over the cells whose
+    corners are all signal (above a tenth of the 1st-99th percentile range).
+    Noise that interpolation averages away narrows the histogram, which MI
+    rewards: single scans lower it by 0.06 to 0.15 nats on 2 mm grids, noise-free
+    averages (avg152, avg305, MNI152 2009, Colin 27) by less than 0.04.
+
+    Parameters
+    ----------
+    image : array
+        A 2D or 3D image.
+    nbins : int, optional
+        Histogram bins.
+
+    Returns
+    -------
+    drop : float
+        Entropy of the image minus that of its half-voxel interpolation; 0
+        when fewer than 64 cells are signal.
+    """
+    image = np.asarray(image, dtype=np.float64)
+    if min(image.shape) < 2:
+        return 0.0
+    signal = _signal(image)
+    cells = [tuple(slice(c, n - 1 + c) for c, n in zip(corner, image.shape))
+             for corner in np.ndindex(*(2,) * image.ndim)]
+    core = np.logical_and.reduce([signal[c] for c in cells])
+    if core.sum() < 64:
+        return 0.0
+    shifted = sum(image[c] for c in cells) / len(cells)
+    values = image[cells[0]][core]
+    lo, hi = np.percentile(values, (0.5, 99.5))
+    if not hi > lo:
+        return 0.0
+
+    def entropy(v):
+        h = np.bincount(np.clip(((v - lo) * (nbins / (hi - lo))).astype(np.int64), 0,
+                                nbins - 1), minlength=nbins)
+        p = h[h > 0] / h.sum()
+        return float(-(p * np.log(p)).sum())
+
+    return entropy(values) - entropy(shifted[core])
+
+
+def sample_points(transformation, shape, grid2world, dtype, num_threads):
+    """For every voxel of a grid of ``shape`` and ``grid2world``, the point
+    of the image's grid at which ``transformation.transform(image,
+    image_world2grid=None, out_shape=shape, out_grid2world=grid2world)``
+    samples it, shape ``shape + (dim,)``.  The matrices are those of DIPY's
+    ``_warp_forward`` (or ``_warp_backward`` for a map from ``inverse()``),
+    rebuilt here from the map's."""
+    mult = dipy_mult_aff
+    S = grid2world
+    if getattr(transformation, "is_inverse", False):
+        W = transformation.domain_world2grid
+        field, pre = transformation.backward, transformation.prealign_inv
+        inner, disp = mult(transformation.disp_world2grid, S), mult(W, pre)
+    else:
+        W = transformation.codomain_world2grid
+        field, pre = transformation.forward, transformation.prealign
+        inner, disp = mult(transformation.disp_world2grid, mult(pre, S)), W
+    return sample_points_unchecked(field, inner, mult(W, mult(pre, S)), disp, shape, dtype,
+                                   resolve_num_threads(num_threads))
 
 
 def _grow_mask(mask, margin):
@@ -588,7 +672,7 @@ class MIMetric(MetricInputs, SimilarityMetric):
     def __init__(self, dim, *, nbins=32, sigma_diff=2.0, smooth=None,
                  sampling=None, seed=0, clip=(0.5, 99.5), static_mask=None,
                  moving_mask=None, mask_rule="either", mask_margin=1, auto_masks=True,
-                 num_threads=None):
+                 partial_volume=False, num_threads=None):
         dim = check_metric_dim(dim)
         # Each slice (3D) or row block (2D) fills its own nbins x nbins float64
         # histogram so that the merge is deterministic: MAX_NBINS keeps that
@@ -621,6 +705,11 @@ class MIMetric(MetricInputs, SimilarityMetric):
         self.mask_rule = mask_rule
         self.mask_margin = int(mask_margin)
         self.auto_masks = check_bool("auto_masks", auto_masks)
+        if partial_volume not in PARTIAL_VOLUME:
+            raise ValueError(f"partial_volume must be one of {PARTIAL_VOLUME}, got "
+                             f"{partial_volume!r}")
+        self.partial_volume = partial_volume
+        self.partial_volume_sides = _fixed_sides(partial_volume)
         self.auto_masked = ()
         self.masks_set_aside = ()
         self.images_stripped = ()
@@ -637,13 +726,19 @@ class MIMetric(MetricInputs, SimilarityMetric):
         self.mi = None
         self.joint_histogram = None
         self.histogram_count = None
+        self.pv_histograms = {}
+        self._pv = {}
+        self._pv_chosen_for = None
         self.static_range = None
         self.moving_range = None
         # Per side: the image the range was computed from (kept alive so that
         # the identity test is sound) and the mask warped onto the common grid.
         self._range_source = {"static": None, "moving": None}
         self._dyn_source = {"static": None, "moving": None}
+        self._dyn_map = {"static": None, "moving": None}
         self._warped_mask = {"static": None, "moving": None}
+        # Per side: (source array, its uint8 bins) of partial volume.
+        self._bins_source = {"static": None, "moving": None}
         # Per side: ((level shape, margin), mask on that level, grown mask as
         # int32, the full-resolution mask it came from).
         self._level_masks = {"static": None, "moving": None}
@@ -744,6 +839,7 @@ class MIMetric(MetricInputs, SimilarityMetric):
         super().set_static_image(static_image, static_affine, static_spacing,
                                  static_direction)
         self._dyn_source["static"] = None
+        self._dyn_map["static"] = None
         self._warped_mask["static"] = None
 
     def set_moving_image(self, moving_image, moving_affine, moving_spacing,
@@ -752,6 +848,7 @@ class MIMetric(MetricInputs, SimilarityMetric):
         super().set_moving_image(moving_image, moving_affine, moving_spacing,
                                  moving_direction)
         self._dyn_source["moving"] = None
+        self._dyn_map["moving"] = None
         self._warped_mask["moving"] = None
 
     def use_static_image_dynamics(self, original_static_image, transformation):
@@ -782,6 +879,7 @@ class MIMetric(MetricInputs, SimilarityMetric):
 
     def _use_dynamics(self, side, original, transformation):
         self._dyn_source[side] = original
+        self._dyn_map[side] = transformation
         mask = self.static_mask if side == "static" else self.moving_mask
         if mask is None:
             return
@@ -942,29 +1040,142 @@ class MIMetric(MetricInputs, SimilarityMetric):
         nthreads = self._threads(static.size)
         chunk = (shape[1] * shape[2] if self.dim == 3
                  else _ROWS_PER_CHUNK * shape[1])
-        hist = np.empty((self.nbins, self.nbins), dtype=np.float64)
-        count = k_mi.mi_histogram(
-            static.reshape(-1), moving.reshape(-1),
-            _DUMMY_USE if flags is None else flags.reshape(-1), flags is None,
-            self._s_lo, self._s_scale, self._m_lo, self._m_scale, chunk, hist,
-            nthreads)
-        if count == 0:
-            raise ValueError("no voxel left for the histogram (check the masks)")
-        self.mi, weights = mi_from_histogram(hist, count)
-        self.energy = -self.mi
-        self.joint_histogram = hist
-        self.histogram_count = count
-        self._weights = np.ascontiguousarray(weights, dtype=dtype)
         self._static = static
         self._moving = moving
+        if self.partial_volume == "auto" and self._pv_chosen_for is None:
+            # Driven without fastsyn's optimizer: choose from these images.
+            self.choose_partial_volume(self.static_image, self.moving_image)
+        sides = self.partial_volume_sides
+        self.pv_histograms = {}
+        self._pv = {}
+        mis = [self._pv_histogram(side, chunk, nthreads) for side in sides]
+        if len(sides) < 2:
+            hist = np.empty((self.nbins, self.nbins), dtype=np.float64)
+            count = k_mi.mi_histogram(
+                static.reshape(-1), moving.reshape(-1),
+                _DUMMY_USE if flags is None else flags.reshape(-1), flags is None,
+                self._s_lo, self._s_scale, self._m_lo, self._m_scale, chunk, hist,
+                nthreads)
+            if count == 0:
+                raise ValueError("no voxel left for the histogram (check the masks)")
+            mi, weights = mi_from_histogram(hist, count)
+            mis += [mi] * (2 - len(sides))
+            self.joint_histogram = hist
+            self.histogram_count = count
+            self._weights = np.ascontiguousarray(weights, dtype=dtype)
+        else:
+            self.joint_histogram, self.histogram_count = self.pv_histograms["moving"]
+        # The two sides' MI (the same where both use the Parzen histogram)
+        self.mi = float(np.mean(mis))
+        self.energy = -self.mi
+
+    def choose_partial_volume(self, static, moving):
+        """Set ``partial_volume_sides`` for a run on these (full-resolution)
+        images: with ``partial_volume="auto"`` the sides whose image loses
+        more than :data:`NOISY_ENTROPY_DROP` nats of entropy under half a voxel
+        of interpolation (:func:`interpolation_entropy_drop`), else as fixed.
+
+        Parameters
+        ----------
+        static, moving : array
+            The images on their own grids.
+        """
+        if self.partial_volume != "auto":
+            self.partial_volume_sides = _fixed_sides(self.partial_volume)
+            return
+        self.partial_volume_sides = tuple(
+            side for side, image in (("static", static), ("moving", moving))
+            if interpolation_entropy_drop(image) > NOISY_ENTROPY_DROP)
+        self._pv_chosen_for = (static, moving)
+        if self.partial_volume_sides:
+            logger.info("MI: partial-volume sampling of the %s image (interpolation "
+                        "would average its noise)", " and ".join(self.partial_volume_sides))
+
+    # ------------------------------------------------------ partial volume
+    def _source_bins(self, side, source, dtype):
+        """Bin coordinates of one side's unwarped image, cached per source
+        array: ``(v - lo) * (nbins - 1) / (hi - lo)`` clamped to the table,
+        ``(lo, hi)`` the side's clip range."""
+        cached = self._bins_source[side]
+        if cached is not None and cached[0] is source and cached[1].dtype == dtype:
+            return cached[1]
+        lo, hi = self._range(side, source)
+        coord = (np.asarray(source, dtype=np.float64) - lo) * ((self.nbins - 1) / (hi - lo))
+        if getattr(self, "_pv_round", False):
+            coord = np.rint(coord)
+        bins = np.ascontiguousarray(np.clip(coord, 0, self.nbins - 1), dtype=dtype)
+        self._bins_source[side] = (source, bins)
+        return bins
+
+    def _source_points(self, side, shape, dtype, nthreads):
+        """One side's unwarped image and, for every voxel of the common grid,
+        the point of that image's grid at which the warp samples it (the
+        identity when the optimizer reported no map: the image on the grid is
+        then its own source)."""
+        source = self._dyn_source[side]
+        transformation = self._dyn_map[side]
+        if source is None or transformation is None:
+            points = np.stack(np.indices(shape, dtype=dtype), axis=-1)
+            image = self.static_image if side == "static" else self.moving_image
+            return image, np.ascontiguousarray(points)
+        grid2world = self.static_affine if side == "static" else self.moving_affine
+        points = sample_points(transformation, shape, grid2world, dtype, nthreads)
+        return source, points
+
+    def _pv_histogram(self, side, chunk, nthreads):
+        """One side's partial-volume histogram and weights; returns its MI."""
+        flags = self._flags
+        use = _DUMMY_USE if flags is None else flags.reshape(-1)
+        shape, dtype = self._static.shape, self._static.dtype
+        if side == "static":
+            other, (lo, hi) = self._moving, self.moving_range
+        else:
+            other, (lo, hi) = self._static, self.static_range
+        source, points = self._source_points(side, shape, dtype, nthreads)
+        bins = self._source_bins(side, source, dtype)
+        scale = (self.nbins - 1) / (hi - lo)
+        hist = np.empty((self.nbins, self.nbins), dtype=np.float64)
+        count = k_pv.pv_histogram(bins.reshape(-1), bins.shape, points.reshape(-1),
+                                  other.reshape(-1), use, flags is None, lo, scale,
+                                  side == "static", chunk, hist, nthreads)
+        if count == 0:
+            raise ValueError("no voxel left for the histogram (check the masks, "
+                             "or the images' overlap)")
+        mi, weights = mi_from_histogram(hist, count)
+        self._pv[side] = (bins, points, np.ascontiguousarray(weights), count, lo, scale)
+        self.pv_histograms[side] = (hist, count)
+        return mi
+
+    def _pv_step(self, forward):
+        side = "static" if forward else "moving"
+        bins, points, weights, count, lo, scale = self._pv[side]
+        other = self._moving if forward else self._static
+        if forward:
+            spacing, direction = self.static_spacing, self.static_direction
+        else:
+            spacing, direction = self.moving_spacing, self.moving_direction
+        spacing, dflat, dnone = step_geometry(self.dim, spacing, direction)
+        out = np.empty(other.shape + (self.dim,), dtype=other.dtype)
+        flags = self._flags
+        kernel = k_pv.pv_step_3d if self.dim == 3 else k_pv.pv_step_2d
+        kernel(bins, points, other, _DUMMY_USE if flags is None else flags.reshape(-1),
+               flags is None, lo, scale, weights, -1.0 / count, forward, spacing, dflat,
+               dnone, out, self._threads(other.size))
+        return out
 
     def free_iteration(self):
         """Release the buffers of the iteration."""
-        for name in ("_weights", "_static", "_moving", "_flags"):
+        for name in ("_weights", "_static", "_moving", "_flags", "_pv"):
             if hasattr(self, name):
                 delattr(self, name)
 
     def _step(self, forward):
+        if ("static" if forward else "moving") in self.partial_volume_sides:
+            out = self._pv_step(forward)
+            start = time.perf_counter()
+            smooth_unchecked(out, self.sigma_diff, self.dim, self._threads(out.size))
+            self.smoothing_seconds += time.perf_counter() - start
+            return out
         static, moving = self._static, self._moving
         if forward:
             spacing, direction = self.static_spacing, self.static_direction

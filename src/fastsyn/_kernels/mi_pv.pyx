@@ -1,0 +1,510 @@
+# Mutual information with partial-volume (PV) interpolation (Maes et al.
+# 1997; greedy's histogram), one side at a time.
+#
+# The side whose step is wanted (the "source") is not interpolated: each
+# voxel i of the common grid looks at the source's own level image around
+# the point p(i) at which the warp would have sampled it, and each of the
+# 2^dim voxels of that cell adds its own intensity bin with its bilinear /
+# trilinear weight.  So no intensity the image does not hold enters the
+# histogram, and the warp does not average the image's noise (with an
+# interpolated value, a half-voxel shift of a noisy image sharpens the
+# histogram and pulls the map towards it).  The other side's warped value
+# is spread over its two nearest bins (a linear window).
+#
+# Bins: the caller gives each voxel of the source its bin coordinate c in
+# [0, nbins - 1] (whole numbers for integer bins); a corner's own intensity
+# is spread over the two bins around its c (a linear window, exact for a
+# whole number), as is the other side's warped value.
+# A point outside [0, n - 1] on any axis (or NaN) leaves its voxel out of
+# that side's histogram and step.
+#
+# Histogram: as in mi.pyx, fixed chunks of the common grid (a slice in 3D, a
+# few rows in 2D) fill partial tables that are summed in chunk order, so the
+# result does not depend on the number of threads.  Rows are static bins,
+# columns moving bins, whichever side is the source.
+#
+# Derivative: with the per-bin weights W (see mi.pyx) and F(b) = W at the
+# source bin b and the other side's window, the derivative of MI with
+# respect to the point is (1 / N) times the gradient of the cell's
+# multilinear interpolant of F at p(i); the chain to the common grid goes
+# through the points' Jacobian (numpy.gradient of the points, unit
+# spacing), then to physical units and orientation as in mi.pyx.
+
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.stdlib cimport free, malloc
+
+from fastsyn._kernels._interp cimport (chunk_threads, Affine2, Affine3, affine2_from,
+                                       affine2_vector, affine3_from,
+                                       affine3_vector, central_diff)
+
+
+cdef inline int _cell(double p, Py_ssize_t n, Py_ssize_t* i0, Py_ssize_t* i1,
+                      double* f) noexcept nogil:
+    """The cell of a point on one axis of n voxels: its two voxels and the
+    fraction; 0 when the point is outside [0, n - 1] or NaN."""
+    cdef Py_ssize_t i
+    if not (p >= 0 and p <= n - 1):
+        return 0
+    i = <Py_ssize_t>p  # p >= 0: truncation is floor
+    if i > n - 2:
+        i = n - 2 if n >= 2 else 0
+    i0[0] = i
+    i1[0] = i + 1 if i + 1 < n else i
+    f[0] = p - i
+    return 1
+
+
+cdef inline Py_ssize_t _window(double v, double lo, double scale, Py_ssize_t nbins,
+                               double* t) noexcept nogil:
+    """Lower of the two bins of the other side's value and the upper one's
+    weight (nbins >= 2)."""
+    cdef:
+        double c = (v - lo) * scale
+        Py_ssize_t o
+    if not (c >= 0):  # also catches NaN
+        c = 0
+    elif c > nbins - 1:
+        c = nbins - 1
+    o = <Py_ssize_t>c
+    if o > nbins - 2:
+        o = nbins - 2
+    t[0] = c - o
+    return o
+
+
+cdef inline Py_ssize_t _bin(const floating* C, Py_ssize_t v, Py_ssize_t nbins,
+                            double* tau) noexcept nogil:
+    # The caller clamps the coordinates to [0, nbins - 1]; _window clamps
+    # again, so that every table index is in bounds whatever the array holds.
+    return _window(<double>C[v], 0.0, 1.0, nbins, tau)
+
+
+cdef inline void _add4(double* part, Py_ssize_t q, Py_ssize_t rs, Py_ssize_t os,
+                       double w, double tau, double t) noexcept nogil:
+    """Add weight w at source bins (q's, next) x other bins (q's, next) with
+    the linear windows tau (source) and t (other)."""
+    cdef double lo = w * (1 - tau), hi = w * tau
+    part[q] += lo * (1 - t)
+    part[q + os] += lo * t
+    part[q + rs] += hi * (1 - t)
+    part[q + rs + os] += hi * t
+
+
+cdef inline double _weight4(const double* W, Py_ssize_t rs, Py_ssize_t os, double tau,
+                            double t) noexcept nogil:
+    """W under the same two windows (the corner's F)."""
+    return ((W[0] * (1 - t) + W[os] * t) * (1 - tau)
+            + (W[rs] * (1 - t) + W[rs + os] * t) * tau)
+
+
+# ------------------------------------------------------------------ 3D
+cdef int _corners_3d(const floating* B, Py_ssize_t bs, Py_ssize_t br,
+                     Py_ssize_t bc, Py_ssize_t nbins, const floating* P,
+                     Py_ssize_t v, Py_ssize_t* bins, double* tau,
+                     double* f) noexcept nogil:
+    """The lower bins (and upper bins' weights) of the 8 source voxels
+    around the point of voxel v (index c0 * 4 + c1 * 2 + c2) and the point's
+    fractions; 0 when the point is outside."""
+    cdef:
+        Py_ssize_t a0, a1, b0, b1, c0, c1
+    if not (_cell(P[3 * v], bs, &a0, &a1, &f[0])
+            and _cell(P[3 * v + 1], br, &b0, &b1, &f[1])
+            and _cell(P[3 * v + 2], bc, &c0, &c1, &f[2])):
+        return 0
+    bins[0] = _bin(B, (a0 * br + b0) * bc + c0, nbins, &tau[0])
+    bins[1] = _bin(B, (a0 * br + b0) * bc + c1, nbins, &tau[1])
+    bins[2] = _bin(B, (a0 * br + b1) * bc + c0, nbins, &tau[2])
+    bins[3] = _bin(B, (a0 * br + b1) * bc + c1, nbins, &tau[3])
+    bins[4] = _bin(B, (a1 * br + b0) * bc + c0, nbins, &tau[4])
+    bins[5] = _bin(B, (a1 * br + b0) * bc + c1, nbins, &tau[5])
+    bins[6] = _bin(B, (a1 * br + b1) * bc + c0, nbins, &tau[6])
+    bins[7] = _bin(B, (a1 * br + b1) * bc + c1, nbins, &tau[7])
+    return 1
+
+
+cdef void _pv_hist_chunk_3d(const floating* B, Py_ssize_t bs, Py_ssize_t br,
+                            Py_ssize_t bc, const floating* P, const floating* O,
+                            const unsigned char* use, int use_none, Py_ssize_t v0,
+                            Py_ssize_t v1, double o_lo, double o_scale,
+                            Py_ssize_t nbins, int source_static, double* part,
+                            double* count) noexcept nogil:
+    cdef:
+        Py_ssize_t v, o, b, k
+        Py_ssize_t bins[8]
+        double tau[8]
+        double f[3]
+        double w[8]
+        double t, g0, g1, h0, h1
+        Py_ssize_t rs = nbins if source_static else 1   # stride of a source bin
+        Py_ssize_t os = 1 if source_static else nbins   # stride of an other bin
+        double n = 0
+    for b in range(nbins * nbins):
+        part[b] = 0
+    for v in range(v0, v1):
+        if not use_none and not (use[v] & 2):
+            continue
+        if not _corners_3d(B, bs, br, bc, nbins, P, v, bins, tau, f):
+            continue
+        o = _window(<double>O[v], o_lo, o_scale, nbins, &t)
+        g0 = 1 - f[0]
+        g1 = 1 - f[1]
+        h0 = g0 * g1
+        h1 = g0 * f[1]
+        w[0] = h0 * (1 - f[2])
+        w[1] = h0 * f[2]
+        w[2] = h1 * (1 - f[2])
+        w[3] = h1 * f[2]
+        h0 = f[0] * g1
+        h1 = f[0] * f[1]
+        w[4] = h0 * (1 - f[2])
+        w[5] = h0 * f[2]
+        w[6] = h1 * (1 - f[2])
+        w[7] = h1 * f[2]
+        for k in range(8):
+            _add4(part, bins[k] * rs + o * os, rs, os, w[k], tau[k], t)
+        n += 1
+    count[0] = n
+
+
+cdef inline void _trilinear_gradient(const double* F, const double* f,
+                                     double* gp) noexcept nogil:
+    """Gradient of the trilinear interpolant of the 8 corner values F (index
+    c0 * 4 + c1 * 2 + c2) at fractions f."""
+    cdef:
+        double e0 = 1 - f[0], e1 = 1 - f[1], e2 = 1 - f[2]
+        double F00 = F[0] * e2 + F[1] * f[2], F01 = F[2] * e2 + F[3] * f[2]
+        double F10 = F[4] * e2 + F[5] * f[2], F11 = F[6] * e2 + F[7] * f[2]
+    gp[0] = (F10 * e1 + F11 * f[1]) - (F00 * e1 + F01 * f[1])
+    gp[1] = (F01 - F00) * e0 + (F11 - F10) * f[0]
+    gp[2] = (((F[1] - F[0]) * e1 + (F[3] - F[2]) * f[1]) * e0
+             + ((F[5] - F[4]) * e1 + (F[7] - F[6]) * f[1]) * f[0])
+
+
+cdef void _pv_step_slice_3d(const floating* B, Py_ssize_t bs, Py_ssize_t br,
+                            Py_ssize_t bc, const floating* P, const floating* O,
+                            const unsigned char* use, int use_none, Py_ssize_t ns,
+                            Py_ssize_t nr, Py_ssize_t nc, Py_ssize_t s, double o_lo,
+                            double o_scale, Py_ssize_t nbins, const double* W,
+                            double factor, int source_static, const double* spacing,
+                            const Affine3* direction, floating* out) noexcept nogil:
+    cdef:
+        Py_ssize_t r, c, v, o, k, l
+        Py_ssize_t bins[8]
+        double tau[8]
+        Py_ssize_t strides[3]
+        Py_ssize_t pos[3]
+        Py_ssize_t sizes[3]
+        double f[3]
+        double F[8]
+        double gp[3]
+        double g[3]
+        double y[3]
+        double t, jac
+        Py_ssize_t rs = nbins if source_static else 1
+        Py_ssize_t os = 1 if source_static else nbins
+        Affine3 dirn = direction[0]  # a local copy: see Affine3
+    strides[0] = 3 * nr * nc
+    strides[1] = 3 * nc
+    strides[2] = 3
+    sizes[0] = ns
+    sizes[1] = nr
+    sizes[2] = nc
+    pos[0] = s
+    for r in range(nr):
+        pos[1] = r
+        for c in range(nc):
+            pos[2] = c
+            v = (s * nr + r) * nc + c
+            if ((not use_none and not (use[v] & 1))
+                    or not _corners_3d(B, bs, br, bc, nbins, P, v, bins, tau, f)):
+                out[3 * v] = 0
+                out[3 * v + 1] = 0
+                out[3 * v + 2] = 0
+                continue
+            o = _window(<double>O[v], o_lo, o_scale, nbins, &t)
+            for k in range(8):
+                F[k] = _weight4(W + bins[k] * rs + o * os, rs, os, tau[k], t)
+            _trilinear_gradient(F, f, gp)
+            for l in range(3):
+                g[l] = 0
+                for k in range(3):
+                    jac = central_diff(P + k, 3 * v, pos[l], sizes[l], strides[l])
+                    g[l] += jac * gp[k]
+                g[l] = g[l] / spacing[l]
+            if not dirn.none:
+                affine3_vector(&dirn, g[0], g[1], g[2], y)
+                g[0] = y[0]
+                g[1] = y[1]
+                g[2] = y[2]
+            out[3 * v] = <floating>(factor * g[0])
+            out[3 * v + 1] = <floating>(factor * g[1])
+            out[3 * v + 2] = <floating>(factor * g[2])
+
+
+# ------------------------------------------------------------------ 2D
+cdef int _corners_2d(const floating* B, Py_ssize_t br, Py_ssize_t bc,
+                     Py_ssize_t nbins, const floating* P, Py_ssize_t v,
+                     Py_ssize_t* bins, double* tau, double* f) noexcept nogil:
+    cdef Py_ssize_t b0, b1, c0, c1
+    if not (_cell(P[2 * v], br, &b0, &b1, &f[0])
+            and _cell(P[2 * v + 1], bc, &c0, &c1, &f[1])):
+        return 0
+    bins[0] = _bin(B, b0 * bc + c0, nbins, &tau[0])
+    bins[1] = _bin(B, b0 * bc + c1, nbins, &tau[1])
+    bins[2] = _bin(B, b1 * bc + c0, nbins, &tau[2])
+    bins[3] = _bin(B, b1 * bc + c1, nbins, &tau[3])
+    return 1
+
+
+cdef void _pv_hist_chunk_2d(const floating* B, Py_ssize_t br, Py_ssize_t bc,
+                            const floating* P, const floating* O,
+                            const unsigned char* use, int use_none, Py_ssize_t v0,
+                            Py_ssize_t v1, double o_lo, double o_scale,
+                            Py_ssize_t nbins, int source_static, double* part,
+                            double* count) noexcept nogil:
+    cdef:
+        Py_ssize_t v, o, b, k
+        Py_ssize_t bins[4]
+        double tau[4]
+        double f[2]
+        double w[4]
+        double t
+        Py_ssize_t rs = nbins if source_static else 1
+        Py_ssize_t os = 1 if source_static else nbins
+        double n = 0
+    for b in range(nbins * nbins):
+        part[b] = 0
+    for v in range(v0, v1):
+        if not use_none and not (use[v] & 2):
+            continue
+        if not _corners_2d(B, br, bc, nbins, P, v, bins, tau, f):
+            continue
+        o = _window(<double>O[v], o_lo, o_scale, nbins, &t)
+        w[0] = (1 - f[0]) * (1 - f[1])
+        w[1] = (1 - f[0]) * f[1]
+        w[2] = f[0] * (1 - f[1])
+        w[3] = f[0] * f[1]
+        for k in range(4):
+            _add4(part, bins[k] * rs + o * os, rs, os, w[k], tau[k], t)
+        n += 1
+    count[0] = n
+
+
+cdef void _pv_step_row_2d(const floating* B, Py_ssize_t br, Py_ssize_t bc,
+                          const floating* P, const floating* O,
+                          const unsigned char* use, int use_none, Py_ssize_t nr,
+                          Py_ssize_t nc, Py_ssize_t r, double o_lo, double o_scale,
+                          Py_ssize_t nbins, const double* W, double factor,
+                          int source_static, const double* spacing,
+                          const Affine2* direction, floating* out) noexcept nogil:
+    cdef:
+        Py_ssize_t c, v, o, k
+        Py_ssize_t bins[4]
+        double tau[4]
+        double f[2]
+        double F[4]
+        double gp[2]
+        double g[2]
+        double y[2]
+        double t, j0, j1
+        Py_ssize_t rs = nbins if source_static else 1
+        Py_ssize_t os = 1 if source_static else nbins
+        Affine2 dirn = direction[0]
+    for c in range(nc):
+        v = r * nc + c
+        if ((not use_none and not (use[v] & 1))
+                or not _corners_2d(B, br, bc, nbins, P, v, bins, tau, f)):
+            out[2 * v] = 0
+            out[2 * v + 1] = 0
+            continue
+        o = _window(<double>O[v], o_lo, o_scale, nbins, &t)
+        for k in range(4):
+            F[k] = _weight4(W + bins[k] * rs + o * os, rs, os, tau[k], t)
+        gp[0] = (F[2] - F[0]) * (1 - f[1]) + (F[3] - F[1]) * f[1]
+        gp[1] = (F[1] - F[0]) * (1 - f[0]) + (F[3] - F[2]) * f[0]
+        for k in range(2):
+            # row axis (stride 2 * nc), then column axis (stride 2)
+            j0 = central_diff(P + k, 2 * v, r, nr, 2 * nc)
+            j1 = central_diff(P + k, 2 * v, c, nc, 2)
+            if k == 0:
+                g[0] = j0 * gp[0]
+                g[1] = j1 * gp[0]
+            else:
+                g[0] += j0 * gp[1]
+                g[1] += j1 * gp[1]
+        g[0] = g[0] / spacing[0]
+        g[1] = g[1] / spacing[1]
+        if not dirn.none:
+            affine2_vector(&dirn, g[0], g[1], y)
+            g[0] = y[0]
+            g[1] = y[1]
+        out[2 * v] = <floating>(factor * g[0])
+        out[2 * v + 1] = <floating>(factor * g[1])
+
+
+# ------------------------------------------------------------- wrappers
+def pv_histogram(const floating[::1] bins, tuple source_shape,
+                 const floating[::1] points, const floating[::1] other,
+                 const unsigned char[::1] use, bint use_none, double o_lo,
+                 double o_scale, bint source_static, Py_ssize_t chunk,
+                 double[:, ::1] hist, int num_threads):
+    """Joint histogram of one side by partial volume.
+
+    Parameters
+    ----------
+    bins : array, shape (m,)
+        The source side's level image as bin coordinates in ``[0, nbins -
+        1]`` (flattened, C order, of ``source_shape``; same dtype as
+        ``points``).
+    source_shape : tuple of int
+        Shape of the source image (2 or 3 axes).
+    points : array, shape (n * dim,)
+        For every voxel of the common grid, the point in the source's grid
+        coordinates where the warp samples it (flattened ``(..., dim)``).
+    other : array, shape (n,)
+        The other side's warped image on the common grid (flattened).
+    use, use_none : see :func:`fastsyn._kernels.mi.mi_histogram`.
+    o_lo, o_scale : float
+        The other side's bin coordinate ``(v - o_lo) * o_scale``.
+    source_static : bool
+        True when the source is the static image (its bins index the rows).
+    chunk : int
+        Voxels of the common grid per partial table (shape-dependent only).
+    hist : array, shape (nbins, nbins)
+        Output, static bins along the first axis.
+    num_threads : int
+        Number of OpenMP threads.
+
+    Returns
+    -------
+    count : float
+        Number of voxels that entered the histogram.
+    """
+    cdef:
+        Py_ssize_t dim = len(source_shape)
+        Py_ssize_t n = other.shape[0], nbins = hist.shape[0]
+        Py_ssize_t nb2 = nbins * nbins, nchunks, c, b, v1
+        Py_ssize_t s0, s1, s2
+        double* part
+        double* counts
+        double total = 0, acc
+        const unsigned char* use_p = &use[0] if use.shape[0] > 0 else NULL
+    if dim not in (2, 3):
+        raise ValueError("source_shape must have 2 or 3 axes")
+    s0 = source_shape[0]
+    s1 = source_shape[1]
+    s2 = source_shape[2] if dim == 3 else 1
+    if s0 < 1 or s1 < 1 or s2 < 1 or bins.shape[0] != s0 * s1 * s2:
+        raise ValueError("bins does not hold an image of source_shape")
+    if points.shape[0] != n * dim or hist.shape[1] != nbins or nbins < 2:
+        raise ValueError("points, other and hist do not match")
+    if not use_none and use.shape[0] != n:
+        raise ValueError("use must have one flag per voxel")
+    if chunk < 1:
+        chunk = 1
+    nchunks = (n + chunk - 1) // chunk
+    if nchunks == 0:
+        hist[:, :] = 0
+        return 0.0
+    part = <double*>malloc(nchunks * nb2 * sizeof(double))
+    counts = <double*>malloc(nchunks * sizeof(double))
+    if part == NULL or counts == NULL:
+        free(part)
+        free(counts)
+        raise MemoryError("pv_histogram: could not allocate the partial histograms")
+    num_threads = chunk_threads(num_threads, nchunks)
+    with nogil:
+        for c in prange(nchunks, schedule="static", num_threads=num_threads):
+            v1 = (c + 1) * chunk
+            if v1 > n:
+                v1 = n
+            if dim == 3:
+                _pv_hist_chunk_3d(&bins[0], s0, s1, s2, &points[0], &other[0], use_p,
+                                  use_none, c * chunk, v1, o_lo, o_scale, nbins,
+                                  source_static, part + c * nb2, counts + c)
+            else:
+                _pv_hist_chunk_2d(&bins[0], s0, s1, &points[0], &other[0], use_p,
+                                  use_none, c * chunk, v1, o_lo, o_scale, nbins,
+                                  source_static, part + c * nb2, counts + c)
+        for b in range(nb2):
+            acc = 0
+            for c in range(nchunks):
+                acc = acc + part[c * nb2 + b]
+            hist[b // nbins, b % nbins] = acc
+        for c in range(nchunks):
+            total = total + counts[c]
+    free(part)
+    free(counts)
+    return total
+
+
+def pv_step_3d(const floating[:, :, ::1] bins, const floating[:, :, :, ::1] points,
+               const floating[:, :, ::1] other, const unsigned char[::1] use,
+               bint use_none, double o_lo, double o_scale, const double[:, ::1] weights,
+               double factor, bint source_static, const double[::1] spacing,
+               const double[::1] direction, bint direction_none,
+               floating[:, :, :, ::1] out, int num_threads):
+    """Dense partial-volume MI step of one side of a 3D pair.
+
+    ``out[x] = factor * J(x)^T grad F(p(x))``, physical and oriented: ``p``
+    the points (``points``, the source's grid coordinates of each common-grid
+    voxel), ``J`` their Jacobian on the common grid, ``F`` the cell's
+    trilinear interpolant of ``weights`` at the source's bins and the other
+    side's linear window.  Voxels whose ``use`` flag lacks bit 1, or whose
+    point is outside the source, get zero.
+    """
+    cdef:
+        Py_ssize_t s, ns = other.shape[0], nr = other.shape[1], nc = other.shape[2]
+        Py_ssize_t nbins = weights.shape[0]
+        Affine3 da = affine3_from(direction, direction_none)
+        const unsigned char* use_p = &use[0] if use.shape[0] > 0 else NULL
+    if (points.shape[0] != ns or points.shape[1] != nr or points.shape[2] != nc
+            or points.shape[3] != 3 or out.shape[0] != ns or out.shape[1] != nr
+            or out.shape[2] != nc or out.shape[3] != 3):
+        raise ValueError("points, other and out must share the common grid")
+    if weights.shape[1] != nbins or nbins < 2 or spacing.shape[0] != 3:
+        raise ValueError("weights must be square (nbins >= 2), spacing of 3")
+    if not use_none and use.shape[0] != ns * nr * nc:
+        raise ValueError("use must have one flag per voxel")
+    if bins.shape[0] < 1 or bins.shape[1] < 1 or bins.shape[2] < 1:
+        raise ValueError("bins must not be empty")
+    num_threads = chunk_threads(num_threads, ns * nr * nc)
+    with nogil:
+        for s in prange(ns, schedule="static", num_threads=num_threads):
+            _pv_step_slice_3d(&bins[0, 0, 0], bins.shape[0], bins.shape[1], bins.shape[2],
+                              &points[0, 0, 0, 0], &other[0, 0, 0], use_p, use_none,
+                              ns, nr, nc, s, o_lo, o_scale, nbins, &weights[0, 0],
+                              factor, source_static, &spacing[0], &da,
+                              &out[0, 0, 0, 0])
+
+
+def pv_step_2d(const floating[:, ::1] bins, const floating[:, :, ::1] points,
+               const floating[:, ::1] other, const unsigned char[::1] use,
+               bint use_none, double o_lo, double o_scale, const double[:, ::1] weights,
+               double factor, bint source_static, const double[::1] spacing,
+               const double[::1] direction, bint direction_none,
+               floating[:, :, ::1] out, int num_threads):
+    """Dense partial-volume MI step of one side of a 2D pair (see
+    :func:`pv_step_3d`)."""
+    cdef:
+        Py_ssize_t r, nr = other.shape[0], nc = other.shape[1]
+        Py_ssize_t nbins = weights.shape[0]
+        Affine2 da = affine2_from(direction, direction_none)
+        const unsigned char* use_p = &use[0] if use.shape[0] > 0 else NULL
+    if (points.shape[0] != nr or points.shape[1] != nc or points.shape[2] != 2
+            or out.shape[0] != nr or out.shape[1] != nc or out.shape[2] != 2):
+        raise ValueError("points, other and out must share the common grid")
+    if weights.shape[1] != nbins or nbins < 2 or spacing.shape[0] != 2:
+        raise ValueError("weights must be square (nbins >= 2), spacing of 2")
+    if not use_none and use.shape[0] != nr * nc:
+        raise ValueError("use must have one flag per voxel")
+    if bins.shape[0] < 1 or bins.shape[1] < 1:
+        raise ValueError("bins must not be empty")
+    num_threads = chunk_threads(num_threads, nr * nc)
+    with nogil:
+        for r in prange(nr, schedule="static", num_threads=num_threads):
+            _pv_step_row_2d(&bins[0, 0], bins.shape[0], bins.shape[1], &points[0, 0, 0],
+                            &other[0, 0], use_p, use_none, nr, nc, r, o_lo, o_scale,
+                            nbins, &weights[0, 0], factor, source_static, &spacing[0],
+                            &da, &out[0, 0, 0])
