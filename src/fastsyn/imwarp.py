@@ -986,11 +986,6 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
         with _metric_threads(self.metric, self.num_threads), _zero_background_masks(
                 self.metric, static, moving, static_grid2world, moving_grid2world,
                 prealign) as (static, moving):
-            choose = getattr(self.metric, "choose_partial_volume", None)
-            if choose is not None:
-                # MI: which sides sample their own voxels (partial volume),
-                # from the full-resolution images this run registers.
-                choose(static, moving)
             result = _DIPY_SDR_OPTIMIZE(self, static, moving,
                                         static_grid2world=static_grid2world,
                                         moving_grid2world=moving_grid2world,

@@ -87,15 +87,18 @@ cdef inline void _add4(double* part, Py_ssize_t q, Py_ssize_t rs, Py_ssize_t os,
     cdef double lo = w * (1 - tau), hi = w * tau
     part[q] += lo * (1 - t)
     part[q + os] += lo * t
-    part[q + rs] += hi * (1 - t)
-    part[q + rs + os] += hi * t
+    if tau != 0:  # (integer bins: the upper bin gets nothing)
+        part[q + rs] += hi * (1 - t)
+        part[q + rs + os] += hi * t
 
 
 cdef inline double _weight4(const double* W, Py_ssize_t rs, Py_ssize_t os, double tau,
                             double t) noexcept nogil:
     """W under the same two windows (the corner's F)."""
-    return ((W[0] * (1 - t) + W[os] * t) * (1 - tau)
-            + (W[rs] * (1 - t) + W[rs + os] * t) * tau)
+    cdef double low = W[0] * (1 - t) + W[os] * t
+    if tau == 0:
+        return low
+    return low * (1 - tau) + (W[rs] * (1 - t) + W[rs + os] * t) * tau
 
 
 # ------------------------------------------------------------------ 3D
@@ -105,13 +108,29 @@ cdef int _corners_3d(const floating* B, Py_ssize_t bs, Py_ssize_t br,
                      double* f) noexcept nogil:
     """The lower bins (and upper bins' weights) of the 8 source voxels
     around the point of voxel v (index c0 * 4 + c1 * 2 + c2) and the point's
-    fractions; 0 when the point is outside."""
+    fractions; 0 when the point is outside, 2 when the 8 voxels hold one
+    value (a flat cell: only bins[0] and tau[0] are set), else 1."""
     cdef:
-        Py_ssize_t a0, a1, b0, b1, c0, c1
+        Py_ssize_t a0, a1, b0, b1, c0, c1, i000, i001, i010, i011, i100, i101, i110, i111
+        floating x
     if not (_cell(P[3 * v], bs, &a0, &a1, &f[0])
             and _cell(P[3 * v + 1], br, &b0, &b1, &f[1])
             and _cell(P[3 * v + 2], bc, &c0, &c1, &f[2])):
         return 0
+    i000 = (a0 * br + b0) * bc + c0
+    i001 = (a0 * br + b0) * bc + c1
+    i010 = (a0 * br + b1) * bc + c0
+    i011 = (a0 * br + b1) * bc + c1
+    i100 = (a1 * br + b0) * bc + c0
+    i101 = (a1 * br + b0) * bc + c1
+    i110 = (a1 * br + b1) * bc + c0
+    i111 = (a1 * br + b1) * bc + c1
+    x = B[i000]
+    if (B[i001] == x and B[i010] == x and B[i011] == x and B[i100] == x
+            and B[i101] == x and B[i110] == x and B[i111] == x):
+        # (a skull-stripped image's background: most of the grid)
+        bins[0] = _bin(B, i000, nbins, &tau[0])
+        return 2
     bins[0] = _bin(B, (a0 * br + b0) * bc + c0, nbins, &tau[0])
     bins[1] = _bin(B, (a0 * br + b0) * bc + c1, nbins, &tau[1])
     bins[2] = _bin(B, (a0 * br + b1) * bc + c0, nbins, &tau[2])
@@ -131,6 +150,7 @@ cdef void _pv_hist_chunk_3d(const floating* B, Py_ssize_t bs, Py_ssize_t br,
                             double* count) noexcept nogil:
     cdef:
         Py_ssize_t v, o, b, k
+        int cell
         Py_ssize_t bins[8]
         double tau[8]
         double f[3]
@@ -144,9 +164,14 @@ cdef void _pv_hist_chunk_3d(const floating* B, Py_ssize_t bs, Py_ssize_t br,
     for v in range(v0, v1):
         if not use_none and not (use[v] & 2):
             continue
-        if not _corners_3d(B, bs, br, bc, nbins, P, v, bins, tau, f):
+        cell = _corners_3d(B, bs, br, bc, nbins, P, v, bins, tau, f)
+        if cell == 0:
             continue
         o = _window(<double>O[v], o_lo, o_scale, nbins, &t)
+        n += 1
+        if cell == 2:  # one value: its bins get the whole weight
+            _add4(part, bins[0] * rs + o * os, rs, os, 1.0, tau[0], t)
+            continue
         g0 = 1 - f[0]
         g1 = 1 - f[1]
         h0 = g0 * g1
@@ -163,7 +188,6 @@ cdef void _pv_hist_chunk_3d(const floating* B, Py_ssize_t bs, Py_ssize_t br,
         w[7] = h1 * f[2]
         for k in range(8):
             _add4(part, bins[k] * rs + o * os, rs, os, w[k], tau[k], t)
-        n += 1
     count[0] = n
 
 
@@ -216,8 +240,9 @@ cdef void _pv_step_slice_3d(const floating* B, Py_ssize_t bs, Py_ssize_t br,
         for c in range(nc):
             pos[2] = c
             v = (s * nr + r) * nc + c
+            # outside the source, or a flat cell (every F the same): zero
             if ((not use_none and not (use[v] & 1))
-                    or not _corners_3d(B, bs, br, bc, nbins, P, v, bins, tau, f)):
+                    or _corners_3d(B, bs, br, bc, nbins, P, v, bins, tau, f) != 1):
                 out[3 * v] = 0
                 out[3 * v + 1] = 0
                 out[3 * v + 2] = 0

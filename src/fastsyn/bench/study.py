@@ -76,7 +76,7 @@ FACTORS = {
     "repair_folds": (True, False),
     "step_percentile": (100.0, 99.5, 99.0),
     "moving_share": (0.5, 0.65, 0.75),
-    "partial_volume": (False, True, "auto"),
+    "partial_volume": (False, True),
 }
 #: Factors the sweep changes, per grid name (``none``: the default only).
 # (mask_rule and mask_margin matter only with masks, auto_masks only where a
@@ -180,12 +180,7 @@ def _normal(factor, value):
         return check_integer("mask_margin", value, low=0)
     if factor == "reinvert" and value == "coarse":
         return value
-    if factor == "partial_volume":
-        from fastsyn.metrics.mi import PARTIAL_VOLUME
-        if value not in PARTIAL_VOLUME:
-            raise ValueError(f"partial_volume must be one of {PARTIAL_VOLUME}, got {value!r}")
-        return value if value == "auto" else bool(value)
-    if factor in ("reinvert", "fused_inversion", "repair_folds", "auto_masks"):
+    if factor in ("reinvert", "fused_inversion", "repair_folds", "auto_masks", "partial_volume"):
         if not isinstance(value, (bool, np.bool_)):
             raise ValueError(f"{factor} must be True or False, got {value!r}")
         return bool(value)
@@ -250,8 +245,8 @@ def _parse_value(factor, text):
     text = text.strip()
     if factor in ("masks", "mask_rule", "pyramid"):
         return _normal(factor, text)
-    if factor in ("reinvert", "partial_volume") and text.lower() in ("coarse", "auto"):
-        return _normal(factor, text.lower())
+    if factor == "reinvert" and text.lower() == "coarse":
+        return "coarse"
     if factor in ("reinvert", "fused_inversion", "repair_folds", "auto_masks", "partial_volume"):
         flag = {"true": True, "1": True, "false": False, "0": False}.get(text.lower())
         if flag is None:

@@ -42,12 +42,6 @@ __all__ = ["AUTO_MASK_RULES", "MASK_RULES", "MAX_NBINS", "MIMetric", "background
 MAX_NBINS = 256
 #: How ``static_mask`` and ``moving_mask`` combine on the common grid.
 MASK_RULES = ("either", "both")
-#: ``partial_volume``: neither side, both, or each side by its image.
-PARTIAL_VOLUME = (False, True, "auto")
-#: ``partial_volume="auto"`` samples a side's own voxels when half a voxel of
-#: linear interpolation lowers its image's 32-bin entropy by more than this
-#: (nats; :func:`interpolation_entropy_drop`).
-NOISY_ENTROPY_DROP = 0.05
 
 # Flags of the per-voxel ``use`` array handed to the kernels.
 _DERIV = np.uint8(1)   # the voxel gets an update (inside the masks)
@@ -308,61 +302,6 @@ def _stripping_outline(image, mask):
         # next to nothing left.
         return None
     return outline
-
-
-def _fixed_sides(partial_volume):
-    if partial_volume is True:
-        return ("static", "moving")
-    return ()
-
-
-def interpolation_entropy_drop(image, nbins=32):
-    """How much half a voxel of linear interpolation lowers an image's
-    histogram entropy (nats), over its signal.
-
-    The image is sampled half a voxel off along every axis (the mean of each
-    cell's 2^dim corners) and both histograms, ``nbins`` bins between the
-    0.5th and 99.5th percentiles of the signal, are taken over the cells whose
-    corners are all signal (above a tenth of the 1st-99th percentile range).
-    Noise that interpolation averages away narrows the histogram, which MI
-    rewards: single scans lower it by 0.06 to 0.15 nats on 2 mm grids, noise-free
-    averages (avg152, avg305, MNI152 2009, Colin 27) by less than 0.04.
-
-    Parameters
-    ----------
-    image : array
-        A 2D or 3D image.
-    nbins : int, optional
-        Histogram bins.
-
-    Returns
-    -------
-    drop : float
-        Entropy of the image minus that of its half-voxel interpolation; 0
-        when fewer than 64 cells are signal.
-    """
-    image = np.asarray(image, dtype=np.float64)
-    if min(image.shape) < 2:
-        return 0.0
-    signal = _signal(image)
-    cells = [tuple(slice(c, n - 1 + c) for c, n in zip(corner, image.shape))
-             for corner in np.ndindex(*(2,) * image.ndim)]
-    core = np.logical_and.reduce([signal[c] for c in cells])
-    if core.sum() < 64:
-        return 0.0
-    shifted = sum(image[c] for c in cells) / len(cells)
-    values = image[cells[0]][core]
-    lo, hi = np.percentile(values, (0.5, 99.5))
-    if not hi > lo:
-        return 0.0
-
-    def entropy(v):
-        h = np.bincount(np.clip(((v - lo) * (nbins / (hi - lo))).astype(np.int64), 0,
-                                nbins - 1), minlength=nbins)
-        p = h[h > 0] / h.sum()
-        return float(-(p * np.log(p)).sum())
-
-    return entropy(values) - entropy(shifted[core])
 
 
 def sample_points(transformation, shape, grid2world, dtype, num_threads):
@@ -705,11 +644,7 @@ class MIMetric(MetricInputs, SimilarityMetric):
         self.mask_rule = mask_rule
         self.mask_margin = int(mask_margin)
         self.auto_masks = check_bool("auto_masks", auto_masks)
-        if partial_volume not in PARTIAL_VOLUME:
-            raise ValueError(f"partial_volume must be one of {PARTIAL_VOLUME}, got "
-                             f"{partial_volume!r}")
-        self.partial_volume = partial_volume
-        self.partial_volume_sides = _fixed_sides(partial_volume)
+        self.partial_volume = check_bool("partial_volume", partial_volume)
         self.auto_masked = ()
         self.masks_set_aside = ()
         self.images_stripped = ()
@@ -728,7 +663,6 @@ class MIMetric(MetricInputs, SimilarityMetric):
         self.histogram_count = None
         self.pv_histograms = {}
         self._pv = {}
-        self._pv_chosen_for = None
         self.static_range = None
         self.moving_range = None
         # Per side: the image the range was computed from (kept alive so that
@@ -1042,54 +976,28 @@ class MIMetric(MetricInputs, SimilarityMetric):
                  else _ROWS_PER_CHUNK * shape[1])
         self._static = static
         self._moving = moving
-        if self.partial_volume == "auto" and self._pv_chosen_for is None:
-            # Driven without fastsyn's optimizer: choose from these images.
-            self.choose_partial_volume(self.static_image, self.moving_image)
-        sides = self.partial_volume_sides
         self.pv_histograms = {}
         self._pv = {}
-        mis = [self._pv_histogram(side, chunk, nthreads) for side in sides]
-        if len(sides) < 2:
-            hist = np.empty((self.nbins, self.nbins), dtype=np.float64)
-            count = k_mi.mi_histogram(
-                static.reshape(-1), moving.reshape(-1),
-                _DUMMY_USE if flags is None else flags.reshape(-1), flags is None,
-                self._s_lo, self._s_scale, self._m_lo, self._m_scale, chunk, hist,
-                nthreads)
-            if count == 0:
-                raise ValueError("no voxel left for the histogram (check the masks)")
-            mi, weights = mi_from_histogram(hist, count)
-            mis += [mi] * (2 - len(sides))
-            self.joint_histogram = hist
-            self.histogram_count = count
-            self._weights = np.ascontiguousarray(weights, dtype=dtype)
-        else:
+        if self.partial_volume:
+            # Each side's own histogram; the MI is their mean.
+            self.mi = float(np.mean([self._pv_histogram(side, chunk, nthreads)
+                                     for side in ("static", "moving")]))
+            self.energy = -self.mi
             self.joint_histogram, self.histogram_count = self.pv_histograms["moving"]
-        # The two sides' MI (the same where both use the Parzen histogram)
-        self.mi = float(np.mean(mis))
-        self.energy = -self.mi
-
-    def choose_partial_volume(self, static, moving):
-        """Set ``partial_volume_sides`` for a run on these (full-resolution)
-        images: with ``partial_volume="auto"`` the sides whose image loses
-        more than :data:`NOISY_ENTROPY_DROP` nats of entropy under half a voxel
-        of interpolation (:func:`interpolation_entropy_drop`), else as fixed.
-
-        Parameters
-        ----------
-        static, moving : array
-            The images on their own grids.
-        """
-        if self.partial_volume != "auto":
-            self.partial_volume_sides = _fixed_sides(self.partial_volume)
             return
-        self.partial_volume_sides = tuple(
-            side for side, image in (("static", static), ("moving", moving))
-            if interpolation_entropy_drop(image) > NOISY_ENTROPY_DROP)
-        self._pv_chosen_for = (static, moving)
-        if self.partial_volume_sides:
-            logger.info("MI: partial-volume sampling of the %s image (interpolation "
-                        "would average its noise)", " and ".join(self.partial_volume_sides))
+        hist = np.empty((self.nbins, self.nbins), dtype=np.float64)
+        count = k_mi.mi_histogram(
+            static.reshape(-1), moving.reshape(-1),
+            _DUMMY_USE if flags is None else flags.reshape(-1), flags is None,
+            self._s_lo, self._s_scale, self._m_lo, self._m_scale, chunk, hist,
+            nthreads)
+        if count == 0:
+            raise ValueError("no voxel left for the histogram (check the masks)")
+        self.mi, weights = mi_from_histogram(hist, count)
+        self.energy = -self.mi
+        self.joint_histogram = hist
+        self.histogram_count = count
+        self._weights = np.ascontiguousarray(weights, dtype=dtype)
 
     # ------------------------------------------------------ partial volume
     def _source_bins(self, side, source, dtype):
@@ -1101,8 +1009,6 @@ class MIMetric(MetricInputs, SimilarityMetric):
             return cached[1]
         lo, hi = self._range(side, source)
         coord = (np.asarray(source, dtype=np.float64) - lo) * ((self.nbins - 1) / (hi - lo))
-        if getattr(self, "_pv_round", False):
-            coord = np.rint(coord)
         bins = np.ascontiguousarray(np.clip(coord, 0, self.nbins - 1), dtype=dtype)
         self._bins_source[side] = (source, bins)
         return bins
@@ -1170,7 +1076,7 @@ class MIMetric(MetricInputs, SimilarityMetric):
                 delattr(self, name)
 
     def _step(self, forward):
-        if ("static" if forward else "moving") in self.partial_volume_sides:
+        if self.partial_volume:
             out = self._pv_step(forward)
             start = time.perf_counter()
             smooth_unchecked(out, self.sigma_diff, self.dim, self._threads(out.size))
