@@ -17,6 +17,10 @@ References
 .. [Mattes03] Mattes, D., Haynor, D. R., Vesselle, H., Lewellen, T. K. and
    Eubank, W. "PET-CT image registration in the chest using free-form
    deformations", IEEE Transactions on Medical Imaging, 22(1), 120-128, 2003.
+.. [Maes97] Maes, F., Collignon, A., Vandermeulen, D., Marchal, G. and
+   Suetens, P. "Multimodality image registration by maximization of mutual
+   information", IEEE Transactions on Medical Imaging, 16(2), 187-198, 1997
+   (partial-volume interpolation, ``partial_volume=True``).
 """
 
 import logging
@@ -411,6 +415,19 @@ class MIMetric(MetricInputs, SimilarityMetric):
         ``masks_set_aside``; False takes the masks exactly as given.  A
         mask with a lesion cut out of it is kept, unless the lesion is
         smaller than 0.05 % of the image's signal (about 0.6 mL of a brain).
+    partial_volume : bool, optional
+        Partial-volume histograms (Maes et al. 1997; greedy's): each side's
+        step comes from its own histogram, in which every voxel of the
+        common grid adds the bins of that side's own voxels around the point
+        where the warp would sample it, with their trilinear weights,
+        instead of one interpolated intensity; the other side's warped value
+        is spread over its two nearest bins.  Interpolation averages a noisy
+        image's noise and so sharpens the histogram, which rewards half-voxel
+        shifts; partial volume does not, but it favours grid-aligned points,
+        which costs precision on smooth images.  Default False: measured on
+        the real set (see Notes), it gains on single scans and noisy images
+        and loses on smooth averages, and the two histograms and steps take
+        about 1.4x the registration's time at 128^3.
     num_threads : int or None, optional
         Threads to use (None: OpenMP default, honouring ``OMP_NUM_THREADS``,
         or the value of a fastsyn optimizer that drives the metric; negative:
@@ -423,9 +440,13 @@ class MIMetric(MetricInputs, SimilarityMetric):
         Mutual information (nats) of the current pair, set by
         ``initialize_iteration``; the energy is ``-mi``.
     joint_histogram : array, shape (nbins, nbins)
-        Parzen histogram of the current pair (static bins first).
+        Parzen histogram of the current pair (static bins first); with
+        ``partial_volume`` the moving side's.
     histogram_count : float
         Number of voxels that built it.
+    pv_histograms : dict
+        With ``partial_volume``, each side's histogram and voxel count
+        (``"static"``, ``"moving"``); empty otherwise.
     static_range, moving_range : tuple of float
         Intensities mapped to the first and last bin.
     auto_masked : tuple of str
