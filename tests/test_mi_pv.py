@@ -187,6 +187,9 @@ def test_pv_kernels_refuse_mismatched_arrays():
     with pytest.raises(ValueError, match="common grid"):
         k_pv.pv_step_3d(bins, points[:3].copy(), other, use, True, 0.0, 1.0, weights, -1.0,
                         True, np.ones(3), ident, True, out, 1)
+    with pytest.raises(ValueError, match="direction"):
+        k_pv.pv_step_3d(bins, points, other, use, True, 0.0, 1.0, weights, -1.0, True,
+                        np.ones(3), np.zeros(6), False, out, 1)
     with pytest.raises(ValueError, match="square"):
         k_pv.pv_step_3d(bins, points, other, use, True, 0.0, 1.0, np.zeros((6, 5)), -1.0,
                         True, np.ones(3), ident, True, out, 1)

@@ -490,6 +490,8 @@ def pv_step_3d(const floating[:, :, ::1] bins, const floating[:, :, :, ::1] poin
         raise ValueError("points, other and out must share the common grid")
     if weights.shape[1] != nbins or nbins < 2 or spacing.shape[0] != 3:
         raise ValueError("weights must be square (nbins >= 2), spacing of 3")
+    if not direction_none and direction.shape[0] != 12:
+        raise ValueError("direction must hold the 12 values of a 3 x 4 matrix")
     if not use_none and use.shape[0] != ns * nr * nc:
         raise ValueError("use must have one flag per voxel")
     if bins.shape[0] < 1 or bins.shape[1] < 1 or bins.shape[2] < 1:
@@ -522,6 +524,8 @@ def pv_step_2d(const floating[:, ::1] bins, const floating[:, :, ::1] points,
         raise ValueError("points, other and out must share the common grid")
     if weights.shape[1] != nbins or nbins < 2 or spacing.shape[0] != 2:
         raise ValueError("weights must be square (nbins >= 2), spacing of 2")
+    if not direction_none and direction.shape[0] != 6:
+        raise ValueError("direction must hold the 6 values of a 2 x 3 matrix")
     if not use_none and use.shape[0] != nr * nc:
         raise ValueError("use must have one flag per voxel")
     if bins.shape[0] < 1 or bins.shape[1] < 1:
