@@ -108,6 +108,23 @@ def test_cli_errors(files, tmp_path, case):
     assert not list(tmp_path.glob("o_*"))
 
 
+def test_cli_partial_volume_reaches_mi_syn(files, tmp_path):
+    # --partial-volume registers with MIMetric(partial_volume=True): a
+    # different, still sound result; with CC it is a one-line error.
+    runs = {}
+    for name, extra in (("parzen", []), ("pv", ["--partial-volume"])):
+        proc = _cli([files["fixed"], files["moving"], "--out", f"{name}_", "--metric", "mi",
+                     "--levels", LEVELS, "--threads", "1", *extra], tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        runs[name] = np.asarray(nib.load(str(tmp_path / f"{name}_Warp.nii.gz")).dataobj)
+        assert np.isfinite(runs[name]).all() and np.abs(runs[name]).max() > 0
+    assert not np.array_equal(runs["parzen"], runs["pv"])
+    proc = _cli([files["fixed"], files["moving"], "--out", "cc_", "--partial-volume"],
+                tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("fastsyn: error: --partial-volume is an option of --metric mi")
+
+
 # ----------------------------------------------------------- the library side
 def test_progress_and_summary(registered):
     msgs = registered["messages"]

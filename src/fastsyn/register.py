@@ -319,7 +319,8 @@ def _level_logger(log):
     return callback
 
 
-def _syn_stage(inputs, matrix, metric, levels, threads, log, auto_masks=True):
+def _syn_stage(inputs, matrix, metric, levels, threads, log, auto_masks=True,
+               partial_volume=False):
     import fastsyn
 
     (f_img, f), (m_img, m) = inputs["fixed"], inputs["moving"]
@@ -332,7 +333,7 @@ def _syn_stage(inputs, matrix, metric, levels, threads, log, auto_masks=True):
         fmask, mmask = inputs["fixed mask"][1], inputs["moving mask"][1]
         sim = fastsyn.MIMetric(3, static_mask=None if fmask is None else fmask > 0,
                                moving_mask=None if mmask is None else mmask > 0,
-                               auto_masks=auto_masks)
+                               auto_masks=auto_masks, partial_volume=partial_volume)
     sdr = fastsyn.SymmetricDiffeomorphicRegistration(
         sim, level_iters=list(levels), num_threads=threads, callback=_level_logger(log))
     t0 = time.perf_counter()
@@ -456,7 +457,7 @@ def _write_outputs(prefix, inputs, matrix, mapping, log):
 
 def register_files(fixed, moving, out, *, metric="cc", transform="syn", threads=None,
                    levels=(20, 20, 10), fixed_mask=None, moving_mask=None, labels=None,
-                   auto_masks=True, log=None):
+                   auto_masks=True, partial_volume=False, log=None):
     """Register a moving image file to a fixed one and write the results.
 
     Parameters
@@ -488,6 +489,11 @@ def register_files(fixed, moving, out, *, metric="cc", transform="syn", threads=
         it, and a mask that leaves out only its image's zero background is
         set aside (default True; logged when it happens; False: masks only
         restrict MI).
+    partial_volume : bool, optional
+        MI SyN's :class:`~fastsyn.MIMetric` ``partial_volume``: histograms
+        that read each image's own voxels instead of interpolated values
+        (more accurate on single scans' noise, about 1.5x the SyN time;
+        default False).
     log : callable, optional
         Progress messages (default: print to stderr).
 
@@ -506,6 +512,9 @@ def register_files(fixed, moving, out, *, metric="cc", transform="syn", threads=
             print(msg, file=sys.stderr, flush=True)
     levels = _check_options(metric, transform, levels, threads)
     auto_masks = check_bool("auto_masks", auto_masks)
+    partial_volume = check_bool("partial_volume", partial_volume)
+    if partial_volume and metric != "mi":
+        raise ValueError("partial_volume is an option of the MI metric (metric='mi')")
     if not isinstance(out, (str, Path)) or not str(out):
         raise ValueError(f"out must be an output prefix, got {out!r}")
     t0 = time.perf_counter()
@@ -517,7 +526,8 @@ def register_files(fixed, moving, out, *, metric="cc", transform="syn", threads=
         mapping, syn_s = None, 0.0
         if transform == "syn":
             mapping, syn_s = _syn_stage(inputs, matrix, metric, levels, threads, log,
-                                        auto_masks=auto_masks)
+                                        auto_masks=auto_masks,
+                                        partial_volume=partial_volume)
         files, arrays = _write_outputs(out, inputs, matrix, mapping, log)
     f = inputs["fixed"][1]
     mask = foreground(f, inputs["fixed mask"][1])

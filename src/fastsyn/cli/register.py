@@ -44,6 +44,11 @@ def add_parser(sub):
                         "image that is zero where the other has signal (a skull-stripped "
                         "image against a whole head) by its nonzero region, nor set aside a "
                         "mask that leaves out only its image's zero background")
+    p.add_argument("--partial-volume", action="store_true",
+                   help="with --metric mi, histograms that read each image's own voxels "
+                        "(partial volume, as greedy) instead of interpolated values: more "
+                        "accurate where an image carries a single scan's noise, about 1.5x "
+                        "the SyN time")
     p.add_argument("--labels", default=None, metavar="L",
                    help="moving label map, warped nearest-neighbour")
     p.add_argument("--qc", action="store_true",
@@ -65,6 +70,8 @@ def run(args):
 
     if args.out.strip() == "":
         raise CommandError("--out must be a non-empty prefix")
+    if args.partial_volume and args.metric != "mi":
+        raise CommandError("--partial-volume is an option of --metric mi")
     if args.fixed_labels is not None:
         if not args.qc:
             raise CommandError("--fixed-labels is drawn on the QC card: give --qc too")
@@ -78,7 +85,8 @@ def run(args):
     res = register_files(args.fixed, args.moving, args.out, metric=args.metric,
                          transform=args.transform, threads=args.threads, levels=args.levels,
                          fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
-                         labels=args.labels, auto_masks=not args.no_auto_masks, log=log)
+                         labels=args.labels, auto_masks=not args.no_auto_masks,
+                         partial_volume=args.partial_volume, log=log)
     print(f"fastsyn register: {args.transform} {args.metric.upper()} in "
           f"{res['seconds']:.1f} s (affine {res['affine_seconds']:.1f} s, SyN "
           f"{res['syn_seconds']:.1f} s), final NCC {res['ncc']:.4f} -> "
