@@ -527,3 +527,22 @@ cdef inline int chunk_threads(int requested, Py_ssize_t chunks) noexcept nogil:
     if requested > chunks:
         return <int>chunks
     return requested
+
+
+cdef inline double sum_partial_tables(const double* part, const double* counts,
+                                      Py_ssize_t nchunks, Py_ssize_t size,
+                                      double* table) noexcept nogil:
+    """Sum the chunks' partial tables (``size`` values each) into ``table``
+    in chunk order, so that the result does not depend on which thread filled
+    which chunk, and return the sum of the chunks' counts."""
+    cdef:
+        Py_ssize_t b, c
+        double acc, total = 0
+    for b in range(size):
+        acc = 0
+        for c in range(nchunks):
+            acc = acc + part[c * size + b]
+        table[b] = acc
+    for c in range(nchunks):
+        total = total + counts[c]
+    return total

@@ -31,7 +31,7 @@ from libc.stdlib cimport free, malloc
 
 from fastsyn._kernels._interp cimport (chunk_threads, Affine2, Affine3, affine2_from,
                                        affine2_vector, affine3_from,
-                                       affine3_vector, central_diff)
+                                       affine3_vector, central_diff, sum_partial_tables)
 
 
 cdef inline int _coord(floating v, floating lo, floating scale,
@@ -175,10 +175,10 @@ def mi_histogram(const floating[::1] static, const floating[::1] moving,
     """
     cdef:
         Py_ssize_t n = static.shape[0], nbins = hist.shape[0]
-        Py_ssize_t nb2 = nbins * nbins, nchunks, c, b, v1
+        Py_ssize_t nb2 = nbins * nbins, nchunks, c, v1
         double* part
         double* counts
-        double total = 0, acc
+        double total = 0
         const unsigned char* use_p = &use[0] if use.shape[0] > 0 else NULL
     if chunk < 1:
         chunk = 1
@@ -198,13 +198,7 @@ def mi_histogram(const floating[::1] static, const floating[::1] moving,
             _hist_chunk(&static[0], &moving[0], use_p, use_none, c * chunk, v1,
                         s_lo, s_scale, m_lo, m_scale, nbins, part + c * nb2,
                         counts + c)
-        for b in range(nb2):
-            acc = 0
-            for c in range(nchunks):
-                acc = acc + part[c * nb2 + b]
-            hist[b // nbins, b % nbins] = acc
-        for c in range(nchunks):
-            total = total + counts[c]
+        total = sum_partial_tables(part, counts, nchunks, nb2, &hist[0, 0])
     free(part)
     free(counts)
     return total

@@ -36,7 +36,7 @@ from libc.stdlib cimport free, malloc
 
 from fastsyn._kernels._interp cimport (chunk_threads, Affine2, Affine3, affine2_from,
                                        affine2_vector, affine3_from,
-                                       affine3_vector, central_diff)
+                                       affine3_vector, central_diff, sum_partial_tables)
 
 
 cdef inline int _cell(double p, Py_ssize_t n, Py_ssize_t* i0, Py_ssize_t* i1,
@@ -409,11 +409,11 @@ def pv_histogram(const floating[::1] bins, tuple source_shape,
     cdef:
         Py_ssize_t dim = len(source_shape)
         Py_ssize_t n = other.shape[0], nbins = hist.shape[0]
-        Py_ssize_t nb2 = nbins * nbins, nchunks, c, b, v1
+        Py_ssize_t nb2 = nbins * nbins, nchunks, c, v1
         Py_ssize_t s0, s1, s2
         double* part
         double* counts
-        double total = 0, acc
+        double total = 0
         const unsigned char* use_p = &use[0] if use.shape[0] > 0 else NULL
     if dim not in (2, 3):
         raise ValueError("source_shape must have 2 or 3 axes")
@@ -452,13 +452,7 @@ def pv_histogram(const floating[::1] bins, tuple source_shape,
                 _pv_hist_chunk_2d(&bins[0], s0, s1, &points[0], &other[0], use_p,
                                   use_none, c * chunk, v1, o_lo, o_scale, nbins,
                                   source_static, part + c * nb2, counts + c)
-        for b in range(nb2):
-            acc = 0
-            for c in range(nchunks):
-                acc = acc + part[c * nb2 + b]
-            hist[b // nbins, b % nbins] = acc
-        for c in range(nchunks):
-            total = total + counts[c]
+        total = sum_partial_tables(part, counts, nchunks, nb2, &hist[0, 0])
     free(part)
     free(counts)
     return total
