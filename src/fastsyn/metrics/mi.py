@@ -698,7 +698,7 @@ class MIMetric(MetricInputs, SimilarityMetric):
         self._dyn_source = {"static": None, "moving": None}
         self._dyn_map = {"static": None, "moving": None}
         self._warped_mask = {"static": None, "moving": None}
-        # Per side: (source array, its uint8 bins) of partial volume.
+        # Per side: (source array, its bin coordinates) of partial volume.
         self._bins_source = {"static": None, "moving": None}
         # Per side: ((level shape, margin), mask on that level, grown mask as
         # int32, the full-resolution mask it came from).
