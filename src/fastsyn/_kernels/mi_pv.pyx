@@ -4,7 +4,7 @@
 # The side whose step is wanted (the "source") is not interpolated: each
 # voxel i of the common grid looks at the source's own level image around
 # the point p(i) at which the warp would have sampled it, and each of the
-# 2^dim voxels of that cell adds its own intensity bin with its bilinear /
+# 2^dim voxels of that cell adds its own intensity's bins with its bilinear /
 # trilinear weight.  So no intensity the image does not hold enters the
 # histogram, and the warp does not average the image's noise (with an
 # interpolated value, a half-voxel shift of a noisy image sharpens the
@@ -14,9 +14,10 @@
 # Bins: the caller gives each voxel of the source its bin coordinate c in
 # [0, nbins - 1] (whole numbers for integer bins); a corner's own intensity
 # is spread over the two bins around its c (a linear window, exact for a
-# whole number), as is the other side's warped value.
-# A point outside [0, n - 1] on any axis (or NaN) leaves its voxel out of
-# that side's histogram and step.
+# whole number), as is the other side's warped value.  A point outside
+# [0, n - 1] on any axis (or NaN) leaves its voxel out of that side's
+# histogram and step.  A cell whose 2^dim voxels hold one value (a stripped
+# brain's background) adds that value's bins once and has a zero step.
 #
 # Histogram: as in mi.pyx, fixed chunks of the common grid (a slice in 3D, a
 # few rows in 2D) fill partial tables that are summed in chunk order, so the
