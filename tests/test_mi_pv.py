@@ -10,7 +10,7 @@ from conftest import smooth_image
 import fastsyn
 from fastsyn._kernels import mi_pv as k_pv
 from fastsyn.metrics import MIMetric, mi_from_histogram
-from fastsyn.metrics.mi import sample_points
+from fastsyn.metrics.mi import sample_jacobian, sample_points
 
 
 # ------------------------------------------------------------------ helpers
@@ -127,6 +127,15 @@ def test_sample_points_are_where_the_warp_samples(dim, inverse):
         warped = dmap.transform(index, image_world2grid=None, out_shape=out_shape,
                                 out_grid2world=out_grid)
         np.testing.assert_allclose(points[..., k][inside], warped[inside], atol=1e-4)
+    # Without the field the points are affine: their gradient is the
+    # Jacobian sample_jacobian gives.
+    dmap.forward = np.zeros_like(dmap.forward)
+    dmap.backward = np.zeros_like(dmap.backward)
+    flat = sample_points(dmap, out_shape, out_grid, np.float64, 2)
+    jac = sample_jacobian(dmap, out_grid, dim)
+    for k in range(dim):
+        for axis, grad in enumerate(np.gradient(flat[..., k])):
+            np.testing.assert_allclose(grad, jac[k, axis], atol=1e-9)
 
 
 # ------------------------------------------------------------ histogram
@@ -229,6 +238,18 @@ def test_pv_step_matches_numpy(dim, source_static):
     expected = -np.einsum("ij,...j->...i", rot, grad_x) / count
     assert np.count_nonzero(np.any(out != 0, -1)) > 0.5 * np.prod(shape)
     np.testing.assert_allclose(out, expected, rtol=1e-9, atol=1e-12 * np.abs(expected).max())
+    # A given Jacobian (the map's affine part) replaces the points' own.
+    fixed_jac = np.eye(dim) + 0.2 * rng.standard_normal((dim, dim))
+    kernel(bins, points, other, np.zeros(1, np.uint8), True, lo, scale,
+           np.ascontiguousarray(weights), -1.0 / count, source_static, spacing,
+           direction.ravel(), False, out, 2, fixed_jac.ravel())
+    grad_x = np.einsum("kl,...k->...l", fixed_jac, grad_p) / spacing
+    expected = -np.einsum("ij,...j->...i", rot, grad_x) / count
+    np.testing.assert_allclose(out, expected, rtol=1e-9, atol=1e-12 * np.abs(expected).max())
+    with pytest.raises(ValueError, match="jacobian"):
+        kernel(bins, points, other, np.zeros(1, np.uint8), True, lo, scale,
+               np.ascontiguousarray(weights), -1.0 / count, source_static, spacing,
+               direction.ravel(), False, out, 2, np.ones(dim * dim + 1))
 
 
 @pytest.mark.parametrize("dim", [2, 3])
@@ -251,6 +272,7 @@ def test_pv_step_is_the_derivative_of_mi(dim, forward):
     def side_mi(points):
         def source_points(which, *args):
             image = static if which == "static" else moving
+            metric._pv_jacobian[which] = np.eye(dim)   # the points' own: identity
             return image, (points if which == side else base)
         metric._source_points = source_points
         metric.initialize_iteration()

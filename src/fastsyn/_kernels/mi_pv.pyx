@@ -212,7 +212,8 @@ cdef void _pv_step_slice_3d(const floating* B, Py_ssize_t bs, Py_ssize_t br,
                             Py_ssize_t nr, Py_ssize_t nc, Py_ssize_t s, double o_lo,
                             double o_scale, Py_ssize_t nbins, const double* W,
                             double factor, int source_static, const double* spacing,
-                            const Affine3* direction, floating* out) noexcept nogil:
+                            const Affine3* direction, const double* jac0,
+                            floating* out) noexcept nogil:
     cdef:
         Py_ssize_t r, c, v, o, k, l
         Py_ssize_t bins[8]
@@ -255,7 +256,10 @@ cdef void _pv_step_slice_3d(const floating* B, Py_ssize_t bs, Py_ssize_t br,
             for l in range(3):
                 g[l] = 0
                 for k in range(3):
-                    jac = central_diff(P + k, 3 * v, pos[l], sizes[l], strides[l])
+                    if jac0 != NULL:
+                        jac = jac0[3 * k + l]
+                    else:
+                        jac = central_diff(P + k, 3 * v, pos[l], sizes[l], strides[l])
                     g[l] += jac * gp[k]
                 g[l] = g[l] / spacing[l]
             if not dirn.none:
@@ -323,7 +327,8 @@ cdef void _pv_step_row_2d(const floating* B, Py_ssize_t br, Py_ssize_t bc,
                           Py_ssize_t nc, Py_ssize_t r, double o_lo, double o_scale,
                           Py_ssize_t nbins, const double* W, double factor,
                           int source_static, const double* spacing,
-                          const Affine2* direction, floating* out) noexcept nogil:
+                          const Affine2* direction, const double* jac0,
+                          floating* out) noexcept nogil:
     cdef:
         Py_ssize_t c, v, o, k
         Py_ssize_t bins[4]
@@ -351,8 +356,12 @@ cdef void _pv_step_row_2d(const floating* B, Py_ssize_t br, Py_ssize_t bc,
         gp[1] = (F[1] - F[0]) * (1 - f[0]) + (F[3] - F[2]) * f[0]
         for k in range(2):
             # row axis (stride 2 * nc), then column axis (stride 2)
-            j0 = central_diff(P + k, 2 * v, r, nr, 2 * nc)
-            j1 = central_diff(P + k, 2 * v, c, nc, 2)
+            if jac0 != NULL:
+                j0 = jac0[2 * k]
+                j1 = jac0[2 * k + 1]
+            else:
+                j0 = central_diff(P + k, 2 * v, r, nr, 2 * nc)
+                j1 = central_diff(P + k, 2 * v, c, nc, 2)
             if k == 0:
                 g[0] = j0 * gp[0]
                 g[1] = j1 * gp[0]
@@ -370,6 +379,14 @@ cdef void _pv_step_row_2d(const floating* B, Py_ssize_t br, Py_ssize_t bc,
 
 
 # ------------------------------------------------------------- wrappers
+cdef const double* _jacobian(const double[::1] jacobian, int dim) except? NULL:
+    if jacobian is None:
+        return NULL
+    if jacobian.shape[0] != dim * dim:
+        raise ValueError(f"jacobian must hold {dim * dim} values")
+    return &jacobian[0]
+
+
 def pv_histogram(const floating[::1] bins, tuple source_shape,
                  const floating[::1] points, const floating[::1] other,
                  const unsigned char[::1] use, bint use_none, double o_lo,
@@ -464,7 +481,8 @@ def pv_step_3d(const floating[:, :, ::1] bins, const floating[:, :, :, ::1] poin
                bint use_none, double o_lo, double o_scale, const double[:, ::1] weights,
                double factor, bint source_static, const double[::1] spacing,
                const double[::1] direction, bint direction_none,
-               floating[:, :, :, ::1] out, int num_threads):
+               floating[:, :, :, ::1] out, int num_threads,
+               const double[::1] jacobian=None):
     """Dense partial-volume MI step of one side of a 3D pair.
 
     ``out[x] = factor * J(x)^T grad F(p(x))``, physical and oriented: ``p``
@@ -472,9 +490,12 @@ def pv_step_3d(const floating[:, :, ::1] bins, const floating[:, :, :, ::1] poin
     voxel), ``J`` their Jacobian on the common grid, ``F`` the cell's
     trilinear interpolant of ``weights`` at the source's bins and the other
     side's linear window.  Voxels whose ``use`` flag lacks bit 1, or whose
-    point is outside the source, get zero.
+    point is outside the source, get zero.  ``jacobian`` (9 values, row k
+    the derivatives of the points' component k), when given, is ``J`` at
+    every voxel (the map's affine part, as greedy's gradient).
     """
     cdef:
+        const double* jac0 = _jacobian(jacobian, 3)
         Py_ssize_t s, ns = other.shape[0], nr = other.shape[1], nc = other.shape[2]
         Py_ssize_t nbins = weights.shape[0]
         Affine3 da = affine3_from(direction, direction_none)
@@ -497,7 +518,7 @@ def pv_step_3d(const floating[:, :, ::1] bins, const floating[:, :, :, ::1] poin
             _pv_step_slice_3d(&bins[0, 0, 0], bins.shape[0], bins.shape[1], bins.shape[2],
                               &points[0, 0, 0, 0], &other[0, 0, 0], use_p, use_none,
                               ns, nr, nc, s, o_lo, o_scale, nbins, &weights[0, 0],
-                              factor, source_static, &spacing[0], &da,
+                              factor, source_static, &spacing[0], &da, jac0,
                               &out[0, 0, 0, 0])
 
 
@@ -506,10 +527,12 @@ def pv_step_2d(const floating[:, ::1] bins, const floating[:, :, ::1] points,
                bint use_none, double o_lo, double o_scale, const double[:, ::1] weights,
                double factor, bint source_static, const double[::1] spacing,
                const double[::1] direction, bint direction_none,
-               floating[:, :, ::1] out, int num_threads):
+               floating[:, :, ::1] out, int num_threads,
+               const double[::1] jacobian=None):
     """Dense partial-volume MI step of one side of a 2D pair (see
-    :func:`pv_step_3d`)."""
+    :func:`pv_step_3d`; ``jacobian`` has 4 values)."""
     cdef:
+        const double* jac0 = _jacobian(jacobian, 2)
         Py_ssize_t r, nr = other.shape[0], nc = other.shape[1]
         Py_ssize_t nbins = weights.shape[0]
         Affine2 da = affine2_from(direction, direction_none)
@@ -531,4 +554,4 @@ def pv_step_2d(const floating[:, ::1] bins, const floating[:, :, ::1] points,
             _pv_step_row_2d(&bins[0, 0], bins.shape[0], bins.shape[1], &points[0, 0, 0],
                             &other[0, 0], use_p, use_none, nr, nc, r, o_lo, o_scale,
                             nbins, &weights[0, 0], factor, source_static, &spacing[0],
-                            &da, &out[0, 0, 0])
+                            &da, jac0, &out[0, 0, 0])

@@ -315,6 +315,14 @@ def sample_points(transformation, shape, grid2world, dtype, num_threads):
     samples it, shape ``shape + (dim,)``.  The matrices are those of DIPY's
     ``_warp_forward`` (or ``_warp_backward`` for a map from ``inverse()``),
     rebuilt here from the map's."""
+    field, inner, outer, disp = _sample_matrices(transformation, grid2world)
+    return sample_points_unchecked(field, inner, outer, disp, shape, dtype,
+                                   resolve_num_threads(num_threads))
+
+
+def _sample_matrices(transformation, grid2world):
+    """The field and the matrices A, B, C of ``C d[A i] + B i`` (DIPY's
+    ``_warp_forward``, or ``_warp_backward`` for a map from ``inverse()``)."""
     mult = dipy_mult_aff
     S = grid2world
     if getattr(transformation, "is_inverse", False):
@@ -325,8 +333,16 @@ def sample_points(transformation, shape, grid2world, dtype, num_threads):
         W = transformation.codomain_world2grid
         field, pre = transformation.forward, transformation.prealign
         inner, disp = mult(transformation.disp_world2grid, mult(pre, S)), W
-    return sample_points_unchecked(field, inner, mult(W, mult(pre, S)), disp, shape, dtype,
-                                   resolve_num_threads(num_threads))
+    return field, inner, mult(W, mult(pre, S)), disp
+
+
+def sample_jacobian(transformation, grid2world, dim):
+    """The points' Jacobian without the field: the linear part of ``B`` in
+    :func:`sample_points` (the identity when the map has no matrices)."""
+    outer = _sample_matrices(transformation, grid2world)[2]
+    if outer is None:
+        return np.eye(dim)
+    return np.ascontiguousarray(np.asarray(outer, dtype=np.float64)[:dim, :dim])
 
 
 def _grow_mask(mask, margin):
@@ -421,7 +437,9 @@ class MIMetric(MetricInputs, SimilarityMetric):
         common grid adds the bins of that side's own voxels around the point
         where the warp would sample it, with their trilinear weights,
         instead of one interpolated intensity; the other side's warped value
-        is spread over its two nearest bins.  Interpolation averages a noisy
+        is spread over its two nearest bins.  The step is the derivative
+        with respect to those points, turned by the map's affine part (the
+        field's own Jacobian left out, as in greedy).  Interpolation averages a noisy
         image's noise and so sharpens the histogram, which rewards half-voxel
         shifts; partial volume does not, but it favours grid-aligned points,
         which costs precision on smooth images.  Default False: measured on
@@ -1005,6 +1023,7 @@ class MIMetric(MetricInputs, SimilarityMetric):
         self._moving = moving
         self.pv_histograms = {}
         self._pv = {}
+        self._pv_jacobian = {}
         if self.partial_volume:
             # Each side's own histogram; the MI is their mean.
             self.mi = float(np.mean([self._pv_histogram(side, chunk, nthreads)
@@ -1050,9 +1069,11 @@ class MIMetric(MetricInputs, SimilarityMetric):
         if source is None or transformation is None:
             points = np.stack(np.indices(shape, dtype=dtype), axis=-1)
             image = self.static_image if side == "static" else self.moving_image
+            self._pv_jacobian[side] = np.eye(self.dim)
             return image, np.ascontiguousarray(points)
         grid2world = self.static_affine if side == "static" else self.moving_affine
         points = sample_points(transformation, shape, grid2world, dtype, nthreads)
+        self._pv_jacobian[side] = sample_jacobian(transformation, grid2world, self.dim)
         return source, points
 
     def _pv_histogram(self, side, chunk, nthreads):
@@ -1091,9 +1112,12 @@ class MIMetric(MetricInputs, SimilarityMetric):
         out = np.empty(other.shape + (self.dim,), dtype=other.dtype)
         flags = self._flags
         kernel = k_pv.pv_step_3d if self.dim == 3 else k_pv.pv_step_2d
+        # The points' Jacobian without the field (as greedy's gradient): on
+        # the 30 real tune pairs +0.0014 over the points' own, and cheaper.
+        jacobian = np.ascontiguousarray(self._pv_jacobian[side].ravel())
         kernel(bins, points, other, _DUMMY_USE if flags is None else flags.reshape(-1),
                flags is None, lo, scale, weights, -1.0 / count, forward, spacing, dflat,
-               dnone, out, self._threads(other.size))
+               dnone, out, self._threads(other.size), jacobian)
         return out
 
     def free_iteration(self):
