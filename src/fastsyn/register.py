@@ -492,7 +492,7 @@ def register_files(fixed, moving, out, *, metric="cc", transform="syn", threads=
     partial_volume : bool, optional
         MI SyN's :class:`~fastsyn.MIMetric` ``partial_volume``: histograms
         that read each image's own voxels instead of interpolated values
-        (more accurate on single scans' noise, about 1.5x the SyN time;
+        (more accurate on single scans' noise, about 1.3x the SyN time;
         default False).
     log : callable, optional
         Progress messages (default: print to stderr).

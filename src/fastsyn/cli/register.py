@@ -47,7 +47,7 @@ def add_parser(sub):
     p.add_argument("--partial-volume", action="store_true",
                    help="with --metric mi, histograms that read each image's own voxels "
                         "(partial volume, as greedy) instead of interpolated values: more "
-                        "accurate where an image carries a single scan's noise, about 1.5x "
+                        "accurate where an image carries a single scan's noise, about 1.3x "
                         "the SyN time")
     p.add_argument("--labels", default=None, metavar="L",
                    help="moving label map, warped nearest-neighbour")

@@ -445,7 +445,7 @@ class MIMetric(MetricInputs, SimilarityMetric):
         which costs precision on smooth images.  Default False: measured on
         the real set (see Notes), it gains on single scans and noisy images
         and loses on smooth averages, and the two histograms and steps make
-        a registration take about 1.45x as long.
+        a registration take about 1.3x as long.
     num_threads : int or None, optional
         Threads to use (None: OpenMP default, honouring ``OMP_NUM_THREADS``,
         or the value of a fastsyn optimizer that drives the metric; negative:
@@ -594,10 +594,10 @@ class MIMetric(MetricInputs, SimilarityMetric):
       tune pairs.
 
     * ``partial_volume=False``: partial-volume histograms gain on the
-      single scan (``chris``: +0.0047 tune, +0.0054 held out, 13 of 18 and
-      10 of 12 pairs won) and on the real set's held-out half (+0.0038),
-      but lose on pairs of smooth averages (up to -0.046) and take 1.45x
-      the time at 128^3 and 1 mm, about 1.3x greedy NMI's.
+      single scan (``chris``: +0.0078 tune, +0.0067 held out, 16 of 18 and
+      10 of 12 pairs won) and on the real set (+0.0027 tune, +0.0053 held
+      out), but lose on pairs of smooth averages and take 1.28x the time at
+      128^3 and 1 mm, about 1.1x greedy NMI's (the limit is 1.0x).
 
     * ``mask_rule="either"`` (ITK's and ANTs' rule is "both"): on the set
       with the SPM subjects' whole heads (``--dataset real-heads``) and brain
