@@ -323,7 +323,7 @@ def test_partial_volume_syn_improves_overlap_bitwise_for_every_thread_count():
     for other in fields[1:]:
         assert np.array_equal(fields[0][0], other[0])
         assert np.array_equal(fields[0][1], other[1])
-    # Measured: Dice 0.861 before, 0.890 after (the noise caps the gain)
+    # Measured: Dice 0.861 before, 0.881 after (the Parzen MI: 0.854)
     assert dice[0] > before + 0.015, (before, dice[0])
 
 
