@@ -195,21 +195,21 @@ def test_pv_kernels_refuse_mismatched_arrays():
     ident = np.zeros(12)
     with pytest.raises(ValueError, match="common grid"):
         k_pv.pv_step_3d(bins, points[:3].copy(), other, use, True, 0.0, 1.0, weights, -1.0,
-                        True, np.ones(3), ident, True, out, 1)
+                        True, np.ones(3), ident, True, out, 1, np.eye(3).ravel())
     with pytest.raises(ValueError, match="direction"):
         k_pv.pv_step_3d(bins, points, other, use, True, 0.0, 1.0, weights, -1.0, True,
-                        np.ones(3), np.zeros(6), False, out, 1)
+                        np.ones(3), np.zeros(6), False, out, 1, np.eye(3).ravel())
     with pytest.raises(ValueError, match="square"):
         k_pv.pv_step_3d(bins, points, other, use, True, 0.0, 1.0, np.zeros((6, 5)), -1.0,
-                        True, np.ones(3), ident, True, out, 1)
+                        True, np.ones(3), ident, True, out, 1, np.eye(3).ravel())
 
 
 # ----------------------------------------------------------------- step
 @pytest.mark.parametrize("dim", [2, 3])
 @pytest.mark.parametrize("source_static", [True, False])
 def test_pv_step_matches_numpy(dim, source_static):
-    # out = factor * J^T grad_p, J the points' numpy.gradient, then divided
-    # by the spacing and turned by the direction.
+    # out = factor * J^T grad_p, J the given Jacobian (the map's affine
+    # part), then divided by the spacing and turned by the direction.
     shape = (15, 13, 9)[:dim]
     source_shape = (11, 14, 8)[:dim]
     nbins = 9
@@ -221,6 +221,7 @@ def test_pv_step_matches_numpy(dim, source_static):
     scale = (nbins - 1) / (hi - lo)
     _, count, weights, grad_p = _numpy_pv(bins, points, other, lo, scale, nbins,
                                           source_static)
+    grad_p = grad_p.reshape(shape + (dim,))
     spacing = np.array([1.5, 0.8, 1.2][:dim])
     theta = 0.3
     rot = np.eye(dim)
@@ -229,27 +230,19 @@ def test_pv_step_matches_numpy(dim, source_static):
     direction[:, :dim] = rot
     out = np.empty(shape + (dim,))
     kernel = k_pv.pv_step_3d if dim == 3 else k_pv.pv_step_2d
-    kernel(bins, points, other, np.zeros(1, np.uint8), True, lo, scale,
-           np.ascontiguousarray(weights), -1.0 / count, source_static, spacing,
-           direction.ravel(), False, out, 2)
-    grad_p = grad_p.reshape(shape + (dim,))
-    jac = np.stack([np.stack(np.gradient(points[..., k]), -1) for k in range(dim)], -2)
-    grad_x = np.einsum("...kl,...k->...l", jac, grad_p) / spacing
-    expected = -np.einsum("ij,...j->...i", rot, grad_x) / count
-    assert np.count_nonzero(np.any(out != 0, -1)) > 0.5 * np.prod(shape)
-    np.testing.assert_allclose(out, expected, rtol=1e-9, atol=1e-12 * np.abs(expected).max())
-    # A given Jacobian (the map's affine part) replaces the points' own.
     fixed_jac = np.eye(dim) + 0.2 * rng.standard_normal((dim, dim))
     kernel(bins, points, other, np.zeros(1, np.uint8), True, lo, scale,
            np.ascontiguousarray(weights), -1.0 / count, source_static, spacing,
            direction.ravel(), False, out, 2, fixed_jac.ravel())
+    assert np.count_nonzero(np.any(out != 0, -1)) > 0.5 * np.prod(shape)
     grad_x = np.einsum("kl,...k->...l", fixed_jac, grad_p) / spacing
     expected = -np.einsum("ij,...j->...i", rot, grad_x) / count
     np.testing.assert_allclose(out, expected, rtol=1e-9, atol=1e-12 * np.abs(expected).max())
-    with pytest.raises(ValueError, match="jacobian"):
-        kernel(bins, points, other, np.zeros(1, np.uint8), True, lo, scale,
-               np.ascontiguousarray(weights), -1.0 / count, source_static, spacing,
-               direction.ravel(), False, out, 2, np.ones(dim * dim + 1))
+    for bad in (np.ones(dim * dim + 1), None):
+        with pytest.raises(ValueError, match="jacobian"):
+            kernel(bins, points, other, np.zeros(1, np.uint8), True, lo, scale,
+                   np.ascontiguousarray(weights), -1.0 / count, source_static, spacing,
+                   direction.ravel(), False, out, 2, bad)
 
 
 @pytest.mark.parametrize("dim", [2, 3])
@@ -272,8 +265,8 @@ def test_pv_step_is_the_derivative_of_mi(dim, forward):
     def side_mi(points):
         def source_points(which, *args):
             image = static if which == "static" else moving
-            metric._pv_jacobian[which] = np.eye(dim)   # the points' own: identity
-            return image, (points if which == side else base)
+            # the points' own Jacobian is the identity here
+            return image, (points if which == side else base), np.eye(dim)
         metric._source_points = source_points
         metric.initialize_iteration()
         hist, count = metric.pv_histograms[side]

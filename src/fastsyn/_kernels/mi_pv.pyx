@@ -28,8 +28,9 @@
 # source bin b and the other side's window, the derivative of MI with
 # respect to the point is (1 / N) times the gradient of the cell's
 # multilinear interpolant of F at p(i); the chain to the common grid goes
-# through the points' Jacobian (numpy.gradient of the points, unit
-# spacing), then to physical units and orientation as in mi.pyx.
+# through a Jacobian the caller gives (the map's affine part: the field's own
+# Jacobian left out, as in greedy), then to physical units and orientation
+# as in mi.pyx.
 
 from cython cimport floating
 from cython.parallel cimport prange
@@ -37,7 +38,7 @@ from libc.stdlib cimport free, malloc
 
 from fastsyn._kernels._interp cimport (chunk_threads, Affine2, Affine3, affine2_from,
                                        affine2_vector, affine3_from,
-                                       affine3_vector, central_diff, sum_partial_tables)
+                                       affine3_vector, sum_partial_tables)
 
 
 cdef inline int _cell(double p, Py_ssize_t n, Py_ssize_t* i0, Py_ssize_t* i1,
@@ -132,14 +133,14 @@ cdef int _corners_3d(const floating* B, Py_ssize_t bs, Py_ssize_t br,
         # (a skull-stripped image's background: most of the grid)
         bins[0] = _bin(B, i000, nbins, &tau[0])
         return 2
-    bins[0] = _bin(B, (a0 * br + b0) * bc + c0, nbins, &tau[0])
-    bins[1] = _bin(B, (a0 * br + b0) * bc + c1, nbins, &tau[1])
-    bins[2] = _bin(B, (a0 * br + b1) * bc + c0, nbins, &tau[2])
-    bins[3] = _bin(B, (a0 * br + b1) * bc + c1, nbins, &tau[3])
-    bins[4] = _bin(B, (a1 * br + b0) * bc + c0, nbins, &tau[4])
-    bins[5] = _bin(B, (a1 * br + b0) * bc + c1, nbins, &tau[5])
-    bins[6] = _bin(B, (a1 * br + b1) * bc + c0, nbins, &tau[6])
-    bins[7] = _bin(B, (a1 * br + b1) * bc + c1, nbins, &tau[7])
+    bins[0] = _bin(B, i000, nbins, &tau[0])
+    bins[1] = _bin(B, i001, nbins, &tau[1])
+    bins[2] = _bin(B, i010, nbins, &tau[2])
+    bins[3] = _bin(B, i011, nbins, &tau[3])
+    bins[4] = _bin(B, i100, nbins, &tau[4])
+    bins[5] = _bin(B, i101, nbins, &tau[5])
+    bins[6] = _bin(B, i110, nbins, &tau[6])
+    bins[7] = _bin(B, i111, nbins, &tau[7])
     return 1
 
 
@@ -218,29 +219,17 @@ cdef void _pv_step_slice_3d(const floating* B, Py_ssize_t bs, Py_ssize_t br,
         Py_ssize_t r, c, v, o, k, l
         Py_ssize_t bins[8]
         double tau[8]
-        Py_ssize_t strides[3]
-        Py_ssize_t pos[3]
-        Py_ssize_t sizes[3]
         double f[3]
         double F[8]
         double gp[3]
         double g[3]
         double y[3]
-        double t, jac
+        double t
         Py_ssize_t rs = nbins if source_static else 1
         Py_ssize_t os = 1 if source_static else nbins
         Affine3 dirn = direction[0]  # a local copy: see Affine3
-    strides[0] = 3 * nr * nc
-    strides[1] = 3 * nc
-    strides[2] = 3
-    sizes[0] = ns
-    sizes[1] = nr
-    sizes[2] = nc
-    pos[0] = s
     for r in range(nr):
-        pos[1] = r
         for c in range(nc):
-            pos[2] = c
             v = (s * nr + r) * nc + c
             # outside the source, or a flat cell (every F the same): zero
             if ((not use_none and not (use[v] & 1))
@@ -256,11 +245,7 @@ cdef void _pv_step_slice_3d(const floating* B, Py_ssize_t bs, Py_ssize_t br,
             for l in range(3):
                 g[l] = 0
                 for k in range(3):
-                    if jac0 != NULL:
-                        jac = jac0[3 * k + l]
-                    else:
-                        jac = central_diff(P + k, 3 * v, pos[l], sizes[l], strides[l])
-                    g[l] += jac * gp[k]
+                    g[l] += jac0[3 * k + l] * gp[k]
                 g[l] = g[l] / spacing[l]
             if not dirn.none:
                 affine3_vector(&dirn, g[0], g[1], g[2], y)
@@ -338,7 +323,7 @@ cdef void _pv_step_row_2d(const floating* B, Py_ssize_t br, Py_ssize_t bc,
         double gp[2]
         double g[2]
         double y[2]
-        double t, j0, j1
+        double t
         Py_ssize_t rs = nbins if source_static else 1
         Py_ssize_t os = 1 if source_static else nbins
         Affine2 dirn = direction[0]
@@ -354,22 +339,8 @@ cdef void _pv_step_row_2d(const floating* B, Py_ssize_t br, Py_ssize_t bc,
             F[k] = _weight4(W + bins[k] * rs + o * os, rs, os, tau[k], t)
         gp[0] = (F[2] - F[0]) * (1 - f[1]) + (F[3] - F[1]) * f[1]
         gp[1] = (F[1] - F[0]) * (1 - f[0]) + (F[3] - F[2]) * f[0]
-        for k in range(2):
-            # row axis (stride 2 * nc), then column axis (stride 2)
-            if jac0 != NULL:
-                j0 = jac0[2 * k]
-                j1 = jac0[2 * k + 1]
-            else:
-                j0 = central_diff(P + k, 2 * v, r, nr, 2 * nc)
-                j1 = central_diff(P + k, 2 * v, c, nc, 2)
-            if k == 0:
-                g[0] = j0 * gp[0]
-                g[1] = j1 * gp[0]
-            else:
-                g[0] += j0 * gp[1]
-                g[1] += j1 * gp[1]
-        g[0] = g[0] / spacing[0]
-        g[1] = g[1] / spacing[1]
+        g[0] = (jac0[0] * gp[0] + jac0[2] * gp[1]) / spacing[0]
+        g[1] = (jac0[1] * gp[0] + jac0[3] * gp[1]) / spacing[1]
         if not dirn.none:
             affine2_vector(&dirn, g[0], g[1], y)
             g[0] = y[0]
@@ -379,10 +350,8 @@ cdef void _pv_step_row_2d(const floating* B, Py_ssize_t br, Py_ssize_t bc,
 
 
 # ------------------------------------------------------------- wrappers
-cdef const double* _jacobian(const double[::1] jacobian, int dim) except? NULL:
-    if jacobian is None:
-        return NULL
-    if jacobian.shape[0] != dim * dim:
+cdef const double* _jacobian(const double[::1] jacobian, int dim) except NULL:
+    if jacobian is None or jacobian.shape[0] != dim * dim:
         raise ValueError(f"jacobian must hold {dim * dim} values")
     return &jacobian[0]
 
@@ -481,18 +450,17 @@ def pv_step_3d(const floating[:, :, ::1] bins, const floating[:, :, :, ::1] poin
                bint use_none, double o_lo, double o_scale, const double[:, ::1] weights,
                double factor, bint source_static, const double[::1] spacing,
                const double[::1] direction, bint direction_none,
-               floating[:, :, :, ::1] out, int num_threads,
-               const double[::1] jacobian=None):
+               floating[:, :, :, ::1] out, int num_threads, const double[::1] jacobian):
     """Dense partial-volume MI step of one side of a 3D pair.
 
-    ``out[x] = factor * J(x)^T grad F(p(x))``, physical and oriented: ``p``
+    ``out[x] = factor * J^T grad F(p(x))``, physical and oriented: ``p``
     the points (``points``, the source's grid coordinates of each common-grid
-    voxel), ``J`` their Jacobian on the common grid, ``F`` the cell's
+    voxel), ``J`` the given ``jacobian`` (9 values, row k the derivatives of
+    the points' component k: the map's affine part, as greedy's gradient,
+    which leaves out the field's own Jacobian), ``F`` the cell's
     trilinear interpolant of ``weights`` at the source's bins and the other
     side's linear window.  Voxels whose ``use`` flag lacks bit 1, or whose
-    point is outside the source, get zero.  ``jacobian`` (9 values, row k
-    the derivatives of the points' component k), when given, is ``J`` at
-    every voxel (the map's affine part, as greedy's gradient).
+    point is outside the source, get zero.
     """
     cdef:
         const double* jac0 = _jacobian(jacobian, 3)
@@ -527,8 +495,7 @@ def pv_step_2d(const floating[:, ::1] bins, const floating[:, :, ::1] points,
                bint use_none, double o_lo, double o_scale, const double[:, ::1] weights,
                double factor, bint source_static, const double[::1] spacing,
                const double[::1] direction, bint direction_none,
-               floating[:, :, ::1] out, int num_threads,
-               const double[::1] jacobian=None):
+               floating[:, :, ::1] out, int num_threads, const double[::1] jacobian):
     """Dense partial-volume MI step of one side of a 2D pair (see
     :func:`pv_step_3d`; ``jacobian`` has 4 values)."""
     cdef:
