@@ -256,6 +256,18 @@ def test_bench_speed_times_every_thread_count(speed_run):
     assert sorted(row[6] for row in table_rows if row[5] == "fastsyn") == ["1", "2"]
 
 
+def test_bench_speed_times_partial_volume_mi(clean_env, tmp_path):
+    # MI with partial-volume histograms is a case of its own, timed like MI
+    proc = fastsyn(clean_env, tmp_path, "bench", "speed", "--size", "32", "--levels", "2,2",
+                   "--repeat", "1", "--metric", "mi-pv", "--external", "", "--threads", "1",
+                   "--no-prealign", "--no-ants-mode", "--out", "speed.json")
+    ok(proc)
+    rows = json.loads((tmp_path / "speed.json").read_text())["rows"]
+    syn = [r for r in rows if r["case"].startswith("SyN")]
+    assert [(r["case"], r["impl"]) for r in syn] == [("SyN MI-PV 32^3 levels 2/2", "fastsyn")]
+    assert syn[0]["ncc"] > 0.5
+
+
 def test_thread_counts_keep_every_value():
     from fastsyn.bench.speed import thread_counts
 
@@ -355,6 +367,7 @@ def test_demo_quick_from_another_folder(clean_env, tmp_path):
      "--anchors must list some of ants, greedy, got 'elastix'"),
     (["bench", "speed", "--threads", "1,x"], "argument --threads: expected thread counts"),
     (["bench", "speed", "--threads", "0"], "argument --threads: expected thread counts"),
+    (["bench", "speed", "--metric", "pv"], "--metric must list cc and/or mi and/or mi-pv"),
     (["bench", "run", "--dataset", "nosuch", "--methods", "fastsyn", "--metric", "cc",
       "--results", "{tmp}/res"], "unknown dataset 'nosuch'"),
     (["bench", "table", "--results", "{tmp}/missing"], "results folder not found"),

@@ -77,9 +77,22 @@ cdef inline Py_ssize_t _window(double v, double lo, double scale, Py_ssize_t nbi
 
 cdef inline Py_ssize_t _bin(const floating* C, Py_ssize_t v, Py_ssize_t nbins,
                             double* tau) noexcept nogil:
-    # The caller clamps the coordinates to [0, nbins - 1]; _window clamps
+    """_window of a source voxel's bin coordinate, in the array's precision
+    (the fraction of a float is exact in it: the same bits as in double)."""
+    # The caller clamps the coordinates to [0, nbins - 1]; they are clamped
     # again, so that every table index is in bounds whatever the array holds.
-    return _window(<double>C[v], 0.0, 1.0, nbins, tau)
+    cdef:
+        floating c = C[v]
+        Py_ssize_t o
+    if not (c >= 0):  # also catches NaN
+        c = 0
+    elif c > nbins - 1:
+        c = nbins - 1
+    o = <Py_ssize_t>c
+    if o > nbins - 2:
+        o = nbins - 2
+    tau[0] = c - o
+    return o
 
 
 cdef inline void _add4(double* part, Py_ssize_t q, Py_ssize_t rs, Py_ssize_t os,
@@ -104,7 +117,7 @@ cdef inline double _weight4(const double* W, Py_ssize_t rs, Py_ssize_t os, doubl
 
 
 # ------------------------------------------------------------------ 3D
-cdef int _corners_3d(const floating* B, Py_ssize_t bs, Py_ssize_t br,
+cdef inline int _corners_3d(const floating* B, Py_ssize_t bs, Py_ssize_t br,
                      Py_ssize_t bc, Py_ssize_t nbins, const floating* P,
                      Py_ssize_t v, Py_ssize_t* bins, double* tau,
                      double* f) noexcept nogil:
@@ -144,55 +157,6 @@ cdef int _corners_3d(const floating* B, Py_ssize_t bs, Py_ssize_t br,
     return 1
 
 
-cdef void _pv_hist_chunk_3d(const floating* B, Py_ssize_t bs, Py_ssize_t br,
-                            Py_ssize_t bc, const floating* P, const floating* O,
-                            const unsigned char* use, int use_none, Py_ssize_t v0,
-                            Py_ssize_t v1, double o_lo, double o_scale,
-                            Py_ssize_t nbins, int source_static, double* part,
-                            double* count) noexcept nogil:
-    cdef:
-        Py_ssize_t v, o, b, k
-        int cell
-        Py_ssize_t bins[8]
-        double tau[8]
-        double f[3]
-        double w[8]
-        double t, g0, g1, h0, h1
-        Py_ssize_t rs = nbins if source_static else 1   # stride of a source bin
-        Py_ssize_t os = 1 if source_static else nbins   # stride of an other bin
-        double n = 0
-    for b in range(nbins * nbins):
-        part[b] = 0
-    for v in range(v0, v1):
-        if not use_none and not (use[v] & 2):
-            continue
-        cell = _corners_3d(B, bs, br, bc, nbins, P, v, bins, tau, f)
-        if cell == 0:
-            continue
-        o = _window(<double>O[v], o_lo, o_scale, nbins, &t)
-        n += 1
-        if cell == 2:  # one value: its bins get the whole weight
-            _add4(part, bins[0] * rs + o * os, rs, os, 1.0, tau[0], t)
-            continue
-        g0 = 1 - f[0]
-        g1 = 1 - f[1]
-        h0 = g0 * g1
-        h1 = g0 * f[1]
-        w[0] = h0 * (1 - f[2])
-        w[1] = h0 * f[2]
-        w[2] = h1 * (1 - f[2])
-        w[3] = h1 * f[2]
-        h0 = f[0] * g1
-        h1 = f[0] * f[1]
-        w[4] = h0 * (1 - f[2])
-        w[5] = h0 * f[2]
-        w[6] = h1 * (1 - f[2])
-        w[7] = h1 * f[2]
-        for k in range(8):
-            _add4(part, bins[k] * rs + o * os, rs, os, w[k], tau[k], t)
-    count[0] = n
-
-
 cdef inline void _trilinear_gradient(const double* F, const double* f,
                                      double* gp) noexcept nogil:
     """Gradient of the trilinear interpolant of the 8 corner values F (index
@@ -207,58 +171,91 @@ cdef inline void _trilinear_gradient(const double* F, const double* f,
              + ((F[5] - F[4]) * e1 + (F[7] - F[6]) * f[1]) * f[0])
 
 
-cdef void _pv_step_slice_3d(const floating* B, Py_ssize_t bs, Py_ssize_t br,
-                            Py_ssize_t bc, const floating* P, const floating* O,
-                            const unsigned char* use, int use_none, Py_ssize_t ns,
-                            Py_ssize_t nr, Py_ssize_t nc, Py_ssize_t s, double o_lo,
-                            double o_scale, Py_ssize_t nbins, const double* W,
-                            double factor, int source_static, const double* spacing,
-                            const Affine3* direction, const double* jac0,
-                            floating* out) noexcept nogil:
+
+cdef inline void _add_cell(double* part, const Py_ssize_t* bins, const double* tau,
+                           const double* w, Py_ssize_t ncorners, int cell, Py_ssize_t o,
+                           double t, Py_ssize_t rs, Py_ssize_t os) noexcept nogil:
+    """Add one voxel to the histogram: each corner's bins with its weight w
+    (a flat cell: bins[0] with the whole weight)."""
+    cdef Py_ssize_t k
+    if cell == 2:
+        _add4(part, bins[0] * rs + o * os, rs, os, 1.0, tau[0], t)
+        return
+    for k in range(ncorners):
+        _add4(part, bins[k] * rs + o * os, rs, os, w[k], tau[k], t)
+
+
+cdef void _pv_chunk_3d(const floating* B, Py_ssize_t bs, Py_ssize_t br, Py_ssize_t bc,
+                       const floating* P, const floating* O, const unsigned char* use,
+                       int use_none, Py_ssize_t v0, Py_ssize_t v1, double o_lo,
+                       double o_scale, Py_ssize_t nbins, int source_static, double* part,
+                       double* count, const double* W, const double* M,
+                       floating* out) noexcept nogil:
+    """Voxels [v0, v1) of the common grid in one pass: the histogram into
+    ``part`` (unless NULL; count into ``count``) and the step with weights
+    ``W`` turned by the 3 x 3 ``M`` into ``out`` (unless W is NULL)."""
     cdef:
-        Py_ssize_t r, c, v, o, k, l
+        Py_ssize_t v, k, b, o = 0
+        int cell, add, step
         Py_ssize_t bins[8]
         double tau[8]
         double f[3]
+        double w[8]
         double F[8]
         double gp[3]
-        double g[3]
-        double y[3]
-        double t
-        Py_ssize_t rs = nbins if source_static else 1
-        Py_ssize_t os = 1 if source_static else nbins
-        Affine3 dirn = direction[0]  # a local copy: see Affine3
-    for r in range(nr):
-        for c in range(nc):
-            v = (s * nr + r) * nc + c
-            # outside the source, or a flat cell (every F the same): zero
-            if ((not use_none and not (use[v] & 1))
-                    or _corners_3d(B, bs, br, bc, nbins, P, v, bins, tau, f) != 1):
-                out[3 * v] = 0
-                out[3 * v + 1] = 0
-                out[3 * v + 2] = 0
-                continue
+        double t = 0, g0, g1, h0, h1
+        Py_ssize_t rs = nbins if source_static else 1   # stride of a source bin
+        Py_ssize_t os = 1 if source_static else nbins   # stride of an other bin
+        double n = 0
+    if part != NULL:
+        for b in range(nbins * nbins):
+            part[b] = 0
+    for v in range(v0, v1):
+        add = part != NULL and (use_none or (use[v] & 2))
+        step = W != NULL and (use_none or (use[v] & 1))
+        cell = 0
+        if add or step:
+            cell = _corners_3d(B, bs, br, bc, nbins, P, v, bins, tau, f)
+        if cell != 0:
             o = _window(<double>O[v], o_lo, o_scale, nbins, &t)
-            for k in range(8):
-                F[k] = _weight4(W + bins[k] * rs + o * os, rs, os, tau[k], t)
-            _trilinear_gradient(F, f, gp)
-            for l in range(3):
-                g[l] = 0
-                for k in range(3):
-                    g[l] += jac0[3 * k + l] * gp[k]
-                g[l] = g[l] / spacing[l]
-            if not dirn.none:
-                affine3_vector(&dirn, g[0], g[1], g[2], y)
-                g[0] = y[0]
-                g[1] = y[1]
-                g[2] = y[2]
-            out[3 * v] = <floating>(factor * g[0])
-            out[3 * v + 1] = <floating>(factor * g[1])
-            out[3 * v + 2] = <floating>(factor * g[2])
+        if add and cell != 0:
+            n += 1
+            if cell == 1:
+                g0 = 1 - f[0]
+                g1 = 1 - f[1]
+                h0 = g0 * g1
+                h1 = g0 * f[1]
+                w[0] = h0 * (1 - f[2])
+                w[1] = h0 * f[2]
+                w[2] = h1 * (1 - f[2])
+                w[3] = h1 * f[2]
+                h0 = f[0] * g1
+                h1 = f[0] * f[1]
+                w[4] = h0 * (1 - f[2])
+                w[5] = h0 * f[2]
+                w[6] = h1 * (1 - f[2])
+                w[7] = h1 * f[2]
+            _add_cell(part, bins, tau, w, 8, cell, o, t, rs, os)
+        if W == NULL:
+            continue
+        # outside the source, or a flat cell (every F the same): zero
+        if not step or cell != 1:
+            out[3 * v] = 0
+            out[3 * v + 1] = 0
+            out[3 * v + 2] = 0
+            continue
+        for k in range(8):
+            F[k] = _weight4(W + bins[k] * rs + o * os, rs, os, tau[k], t)
+        _trilinear_gradient(F, f, gp)
+        out[3 * v] = <floating>(M[0] * gp[0] + M[1] * gp[1] + M[2] * gp[2])
+        out[3 * v + 1] = <floating>(M[3] * gp[0] + M[4] * gp[1] + M[5] * gp[2])
+        out[3 * v + 2] = <floating>(M[6] * gp[0] + M[7] * gp[1] + M[8] * gp[2])
+    if count != NULL:
+        count[0] = n
 
 
 # ------------------------------------------------------------------ 2D
-cdef int _corners_2d(const floating* B, Py_ssize_t br, Py_ssize_t bc,
+cdef inline int _corners_2d(const floating* B, Py_ssize_t br, Py_ssize_t bc,
                      Py_ssize_t nbins, const floating* P, Py_ssize_t v,
                      Py_ssize_t* bins, double* tau, double* f) noexcept nogil:
     cdef Py_ssize_t b0, b1, c0, c1
@@ -272,88 +269,111 @@ cdef int _corners_2d(const floating* B, Py_ssize_t br, Py_ssize_t bc,
     return 1
 
 
-cdef void _pv_hist_chunk_2d(const floating* B, Py_ssize_t br, Py_ssize_t bc,
-                            const floating* P, const floating* O,
-                            const unsigned char* use, int use_none, Py_ssize_t v0,
-                            Py_ssize_t v1, double o_lo, double o_scale,
-                            Py_ssize_t nbins, int source_static, double* part,
-                            double* count) noexcept nogil:
+
+cdef void _pv_chunk_2d(const floating* B, Py_ssize_t br, Py_ssize_t bc, const floating* P,
+                       const floating* O, const unsigned char* use, int use_none,
+                       Py_ssize_t v0, Py_ssize_t v1, double o_lo, double o_scale,
+                       Py_ssize_t nbins, int source_static, double* part, double* count,
+                       const double* W, const double* M, floating* out) noexcept nogil:
+    """:func:`_pv_chunk_3d` in 2D (4 corners, M 2 x 2; no flat-cell test)."""
     cdef:
-        Py_ssize_t v, o, b, k
+        Py_ssize_t v, k, b, o = 0
+        int cell, add, step
         Py_ssize_t bins[4]
         double tau[4]
         double f[2]
         double w[4]
-        double t
+        double F[4]
+        double gp[2]
+        double t = 0
         Py_ssize_t rs = nbins if source_static else 1
         Py_ssize_t os = 1 if source_static else nbins
         double n = 0
-    for b in range(nbins * nbins):
-        part[b] = 0
+    if part != NULL:
+        for b in range(nbins * nbins):
+            part[b] = 0
     for v in range(v0, v1):
-        if not use_none and not (use[v] & 2):
+        add = part != NULL and (use_none or (use[v] & 2))
+        step = W != NULL and (use_none or (use[v] & 1))
+        cell = 0
+        if add or step:
+            cell = _corners_2d(B, br, bc, nbins, P, v, bins, tau, f)
+        if cell != 0:
+            o = _window(<double>O[v], o_lo, o_scale, nbins, &t)
+        if add and cell != 0:
+            n += 1
+            w[0] = (1 - f[0]) * (1 - f[1])
+            w[1] = (1 - f[0]) * f[1]
+            w[2] = f[0] * (1 - f[1])
+            w[3] = f[0] * f[1]
+            _add_cell(part, bins, tau, w, 4, cell, o, t, rs, os)
+        if W == NULL:
             continue
-        if not _corners_2d(B, br, bc, nbins, P, v, bins, tau, f):
-            continue
-        o = _window(<double>O[v], o_lo, o_scale, nbins, &t)
-        w[0] = (1 - f[0]) * (1 - f[1])
-        w[1] = (1 - f[0]) * f[1]
-        w[2] = f[0] * (1 - f[1])
-        w[3] = f[0] * f[1]
-        for k in range(4):
-            _add4(part, bins[k] * rs + o * os, rs, os, w[k], tau[k], t)
-        n += 1
-    count[0] = n
-
-
-cdef void _pv_step_row_2d(const floating* B, Py_ssize_t br, Py_ssize_t bc,
-                          const floating* P, const floating* O,
-                          const unsigned char* use, int use_none, Py_ssize_t nr,
-                          Py_ssize_t nc, Py_ssize_t r, double o_lo, double o_scale,
-                          Py_ssize_t nbins, const double* W, double factor,
-                          int source_static, const double* spacing,
-                          const Affine2* direction, const double* jac0,
-                          floating* out) noexcept nogil:
-    cdef:
-        Py_ssize_t c, v, o, k
-        Py_ssize_t bins[4]
-        double tau[4]
-        double f[2]
-        double F[4]
-        double gp[2]
-        double g[2]
-        double y[2]
-        double t
-        Py_ssize_t rs = nbins if source_static else 1
-        Py_ssize_t os = 1 if source_static else nbins
-        Affine2 dirn = direction[0]
-    for c in range(nc):
-        v = r * nc + c
-        if ((not use_none and not (use[v] & 1))
-                or not _corners_2d(B, br, bc, nbins, P, v, bins, tau, f)):
+        if not step or cell == 0:
             out[2 * v] = 0
             out[2 * v + 1] = 0
             continue
-        o = _window(<double>O[v], o_lo, o_scale, nbins, &t)
         for k in range(4):
             F[k] = _weight4(W + bins[k] * rs + o * os, rs, os, tau[k], t)
         gp[0] = (F[2] - F[0]) * (1 - f[1]) + (F[3] - F[1]) * f[1]
         gp[1] = (F[1] - F[0]) * (1 - f[0]) + (F[3] - F[2]) * f[0]
-        g[0] = (jac0[0] * gp[0] + jac0[2] * gp[1]) / spacing[0]
-        g[1] = (jac0[1] * gp[0] + jac0[3] * gp[1]) / spacing[1]
-        if not dirn.none:
-            affine2_vector(&dirn, g[0], g[1], y)
-            g[0] = y[0]
-            g[1] = y[1]
-        out[2 * v] = <floating>(factor * g[0])
-        out[2 * v + 1] = <floating>(factor * g[1])
+        out[2 * v] = <floating>(M[0] * gp[0] + M[1] * gp[1])
+        out[2 * v + 1] = <floating>(M[2] * gp[0] + M[3] * gp[1])
+    if count != NULL:
+        count[0] = n
 
 
 # ------------------------------------------------------------- wrappers
-cdef const double* _jacobian(const double[::1] jacobian, int dim) except NULL:
-    if jacobian is None or jacobian.shape[0] != dim * dim:
-        raise ValueError(f"jacobian must hold {dim * dim} values")
-    return &jacobian[0]
+cdef double _pv_run(const floating* B, Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t s2,
+                    int dim, const floating* P, const floating* O, Py_ssize_t n,
+                    const unsigned char* use, int use_none, double o_lo, double o_scale,
+                    Py_ssize_t nbins, int source_static, Py_ssize_t chunk, double* hist,
+                    const double* W, const double* M, floating* out,
+                    int num_threads) except -1:
+    """Fixed chunks of the common grid in parallel: the histogram (unless
+    hist is NULL; partial tables summed in chunk order, so the same for any
+    number of threads) and the step (unless W is NULL).  Returns the count."""
+    cdef:
+        Py_ssize_t nb2 = nbins * nbins, nchunks, c, v1
+        double* part = NULL
+        double* counts = NULL
+        double total = 0
+    if chunk < 1:
+        chunk = 1
+    nchunks = (n + chunk - 1) // chunk
+    if nchunks == 0:
+        if hist != NULL:
+            for c in range(nb2):
+                hist[c] = 0
+        return 0.0
+    if hist != NULL:
+        part = <double*>malloc(nchunks * nb2 * sizeof(double))
+        counts = <double*>malloc(nchunks * sizeof(double))
+        if part == NULL or counts == NULL:
+            free(part)
+            free(counts)
+            raise MemoryError("partial volume: could not allocate the partial histograms")
+    num_threads = chunk_threads(num_threads, nchunks)
+    with nogil:
+        for c in prange(nchunks, schedule="static", num_threads=num_threads):
+            v1 = (c + 1) * chunk
+            if v1 > n:
+                v1 = n
+            if dim == 3:
+                _pv_chunk_3d(B, s0, s1, s2, P, O, use, use_none, c * chunk, v1, o_lo,
+                             o_scale, nbins, source_static,
+                             part + c * nb2 if part != NULL else NULL,
+                             counts + c if counts != NULL else NULL, W, M, out)
+            else:
+                _pv_chunk_2d(B, s0, s1, P, O, use, use_none, c * chunk, v1, o_lo, o_scale,
+                             nbins, source_static,
+                             part + c * nb2 if part != NULL else NULL,
+                             counts + c if counts != NULL else NULL, W, M, out)
+        if hist != NULL:
+            total = sum_partial_tables(part, counts, nchunks, nb2, hist)
+    free(part)
+    free(counts)
+    return total
 
 
 def pv_histogram(const floating[::1] bins, tuple source_shape,
@@ -396,11 +416,7 @@ def pv_histogram(const floating[::1] bins, tuple source_shape,
     cdef:
         Py_ssize_t dim = len(source_shape)
         Py_ssize_t n = other.shape[0], nbins = hist.shape[0]
-        Py_ssize_t nb2 = nbins * nbins, nchunks, c, v1
         Py_ssize_t s0, s1, s2
-        double* part
-        double* counts
-        double total = 0
         const unsigned char* use_p = &use[0] if use.shape[0] > 0 else NULL
     if dim not in (2, 3):
         raise ValueError("source_shape must have 2 or 3 axes")
@@ -413,36 +429,75 @@ def pv_histogram(const floating[::1] bins, tuple source_shape,
         raise ValueError("points, other and hist do not match")
     if not use_none and use.shape[0] != n:
         raise ValueError("use must have one flag per voxel")
-    if chunk < 1:
-        chunk = 1
-    nchunks = (n + chunk - 1) // chunk
-    if nchunks == 0:
-        hist[:, :] = 0
-        return 0.0
-    part = <double*>malloc(nchunks * nb2 * sizeof(double))
-    counts = <double*>malloc(nchunks * sizeof(double))
-    if part == NULL or counts == NULL:
-        free(part)
-        free(counts)
-        raise MemoryError("pv_histogram: could not allocate the partial histograms")
-    num_threads = chunk_threads(num_threads, nchunks)
-    with nogil:
-        for c in prange(nchunks, schedule="static", num_threads=num_threads):
-            v1 = (c + 1) * chunk
-            if v1 > n:
-                v1 = n
-            if dim == 3:
-                _pv_hist_chunk_3d(&bins[0], s0, s1, s2, &points[0], &other[0], use_p,
-                                  use_none, c * chunk, v1, o_lo, o_scale, nbins,
-                                  source_static, part + c * nb2, counts + c)
-            else:
-                _pv_hist_chunk_2d(&bins[0], s0, s1, &points[0], &other[0], use_p,
-                                  use_none, c * chunk, v1, o_lo, o_scale, nbins,
-                                  source_static, part + c * nb2, counts + c)
-        total = sum_partial_tables(part, counts, nchunks, nb2, &hist[0, 0])
-    free(part)
-    free(counts)
-    return total
+    return _pv_run(&bins[0], s0, s1, s2, dim, &points[0] if n > 0 else NULL,
+                   &other[0] if n > 0 else NULL, n, use_p, use_none, o_lo, o_scale, nbins,
+                   source_static, chunk, &hist[0, 0], NULL, NULL, <floating*>NULL,
+                   num_threads)
+
+
+cdef void _step_matrix(const double[::1] jacobian, const double[::1] spacing,
+                       const double[::1] direction, bint direction_none, double factor,
+                       int dim, double* M) except *:
+    """``M = factor * D diag(1 / spacing) J^T`` (D the direction's linear
+    part, J the points' Jacobian): the step from the gradient in the
+    source's grid coordinates, one product per voxel."""
+    cdef int i, k, l
+    cdef double acc, d
+    if jacobian is None or jacobian.shape[0] != dim * dim:
+        raise ValueError(f"jacobian must hold {dim * dim} values")
+    if spacing.shape[0] != dim:
+        raise ValueError(f"spacing must hold {dim} values")
+    if not direction_none and direction.shape[0] != dim * (dim + 1):
+        raise ValueError(f"direction must hold the {dim * (dim + 1)} values of a "
+                         f"{dim} x {dim + 1} matrix")
+    for i in range(dim):
+        for k in range(dim):
+            acc = 0
+            for l in range(dim):
+                if direction_none:
+                    d = 1.0 if i == l else 0.0
+                else:
+                    d = direction[i * (dim + 1) + l]
+                acc = acc + d * (jacobian[k * dim + l] / spacing[l])
+            M[i * dim + k] = factor * acc
+
+
+cdef object _pv_step(const floating* B, tuple source_shape, const floating* P,
+                     const floating* O, Py_ssize_t n, const unsigned char[::1] use,
+                     bint use_none, double o_lo, double o_scale,
+                     const double[:, ::1] weights, double factor, bint source_static,
+                     const double[::1] spacing, const double[::1] direction,
+                     bint direction_none, floating* out, int num_threads,
+                     const double[::1] jacobian, double[:, ::1] hist, Py_ssize_t chunk,
+                     Py_ssize_t row):
+    """The checks and the run shared by pv_step_3d and pv_step_2d (their
+    arrays' shapes checked by them)."""
+    cdef:
+        int dim = len(source_shape)
+        Py_ssize_t nbins = weights.shape[0]
+        double M[9]
+        double* hist_p = NULL
+        const unsigned char* use_p = &use[0] if use.shape[0] > 0 else NULL
+        double count
+        Py_ssize_t s0 = source_shape[0], s1 = source_shape[1]
+        Py_ssize_t s2 = source_shape[2] if dim == 3 else 1
+    _step_matrix(jacobian, spacing, direction, direction_none, factor, dim, M)
+    if weights.shape[1] != nbins or nbins < 2:
+        raise ValueError("weights must be square (nbins >= 2)")
+    if not use_none and use.shape[0] != n:
+        raise ValueError("use must have one flag per voxel")
+    if min(source_shape) < 1:
+        raise ValueError("bins must not be empty")
+    if hist is not None:
+        if hist.shape[0] != nbins or hist.shape[1] != nbins:
+            raise ValueError("hist must have the shape of weights")
+        hist_p = &hist[0, 0]
+    else:
+        chunk = row  # no partial tables: any chunks give the same step
+    count = _pv_run(B, s0, s1, s2, dim, P, O, n, use_p, use_none,
+                    o_lo, o_scale, nbins, source_static, chunk, hist_p, &weights[0, 0], M,
+                    out, num_threads)
+    return count if hist is not None else None
 
 
 def pv_step_3d(const floating[:, :, ::1] bins, const floating[:, :, :, ::1] points,
@@ -450,7 +505,8 @@ def pv_step_3d(const floating[:, :, ::1] bins, const floating[:, :, :, ::1] poin
                bint use_none, double o_lo, double o_scale, const double[:, ::1] weights,
                double factor, bint source_static, const double[::1] spacing,
                const double[::1] direction, bint direction_none,
-               floating[:, :, :, ::1] out, int num_threads, const double[::1] jacobian):
+               floating[:, :, :, ::1] out, int num_threads, const double[::1] jacobian,
+               double[:, ::1] hist=None, Py_ssize_t chunk=0):
     """Dense partial-volume MI step of one side of a 3D pair.
 
     ``out[x] = factor * J^T grad F(p(x))``, physical and oriented: ``p``
@@ -461,33 +517,24 @@ def pv_step_3d(const floating[:, :, ::1] bins, const floating[:, :, :, ::1] poin
     trilinear interpolant of ``weights`` at the source's bins and the other
     side's linear window.  Voxels whose ``use`` flag lacks bit 1, or whose
     point is outside the source, get zero.
+
+    With ``hist`` (and ``chunk``, as in :func:`pv_histogram`), the same pass
+    also builds the side's histogram at these points, bit for bit what
+    :func:`pv_histogram` gives, and returns its count (else None): the
+    step of one iteration and the histogram of the next share their reads.
     """
-    cdef:
-        const double* jac0 = _jacobian(jacobian, 3)
-        Py_ssize_t s, ns = other.shape[0], nr = other.shape[1], nc = other.shape[2]
-        Py_ssize_t nbins = weights.shape[0]
-        Affine3 da = affine3_from(direction, direction_none)
-        const unsigned char* use_p = &use[0] if use.shape[0] > 0 else NULL
+    cdef Py_ssize_t ns = other.shape[0], nr = other.shape[1], nc = other.shape[2]
     if (points.shape[0] != ns or points.shape[1] != nr or points.shape[2] != nc
             or points.shape[3] != 3 or out.shape[0] != ns or out.shape[1] != nr
             or out.shape[2] != nc or out.shape[3] != 3):
         raise ValueError("points, other and out must share the common grid")
-    if weights.shape[1] != nbins or nbins < 2 or spacing.shape[0] != 3:
-        raise ValueError("weights must be square (nbins >= 2), spacing of 3")
-    if not direction_none and direction.shape[0] != 12:
-        raise ValueError("direction must hold the 12 values of a 3 x 4 matrix")
-    if not use_none and use.shape[0] != ns * nr * nc:
-        raise ValueError("use must have one flag per voxel")
     if bins.shape[0] < 1 or bins.shape[1] < 1 or bins.shape[2] < 1:
         raise ValueError("bins must not be empty")
-    num_threads = chunk_threads(num_threads, ns * nr * nc)
-    with nogil:
-        for s in prange(ns, schedule="static", num_threads=num_threads):
-            _pv_step_slice_3d(&bins[0, 0, 0], bins.shape[0], bins.shape[1], bins.shape[2],
-                              &points[0, 0, 0, 0], &other[0, 0, 0], use_p, use_none,
-                              ns, nr, nc, s, o_lo, o_scale, nbins, &weights[0, 0],
-                              factor, source_static, &spacing[0], &da, jac0,
-                              &out[0, 0, 0, 0])
+    return _pv_step(&bins[0, 0, 0], (bins.shape[0], bins.shape[1], bins.shape[2]),
+                    &points[0, 0, 0, 0], &other[0, 0, 0], ns * nr * nc, use, use_none, o_lo,
+                    o_scale, weights, factor, source_static, spacing, direction,
+                    direction_none, &out[0, 0, 0, 0], num_threads, jacobian, hist, chunk,
+                    nr * nc)
 
 
 def pv_step_2d(const floating[:, ::1] bins, const floating[:, :, ::1] points,
@@ -495,30 +542,17 @@ def pv_step_2d(const floating[:, ::1] bins, const floating[:, :, ::1] points,
                bint use_none, double o_lo, double o_scale, const double[:, ::1] weights,
                double factor, bint source_static, const double[::1] spacing,
                const double[::1] direction, bint direction_none,
-               floating[:, :, ::1] out, int num_threads, const double[::1] jacobian):
+               floating[:, :, ::1] out, int num_threads, const double[::1] jacobian,
+               double[:, ::1] hist=None, Py_ssize_t chunk=0):
     """Dense partial-volume MI step of one side of a 2D pair (see
     :func:`pv_step_3d`; ``jacobian`` has 4 values)."""
-    cdef:
-        const double* jac0 = _jacobian(jacobian, 2)
-        Py_ssize_t r, nr = other.shape[0], nc = other.shape[1]
-        Py_ssize_t nbins = weights.shape[0]
-        Affine2 da = affine2_from(direction, direction_none)
-        const unsigned char* use_p = &use[0] if use.shape[0] > 0 else NULL
+    cdef Py_ssize_t nr = other.shape[0], nc = other.shape[1]
     if (points.shape[0] != nr or points.shape[1] != nc or points.shape[2] != 2
             or out.shape[0] != nr or out.shape[1] != nc or out.shape[2] != 2):
         raise ValueError("points, other and out must share the common grid")
-    if weights.shape[1] != nbins or nbins < 2 or spacing.shape[0] != 2:
-        raise ValueError("weights must be square (nbins >= 2), spacing of 2")
-    if not direction_none and direction.shape[0] != 6:
-        raise ValueError("direction must hold the 6 values of a 2 x 3 matrix")
-    if not use_none and use.shape[0] != nr * nc:
-        raise ValueError("use must have one flag per voxel")
     if bins.shape[0] < 1 or bins.shape[1] < 1:
         raise ValueError("bins must not be empty")
-    num_threads = chunk_threads(num_threads, nr * nc)
-    with nogil:
-        for r in prange(nr, schedule="static", num_threads=num_threads):
-            _pv_step_row_2d(&bins[0, 0], bins.shape[0], bins.shape[1], &points[0, 0, 0],
-                            &other[0, 0], use_p, use_none, nr, nc, r, o_lo, o_scale,
-                            nbins, &weights[0, 0], factor, source_static, &spacing[0],
-                            &da, jac0, &out[0, 0, 0])
+    return _pv_step(&bins[0, 0], (bins.shape[0], bins.shape[1]), &points[0, 0, 0],
+                    &other[0, 0], nr * nc, use, use_none, o_lo, o_scale, weights, factor,
+                    source_static, spacing, direction, direction_none, &out[0, 0, 0],
+                    num_threads, jacobian, hist, chunk, 8 * nc)

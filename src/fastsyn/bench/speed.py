@@ -214,6 +214,16 @@ def _peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _syn_metric(metric):
+    """fastsyn's metric of a speed case: ``cc``, ``mi`` or ``mi-pv`` (MI
+    with partial-volume histograms)."""
+    import fastsyn
+
+    if metric == "cc":
+        return fastsyn.CCMetric(3, radius=4)
+    return fastsyn.MIMetric(3, partial_volume=metric == "mi-pv")
+
+
 def _syn_worker(impl, threads, size, levels, metric):
     """Run one registration; print a JSON line with time and peak RSS."""
     static, moving, affine = grid_pair(size)
@@ -228,11 +238,11 @@ def _syn_worker(impl, threads, size, levels, metric):
         sdr = dipy_imwarp.SymmetricDiffeomorphicRegistration(DipyCC(3, radius=4),
                                                              level_iters=list(levels))
     elif impl == ANTS_MODE:
-        m = fastsyn.CCMetric(3, radius=4) if metric == "cc" else fastsyn.MIMetric(3)
-        sdr = fastsyn.ants_like(m, level_iters=list(levels), num_threads=threads)
+        sdr = fastsyn.ants_like(_syn_metric(metric), level_iters=list(levels),
+                                num_threads=threads)
     else:
-        m = fastsyn.CCMetric(3, radius=4) if metric == "cc" else fastsyn.MIMetric(3)
-        sdr = fastsyn.SymmetricDiffeomorphicRegistration(m, level_iters=list(levels),
+        sdr = fastsyn.SymmetricDiffeomorphicRegistration(_syn_metric(metric),
+                                                         level_iters=list(levels),
                                                          num_threads=threads)
     sdr.verbosity = 0
     _reset_peak_rss()
@@ -479,7 +489,9 @@ def run_speed(*, size=128, syn_size=None, levels=(20, 20, 10), repeat=3, threads
                 for impl in impls:
                     log(f"  {case}: {impl} (round {r + 1}/{repeat}) ...")
                     if impl in ("ants", "greedy"):
-                        out = _external_run(impl, metric, levels, all_threads, pair)
+                        # (the tools' MI for mi-pv: greedy's NMI is itself partial volume)
+                        out = _external_run(impl, "cc" if metric == "cc" else "mi", levels,
+                                            all_threads, pair)
                         out["stage_times"] = None
                     else:
                         out = _run_worker(_impl_name(impl) if impl != "dipy" else "dipy",
@@ -592,8 +604,9 @@ def speed_command(*, size=None, levels=None, repeat=3, threads=None, metrics=("c
         Interleaved rounds.
     threads : int, None or sequence, optional
         fastsyn thread counts (see :func:`thread_counts`).
-    metrics : sequence of {"cc", "mi"}, optional
-        SyN metrics timed end to end.
+    metrics : sequence of {"cc", "mi", "mi-pv"}, optional
+        SyN metrics timed end to end (``mi-pv``: ``MIMetric(partial_volume=True)``,
+        against the tools' MI; it has no target of its own).
     include_syn : bool, optional
         Time end-to-end SyN, not only the kernels.
     external : sequence of str, optional

@@ -44,11 +44,11 @@ def _names(text):
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
-def _metric_list(text):
-    """``--metric``: a comma-separated list of cc and/or mi."""
+def _metric_list(text, allowed=("cc", "mi")):
+    """``--metric``: a comma-separated list of the ``allowed`` metrics."""
     metrics = tuple(_names(text))
-    if not metrics or any(m not in ("cc", "mi") for m in metrics):
-        raise CommandError(f"--metric must list cc and/or mi, got {text!r}")
+    if not metrics or any(m not in allowed for m in metrics):
+        raise CommandError(f"--metric must list {' and/or '.join(allowed)}, got {text!r}")
     return metrics
 
 
@@ -217,7 +217,9 @@ def _add_speed(bsub):
     p.add_argument("--repeat", type=positive_int, default=3)
     p.add_argument("--levels", type=level_list, default=None,
                    help="SyN iterations per level (default 20,20,10; 4,4,2 with --quick)")
-    p.add_argument("--metric", default="cc,mi", help="SyN metrics to time (default cc,mi)")
+    p.add_argument("--metric", default="cc,mi",
+                   help="SyN metrics to time (default cc,mi; mi-pv: MI with partial-volume "
+                        "histograms, timed against the tools' MI)")
     p.add_argument("--external", default=None,
                    help="tools timed alongside (default: ants,greedy when installed; "
                         "'' for none)")
@@ -239,7 +241,7 @@ def run_speed(args):
     """Handler of ``fastsyn bench speed``; returns the exit status."""
     from fastsyn.bench import speed
 
-    metrics = _metric_list(args.metric)
+    metrics = _metric_list(args.metric, allowed=("cc", "mi", "mi-pv"))
     speed.speed_command(
         size=_grid(args), levels=args.levels, repeat=args.repeat, threads=args.threads,
         metrics=metrics, include_syn=not args.no_syn,
