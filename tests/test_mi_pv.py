@@ -285,41 +285,6 @@ def test_pv_step_is_the_derivative_of_mi(dim, forward):
         np.testing.assert_allclose(-step[..., axis].sum(), fd, rtol=1e-3)
 
 
-@pytest.mark.parametrize("dim", [2, 3])
-@pytest.mark.parametrize("use_flags", [False, True])
-def test_pv_step_with_histogram_is_both_kernels_bit_for_bit(dim, use_flags):
-    # One pass builds the histogram at the points and the step with the
-    # weights given: each the same bits as its own kernel, for any threads.
-    shape = (15, 13, 9)[:dim]
-    source_shape = (11, 14, 8)[:dim]
-    nbins = 9
-    rng = np.random.default_rng(dim + 30)
-    bins = _coordinates(rng, source_shape, nbins)
-    points = _points(shape, source_shape, seed=4)
-    other = smooth_image(shape, np.float64, seed=7)
-    lo, hi = np.percentile(other, (5, 95))
-    scale = (nbins - 1) / (hi - lo)
-    use = rng.integers(0, 4, int(np.prod(shape))).astype(np.uint8)
-    use, use_none = (use, False) if use_flags else (np.zeros(1, np.uint8), True)
-    chunk = int(np.prod(shape[1:])) if dim == 3 else 2 * shape[1]
-    alone = np.empty((nbins, nbins))
-    count = k_pv.pv_histogram(bins.ravel(), bins.shape, points.ravel(), other.ravel(), use,
-                              use_none, lo, scale, False, chunk, alone, 1)
-    weights = np.ascontiguousarray(rng.standard_normal((nbins, nbins)))
-    kernel = k_pv.pv_step_3d if dim == 3 else k_pv.pv_step_2d
-    args = (bins, points, other, use, use_none, lo, scale, weights, -0.5, False,
-            np.array([1.5, 0.8, 1.2][:dim]), np.zeros(dim * (dim + 1)), True)
-    step = np.empty(shape + (dim,))
-    assert kernel(*args, step, 1, np.eye(dim).ravel()) is None
-    for threads in (1, 2, 3):
-        hist = np.empty((nbins, nbins))
-        both = np.empty(shape + (dim,))
-        assert kernel(*args, both, threads, np.eye(dim).ravel(), hist, chunk) == count
-        assert np.array_equal(hist, alone) and np.array_equal(both, step)
-    with pytest.raises(ValueError, match="shape of weights"):
-        kernel(*args, both, 1, np.eye(dim).ravel(), np.empty((nbins, nbins + 1)), chunk)
-
-
 # --------------------------------------------------------------- metric
 def _noisy_pair():
     """A smooth three-class phantom and a warped copy with another contrast,
@@ -353,40 +318,6 @@ def test_partial_volume_syn_improves_overlap_bitwise_for_every_thread_count():
         assert np.array_equal(fields[0][1], other[1])
     # Measured: Dice 0.861 before, 0.881 after (the Parzen MI: 0.854)
     assert dice[0] > before + 0.015, (before, dice[0])
-
-
-def test_partial_volume_step_uses_the_previous_histogram_of_the_level():
-    # From a level's second iteration on, a side's step uses the weights of
-    # its previous histogram (computed in the same pass as the new one); a
-    # new level, or a new registration, starts afresh, so a metric object
-    # registers the same pair twice to the same bits.
-    static, moving, _, _ = _noisy_pair()
-    metric = MIMetric(3, nbins=16, partial_volume=True)
-    seen = []
-    original = metric._pv_histogram
-
-    def spy(side, chunk, nthreads):
-        last = metric._pv_last[side]
-        mi = original(side, chunk, nthreads)
-        seen.append((side, metric.levels_above, None if last is None else last[1],
-                     metric._pv[side]))
-        return mi
-
-    metric._pv_histogram = spy
-    sdr = fastsyn.SymmetricDiffeomorphicRegistration(metric, level_iters=[3, 3])
-    first = sdr.optimize(static, moving)
-    assert len(seen) == 12
-    for i, (side, level, previous, entry) in enumerate(seen):
-        # each level's first iteration (two sides) has no previous weights
-        fresh = i % 6 < 2
-        assert (previous is None) == fresh
-        assert (entry[-1] is None) == fresh  # else the pass made the step
-        if not fresh:
-            assert np.array_equal(previous, seen[i - 2][3][2])
-    metric._pv_histogram = original
-    again = sdr.optimize(static, moving)
-    assert np.array_equal(first.forward, again.forward)
-    assert np.array_equal(first.backward, again.backward)
 
 
 def test_partial_volume_refuses_other_values():

@@ -468,17 +468,14 @@ cdef object _pv_step(const floating* B, tuple source_shape, const floating* P,
                      const double[:, ::1] weights, double factor, bint source_static,
                      const double[::1] spacing, const double[::1] direction,
                      bint direction_none, floating* out, int num_threads,
-                     const double[::1] jacobian, double[:, ::1] hist, Py_ssize_t chunk,
-                     Py_ssize_t row):
+                     const double[::1] jacobian, Py_ssize_t chunk):
     """The checks and the run shared by pv_step_3d and pv_step_2d (their
     arrays' shapes checked by them)."""
     cdef:
         int dim = len(source_shape)
         Py_ssize_t nbins = weights.shape[0]
         double M[9]
-        double* hist_p = NULL
         const unsigned char* use_p = &use[0] if use.shape[0] > 0 else NULL
-        double count
         Py_ssize_t s0 = source_shape[0], s1 = source_shape[1]
         Py_ssize_t s2 = source_shape[2] if dim == 3 else 1
     _step_matrix(jacobian, spacing, direction, direction_none, factor, dim, M)
@@ -488,16 +485,9 @@ cdef object _pv_step(const floating* B, tuple source_shape, const floating* P,
         raise ValueError("use must have one flag per voxel")
     if min(source_shape) < 1:
         raise ValueError("bins must not be empty")
-    if hist is not None:
-        if hist.shape[0] != nbins or hist.shape[1] != nbins:
-            raise ValueError("hist must have the shape of weights")
-        hist_p = &hist[0, 0]
-    else:
-        chunk = row  # no partial tables: any chunks give the same step
-    count = _pv_run(B, s0, s1, s2, dim, P, O, n, use_p, use_none,
-                    o_lo, o_scale, nbins, source_static, chunk, hist_p, &weights[0, 0], M,
-                    out, num_threads)
-    return count if hist is not None else None
+    # (no partial tables: any chunks give the same step)
+    _pv_run(B, s0, s1, s2, dim, P, O, n, use_p, use_none, o_lo, o_scale, nbins,
+            source_static, chunk, NULL, &weights[0, 0], M, out, num_threads)
 
 
 def pv_step_3d(const floating[:, :, ::1] bins, const floating[:, :, :, ::1] points,
@@ -505,8 +495,7 @@ def pv_step_3d(const floating[:, :, ::1] bins, const floating[:, :, :, ::1] poin
                bint use_none, double o_lo, double o_scale, const double[:, ::1] weights,
                double factor, bint source_static, const double[::1] spacing,
                const double[::1] direction, bint direction_none,
-               floating[:, :, :, ::1] out, int num_threads, const double[::1] jacobian,
-               double[:, ::1] hist=None, Py_ssize_t chunk=0):
+               floating[:, :, :, ::1] out, int num_threads, const double[::1] jacobian):
     """Dense partial-volume MI step of one side of a 3D pair.
 
     ``out[x] = factor * J^T grad F(p(x))``, physical and oriented: ``p``
@@ -517,11 +506,6 @@ def pv_step_3d(const floating[:, :, ::1] bins, const floating[:, :, :, ::1] poin
     trilinear interpolant of ``weights`` at the source's bins and the other
     side's linear window.  Voxels whose ``use`` flag lacks bit 1, or whose
     point is outside the source, get zero.
-
-    With ``hist`` (and ``chunk``, as in :func:`pv_histogram`), the same pass
-    also builds the side's histogram at these points, bit for bit what
-    :func:`pv_histogram` gives, and returns its count (else None): the
-    step of one iteration and the histogram of the next share their reads.
     """
     cdef Py_ssize_t ns = other.shape[0], nr = other.shape[1], nc = other.shape[2]
     if (points.shape[0] != ns or points.shape[1] != nr or points.shape[2] != nc
@@ -533,8 +517,7 @@ def pv_step_3d(const floating[:, :, ::1] bins, const floating[:, :, :, ::1] poin
     return _pv_step(&bins[0, 0, 0], (bins.shape[0], bins.shape[1], bins.shape[2]),
                     &points[0, 0, 0, 0], &other[0, 0, 0], ns * nr * nc, use, use_none, o_lo,
                     o_scale, weights, factor, source_static, spacing, direction,
-                    direction_none, &out[0, 0, 0, 0], num_threads, jacobian, hist, chunk,
-                    nr * nc)
+                    direction_none, &out[0, 0, 0, 0], num_threads, jacobian, nr * nc)
 
 
 def pv_step_2d(const floating[:, ::1] bins, const floating[:, :, ::1] points,
@@ -542,8 +525,7 @@ def pv_step_2d(const floating[:, ::1] bins, const floating[:, :, ::1] points,
                bint use_none, double o_lo, double o_scale, const double[:, ::1] weights,
                double factor, bint source_static, const double[::1] spacing,
                const double[::1] direction, bint direction_none,
-               floating[:, :, ::1] out, int num_threads, const double[::1] jacobian,
-               double[:, ::1] hist=None, Py_ssize_t chunk=0):
+               floating[:, :, ::1] out, int num_threads, const double[::1] jacobian):
     """Dense partial-volume MI step of one side of a 2D pair (see
     :func:`pv_step_3d`; ``jacobian`` has 4 values)."""
     cdef Py_ssize_t nr = other.shape[0], nc = other.shape[1]
@@ -555,4 +537,4 @@ def pv_step_2d(const floating[:, ::1] bins, const floating[:, :, ::1] points,
     return _pv_step(&bins[0, 0], (bins.shape[0], bins.shape[1]), &points[0, 0, 0],
                     &other[0, 0], nr * nc, use, use_none, o_lo, o_scale, weights, factor,
                     source_static, spacing, direction, direction_none, &out[0, 0, 0],
-                    num_threads, jacobian, hist, chunk, 8 * nc)
+                    num_threads, jacobian, 8 * nc)

@@ -597,7 +597,9 @@ class MIMetric(MetricInputs, SimilarityMetric):
       single scan (``chris``: +0.0078 tune, +0.0067 held out, 16 of 18 and
       10 of 12 pairs won) and on the real set (+0.0027 tune, +0.0053 held
       out), but lose on pairs of smooth averages and take 1.28x the time at
-      128^3 and 1 mm, about 1.1x greedy NMI's (the limit is 1.0x).
+      128^3 and 1 mm; side by side at 128^3, 1.16x greedy NMI's (the limit
+      is 1.0x).  One pass a side (the step with the previous histogram's
+      weights) reached 1.06x and lost the held-out gain (+0.0003).
 
     * ``mask_rule="either"`` (ITK's and ANTs' rule is "both"): on the set
       with the SPM subjects' whole heads (``--dataset real-heads``) and brain
@@ -718,9 +720,6 @@ class MIMetric(MetricInputs, SimilarityMetric):
         self._warped_mask = {"static": None, "moving": None}
         # Per side: (source array, its bin coordinates) of partial volume.
         self._bins_source = {"static": None, "moving": None}
-        # Per side: (level source, weights, count) of partial volume's last
-        # histogram on this level, which the next iteration's step uses.
-        self._pv_last = {"static": None, "moving": None}
         # Per side: ((level shape, margin), mask on that level, grown mask as
         # int32, the full-resolution mask it came from).
         self._level_masks = {"static": None, "moving": None}
@@ -858,13 +857,6 @@ class MIMetric(MetricInputs, SimilarityMetric):
             The map that produced the current moving image from it.
         """
         self._use_dynamics("moving", original_moving_image, transformation)
-
-    def set_levels_above(self, levels):
-        """Levels above the current one (see :class:`SimilarityMetric`); the
-        optimizer calls it as each level starts."""
-        super().set_levels_above(levels)
-        # A new level (or a new registration): no histogram of it yet.
-        self._pv_last = {"static": None, "moving": None}
 
     def _use_dynamics(self, side, original, transformation):
         self._dyn_source[side] = original
@@ -1084,12 +1076,7 @@ class MIMetric(MetricInputs, SimilarityMetric):
         return source, points, sample_jacobian(transformation, grid2world, self.dim)
 
     def _pv_histogram(self, side, chunk, nthreads):
-        """One side's partial-volume histogram and weights; returns its MI.
-
-        From the second iteration of a level on, the same pass over the grid
-        also computes this iteration's step, with the weights of the side's
-        previous histogram (so each voxel's cell is read once, not twice).
-        """
+        """One side's partial-volume histogram and weights; returns its MI."""
         flags = self._flags
         use = _DUMMY_USE if flags is None else flags.reshape(-1)
         shape, dtype = self._static.shape, self._static.dtype
@@ -1100,57 +1087,36 @@ class MIMetric(MetricInputs, SimilarityMetric):
         source, points, jacobian = self._source_points(side, shape, dtype, nthreads)
         bins = self._source_bins(side, source, dtype)
         scale = (self.nbins - 1) / (hi - lo)
-        jacobian = np.ascontiguousarray(jacobian.ravel())
         hist = np.empty((self.nbins, self.nbins), dtype=np.float64)
-        last = self._pv_last[side]
-        step = None
-        if last is not None and last[0] is source and source is self._dyn_source[side]:
-            step = np.empty(shape + (self.dim,), dtype=dtype)
-            count = self._pv_kernel(side, bins, points, other, lo, scale, last[1], last[2],
-                                    jacobian, step, hist, chunk)
-        else:
-            count = k_pv.pv_histogram(bins.reshape(-1), bins.shape, points.reshape(-1),
-                                      other.reshape(-1), use, flags is None, lo, scale,
-                                      side == "static", chunk, hist, nthreads)
+        count = k_pv.pv_histogram(bins.reshape(-1), bins.shape, points.reshape(-1),
+                                  other.reshape(-1), use, flags is None, lo, scale,
+                                  side == "static", chunk, hist, nthreads)
         if count == 0:
             raise ValueError("no voxel left for the histogram (check the masks, "
                              "or the images' overlap)")
         mi, weights = mi_from_histogram(hist, count)
-        weights = np.ascontiguousarray(weights)
-        self._pv_last[side] = (source, weights, count)
-        self._pv[side] = (bins, points, weights, count, lo, scale, jacobian, step)
+        self._pv[side] = (bins, points, np.ascontiguousarray(weights), count, lo, scale,
+                          np.ascontiguousarray(jacobian.ravel()))
         self.pv_histograms[side] = (hist, count)
         return mi
 
-    def _pv_kernel(self, side, bins, points, other, lo, scale, weights, count, jacobian,
-                   out, hist=None, chunk=0):
-        """One side's step into ``out`` (and with ``hist``, its histogram in
-        the same pass; returns the count)."""
-        if side == "static":
+    def _pv_step(self, forward):
+        side = "static" if forward else "moving"
+        bins, points, weights, count, lo, scale, jacobian = self._pv[side]
+        other = self._moving if forward else self._static
+        if forward:
             spacing, direction = self.static_spacing, self.static_direction
         else:
             spacing, direction = self.moving_spacing, self.moving_direction
         spacing, dflat, dnone = step_geometry(self.dim, spacing, direction)
+        out = np.empty(other.shape + (self.dim,), dtype=other.dtype)
         flags = self._flags
         kernel = k_pv.pv_step_3d if self.dim == 3 else k_pv.pv_step_2d
         # The points' Jacobian without the field (as greedy's gradient): on
         # the 30 real tune pairs +0.0014 over the points' own, and cheaper.
-        return kernel(bins, points, other, _DUMMY_USE if flags is None else flags.reshape(-1),
-                      flags is None, lo, scale, weights, -1.0 / count, side == "static",
-                      spacing, dflat, dnone, out, self._threads(other.size), jacobian, hist,
-                      chunk)
-
-    def _pv_step(self, forward):
-        """The side's step: the one its histogram's pass computed (with the
-        previous iteration's weights), else one with the current weights."""
-        side = "static" if forward else "moving"
-        bins, points, weights, count, lo, scale, jacobian, step = self._pv[side]
-        if step is not None:
-            self._pv[side] = self._pv[side][:-1] + (None,)  # (smoothed in place next)
-            return step
-        other = self._moving if forward else self._static
-        out = np.empty(other.shape + (self.dim,), dtype=other.dtype)
-        self._pv_kernel(side, bins, points, other, lo, scale, weights, count, jacobian, out)
+        kernel(bins, points, other, _DUMMY_USE if flags is None else flags.reshape(-1),
+               flags is None, lo, scale, weights, -1.0 / count, forward, spacing, dflat,
+               dnone, out, self._threads(other.size), jacobian)
         return out
 
     def free_iteration(self):
