@@ -30,15 +30,13 @@
 # multilinear interpolant of F at p(i); the chain to the common grid goes
 # through a Jacobian the caller gives (the map's affine part: the field's own
 # Jacobian left out, as in greedy), then to physical units and orientation
-# as in mi.pyx.
+# as in mi.pyx, all folded into one matrix per call (_step_matrix).
 
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.stdlib cimport free, malloc
 
-from fastsyn._kernels._interp cimport (chunk_threads, Affine2, Affine3, affine2_from,
-                                       affine2_vector, affine3_from,
-                                       affine3_vector, sum_partial_tables)
+from fastsyn._kernels._interp cimport chunk_threads, sum_partial_tables
 
 
 cdef inline int _cell(double p, Py_ssize_t n, Py_ssize_t* i0, Py_ssize_t* i1,
@@ -77,22 +75,9 @@ cdef inline Py_ssize_t _window(double v, double lo, double scale, Py_ssize_t nbi
 
 cdef inline Py_ssize_t _bin(const floating* C, Py_ssize_t v, Py_ssize_t nbins,
                             double* tau) noexcept nogil:
-    """_window of a source voxel's bin coordinate, in the array's precision
-    (the fraction of a float is exact in it: the same bits as in double)."""
-    # The caller clamps the coordinates to [0, nbins - 1]; they are clamped
+    # The caller clamps the coordinates to [0, nbins - 1]; _window clamps
     # again, so that every table index is in bounds whatever the array holds.
-    cdef:
-        floating c = C[v]
-        Py_ssize_t o
-    if not (c >= 0):  # also catches NaN
-        c = 0
-    elif c > nbins - 1:
-        c = nbins - 1
-    o = <Py_ssize_t>c
-    if o > nbins - 2:
-        o = nbins - 2
-    tau[0] = c - o
-    return o
+    return _window(<double>C[v], 0.0, 1.0, nbins, tau)
 
 
 cdef inline void _add4(double* part, Py_ssize_t q, Py_ssize_t rs, Py_ssize_t os,
@@ -118,9 +103,9 @@ cdef inline double _weight4(const double* W, Py_ssize_t rs, Py_ssize_t os, doubl
 
 # ------------------------------------------------------------------ 3D
 cdef inline int _corners_3d(const floating* B, Py_ssize_t bs, Py_ssize_t br,
-                     Py_ssize_t bc, Py_ssize_t nbins, const floating* P,
-                     Py_ssize_t v, Py_ssize_t* bins, double* tau,
-                     double* f) noexcept nogil:
+                            Py_ssize_t bc, Py_ssize_t nbins, const floating* P,
+                            Py_ssize_t v, Py_ssize_t* bins, double* tau,
+                            double* f) noexcept nogil:
     """The lower bins (and upper bins' weights) of the 8 source voxels
     around the point of voxel v (index c0 * 4 + c1 * 2 + c2) and the point's
     fractions; 0 when the point is outside, 2 when the 8 voxels hold one
@@ -256,8 +241,8 @@ cdef void _pv_chunk_3d(const floating* B, Py_ssize_t bs, Py_ssize_t br, Py_ssize
 
 # ------------------------------------------------------------------ 2D
 cdef inline int _corners_2d(const floating* B, Py_ssize_t br, Py_ssize_t bc,
-                     Py_ssize_t nbins, const floating* P, Py_ssize_t v,
-                     Py_ssize_t* bins, double* tau, double* f) noexcept nogil:
+                            Py_ssize_t nbins, const floating* P, Py_ssize_t v,
+                            Py_ssize_t* bins, double* tau, double* f) noexcept nogil:
     cdef Py_ssize_t b0, b1, c0, c1
     if not (_cell(P[2 * v], br, &b0, &b1, &f[0])
             and _cell(P[2 * v + 1], bc, &c0, &c1, &f[1])):
