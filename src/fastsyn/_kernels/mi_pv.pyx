@@ -156,7 +156,6 @@ cdef inline void _trilinear_gradient(const double* F, const double* f,
              + ((F[5] - F[4]) * e1 + (F[7] - F[6]) * f[1]) * f[0])
 
 
-
 cdef inline void _add_cell(double* part, const Py_ssize_t* bins, const double* tau,
                            const double* w, Py_ssize_t ncorners, int cell, Py_ssize_t o,
                            double t, Py_ssize_t rs, Py_ssize_t os) noexcept nogil:
@@ -252,7 +251,6 @@ cdef inline int _corners_2d(const floating* B, Py_ssize_t br, Py_ssize_t bc,
     bins[2] = _bin(B, b1 * bc + c0, nbins, &tau[2])
     bins[3] = _bin(B, b1 * bc + c1, nbins, &tau[3])
     return 1
-
 
 
 cdef void _pv_chunk_2d(const floating* B, Py_ssize_t br, Py_ssize_t bc, const floating* P,

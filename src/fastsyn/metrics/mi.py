@@ -596,10 +596,11 @@ class MIMetric(MetricInputs, SimilarityMetric):
     * ``partial_volume=False``: partial-volume histograms gain on the
       single scan (``chris``: +0.0078 tune, +0.0067 held out, 16 of 18 and
       10 of 12 pairs won) and on the real set (+0.0027 tune, +0.0053 held
-      out), but lose on pairs of smooth averages and take 1.28x the time at
-      128^3 and 1 mm; side by side at 128^3, 1.16x greedy NMI's (the limit
-      is 1.0x).  One pass a side (the step with the previous histogram's
-      weights) reached 1.06x and lost the held-out gain (+0.0003).
+      out), but lose on pairs of smooth averages and take 1.3x to 1.4x the
+      defaults' time; side by side, 1.16x greedy NMI's at 128^3 and 1.19x
+      at 1 mm (the limit is 1.0x).  One pass a side (the step with the
+      previous histogram's weights) reached 1.06x and lost the held-out gain
+      (+0.0003 over the defaults).
 
     * ``mask_rule="either"`` (ITK's and ANTs' rule is "both"): on the set
       with the SPM subjects' whole heads (``--dataset real-heads``) and brain
