@@ -268,6 +268,15 @@ def test_bench_speed_times_partial_volume_mi(clean_env, tmp_path):
     assert syn[0]["ncc"] > 0.5
 
 
+def test_speed_metrics_are_the_metrics_named():
+    # the case's name says partial volume: the worker's metric must have it
+    from fastsyn.bench.speed import _syn_metric
+
+    assert _syn_metric("mi-pv").partial_volume is True
+    assert _syn_metric("mi").partial_volume is False
+    assert type(_syn_metric("cc")).__name__ == "CCMetric"
+
+
 def test_thread_counts_keep_every_value():
     from fastsyn.bench.speed import thread_counts
 

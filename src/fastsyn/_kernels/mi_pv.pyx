@@ -452,8 +452,9 @@ cdef object _pv_step(const floating* B, tuple source_shape, const floating* P,
                      const double[::1] spacing, const double[::1] direction,
                      bint direction_none, floating* out, int num_threads,
                      const double[::1] jacobian, Py_ssize_t chunk):
-    """The checks and the run shared by pv_step_3d and pv_step_2d (their
-    arrays' shapes checked by them)."""
+    """The checks and the run shared by pv_step_3d and pv_step_2d (which
+    check their arrays' shapes, and that bins is not empty, before taking
+    the pointers)."""
     cdef:
         int dim = len(source_shape)
         Py_ssize_t nbins = weights.shape[0]
@@ -466,8 +467,6 @@ cdef object _pv_step(const floating* B, tuple source_shape, const floating* P,
         raise ValueError("weights must be square (nbins >= 2)")
     if not use_none and use.shape[0] != n:
         raise ValueError("use must have one flag per voxel")
-    if min(source_shape) < 1:
-        raise ValueError("bins must not be empty")
     # (no partial tables: any chunks give the same step)
     _pv_run(B, s0, s1, s2, dim, P, O, n, use_p, use_none, o_lo, o_scale, nbins,
             source_static, chunk, NULL, &weights[0, 0], M, out, num_threads)
