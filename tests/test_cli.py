@@ -270,10 +270,12 @@ def test_bench_speed_times_partial_volume_mi(clean_env, tmp_path):
 
 def test_speed_metrics_are_the_metrics_named():
     # the case's name says partial volume: the worker's metric must have it
+    # on every level; "mi" is MIMetric's defaults
     from fastsyn.bench.speed import _syn_metric
+    from fastsyn.metrics import MIMetric
 
     assert _syn_metric("mi-pv").partial_volume is True
-    assert _syn_metric("mi").partial_volume is False
+    assert _syn_metric("mi").partial_volume == MIMetric(3).partial_volume == "coarse"
     assert type(_syn_metric("cc")).__name__ == "CCMetric"
 
 

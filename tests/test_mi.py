@@ -601,15 +601,18 @@ def test_coarse_reinversion_reinverts_every_level_but_the_finest(monkeypatch):
 
 def test_coarse_reinversion_survives_the_large_deformation_fixture():
     """Without any re-inversion, the small multimodal fixture's registration
-    ends below its rigid start; re-inverting the coarse levels keeps it above."""
+    with the Parzen histogram on every level ends below its rigid start;
+    re-inverting the coarse levels keeps it above.  (With partial-volume
+    histograms on the coarse levels, MI's default, both stay above: 0.78
+    without re-inversion, measured, against the rigid start's 0.69.)"""
     from pathlib import Path
 
     pair = np.load(Path(__file__).resolve().parents[1] / "fixtures" / "pair3d_multimodal.npz")
 
-    def dice_after(reinvert):
+    def dice_after(reinvert, partial_volume=False):
         sdr = fastsyn.SymmetricDiffeomorphicRegistration(
-            MIMetric(3), level_iters=[20, 10, 5], num_threads=2, reinvert=reinvert,
-            total_sigma=0.3, repair_folds=True)
+            MIMetric(3, partial_volume=partial_volume), level_iters=[20, 10, 5],
+            num_threads=2, reinvert=reinvert, total_sigma=0.3, repair_folds=True)
         mapping = sdr.optimize(pair["static"], pair["moving"],
                                static_grid2world=pair["static_affine"],
                                moving_grid2world=pair["moving_affine"])
@@ -619,6 +622,7 @@ def test_coarse_reinversion_survives_the_large_deformation_fixture():
 
     before = _label_dice(pair["static_labels"], pair["moving_labels"])
     assert dice_after(False) < before < dice_after("coarse")
+    assert before < dice_after("coarse", partial_volume="coarse")
 
 
 def _label_dice(fixed, warped):

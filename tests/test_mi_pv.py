@@ -320,8 +320,50 @@ def test_partial_volume_syn_improves_overlap_bitwise_for_every_thread_count():
     assert dice[0] > before + 0.015, (before, dice[0])
 
 
+def test_coarse_partial_volume_takes_it_on_every_level_but_the_finest():
+    # partial_volume="coarse": partial-volume histograms on the coarse levels,
+    # the Parzen histogram at the finest; bitwise the same for every thread
+    # count, and a third result, neither False's nor True's.
+    static, moving, _, _ = _noisy_pair()
+    fields = {}
+    for mode, n in (("coarse", 1), ("coarse", 3), (False, 2), (True, 2)):
+        used = []
+
+        def callback(sdr, stage):
+            if stage == fastsyn.imwarp.RegistrationStages.ITER_END:
+                used.append((sdr.current_level, bool(sdr.metric.pv_histograms)))
+
+        metric = MIMetric(3, nbins=16, partial_volume=mode)
+        sdr = fastsyn.SymmetricDiffeomorphicRegistration(metric, level_iters=[3, 2],
+                                                         num_threads=n, callback=callback)
+        mapping = sdr.optimize(static, moving)
+        if mode == "coarse":
+            assert used == [(1, True)] * 3 + [(0, False)] * 2
+        fields[mode, n] = mapping.forward
+    assert np.array_equal(fields["coarse", 1], fields["coarse", 3])
+    assert not np.array_equal(fields["coarse", 1], fields[False, 2])
+    assert not np.array_equal(fields["coarse", 1], fields[True, 2])
+
+
+def test_coarse_partial_volume_outside_a_pyramid_is_the_parzen_histogram():
+    # A metric driven by hand has one level, the finest: no partial volume.
+    static, moving, _, _ = _noisy_pair()
+    hists = []
+    for mode in ("coarse", False):
+        metric = MIMetric(3, nbins=16, partial_volume=mode)
+        metric.set_static_image(static, np.eye(4), np.ones(3), np.eye(3))
+        metric.set_moving_image(moving, np.eye(4), np.ones(3), np.eye(3))
+        metric.initialize_iteration()
+        assert metric.pv_histograms == {}
+        hists.append((metric.joint_histogram.copy(), metric.compute_forward()))
+    assert np.array_equal(hists[0][0], hists[1][0])
+    assert np.array_equal(hists[0][1], hists[1][1])
+
+
 def test_partial_volume_refuses_other_values():
     with pytest.raises(TypeError, match="partial_volume"):
         MIMetric(3, partial_volume="yes")
+    with pytest.raises(TypeError, match="partial_volume"):
+        MIMetric(3, partial_volume="Coarse")
     with pytest.raises(TypeError, match="partial_volume"):
         MIMetric(3, partial_volume=2)

@@ -109,20 +109,38 @@ def test_cli_errors(files, tmp_path, case):
 
 
 def test_cli_partial_volume_reaches_mi_syn(files, tmp_path):
-    # --partial-volume registers with MIMetric(partial_volume=True): a
-    # different, still sound result; with CC it is a one-line error.
+    # --partial-volume takes MIMetric's partial_volume: MI's default
+    # ("coarse"), the flag alone (every level) and "none" give three different,
+    # still sound results; with CC it is a one-line error.
     runs = {}
-    for name, extra in (("parzen", []), ("pv", ["--partial-volume"])):
+    for name, extra in (("coarse", []), ("pv", ["--partial-volume"]),
+                        ("parzen", ["--partial-volume", "none"])):
         proc = _cli([files["fixed"], files["moving"], "--out", f"{name}_", "--metric", "mi",
                      "--levels", LEVELS, "--threads", "1", *extra], tmp_path)
         assert proc.returncode == 0, proc.stderr
         runs[name] = np.asarray(nib.load(str(tmp_path / f"{name}_Warp.nii.gz")).dataobj)
         assert np.isfinite(runs[name]).all() and np.abs(runs[name]).max() > 0
     assert not np.array_equal(runs["parzen"], runs["pv"])
+    assert not np.array_equal(runs["coarse"], runs["pv"])
+    assert not np.array_equal(runs["coarse"], runs["parzen"])
     proc = _cli([files["fixed"], files["moving"], "--out", "cc_", "--partial-volume"],
                 tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("fastsyn: error: --partial-volume is an option of --metric mi")
+    proc = _cli([files["fixed"], files["moving"], "--out", "x_", "--metric", "mi",
+                 "--partial-volume", "fine"], tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "invalid choice: 'fine'" in proc.stderr
+    # the library: None is MI's default; any other value is MI's alone
+    from fastsyn.register import register_files
+
+    with pytest.raises(ValueError, match="option of the MI metric"):
+        register_files(files["fixed"], files["moving"], str(tmp_path / "y_"),
+                       partial_volume=False, log=print)
+    with pytest.raises(TypeError, match="'coarse'"):
+        register_files(files["fixed"], files["moving"], str(tmp_path / "y_"), metric="mi",
+                       partial_volume="fine", log=print)
+    assert not list(tmp_path.glob("y_*"))
 
 
 # ----------------------------------------------------------- the library side

@@ -82,6 +82,11 @@ def test_parse_setting_canonical_names_and_errors():
     assert both.masks == "brain"
     assert both.options == {"mask_rule": "both", "ss_sigma_factor": 1.0}
     assert study.parse_setting("mask_rule=either").name == "default"
+    # "coarse" (every pyramid level but the finest) is both switches' default
+    for factor in ("reinvert", "partial_volume"):
+        assert study.parse_setting(f"{factor}=coarse").name == "default"
+        assert study.parse_setting(f"{factor}=false").options == {factor: False}
+        assert study.parse_setting(f"{factor}=true").options == {factor: True}
     assert study.parse_setting("mask_margin=1").name == "default"
     bare = study.parse_setting("masks=brain+mask_margin=0")
     assert bare.name == "masks=brain+mask_margin=0" and bare.options == {"mask_margin": 0}

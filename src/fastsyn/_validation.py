@@ -81,6 +81,16 @@ def check_bool(name, value):
     return bool(value)
 
 
+def check_bool_or_coarse(name, value):
+    """``True``, ``False`` or ``"coarse"`` (on every pyramid level but the
+    finest): the switches that may apply to the coarse levels only."""
+    if isinstance(value, str) and value == "coarse":
+        return value
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True, False or 'coarse', got {value!r}")
+    return bool(value)
+
+
 def check_integer(name, value, *, low=None, high=None):
     """An integer (``bool`` and floats refused) within optional bounds."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):

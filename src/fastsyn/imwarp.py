@@ -30,6 +30,7 @@ from fastsyn._threads import effective_threads, resolve_num_threads
 from fastsyn._validation import (
     check_affine,
     check_bool,
+    check_bool_or_coarse,
     check_contrast,
     check_field,
     check_image,
@@ -683,9 +684,7 @@ _ANTS_THRESHOLD = 1e-7
 def check_syn_options(*, pyramid="dipy", flow_sigma=None, total_sigma=0.0,
                       convergence="dipy", reinvert=True):
     """Validate the ANTs-style options of SyN; returns them as a dict."""
-    if not isinstance(reinvert, (bool, np.bool_)) and not (isinstance(reinvert, str)
-                                                          and reinvert == "coarse"):
-        raise TypeError(f"reinvert must be True, False or 'coarse', got {reinvert!r}")
+    reinvert = check_bool_or_coarse("reinvert", reinvert)
     if pyramid not in ("dipy", "ants"):
         raise ValueError(f"pyramid must be 'dipy' or 'ants', got {pyramid!r}")
     if convergence not in ("dipy", "ants"):
@@ -693,8 +692,7 @@ def check_syn_options(*, pyramid="dipy", flow_sigma=None, total_sigma=0.0,
     flow_sigma = check_real("flow_sigma", flow_sigma, low=0, allow_none=True)
     total_sigma = check_real("total_sigma", total_sigma, low=0)
     return {"pyramid": pyramid, "flow_sigma": flow_sigma, "total_sigma": total_sigma,
-            "convergence": convergence,
-            "reinvert": reinvert if reinvert == "coarse" else bool(reinvert)}
+            "convergence": convergence, "reinvert": reinvert}
 
 
 #: DIPY's values of the SyN settings a metric may prefer others for

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastsyn._validation import check_bool
+from fastsyn._validation import check_bool, check_bool_or_coarse
 from fastsyn.imaffine import affine_registration
 
 __all__ = ["register_files", "check_overlap", "AFFINE_PIPELINES", "DEFAULT_AFFINE_LEVELS",
@@ -320,7 +320,7 @@ def _level_logger(log):
 
 
 def _syn_stage(inputs, matrix, metric, levels, threads, log, auto_masks=True,
-               partial_volume=False):
+               partial_volume=None):
     import fastsyn
 
     (f_img, f), (m_img, m) = inputs["fixed"], inputs["moving"]
@@ -331,9 +331,11 @@ def _syn_stage(inputs, matrix, metric, levels, threads, log, auto_masks=True,
         # its histogram and its update to a mask, each on its own image's
         # grid: the scalp and skull then steer nothing
         fmask, mmask = inputs["fixed mask"][1], inputs["moving mask"][1]
+        # (None: MIMetric's own default)
+        pv = {} if partial_volume is None else {"partial_volume": partial_volume}
         sim = fastsyn.MIMetric(3, static_mask=None if fmask is None else fmask > 0,
                                moving_mask=None if mmask is None else mmask > 0,
-                               auto_masks=auto_masks, partial_volume=partial_volume)
+                               auto_masks=auto_masks, **pv)
     sdr = fastsyn.SymmetricDiffeomorphicRegistration(
         sim, level_iters=list(levels), num_threads=threads, callback=_level_logger(log))
     t0 = time.perf_counter()
@@ -457,7 +459,7 @@ def _write_outputs(prefix, inputs, matrix, mapping, log):
 
 def register_files(fixed, moving, out, *, metric="cc", transform="syn", threads=None,
                    levels=(20, 20, 10), fixed_mask=None, moving_mask=None, labels=None,
-                   auto_masks=True, partial_volume=False, log=None):
+                   auto_masks=True, partial_volume=None, log=None):
     """Register a moving image file to a fixed one and write the results.
 
     Parameters
@@ -489,11 +491,12 @@ def register_files(fixed, moving, out, *, metric="cc", transform="syn", threads=
         it, and a mask that leaves out only its image's zero background is
         set aside (default True; logged when it happens; False: masks only
         restrict MI).
-    partial_volume : bool, optional
+    partial_volume : bool, "coarse" or None, optional
         MI SyN's :class:`~fastsyn.MIMetric` ``partial_volume``: histograms
-        that read each image's own voxels instead of interpolated values
-        (more accurate on single scans' noise, about 1.3x the SyN time;
-        default False).
+        that read each image's own voxels instead of interpolated values,
+        on every pyramid level but the finest (``"coarse"``, MI's default),
+        on every level (True; about 1.3x the SyN time) or on none (False).
+        Default None: MI's default; with ``metric="cc"`` it must stay None.
     log : callable, optional
         Progress messages (default: print to stderr).
 
@@ -512,9 +515,10 @@ def register_files(fixed, moving, out, *, metric="cc", transform="syn", threads=
             print(msg, file=sys.stderr, flush=True)
     levels = _check_options(metric, transform, levels, threads)
     auto_masks = check_bool("auto_masks", auto_masks)
-    partial_volume = check_bool("partial_volume", partial_volume)
-    if partial_volume and metric != "mi":
-        raise ValueError("partial_volume is an option of the MI metric (metric='mi')")
+    if partial_volume is not None:
+        partial_volume = check_bool_or_coarse("partial_volume", partial_volume)
+        if metric != "mi":
+            raise ValueError("partial_volume is an option of the MI metric (metric='mi')")
     if not isinstance(out, (str, Path)) or not str(out):
         raise ValueError(f"out must be an output prefix, got {out!r}")
     t0 = time.perf_counter()

@@ -427,7 +427,7 @@ class FastsynMethod(Method):
                 "reinvert": None, "repair_folds": None, "step_percentile": None,
                 "moving_share": None, "mi_inversion_sweeps": 1, "mi_fused_inversion": True,
                 "mask_rule": "either", "mask_margin": 1, "auto_masks": True,
-                "partial_volume": False}
+                "partial_volume": "coarse"}
     mask_metrics = ("mi",)
     #: Options whose None means "the metric's syn_defaults"
     resolved_options = ("step_length", "total_sigma", "reinvert", "repair_folds",

@@ -215,13 +215,15 @@ def _peak_rss_mb():
 
 
 def _syn_metric(metric):
-    """fastsyn's metric of a speed case: ``cc``, ``mi`` or ``mi-pv`` (MI
-    with partial-volume histograms)."""
+    """fastsyn's metric of a speed case: ``cc``, ``mi`` (the defaults) or
+    ``mi-pv`` (MI with partial-volume histograms on every level)."""
     import fastsyn
 
     if metric == "cc":
         return fastsyn.CCMetric(3, radius=4)
-    return fastsyn.MIMetric(3, partial_volume=metric == "mi-pv")
+    if metric == "mi-pv":
+        return fastsyn.MIMetric(3, partial_volume=True)
+    return fastsyn.MIMetric(3)
 
 
 def _syn_worker(impl, threads, size, levels, metric):
@@ -605,8 +607,9 @@ def speed_command(*, size=None, levels=None, repeat=3, threads=None, metrics=("c
     threads : int, None or sequence, optional
         fastsyn thread counts (see :func:`thread_counts`).
     metrics : sequence of {"cc", "mi", "mi-pv"}, optional
-        SyN metrics timed end to end (``mi-pv``: ``MIMetric(partial_volume=True)``,
-        against the tools' MI; it has no target of its own).
+        SyN metrics timed end to end (``mi``: ``MIMetric``'s defaults;
+        ``mi-pv``: ``MIMetric(partial_volume=True)``, partial volume on every
+        level, against the tools' MI; it has no target of its own).
     include_syn : bool, optional
         Time end-to-end SyN, not only the kernels.
     external : sequence of str, optional

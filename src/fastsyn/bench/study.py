@@ -76,7 +76,7 @@ FACTORS = {
     "repair_folds": (True, False),
     "step_percentile": (100.0, 99.5, 99.0),
     "moving_share": (0.5, 0.65, 0.75),
-    "partial_volume": (False, True),
+    "partial_volume": (False, True, "coarse"),
 }
 #: Factors the sweep changes, per grid name (``none``: the default only).
 # (mask_rule and mask_margin matter only with masks, auto_masks only where a
@@ -178,7 +178,7 @@ def _normal(factor, value):
     if factor == "mask_margin":
         from fastsyn._validation import check_integer
         return check_integer("mask_margin", value, low=0)
-    if factor == "reinvert" and value == "coarse":
+    if factor in ("reinvert", "partial_volume") and value == "coarse":
         return value
     if factor in ("reinvert", "fused_inversion", "repair_folds", "auto_masks", "partial_volume"):
         if not isinstance(value, (bool, np.bool_)):
@@ -245,7 +245,7 @@ def _parse_value(factor, text):
     text = text.strip()
     if factor in ("masks", "mask_rule", "pyramid"):
         return _normal(factor, text)
-    if factor == "reinvert" and text.lower() == "coarse":
+    if factor in ("reinvert", "partial_volume") and text.lower() == "coarse":
         return "coarse"
     if factor in ("reinvert", "fused_inversion", "repair_folds", "auto_masks", "partial_volume"):
         flag = {"true": True, "1": True, "false": False, "0": False}.get(text.lower())

@@ -219,7 +219,8 @@ def _add_speed(bsub):
                    help="SyN iterations per level (default 20,20,10; 4,4,2 with --quick)")
     p.add_argument("--metric", default="cc,mi",
                    help="SyN metrics to time (default cc,mi; mi-pv: MI with partial-volume "
-                        "histograms, timed against the tools' MI)")
+                        "histograms on every level, not only the coarse ones, timed "
+                        "against the tools' MI)")
     p.add_argument("--external", default=None,
                    help="tools timed alongside (default: ants,greedy when installed; "
                         "'' for none)")
