@@ -276,6 +276,7 @@ def test_speed_metrics_are_the_metrics_named():
 
     assert _syn_metric("mi-pv").partial_volume is True
     assert _syn_metric("mi").partial_volume == MIMetric(3).partial_volume == "coarse"
+    assert _syn_metric("mi", ants_mode=True).partial_volume is False  # ANTs' Mattes
     assert type(_syn_metric("cc")).__name__ == "CCMetric"
 
 

@@ -1004,7 +1004,8 @@ def ants_like(metric, level_iters=(40, 20, 0), *, num_threads=None, **overrides)
     ----------
     metric : SimilarityMetric
         E.g. ``fastsyn.CCMetric(3, radius=4)`` (ANTs' ``CC[.., 1, 4]``) or
-        ``fastsyn.MIMetric(3, nbins=32)`` (ANTs' ``Mattes[.., 1, 32]``).
+        ``fastsyn.MIMetric(3, nbins=32, partial_volume=False)`` (ANTs'
+        ``Mattes[.., 1, 32]``, which interpolates on every level).
     level_iters : sequence of int, optional
         Iterations per level, coarsest first (ANTs' ``reg_iterations``).
     num_threads : int or None, optional

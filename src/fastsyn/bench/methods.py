@@ -516,10 +516,12 @@ class FastsynAntsMethod(FastsynMethod):
         if metric == "cc":
             m = fastsyn.CCMetric(3, radius=o["radius"], num_threads=threads)
         else:
-            # ANTs counts a point where both masks, as given, hold it
+            # ANTs counts a point where both masks, as given, hold it, and
+            # its Mattes histogram takes interpolated values on every level
             m = fastsyn.MIMetric(3, nbins=o["nbins"], num_threads=threads,
                                  static_mask=fixed_mask, moving_mask=moving_mask,
-                                 mask_rule="both", mask_margin=0, auto_masks=False)
+                                 mask_rule="both", mask_margin=0, auto_masks=False,
+                                 partial_volume=False)
         reg = fastsyn.ants_like(m, level_iters=list(levels), num_threads=threads,
                                 step_length=o["grad_step"], flow_sigma=o["flow_sigma"],
                                 total_sigma=o["total_sigma"], inv_iter=o["inv_iter"],

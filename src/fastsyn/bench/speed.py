@@ -214,8 +214,9 @@ def _peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _syn_metric(metric):
-    """fastsyn's metric of a speed case: ``cc``, ``mi`` (the defaults) or
+def _syn_metric(metric, ants_mode=False):
+    """fastsyn's metric of a speed case: ``cc``, ``mi`` (the defaults; in
+    ANTs' mode the Parzen histogram on every level, as ANTs' Mattes) or
     ``mi-pv`` (MI with partial-volume histograms on every level)."""
     import fastsyn
 
@@ -223,7 +224,7 @@ def _syn_metric(metric):
         return fastsyn.CCMetric(3, radius=4)
     if metric == "mi-pv":
         return fastsyn.MIMetric(3, partial_volume=True)
-    return fastsyn.MIMetric(3)
+    return fastsyn.MIMetric(3, partial_volume=False) if ants_mode else fastsyn.MIMetric(3)
 
 
 def _syn_worker(impl, threads, size, levels, metric):
@@ -240,8 +241,8 @@ def _syn_worker(impl, threads, size, levels, metric):
         sdr = dipy_imwarp.SymmetricDiffeomorphicRegistration(DipyCC(3, radius=4),
                                                              level_iters=list(levels))
     elif impl == ANTS_MODE:
-        sdr = fastsyn.ants_like(_syn_metric(metric), level_iters=list(levels),
-                                num_threads=threads)
+        sdr = fastsyn.ants_like(_syn_metric(metric, ants_mode=True),
+                                level_iters=list(levels), num_threads=threads)
     else:
         sdr = fastsyn.SymmetricDiffeomorphicRegistration(_syn_metric(metric),
                                                          level_iters=list(levels),
