@@ -1048,6 +1048,11 @@ class MIMetric(MetricInputs, SimilarityMetric):
         self.pv_histograms = {}
         self._pv = {}
         self._pv_active = self._partial_volume_at_level()
+        if not self._pv_active:
+            # A coarse level's cached bins cover its full-size source image
+            # (DIPY's scale space keeps every level on the input grid): two
+            # image-sized arrays that the Parzen levels do not read.
+            self._bins_source = {"static": None, "moving": None}
         if self._pv_active:
             # Each side's own histogram; the MI is their mean.
             self.mi = float(np.mean([self._pv_histogram(side, chunk, nthreads)
@@ -1087,8 +1092,11 @@ class MIMetric(MetricInputs, SimilarityMetric):
         if cached is not None and cached[0] is source and cached[1].dtype == dtype:
             return cached[1]
         lo, hi = self._range(side, source)
-        coord = (np.asarray(source, dtype=np.float64) - lo) * ((self.nbins - 1) / (hi - lo))
-        bins = np.ascontiguousarray(np.clip(coord, 0, self.nbins - 1), dtype=dtype)
+        # (in place: one float64 temporary of the image's size, not three)
+        coord = np.subtract(source, lo, dtype=np.float64)
+        coord *= (self.nbins - 1) / (hi - lo)
+        np.clip(coord, 0, self.nbins - 1, out=coord)
+        bins = np.ascontiguousarray(coord, dtype=dtype)
         self._bins_source[side] = (source, bins)
         return bins
 
