@@ -1048,11 +1048,6 @@ class MIMetric(MetricInputs, SimilarityMetric):
         self.pv_histograms = {}
         self._pv = {}
         self._pv_active = self._partial_volume_at_level()
-        if not self._pv_active:
-            # A coarse level's cached bins cover its full-size source image
-            # (DIPY's scale space keeps every level on the input grid): two
-            # image-sized arrays that the Parzen levels do not read.
-            self._bins_source = {"static": None, "moving": None}
         if self._pv_active:
             # Each side's own histogram; the MI is their mean.
             self.mi = float(np.mean([self._pv_histogram(side, chunk, nthreads)
@@ -1060,6 +1055,10 @@ class MIMetric(MetricInputs, SimilarityMetric):
             self.energy = -self.mi
             self.joint_histogram, self.histogram_count = self.pv_histograms["moving"]
             return
+        # A coarse level's cached bins cover its full-size source image
+        # (DIPY's scale space keeps every level on the input grid): two
+        # image-sized arrays that the Parzen levels do not read.
+        self._bins_source = {"static": None, "moving": None}
         hist = np.empty((self.nbins, self.nbins), dtype=np.float64)
         count = k_mi.mi_histogram(
             static.reshape(-1), moving.reshape(-1),
