@@ -331,17 +331,18 @@ def test_coarse_partial_volume_takes_it_on_every_level_but_the_finest():
 
         def callback(sdr, stage):
             if stage == fastsyn.imwarp.RegistrationStages.ITER_END:
-                used.append((sdr.current_level, bool(sdr.metric.pv_histograms)))
+                # the coarse levels' bins (arrays of the input's size) must
+                # not be kept through the Parzen level: they would raise the
+                # peak memory
+                released = sdr.metric._bins_source == {"static": None, "moving": None}
+                used.append((sdr.current_level, bool(sdr.metric.pv_histograms), released))
 
         metric = MIMetric(3, nbins=16, partial_volume=mode)
         sdr = fastsyn.SymmetricDiffeomorphicRegistration(metric, level_iters=[3, 2],
                                                          num_threads=n, callback=callback)
         mapping = sdr.optimize(static, moving)
         if mode == "coarse":
-            assert used == [(1, True)] * 3 + [(0, False)] * 2
-            # the coarse level's bins (arrays of the input's size) are not
-            # kept through the Parzen level: they would raise the peak memory
-            assert metric._bins_source == {"static": None, "moving": None}
+            assert used == [(1, True, False)] * 3 + [(0, False, True)] * 2
         fields[mode, n] = mapping.forward
     assert np.array_equal(fields["coarse", 1], fields["coarse", 3])
     assert not np.array_equal(fields["coarse", 1], fields[False, 2])

@@ -1,5 +1,7 @@
 """End-to-end SyN: identical for every thread count, same answer as DIPY."""
 
+import weakref
+
 import dipy.align.imwarp as dipy_imwarp
 import numpy as np
 import pytest
@@ -72,6 +74,31 @@ def test_scratch_is_released_before_the_final_composition(monkeypatch):
     sdr.optimize(pair["static"], pair["moving"], static_grid2world=pair["static_affine"],
                  moving_grid2world=pair["moving_affine"])
     assert released == [(True, True)]
+
+
+def test_metric_holds_no_field_past_the_run():
+    # MI's last iteration holds inverses of the two reference maps, which
+    # share their fields. Once the run ends DIPY's optimizer replaces every
+    # field with a copy: the metric must have let go of the originals by
+    # then, or the four stay alive beside the copies (the peak at 1 mm).
+    pair = load_pair("pair3d")
+    originals = []
+
+    def keep_weak_references(sdr, stage):
+        if stage == fastsyn.imwarp.RegistrationStages.OPT_END:
+            originals.extend(weakref.ref(getattr(getattr(sdr, name), field))
+                             for name in ("static_to_ref", "moving_to_ref")
+                             for field in ("forward", "backward"))
+
+    sdr = fastsyn.SymmetricDiffeomorphicRegistration(
+        fastsyn.MIMetric(3), level_iters=LEVELS[3], num_threads=2,
+        callback=keep_weak_references)
+    mapping = sdr.optimize(pair["static"], pair["moving"],
+                           static_grid2world=pair["static_affine"],
+                           moving_grid2world=pair["moving_affine"])
+    assert len(originals) == 4
+    assert [ref() is None for ref in originals] == [True] * 4
+    assert np.isfinite(mapping.forward).all()
 
 
 def test_inversions_work_in_the_step_buffer():

@@ -540,6 +540,13 @@ def _optimize(self):
     # run's peak memory otherwise.
     self._step_buffer = None
     self._inversion_workspace = None
+    # MI's last iteration still holds the reference maps' inverses, which
+    # share their fields: once the run ends DIPY copies every field, and
+    # those links would keep the four originals beside the copies (the
+    # run's peak memory at 1 mm).  DIPY's own metrics keep no maps.
+    free_run = getattr(self.metric, "free_run", None)
+    if free_run is not None:
+        free_run()
     diagnose = self.verbosity >= VerbosityLevels.DIAGNOSE
     if diagnose:
         _log_residual("Static-Reference Residual error", self.static_to_ref)

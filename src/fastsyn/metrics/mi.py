@@ -1164,6 +1164,21 @@ class MIMetric(MetricInputs, SimilarityMetric):
             if hasattr(self, name):
                 delattr(self, name)
 
+    def free_run(self):
+        """Release what the last iteration left for the next one.
+
+        That is each side's unwarped image, the map given with it by
+        ``use_*_image_dynamics``, the mask warped by that map and the cached
+        range and bin coordinates.  The map is an inverse that shares its
+        fields with the optimizer's: kept, it would hold the four fields
+        alive after DIPY's optimizer replaces them with copies at the end of
+        the run.  :class:`SymmetricDiffeomorphicRegistration` calls this
+        when its last level ends; the next iteration sets everything again.
+        """
+        for name in ("_dyn_source", "_dyn_map", "_warped_mask", "_range_source",
+                     "_bins_source"):
+            setattr(self, name, {"static": None, "moving": None})
+
     def _step(self, forward):
         if self._pv_active:
             out = self._pv_step(forward)
