@@ -93,12 +93,10 @@ def test_metric_holds_no_field_past_the_run():
     sdr = fastsyn.SymmetricDiffeomorphicRegistration(
         fastsyn.MIMetric(3), level_iters=LEVELS[3], num_threads=2,
         callback=keep_weak_references)
-    mapping = sdr.optimize(pair["static"], pair["moving"],
-                           static_grid2world=pair["static_affine"],
-                           moving_grid2world=pair["moving_affine"])
+    sdr.optimize(pair["static"], pair["moving"], static_grid2world=pair["static_affine"],
+                 moving_grid2world=pair["moving_affine"])
     assert len(originals) == 4
     assert [ref() is None for ref in originals] == [True] * 4
-    assert np.isfinite(mapping.forward).all()
 
 
 def test_inversions_work_in_the_step_buffer():

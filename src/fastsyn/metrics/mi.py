@@ -734,14 +734,7 @@ class MIMetric(MetricInputs, SimilarityMetric):
         self._pv_active = False
         self.static_range = None
         self.moving_range = None
-        # Per side: the image the range was computed from (kept alive so that
-        # the identity test is sound) and the mask warped onto the common grid.
-        self._range_source = {"static": None, "moving": None}
-        self._dyn_source = {"static": None, "moving": None}
-        self._dyn_map = {"static": None, "moving": None}
-        self._warped_mask = {"static": None, "moving": None}
-        # Per side: (source array, its bin coordinates) of partial volume.
-        self._bins_source = {"static": None, "moving": None}
+        self.free_run()
         # Per side: ((level shape, margin), mask on that level, grown mask as
         # int32, the full-resolution mask it came from).
         self._level_masks = {"static": None, "moving": None}
@@ -1174,8 +1167,13 @@ class MIMetric(MetricInputs, SimilarityMetric):
         alive after DIPY's optimizer replaces them with copies at the end of
         the run.  :class:`SymmetricDiffeomorphicRegistration` calls this
         when its last level ends; the next iteration sets everything again.
+        The constructor starts from the same empty state.
         """
-        for name in ("_dyn_source", "_dyn_map", "_warped_mask", "_range_source",
+        # Per side: the image the range was computed from (kept alive so that
+        # the identity test is sound) and its range; the unwarped image and
+        # its map from ``use_*_image_dynamics``; the mask warped onto the
+        # common grid; (source array, its bin coordinates) of partial volume.
+        for name in ("_range_source", "_dyn_source", "_dyn_map", "_warped_mask",
                      "_bins_source"):
             setattr(self, name, {"static": None, "moving": None})
 
