@@ -76,29 +76,41 @@ def test_field_smoothing_blend_below_half():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_blend_kernel_rounds_as_numpy_and_ignores_threads(dtype):
+@pytest.mark.parametrize("shape", [(9,), (9, 11, 2), (12, 13, 14, 3), (40, 3, 5, 3)])
+def test_fused_blend_is_the_filter_then_numpys_blend(dtype, shape):
+    # The kernel filters through a scratch and blends in its last pass: the
+    # values must be those of the filter on a copy and NumPy's blend, the
+    # products rounded to the data's type, for every thread count.
     rng = np.random.default_rng(5)
-    data = rng.standard_normal(10_001).astype(dtype)
-    original = rng.standard_normal(10_001).astype(dtype)
-    expected = data * dtype(0.4)
-    expected += dtype(0.6) * original
+    data = rng.standard_normal(shape).astype(dtype)
+    spatial, channels = (shape, 1) if len(shape) == 1 else (shape[:-1], shape[-1])
+    filtered = data.copy()
+    fields._discrete_filter(filtered, spatial, channels, 0.3, 0.001, None, 1)
+    expected = filtered * dtype(0.4)
+    expected += dtype(0.6) * data
+    kernels = fields._axis_kernels(spatial, 0.3, 0.001, None)
     for threads in (1, 2, 3):
         out = data.copy()
-        k_smooth.blend_(out, original, 0.4, threads)
+        scratch = np.full_like(data, np.nan)
+        k_smooth.gaussian_blend_(out.reshape(-1), scratch.reshape(-1), spatial, channels,
+                                 kernels, 0.4, threads)
         assert np.array_equal(out, expected)
     with pytest.raises(ValueError, match="differ in length"):
-        k_smooth.blend_(data, original[:-1], 0.4, 1)
+        k_smooth.gaussian_blend_(data.reshape(-1), scratch.reshape(-1)[:-1], spatial,
+                                 channels, kernels, 0.4, 1)
+    with pytest.raises(ValueError, match="one kernel per spatial axis"):
+        k_smooth.gaussian_blend_(data.reshape(-1), scratch.reshape(-1), spatial, channels,
+                                 kernels + kernels, 0.4, 1)
 
 
-def test_blend_with_a_scratch_buffer_is_the_copying_blend():
-    # SyN hands its spent step buffer over as the scratch for the original.
+def test_blend_with_a_scratch_buffer_is_the_blend_without_one():
+    # SyN hands its spent step buffer over as the scratch.
     field = smooth_field((11, 12, 13), np.float32, seed=6)
     reference = fields.discrete_smooth_unchecked(field.copy(), 0.3, 1)
     for threads in (1, 2, 3):
         scratch = np.full_like(field, np.nan)
         out = fields.discrete_smooth_unchecked(field.copy(), 0.3, threads, scratch=scratch)
         assert np.array_equal(out, reference)
-        assert np.array_equal(scratch, field)
 
 
 @pytest.mark.parametrize("bad, error", [(-1.0, ValueError), (np.nan, ValueError),

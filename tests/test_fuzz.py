@@ -1,7 +1,8 @@
 """Property-based fuzzing of the public numerical API (project issue 8).
 
-Each target (compose, invert, warp, warp_nn, smooth, gradient, Jacobian
-determinant, CC step, MI step) runs as a hypothesis loop in a child process (this file executed with
+Each target (compose, invert, warp, warp_nn, smooth, ITK's discrete
+smoothing of a field, gradient, Jacobian determinant, CC step, MI step)
+runs as a hypothesis loop in a child process (this file executed with
 ``sys.executable``), so a segfault or an abort is a failed test with the
 signal and the last example tried, not a dead pytest run.
 
@@ -40,8 +41,8 @@ pytest.importorskip("hypothesis")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _isolation import describe_returncode, real_threads  # noqa: E402
 
-TARGETS = ["compose", "invert", "warp", "warp_nn", "smooth", "gradient", "jacobian", "cc",
-           "mi", "mi_pv"]
+TARGETS = ["compose", "invert", "warp", "warp_nn", "smooth", "discrete_smooth", "gradient",
+           "jacobian", "cc", "mi", "mi_pv"]
 THREADS = (1, 2, 3)
 
 # Tolerances against the twin, in units of eps(dtype) times the largest
@@ -60,6 +61,8 @@ TOLERANCES = {
     # scipy and fastsyn both accumulate in double and round per axis pass;
     # the order of the taps differs: a few ulp of max |input|.
     "smooth": 8,
+    # The same per axis pass, three passes and the blend: 8 ulp of max |field|.
+    "discrete_smooth": 8,
     # numpy divides by the spacing in double and rounds once; the rotation
     # by ``direction`` adds dim products: 4 ulp of max |gradient| (x |R|).
     "gradient": 4,
@@ -344,6 +347,33 @@ def target_smooth(ex):
                "gaussian_smooth")
 
 
+def target_discrete_smooth(ex):
+    from scipy import ndimage
+
+    from fastsyn import fields
+
+    dim, dtype, rng = ex["dim"], np.dtype(ex["dtype"]), np.random.default_rng(ex["seed"])
+    shape = tuple(ex["sizes"][:dim])
+    field = _array(shape + (dim,), dtype, ex["magnitude"], ex["poison"], rng)
+    # Below 0.5 the kernel filters through a scratch and blends in its last pass.
+    variance = float(rng.choice([0.0, 0.2, 0.3, 0.49, 0.5, 1.5, 4.0]))
+    kind, res = _run_threads(
+        lambda nt: fields.discrete_gaussian_smooth_field(field, variance, num_threads=nt),
+        ["field", "variance"])
+    if not _common(kind, res, _clean((shape,), field), _moderate(field, limit=np.inf)):
+        return
+    if _moderate(field) and variance > 0:
+        ref = field.astype(np.float64)
+        for axis, size in enumerate(shape):
+            kernel = fields.discrete_gaussian_kernel1d(variance, max_width=size)
+            ref = ndimage.convolve1d(ref, kernel, axis=axis, mode="nearest")
+        if variance < 0.5:
+            ref = (1 - variance / 0.5) * ref + (variance / 0.5) * field
+        fields.zero_outer_boundary(ref)
+        _close(res, ref, TOLERANCES["discrete_smooth"] * _eps(dtype) * np.abs(field).max(initial=0),
+               "discrete_gaussian_smooth_field")
+
+
 def target_gradient(ex):
     from fastsyn import fields
 
@@ -516,6 +546,7 @@ EXPLICIT = {
     "compose": [dict(sizes=[1, 5, 3], sizes2=[4, 1, 3])],
     "jacobian": [dict(sizes=[2, 1, 3]), dict(dim=2, sizes=[2, 2, 1], affine1="rotation")],
     "smooth": [dict(sizes=[1, 3, 4], seed=1), dict(dim=2, sizes=[2, 2, 1], seed=3)],
+    "discrete_smooth": [dict(sizes=[1, 3, 4], seed=0), dict(dim=2, sizes=[2, 1, 1], seed=0)],
     # A float32 image of huge values: the window sums overflow float32.
     "cc": [dict(dtype="float32", sizes=[7, 7, 7], magnitude=1e30, magnitude2=1e30, seed=1)],
 }

@@ -653,27 +653,26 @@ def discrete_gaussian_smooth_field(field, variance, *, out=None, num_threads=Non
 def discrete_smooth_unchecked(field, variance, nthreads, scratch=None):
     """In place :func:`discrete_gaussian_smooth_field` of a checked field.
 
-    Below a variance of 0.5 the original field is kept for the blend in
-    ``scratch`` (a C-contiguous array of the field's shape and type that the
-    caller no longer needs) or, without one, in a new copy.
+    Below a variance of 0.5 the filter's passes run in ``scratch`` (a
+    C-contiguous array of the field's shape and type that the caller no
+    longer needs; its values are overwritten) or, without one, in a new
+    array, and the last pass blends into the field.
     """
     if variance <= 0:
         return field
     dim = field.shape[-1]
     spatial = field.shape[:-1]
-    blend = variance < 0.5
-    if blend:
+    if variance < 0.5:
         if scratch is None:
-            original = field.copy()
-        else:
-            original = scratch
-            np.copyto(original, field)
-    _discrete_filter(field, spatial, dim, variance, 0.001, None, nthreads)
-    if blend:
+            scratch = np.empty_like(field)
+        kernels = _axis_kernels(spatial, variance, 0.001, None)
         # ITK's weights, kept as they are: the smoothed field gets 1 - 2 t and
         # the original 2 t (so the blend jumps to "all smoothed" at t = 0.5).
-        k_smooth.blend_(field.reshape(-1), original.reshape(-1), 1.0 - variance / 0.5,
-                        effective_threads(nthreads, field.size // dim))
+        k_smooth.gaussian_blend_(field.reshape(-1), scratch.reshape(-1), tuple(spatial), dim,
+                                 kernels, 1.0 - variance / 0.5,
+                                 effective_threads(nthreads, field.size // dim))
+    else:
+        _discrete_filter(field, spatial, dim, variance, 0.001, None, nthreads)
     zero_outer_boundary(field)
     return field
 
@@ -687,12 +686,18 @@ def discrete_smooth_image_unchecked(image, variance, nthreads, *, max_error=0.01
     return image
 
 
+def _axis_kernels(spatial, variance, max_error, max_width):
+    """The discrete Gaussian of each axis, no wider than ``max_width`` or,
+    where that is None, than the axis."""
+    return tuple(discrete_gaussian_kernel1d(variance, max_error=max_error,
+                                            max_width=size if max_width is None else max_width)
+                 for size in spatial)
+
+
 def _discrete_filter(array, spatial, channels, variance, max_error, max_width, nthreads):
     flat = array.reshape(-1)
     threads = effective_threads(nthreads, array.size // channels)
-    for axis, size in enumerate(spatial):
-        width = size if max_width is None else max_width
-        kernel = discrete_gaussian_kernel1d(variance, max_error=max_error, max_width=width)
+    for axis, kernel in enumerate(_axis_kernels(spatial, variance, max_error, max_width)):
         k_smooth.gaussian_filter_(flat, tuple(spatial), channels, kernel, threads, axis, True)
 
 

@@ -73,24 +73,29 @@ cdef inline void _four_pairs(floating* out, const floating* centre, floating wc,
                       + w2 * (s2[m] + r2[m])) + w3 * (s3[m] + r3[m])
 
 
-cdef void _filter_tile(floating* data, Py_ssize_t base, Py_ssize_t n,
-                       Py_ssize_t stride, Py_ssize_t width,
+cdef void _filter_tile(const floating* data, floating* target, Py_ssize_t base,
+                       Py_ssize_t n, Py_ssize_t stride, Py_ssize_t width,
                        const double* w, Py_ssize_t radius, bint symmetric,
                        const Py_ssize_t* src, floating* pad,
-                       floating* acc) noexcept nogil:
-    """Filter ``width`` neighbouring lines of length ``n``.
+                       floating* acc, bint blend, floating keep,
+                       floating rest) noexcept nogil:
+    """Filter ``width`` neighbouring lines of length ``n`` of ``data`` into
+    ``target`` (which may be ``data``).
 
     Line point x of channel b lives at data[base + x * stride + b]; ``pad``
     holds (n + 2 radius) * width values and ``acc`` n * width (the caller's
     per-thread buffers).  Where the lines are contiguous (stride == width:
     the last axis) the interior is copied in one block and the sums are
-    written straight into ``data``.
+    written straight into ``target``.  With ``blend`` each sum s is written
+    as keep * s + rest * target (target holding the unfiltered values), each
+    product rounded to the data's type before the sum, as NumPy's
+    ``s *= keep; s += rest * target`` rounds them.
     """
     cdef:
-        Py_ssize_t x, b, t, m, total = n * width
+        Py_ssize_t x, b, t, m, i, total = n * width
         bint contiguous = stride == width
         floating wt
-        floating* out = data + base if contiguous else acc
+        floating* out = target + base if contiguous and not blend else acc
         const floating* shifted
         const floating* mirror
     if contiguous:
@@ -134,10 +139,19 @@ cdef void _filter_tile(floating* data, Py_ssize_t base, Py_ssize_t n,
             shifted = pad + t * width
             for m in range(total):
                 out[m] += wt * shifted[m]
-    if not contiguous:
+    if blend and contiguous:
+        out = target + base
+        for m in range(total):
+            out[m] = keep * acc[m] + rest * out[m]
+    elif blend:
         for x in range(n):
             for b in range(width):
-                data[base + x * stride + b] = acc[x * width + b]
+                i = base + x * stride + b
+                target[i] = keep * acc[x * width + b] + rest * target[i]
+    elif not contiguous:
+        for x in range(n):
+            for b in range(width):
+                target[base + x * stride + b] = acc[x * width + b]
 
 
 cdef Py_ssize_t* _border_table(Py_ssize_t n, Py_ssize_t radius,
@@ -156,11 +170,14 @@ cdef Py_ssize_t* _border_table(Py_ssize_t n, Py_ssize_t radius,
     return src
 
 
-cdef int _filter_axis(floating* data, Py_ssize_t n_outer, Py_ssize_t n,
-                      Py_ssize_t inner, Py_ssize_t channels,
+cdef int _filter_axis(const floating* data, floating* target, Py_ssize_t n_outer,
+                      Py_ssize_t n, Py_ssize_t inner, Py_ssize_t channels,
                       const double* w, Py_ssize_t radius, bint symmetric,
-                      bint nearest, int num_threads) noexcept nogil:
-    """Filter along an axis of an array viewed as (n_outer, n, inner).
+                      bint nearest, int num_threads, bint blend, floating keep,
+                      floating rest) noexcept nogil:
+    """Filter ``data`` along an axis into ``target`` (both viewed as
+    (n_outer, n, inner); ``target`` may be ``data``), blending as
+    :func:`_filter_tile` does.
 
     ``channels`` > 1 means the axis is the last spatial axis of a field whose
     ``channels`` components are contiguous (inner == channels).
@@ -194,12 +211,59 @@ cdef int _filter_axis(floating* data, Py_ssize_t n_outer, Py_ssize_t n,
                 width = inner - start
                 if ntiles > 1 and width > TILE:
                     width = TILE
-                _filter_tile(data, o * n * inner + start, n, inner, width, w, radius,
-                             symmetric, src, pad, acc)
+                _filter_tile(data, target, o * n * inner + start, n, inner, width, w,
+                             radius, symmetric, src, pad, acc, blend, keep, rest)
         free(pad)
         free(acc)
     free(src)
     return -failed
+
+
+cdef Py_ssize_t _spatial_dims(tuple shape, Py_ssize_t channels, Py_ssize_t length,
+                              Py_ssize_t* dims) except -1:
+    """Check the spatial ``shape`` of ``length`` values of ``channels``
+    components, copy it into ``dims`` and return its number of axes."""
+    cdef Py_ssize_t ndim = len(shape), a, size = channels
+    if ndim < 1 or ndim > 3 or channels < 1:
+        raise ValueError("gaussian_filter_: bad shape or channels")
+    for a in range(ndim):
+        dims[a] = shape[a]
+        if dims[a] < 1:
+            raise ValueError("gaussian_filter_: empty axis")
+        size *= dims[a]
+    if size != length:
+        raise ValueError("gaussian_filter_: shape does not match the data")
+    return ndim
+
+
+cdef int _pass(const floating* data, floating* target, const Py_ssize_t* dims,
+               Py_ssize_t ndim, Py_ssize_t channels, Py_ssize_t ax,
+               const double[::1] weights, bint nearest, int num_threads, bint blend,
+               double weight) except -1:
+    """One pass of the filter along axis ``ax``, from ``data`` into ``target``
+    (which may be ``data``), blended with ``target`` where ``blend``."""
+    cdef:
+        Py_ssize_t outer = 1, inner = channels, a, status
+        Py_ssize_t radius = (weights.shape[0] - 1) // 2
+        bint symmetric = True
+        floating keep = <floating>weight
+        floating rest = <floating>(1.0 - weight)
+    if weights.shape[0] % 2 != 1:
+        raise ValueError("gaussian_filter_: the kernel's length is even")
+    for a in range(radius):
+        if weights[a] != weights[2 * radius - a]:
+            symmetric = False
+    for a in range(ax):
+        outer *= dims[a]
+    for a in range(ax + 1, ndim):
+        inner *= dims[a]
+    with nogil:
+        status = _filter_axis(data, target, outer, dims[ax], inner,
+                              channels if ax == ndim - 1 else 1, &weights[0], radius,
+                              symmetric, nearest, num_threads, blend, keep, rest)
+    if status != 0:
+        raise MemoryError("gaussian_filter: could not allocate the line buffer")
+    return 0
 
 
 def gaussian_filter_(floating[::1] data, tuple shape, Py_ssize_t channels,
@@ -214,56 +278,44 @@ def gaussian_filter_(floating[::1] data, tuple shape, Py_ssize_t channels,
     before its one multiplication.
     """
     cdef:
-        Py_ssize_t ndim = len(shape), ax, outer, inner, n, a, size = channels
-        Py_ssize_t radius = (weights.shape[0] - 1) // 2
         Py_ssize_t dims[3]
-        int status = 0
-        bint symmetric = True
-    if ndim < 1 or ndim > 3 or channels < 1 or weights.shape[0] % 2 != 1:
-        raise ValueError("gaussian_filter_: bad shape, channels or kernel length")
-    for a in range(ndim):
-        dims[a] = shape[a]
-        if dims[a] < 1:
-            raise ValueError("gaussian_filter_: empty axis")
-        size *= dims[a]
-    if size != data.shape[0] or axis < -1 or axis >= ndim:
+        Py_ssize_t ndim = _spatial_dims(shape, channels, data.shape[0], dims), ax
+    if axis < -1 or axis >= ndim:
         raise ValueError("gaussian_filter_: shape does not match the data")
-    for a in range(radius):
-        if weights[a] != weights[2 * radius - a]:
-            symmetric = False
     num_threads = chunk_threads(num_threads, data.shape[0] // channels)
     for ax in range(ndim):
-        if axis >= 0 and ax != axis:
-            continue
-        outer = 1
-        for a in range(ax):
-            outer *= dims[a]
-        inner = channels
-        for a in range(ax + 1, ndim):
-            inner *= dims[a]
-        n = dims[ax]
-        with nogil:
-            status = _filter_axis(&data[0], outer, n, inner,
-                                  channels if ax == ndim - 1 else 1,
-                                  &weights[0], radius, symmetric, nearest, num_threads)
-        if status != 0:
-            raise MemoryError("gaussian_filter: could not allocate the line buffer")
+        if axis < 0 or ax == axis:
+            _pass(&data[0], &data[0], dims, ndim, channels, ax, weights, nearest,
+                  num_threads, False, 0.0)
 
 
-def blend_(floating[::1] data, const floating[::1] original, double weight,
-           int num_threads):
-    """``data = weight * data + (1 - weight) * original``, in place.
+def gaussian_blend_(floating[::1] data, floating[::1] scratch, tuple shape,
+                    Py_ssize_t channels, tuple kernels, double weight, int num_threads):
+    """``data = weight * filtered + (1 - weight) * data``, in place, where
+    ``filtered`` is ``data`` filtered along every spatial axis in order,
+    axis a by ``kernels[a]``, the edge value repeated at the borders.
 
-    Each product is rounded to the data's type before the sum (no fused
-    multiply-add), so the values are those of NumPy's
-    ``data *= w; data += (1 - w) * original``, without its temporary.
+    The values are those of :func:`gaussian_filter_` (with ``nearest``) on a
+    copy followed by NumPy's ``filtered *= weight; filtered += (1 - weight) *
+    data``, in two fewer passes over the data: the first axis's pass
+    writes into ``scratch`` (same length, its values overwritten) and the
+    last one blends its sums straight into ``data``, whose unfiltered values
+    no earlier pass has touched.
     """
     cdef:
-        Py_ssize_t i, n = data.shape[0]
-        floating w = <floating>weight
-        floating rest = <floating>(1.0 - weight)
-    if original.shape[0] != n:
-        raise ValueError("blend_: data and original differ in length")
-    num_threads = chunk_threads(num_threads, n)
-    for i in prange(n, nogil=True, schedule="static", num_threads=num_threads):
-        data[i] = w * data[i] + rest * original[i]
+        Py_ssize_t dims[3]
+        Py_ssize_t ndim = _spatial_dims(shape, channels, data.shape[0], dims), ax
+        const floating* source
+        floating* target
+        const double[::1] weights
+    if scratch.shape[0] != data.shape[0]:
+        raise ValueError("gaussian_blend_: data and scratch differ in length")
+    if len(kernels) != ndim:
+        raise ValueError("gaussian_blend_: one kernel per spatial axis is needed")
+    num_threads = chunk_threads(num_threads, data.shape[0] // channels)
+    for ax in range(ndim):
+        source = &data[0] if ax == 0 else &scratch[0]
+        target = &data[0] if ax == ndim - 1 else &scratch[0]
+        weights = kernels[ax]
+        _pass(source, target, dims, ndim, channels, ax, weights, True, num_threads,
+              ax == ndim - 1, weight)
