@@ -265,7 +265,7 @@ def _scratch_field(self, like):
     """The optimizer's one scratch field (``like``'s shape and dtype).
 
     An iteration uses it first as the step buffer (the step's copy, then the
-    original of the total-field smoothing's blend) and then, once both steps
+    total-field smoothing's scratch) and then, once both steps
     are composed, as the inversions' workspace; the two uses never overlap,
     so they share one field's memory.
     """
@@ -342,7 +342,7 @@ def _apply_step(self, field, step, world2grid, spacing, nthreads, direction):
     compose_unchecked(field, buf, None, world2grid, scale, field, nthreads)
     total_sigma = getattr(self, "total_sigma", 0.0)
     if total_sigma > 0:
-        # The step is composed: its buffer holds the original for the blend.
+        # The step is composed: its buffer is the smoothing's scratch.
         discrete_smooth_unchecked(field, total_sigma, nthreads, scratch=buf)
 
 
