@@ -225,14 +225,14 @@ cdef Py_ssize_t _spatial_dims(tuple shape, Py_ssize_t channels, Py_ssize_t lengt
     components, copy it into ``dims`` and return its number of axes."""
     cdef Py_ssize_t ndim = len(shape), a, size = channels
     if ndim < 1 or ndim > 3 or channels < 1:
-        raise ValueError("gaussian_filter_: bad shape or channels")
+        raise ValueError("gaussian smoothing: bad shape or channels")
     for a in range(ndim):
         dims[a] = shape[a]
         if dims[a] < 1:
-            raise ValueError("gaussian_filter_: empty axis")
+            raise ValueError("gaussian smoothing: empty axis")
         size *= dims[a]
     if size != length:
-        raise ValueError("gaussian_filter_: shape does not match the data")
+        raise ValueError("gaussian smoothing: shape does not match the data")
     return ndim
 
 
@@ -249,7 +249,7 @@ cdef int _pass(const floating* data, floating* target, const Py_ssize_t* dims,
         floating keep = <floating>weight
         floating rest = <floating>(1.0 - weight)
     if weights.shape[0] % 2 != 1:
-        raise ValueError("gaussian_filter_: the kernel's length is even")
+        raise ValueError("gaussian smoothing: the kernel's length is even")
     for a in range(radius):
         if weights[a] != weights[2 * radius - a]:
             symmetric = False
@@ -262,7 +262,7 @@ cdef int _pass(const floating* data, floating* target, const Py_ssize_t* dims,
                               channels if ax == ndim - 1 else 1, &weights[0], radius,
                               symmetric, nearest, num_threads, blend, keep, rest)
     if status != 0:
-        raise MemoryError("gaussian_filter: could not allocate the line buffer")
+        raise MemoryError("gaussian smoothing: could not allocate the line buffer")
     return 0
 
 
@@ -281,7 +281,7 @@ def gaussian_filter_(floating[::1] data, tuple shape, Py_ssize_t channels,
         Py_ssize_t dims[3]
         Py_ssize_t ndim = _spatial_dims(shape, channels, data.shape[0], dims), ax
     if axis < -1 or axis >= ndim:
-        raise ValueError("gaussian_filter_: shape does not match the data")
+        raise ValueError("gaussian_filter_: axis out of range")
     num_threads = chunk_threads(num_threads, data.shape[0] // channels)
     for ax in range(ndim):
         if axis < 0 or ax == axis:
