@@ -55,7 +55,8 @@ def run_demo(out="reports", *, results=None, quick=False, sample=None, seed=0,
         Results store (default ``out/results``); finished pairs are kept.
     quick : bool, optional
         Take the settings left at None from :data:`QUICK` instead of
-        :data:`DEFAULTS`.
+        :data:`DEFAULTS`, and time the prealignment with the speed run's
+        quick pyramid.
     sample : int, optional
         Pairs per embedded cohort.
     seed : int, optional
@@ -120,7 +121,7 @@ def run_demo(out="reports", *, results=None, quick=False, sample=None, seed=0,
     _banner("speed: stock DIPY vs fastsyn (1 and all threads) vs ANTs / greedy")
     bench_speed.speed_command(size=cfg["speed_size"], levels=cfg["speed_levels"],
                               repeat=cfg["repeat"], threads=threads, metrics=("cc", "mi"),
-                              out=out / "speed.json")
+                              out=out / "speed.json", quick=quick)
 
     _banner("profile: stage breakdown of one registration")
     bench_profile.profile_command(pair="pair3d", metric="cc", threads=threads,

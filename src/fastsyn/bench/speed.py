@@ -21,6 +21,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 from pathlib import Path
@@ -227,9 +228,23 @@ def _syn_metric(metric, ants_mode=False):
     return fastsyn.MIMetric(3, partial_volume=False) if ants_mode else fastsyn.MIMetric(3)
 
 
-def _syn_worker(impl, threads, size, levels, metric):
-    """Run one registration; print a JSON line with time and peak RSS."""
-    static, moving, affine = grid_pair(size)
+def _save_pair(pair, folder):
+    """Write a speed pair for the SyN workers; returns the file's path."""
+    path = Path(folder) / "pair.npz"
+    static, moving, affine = pair
+    np.savez(path, static=static, moving=moving, affine=affine)
+    return path
+
+
+def _load_pair(path):
+    with np.load(path) as data:
+        return data["static"], data["moving"], data["affine"]
+
+
+def _syn_worker(impl, threads, pair_file, levels, metric):
+    """Run one registration of the pair in ``pair_file``; print a JSON line
+    with time and peak RSS."""
+    static, moving, affine = _load_pair(pair_file)
     import dipy.align.imwarp as dipy_imwarp
     from dipy.align.metrics import CCMetric as DipyCC
 
@@ -262,9 +277,9 @@ def _syn_worker(impl, threads, size, levels, metric):
                       "stage_times": getattr(sdr, "stage_times", None)}))
 
 
-def _run_worker(impl, threads, size, levels, metric):
+def _run_worker(impl, threads, pair_file, levels, metric):
     cmd = [sys.executable, "-m", "fastsyn.bench.speed", "--worker", impl, str(threads),
-           str(size), ",".join(map(str, levels)), metric]
+           str(pair_file), ",".join(map(str, levels)), metric]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
@@ -480,29 +495,34 @@ def run_speed(*, size=128, syn_size=None, levels=(20, 20, 10), repeat=3, threads
         record(case, samples, peaks)
 
     if include_syn:
-        for metric in metrics:
-            case = (f"SyN {metric.upper()} {grid_label(syn_size)} levels "
-                    f"{'/'.join(map(str, levels))}")
-            impls = (["dipy"] if metric == "cc" else []) + fast_impls + mode_impls
-            impls += [name for name in external if name != "ants" or metric != "cc" or ants_cc]
-            pair = grid_pair(syn_size) if set(impls) & {"ants", "greedy"} else None
-            samples = {impl: [] for impl in impls}
-            peaks, extra = {}, {}
-            for r in range(repeat):
-                for impl in impls:
-                    log(f"  {case}: {impl} (round {r + 1}/{repeat}) ...")
-                    if impl in ("ants", "greedy"):
-                        # (the tools' MI for mi-pv: greedy's NMI is itself partial volume)
-                        out = _external_run(impl, "cc" if metric == "cc" else "mi", levels,
-                                            all_threads, pair)
-                        out["stage_times"] = None
-                    else:
-                        out = _run_worker(_impl_name(impl) if impl != "dipy" else "dipy",
-                                          impl_threads[impl], syn_size, levels, metric)
-                    samples[impl].append(out["seconds"])
-                    peaks[impl] = max(peaks.get(impl, 0.0), out["peak_mem_mb"])
-                    extra[impl] = {"ncc": out["ncc"], "stage_times": out["stage_times"]}
-            record(case, samples, peaks, extra)
+        # the pair is built once (at 1 mm that takes seconds) and handed to
+        # every worker as a file, so that a worker's start is its imports only
+        pair = grid_pair(syn_size)
+        with tempfile.TemporaryDirectory(prefix="fastsyn-speed-") as scratch:
+            pair_file = _save_pair(pair, scratch)
+            for metric in metrics:
+                case = (f"SyN {metric.upper()} {grid_label(syn_size)} levels "
+                        f"{'/'.join(map(str, levels))}")
+                impls = (["dipy"] if metric == "cc" else []) + fast_impls + mode_impls
+                impls += [name for name in external
+                          if name != "ants" or metric != "cc" or ants_cc]
+                samples = {impl: [] for impl in impls}
+                peaks, extra = {}, {}
+                for r in range(repeat):
+                    for impl in impls:
+                        log(f"  {case}: {impl} (round {r + 1}/{repeat}) ...")
+                        if impl in ("ants", "greedy"):
+                            # (the tools' MI for mi-pv: greedy's NMI is itself partial volume)
+                            out = _external_run(impl, "cc" if metric == "cc" else "mi",
+                                                levels, all_threads, pair)
+                            out["stage_times"] = None
+                        else:
+                            out = _run_worker(_impl_name(impl) if impl != "dipy" else "dipy",
+                                              impl_threads[impl], pair_file, levels, metric)
+                        samples[impl].append(out["seconds"])
+                        peaks[impl] = max(peaks.get(impl, 0.0), out["peak_mem_mb"])
+                        extra[impl] = {"ncc": out["ncc"], "stage_times": out["stage_times"]}
+                record(case, samples, peaks, extra)
     if include_prealign:
         _time_prealign(syn_size, quick, repeat, counts, external, record, log)
     env = dict(_environment(all_threads), threads_timed=list(counts))
@@ -691,7 +711,7 @@ def _cli(argv=None):
 
     parser = argparse.ArgumentParser(prog="python -m fastsyn.bench.speed",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", nargs=5, metavar=("IMPL", "THREADS", "SIZE", "LEVELS",
+    parser.add_argument("--worker", nargs=5, metavar=("IMPL", "THREADS", "PAIR", "LEVELS",
                                                       "METRIC"), help=argparse.SUPPRESS)
     parser.add_argument("--size", type=parse_grid, default=None)
     parser.add_argument("--threads", default=None)
@@ -708,9 +728,8 @@ def _cli(argv=None):
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.worker:
-        impl, threads, size, levels, metric = args.worker
-        _syn_worker(impl, int(threads), parse_grid(size), tuple(map(int, levels.split(","))),
-                    metric)
+        impl, threads, pair_file, levels, metric = args.worker
+        _syn_worker(impl, int(threads), pair_file, tuple(map(int, levels.split(","))), metric)
         return
     main_speed(args)
 
