@@ -391,3 +391,22 @@ def test_report_one_scaling_table_per_grid(tmp_path):
                         scaling_json=str(results / "scaling-8mm.json"))
     text = page.read_text()
     assert "Thread scaling, 8mm 25x29x24" in text and "Thread scaling, 16³" not in text
+
+
+def test_table_labels_tell_configurations_apart_with_few_keys():
+    """Two fastsyn runs on one dataset, MI and CC, are "fastsyn (MI)" and
+    "fastsyn (CC)", not a list of every setting that follows the metric; a
+    setting is named where the metric does not tell the runs apart."""
+    from fastsyn.bench.tables import summary_table
+
+    mi = {"metric": "mi", "threads": 2, "moving_share": 0.65, "step_length": 0.4}
+    cc = {"metric": "cc", "threads": 2, "moving_share": 0.5, "step_length": 0.25}
+    longer = dict(mi, step_length=0.5)
+    recs = [{"dataset": "d", "method": "fastsyn", "label": "fastsyn", "config": c,
+             "status": "ok", "metrics": {"dice_mean": 0.7}, "seconds": 1.0}
+            for c in (mi, cc, longer)]
+    labels = sorted(row["Method"] for row in summary_table(recs))
+    assert labels == ["fastsyn (CC)", "fastsyn (MI, step_length=0.4)",
+                      "fastsyn (MI, step_length=0.5)"]
+    assert sorted(row["Method"] for row in summary_table(recs[:2])) == \
+        ["fastsyn (CC)", "fastsyn (MI)"]

@@ -51,30 +51,53 @@ def _stats(values):
     return {"mean": float(arr.mean()), "std": float(arr.std()), "n": int(arr.size)}
 
 
+#: Keys that name a configuration first: a metric's own defaults (its SyN
+#: settings) follow the metric, so "MI" and "CC" tell two runs apart.
+_LABEL_FIRST = ("metric", "levels", "threads", "prealign")
+
+
+def _part(k, v):
+    if k == "metric" and isinstance(v, str):
+        return v.upper()
+    if k == "threads":
+        return f"{v} thr"
+    if k == "prealign" and isinstance(v, dict):
+        # records written before the choice existed were DIPY's
+        return f"prealign {v.get('prealigner', 'dipy')}"
+    if k == "levels" and isinstance(v, list):
+        return "x".join(str(i) for i in v)
+    return f"{k}={v}"
+
+
 def _describe(configs):
-    """Short labels telling apart configurations that share a method label."""
+    """Short labels telling apart configurations that share a method label.
+
+    The configurations are split by the first key, in order (metric, levels,
+    threads, prealignment, then the others by name), on which they differ,
+    and each group that still holds several is split again by the next, so
+    that a label names only what tells its configuration from the others."""
     # metric_impl follows metric, and method is shared by construction
     keys = sorted({k for c in configs for k in c} - {"metric_impl", "method"})
-    differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True)
-                                      for c in configs}) > 1]
-    out = []
-    for c in configs:
-        parts = []
-        for k in differ:
-            v = c.get(k)
-            if k == "metric" and isinstance(v, str):
-                parts.append(v.upper())
-            elif k == "threads":
-                parts.append(f"{v} thr")
-            elif k == "prealign" and isinstance(v, dict):
-                # records written before the choice existed were DIPY's
-                parts.append(f"prealign {v.get('prealigner', 'dipy')}")
-            elif k == "levels" and isinstance(v, list):
-                parts.append("x".join(str(i) for i in v))
-            else:
-                parts.append(f"{k}={v}")
-        out.append(", ".join(parts))
-    return out
+    ordered = ([k for k in _LABEL_FIRST if k in keys]
+               + [k for k in keys if k not in _LABEL_FIRST])
+    parts = [[] for _ in configs]
+
+    def split(members, keys):
+        for i, k in enumerate(keys):
+            groups = {}
+            for m in members:
+                groups.setdefault(json.dumps(configs[m].get(k), sort_keys=True), []).append(m)
+            if len(groups) < 2:
+                continue
+            for group in groups.values():
+                for m in group:
+                    parts[m].append(_part(k, configs[m].get(k)))
+                if len(group) > 1:
+                    split(group, keys[i + 1:])
+            return
+
+    split(list(range(len(configs))), ordered)
+    return [", ".join(p) for p in parts]
 
 
 def summary_table(records, dataset=None):
