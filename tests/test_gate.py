@@ -115,28 +115,26 @@ def test_costs_command_refuses_an_unknown_case():
 
 @pytest.mark.slow
 @needs_valgrind
-def test_instruction_counts_repeat_and_see_the_kernel():
-    # The two counts run side by side (one valgrind process each, mostly the
-    # interpreter's start-up): half the wall time on two cores, and counted
-    # instructions do not depend on what else runs.
+def test_instruction_counts_repeat_see_the_kernel_and_print_the_table(tmp_path):
+    # Two counts side by side, one through the API and one through `fastsyn
+    # bench costs` (one valgrind process each, mostly the interpreter's
+    # start-up): half the wall time on two cores, and counted instructions do
+    # not depend on what else runs.
+    out = tmp_path / "costs.json"
     with ThreadPoolExecutor(max_workers=2) as pool:
-        first, second = pool.map(lambda _: costs.cost_table(["gradient", "invert"], 16),
-                                 range(2))
+        api = pool.submit(costs.cost_table, ["gradient", "invert"], 16)
+        proc = pool.submit(_cli, "bench", "costs", "--size", "16", "--cases", "gradient,invert",
+                           "--out", str(out)).result()
+        first = api.result()
+    assert proc.returncode == 0, proc.stderr
+    assert "gradient" in proc.stdout and "invert" in proc.stdout and "16^3" in proc.stdout
+    second = json.loads(out.read_text())["rows"]
+    assert [r["case"] for r in second] == ["gradient", "invert"]
     for a, b in zip(first, second):
         assert a["instructions"] > 0 and a["kernels"]
         assert abs(a["instructions"] - b["instructions"]) <= 1e-3 * a["instructions"]
     # Twenty inversion sweeps cost far more than one gradient pass.
     assert first[1]["instructions"] > 5 * first[0]["instructions"]
-
-
-@pytest.mark.slow
-@needs_valgrind
-def test_costs_command_prints_the_table(tmp_path):
-    out = tmp_path / "costs.json"
-    proc = _cli("bench", "costs", "--size", "16", "--cases", "gradient", "--out", str(out))
-    assert proc.returncode == 0, proc.stderr
-    assert "gradient" in proc.stdout and "16^3" in proc.stdout
-    assert json.loads(out.read_text())["rows"][0]["instructions"] > 0
 
 
 # -------------------------------------------------------------- wall time
