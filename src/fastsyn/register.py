@@ -12,8 +12,7 @@ or MI) and writes, for an output prefix ``P``::
                             (DIPY's ``prealign`` convention); not named
                             ``.txt``, which ANTs and ITK would read as their
                             own transform format
-    Paffine.mat             the same matrix as an ITK transform (LPS), if antspyx
-                            is installed
+    Paffine.mat             the same matrix as an ITK transform (LPS)
     PWarp.nii.gz            forward displacement on the fixed grid (ITK layout)
     PInverseWarp.nii.gz     inverse displacement on the fixed grid (ITK layout)
 
@@ -262,25 +261,20 @@ def write_itk_displacement(path, disp_ras, grid2world):
 
 
 def write_itk_affine(path, matrix):
-    """Write a RAS static->moving matrix as an ITK affine ``.mat`` (antspyx).
+    """Write a RAS static->moving matrix as an ITK affine ``.mat`` (LPS).
 
-    Returns
-    -------
-    str or None
-        None when written, else why not.
+    ITK's MATLAB (version 4) transform file: ``AffineTransform_double_3_3``,
+    the matrix row by row and then the translation, and ``fixed``, the
+    centre (0, so the translation is the offset).  Written with SciPy: no
+    ITK is needed, and importing antspyx for it took seconds.
     """
-    try:
-        import ants
-    except ImportError:
-        return ("antspyx is not installed: no ITK .mat written (affine_ras.tsv has the "
-                "matrix)")
+    from scipy.io import savemat
+
     lin = _RAS_LPS @ matrix[:3, :3] @ _RAS_LPS
     trans = _RAS_LPS @ matrix[:3, 3]
-    tx = ants.create_ants_transform(transform_type="AffineTransform", precision="double",
-                                    dimension=3, matrix=lin, translation=trans,
-                                    center=np.zeros(3))
-    ants.write_transform(tx, str(path))
-    return None
+    params = np.concatenate([lin.ravel(), trans]).astype(np.float64).reshape(12, 1)
+    savemat(str(path), {"AffineTransform_double_3_3": params, "fixed": np.zeros((3, 1))},
+            format="4")
 
 
 # ------------------------------------------------------------------- stages
@@ -412,7 +406,7 @@ def _check_options(metric, transform, levels, threads):
     return levels
 
 
-def _write_outputs(prefix, inputs, matrix, mapping, log):
+def _write_outputs(prefix, inputs, matrix, mapping):
     """Write every output file.
 
     Returns
@@ -442,11 +436,8 @@ def _write_outputs(prefix, inputs, matrix, mapping, log):
                header="DIPY prealign: 4x4 RAS world matrix, fixed point -> moving point. "
                       "Not an ITK transform: ANTs/ITK tools read "
                       f"{Path(f'{prefix}affine.mat').name}")
-    why = write_itk_affine(f"{prefix}affine.mat", matrix)
-    if why is None:
-        out["affine_itk"] = Path(f"{prefix}affine.mat")
-    else:
-        log(f"note: {why}")
+    out["affine_itk"] = Path(f"{prefix}affine.mat")
+    write_itk_affine(out["affine_itk"], matrix)
     if mapping is not None:
         fields = ants_displacements(mapping, matrix, f.shape, f_img.affine)
         for key, name, disp in zip(("warp", "inverse_warp"), ("Warp", "InverseWarp"),
@@ -532,7 +523,7 @@ def register_files(fixed, moving, out, *, metric="cc", transform="syn", threads=
             mapping, syn_s = _syn_stage(inputs, matrix, metric, levels, threads, log,
                                         auto_masks=auto_masks,
                                         partial_volume=partial_volume)
-        files, arrays = _write_outputs(out, inputs, matrix, mapping, log)
+        files, arrays = _write_outputs(out, inputs, matrix, mapping)
     f = inputs["fixed"][1]
     mask = foreground(f, inputs["fixed mask"][1])
     return {"files": files, "seconds": time.perf_counter() - t0, "affine_seconds": affine_s,
