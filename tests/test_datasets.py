@@ -129,8 +129,11 @@ def test_incomplete_cache_rebuilt(cache, monkeypatch, tmp_path):
 
 
 def test_cohort_deterministic(mono, tmp_path):
-    other = load_dataset("embedded-mono", cache_dir=tmp_path, resolution=RES, n_subjects=2,
+    # Three subjects: the first is built alone, the other two side by side
+    # (two threads where there are two CPUs); `mono`'s two one at a time.
+    other = load_dataset("embedded-mono", cache_dir=tmp_path, resolution=RES, n_subjects=3,
                          progress=False)
+    assert other.names == ["S01", "S02", "S03"]
     for a, b in zip(mono.subjects, other.subjects):
         for key in ("labels", "mask", "truth_to_template", "truth_from_template"):
             assert np.array_equal(_data(getattr(a, key)), _data(getattr(b, key)))

@@ -274,6 +274,19 @@ def _finished_subjects(root: Path) -> list[str]:
     )
 
 
+#: Most subjects built at once: two, as each holds its fields while it is
+#: built (at 1 mm one subject peaks at 2.2 GB and two at 3.9 GB).
+_MAX_BUILD_THREADS = 2
+
+
+def _build_threads(n_subjects):
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(n_subjects, cpus, _MAX_BUILD_THREADS))
+
+
 def _build_embedded(name, spacing, root: Path, n: int, progress=True) -> None:
     from . import synth
 
@@ -290,11 +303,24 @@ def _build_embedded(name, spacing, root: Path, n: int, progress=True) -> None:
         i for i in range(n) if not (root / _subject_name(i) / _SUBJECT_DONE).exists()
     ]
     if todo:
+        from concurrent.futures import ThreadPoolExecutor
+
         from tqdm.auto import tqdm
 
-        for i in tqdm(todo, desc=f"building {name} ({_res_tag(spacing)})", disable=not progress,
-                      unit="subject"):
+        def build(i):
             _write_embedded_subject(root, _subject_name(i), i, spec, spacing)
+
+        with tqdm(total=len(todo), desc=f"building {name} ({_res_tag(spacing)})",
+                  disable=not progress, unit="subject") as bar:
+            # The first subject fills the template's caches; the others are
+            # independent (each its own seed and folder) and spend their time
+            # in SciPy's resampling, which releases the GIL: a few threads
+            # build them side by side, each subject the same bit for bit.
+            build(todo[0])
+            bar.update()
+            with ThreadPoolExecutor(_build_threads(len(todo) - 1)) as pool:
+                for _ in pool.map(build, todo[1:]):
+                    bar.update()
     labels = {int(v): synth.label_name(v) for v in range(1, 3 * synth.N_REGIONS + 1)}
     write_dataset_stamp(root, name, spec["modalities"], _finished_subjects(root),
                         labels=labels, **stamp_info)
