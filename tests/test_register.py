@@ -159,6 +159,24 @@ def test_written_affine_is_dipy_prealign(registered):
     assert np.allclose(text[3], [0, 0, 0, 1])
 
 
+def test_itk_affine_file_layout(registered):
+    """The .mat is ITK's MATLAB v4 transform file, written without ITK: the
+    LPS matrix row by row and the translation, then a zero centre (read
+    back by ITK in the next test where antspyx is installed)."""
+    from scipy.io import loadmat
+
+    data = loadmat(str(registered["files"]["affine_itk"]))
+    assert [k for k in data if not k.startswith("__")] == ["AffineTransform_double_3_3",
+                                                          "fixed"]
+    params = data["AffineTransform_double_3_3"]
+    assert params.shape == (12, 1) and params.dtype == np.float64
+    flip = np.diag([-1.0, -1.0, 1.0])  # RAS <-> LPS
+    matrix = registered["matrix"]
+    np.testing.assert_array_equal(params[:9, 0].reshape(3, 3), flip @ matrix[:3, :3] @ flip)
+    np.testing.assert_array_equal(params[9:, 0], flip @ matrix[:3, 3])
+    np.testing.assert_array_equal(data["fixed"], np.zeros((3, 1)))
+
+
 def test_ants_reads_forward_and_inverse_fields(registered, files):
     ants = pytest.importorskip("ants")
     out = registered["files"]
