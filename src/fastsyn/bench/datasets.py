@@ -314,7 +314,7 @@ def _build_embedded(name, spacing, root: Path, n: int, progress=True) -> None:
                   disable=not progress, unit="subject") as bar:
             # The first subject fills the template's caches; the others are
             # independent (each its own seed and folder) and spend their time
-            # in SciPy's resampling, which releases the GIL: a few threads
+            # in SciPy's resampling, which releases the GIL: two threads
             # build them side by side, each subject the same bit for bit.
             build(todo[0])
             bar.update()
