@@ -25,6 +25,13 @@ def real(tmp_path_factory):
     return load_dataset("real", cache_dir=cache, progress=False), cache
 
 
+def _prepare_env(cache):
+    """A `fastsyn prepare` subprocess's environment: the module's cache, and
+    two threads (the conversions are mostly affine registrations, whose
+    result is the same bit for bit on any thread count: test_imaffine)."""
+    return cli_env(FASTSYN_CACHE=str(cache), OMP_NUM_THREADS="2")
+
+
 def test_shipped_images_and_notice():
     root = files("fastsyn.data").joinpath("real")
     assert realset.shipped_images_available()
@@ -172,7 +179,7 @@ def test_prepare_spm12_from_a_copy_of_spm(real, tmp_path):
     for stem in realset.SPM12_IMAGES.values():
         (canonical / f"{stem}.nii").write_bytes(
             gzip.decompress(root.joinpath(f"{stem}.nii.gz").read_bytes()))
-    env = cli_env(FASTSYN_CACHE=str(cache))
+    env = _prepare_env(cache)
     dst = tmp_path / "real-from-spm"
     proc = run_cli(["prepare", "spm12", tmp_path / "spm12", dst], tmp_path, env)
     assert proc.returncode == 0, proc.stderr
@@ -230,7 +237,7 @@ def test_prepare_niivue_aligns_the_single_scan_subject(real, tmp_path):
                           np.linalg.inv(world_map))
         nib.save(nib.Nifti1Image(data, grid2world),
                  str(folder / realset.NIIVUE_IMAGES[("chris", modality)]))
-    env = cli_env(FASTSYN_CACHE=str(cache))
+    env = _prepare_env(cache)
     dst = tmp_path / "real-niivue"
     proc = run_cli(["prepare", "niivue", folder, dst], tmp_path, env)
     assert proc.returncode == 0, proc.stderr
@@ -313,7 +320,7 @@ def test_prepare_ixi_aligns_each_subject_and_resumes(real, tmp_path):
         realset.find_ixi_scans(folder)
     (folder / "IXI-T1" / "IXI002-Guys-0828-T1.nii").unlink()
 
-    env = cli_env(FASTSYN_CACHE=str(cache))
+    env = _prepare_env(cache)
     dst = tmp_path / "real-ixi"
     proc = run_cli(["prepare", "ixi", folder, dst], tmp_path, env)
     assert proc.returncode == 0, proc.stderr
@@ -417,7 +424,7 @@ def test_prepare_bids_adds_the_people_of_a_bids_dataset(real, tmp_path):
     data = _resampled(t1, spm_affine, (91, 110, 85), grid, np.linalg.inv(to_t1))
     nib.save(nib.Nifti1Image(data.astype(np.float32), grid), str(anat / "sub-01_T1w.nii.gz"))
     (tmp_path / "bids" / "sub-02" / "anat").mkdir(parents=True)
-    env = cli_env(FASTSYN_CACHE=str(cache))
+    env = _prepare_env(cache)
     dst = tmp_path / "real-bids"
     proc = run_cli(["prepare", "bids", tmp_path / "bids", dst, "--subjects", "01"], tmp_path, env)
     assert proc.returncode == 0, proc.stderr
