@@ -275,7 +275,8 @@ def _finished_subjects(root: Path) -> list[str]:
 
 
 #: Most subjects built at once: two, as each holds its fields while it is
-#: built (at 1 mm one subject peaks at 2.2 GB and two at 3.9 GB).
+#: built (three subjects at 1 mm peak at 2.3 GB built one at a time and at
+#: 3.9 GB with two threads).
 _MAX_BUILD_THREADS = 2
 
 
