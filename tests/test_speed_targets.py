@@ -1,8 +1,9 @@
 """The speed command's grids and target ratios (no timing is asserted)."""
 
+import numpy as np
 import pytest
 
-from fastsyn.bench.speed import grid_label, grid_pair, grid_shape, parse_grid, target_checks
+from fastsyn.bench.speed import grid_label, grid_pair, grid_shape, make_moved_pair, parse_grid, target_checks
 
 
 @pytest.mark.parametrize("text, grid", [("128", 128), ("1mm", "1mm"), (" 2.5mm", "2.5mm")])
@@ -25,6 +26,16 @@ def test_resolution_grid_is_the_whole_template():
     assert affine[0, 0] == 8.0
     static, _, affine = grid_pair(32)
     assert max(static.shape) == 32 and static.shape != (32, 32, 32)
+
+
+def test_prealignment_rows_move_the_pair_they_are_given():
+    """The speed run hands its SyN pair to the prealignment rows instead of
+    building it again: the moved pair must be the one built from scratch."""
+    built = grid_pair(32)
+    for ours, fresh in zip(make_moved_pair(32, pair=built), make_moved_pair(32)):
+        np.testing.assert_array_equal(ours, fresh)
+    # the pair given is moved, not left as it came
+    assert not np.array_equal(make_moved_pair(32, pair=built)[1], built[1])
 
 
 def _row(case, impl, threads, seconds, peak=None):

@@ -292,12 +292,13 @@ def _run_worker(impl, threads, pair_file, levels, metric):
 QUICK_PREALIGN_ITERS = (20, 10, 5)
 
 
-def make_moved_pair(size=128, *, degrees=6.0, shift=(3.0, -2.0, 4.0)):
+def make_moved_pair(size=128, *, degrees=6.0, shift=(3.0, -2.0, 4.0), pair=None):
     """:func:`make_pair` with the moving image also rotated about z and shifted (mm),
-    so that a rigid prealignment has something to find."""
+    so that a rigid prealignment has something to find.  ``pair``: the
+    ``grid_pair(size)`` already built, if any (at 1 mm it takes seconds)."""
     from scipy import ndimage
 
-    static, moving, affine = grid_pair(size)
+    static, moving, affine = grid_pair(size) if pair is None else pair
     c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
     rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
     centre = (np.array(static.shape) - 1) / 2
@@ -306,12 +307,13 @@ def make_moved_pair(size=128, *, degrees=6.0, shift=(3.0, -2.0, 4.0)):
     return static, moved, affine
 
 
-def _prealign_cases(size, quick):
+def _prealign_cases(size, quick, pair=None):
     """``{case: {impl-kind: fn(threads)}}`` of the harness's rigid and affine
-    prealignment, for each prealigner of :mod:`fastsyn.bench.prealign`."""
+    prealignment, for each prealigner of :mod:`fastsyn.bench.prealign`
+    (``pair``: ``grid_pair(size)`` if already built)."""
     from fastsyn.bench.prealign import DEFAULT_FACTORS, DEFAULT_LEVEL_ITERS, DEFAULT_SIGMAS, RIGID
 
-    static, moving, affine = make_moved_pair(size)
+    static, moving, affine = make_moved_pair(size, pair=pair)
     static, moving = static.astype(np.float64), moving.astype(np.float64)
     iters = QUICK_PREALIGN_ITERS if quick else DEFAULT_LEVEL_ITERS
     cases = {}
@@ -326,7 +328,7 @@ def _prealign_cases(size, quick):
     return cases
 
 
-def _time_prealign(size, quick, repeat, counts, external, record, log):
+def _time_prealign(size, quick, repeat, counts, external, record, log, pair=None):
     """Rigid and affine prealignment rows: stock DIPY, fastsyn on each thread
     count, and the installed external tools, interleaved round by round."""
     import logging
@@ -341,7 +343,7 @@ def _time_prealign(size, quick, repeat, counts, external, record, log):
             if name in fns:
                 fns[name](counts[-1])
         break
-    for case, fns in _prealign_cases(size, quick).items():
+    for case, fns in _prealign_cases(size, quick, pair).items():
         runs = {"dipy": lambda fn=fns["dipy"]: fn(1)}
         runs.update({f"fastsyn-{t}": (lambda t=t, fn=fns["fastsyn"]: fn(t)) for t in counts})
         runs.update({name: (lambda fn=fns[name]: fn(counts[-1]))
@@ -494,10 +496,11 @@ def run_speed(*, size=128, syn_size=None, levels=(20, 20, 10), repeat=3, threads
         peaks = {impl: _peak_mb(fn) for impl, fn in fns.items()}
         record(case, samples, peaks)
 
+    # the pair is built once (at 1 mm that takes seconds), handed to every
+    # SyN worker as a file, so that a worker's start is its imports only,
+    # and moved for the prealignment rows
+    pair = grid_pair(syn_size) if include_syn or include_prealign else None
     if include_syn:
-        # the pair is built once (at 1 mm that takes seconds) and handed to
-        # every worker as a file, so that a worker's start is its imports only
-        pair = grid_pair(syn_size)
         with tempfile.TemporaryDirectory(prefix="fastsyn-speed-") as scratch:
             pair_file = _save_pair(pair, scratch)
             for metric in metrics:
@@ -524,7 +527,7 @@ def run_speed(*, size=128, syn_size=None, levels=(20, 20, 10), repeat=3, threads
                         extra[impl] = {"ncc": out["ncc"], "stage_times": out["stage_times"]}
                 record(case, samples, peaks, extra)
     if include_prealign:
-        _time_prealign(syn_size, quick, repeat, counts, external, record, log)
+        _time_prealign(syn_size, quick, repeat, counts, external, record, log, pair)
     env = dict(_environment(all_threads), threads_timed=list(counts))
     result = {"environment": env, "rows": rows, "ratios": ratios}
     result["targets"] = target_checks(result)
