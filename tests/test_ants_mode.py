@@ -256,7 +256,7 @@ def test_ants_like_preset():
     # alike, whatever MI's own defaults prefer
     assert fastsyn.MIMetric.syn_defaults["step_percentile"] < 100
     assert fastsyn.MIMetric.syn_defaults["moving_share"] != 0.5
-    assert (sdr.step_percentile, sdr.moving_share) == (100.0, 0.5)
+    assert (sdr.step_percentile, sdr.moving_share, sdr.coarse_moving_share) == (100.0, 0.5, 0.5)
     assert fastsyn.ants_like(fastsyn.CCMetric(3), flow_sigma=1.0).flow_sigma == 1.0
     assert fastsyn.ants_like(fastsyn.MIMetric(3), moving_share=0.7).moving_share == 0.7
 

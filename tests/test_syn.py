@@ -240,3 +240,53 @@ def test_moving_share_splits_each_step_between_the_sides():
     for bad, exc in ((-0.1, ValueError), (1.5, ValueError), ("0.5", TypeError), (True, TypeError)):
         with pytest.raises(exc, match="moving_share"):
             fastsyn.SymmetricDiffeomorphicRegistration(fastsyn.MIMetric(3), moving_share=bad)
+
+
+def test_coarse_moving_share_moves_the_moving_image_alone_on_the_coarse_levels():
+    from dipy.align.imwarp import RegistrationStages
+
+    from fastsyn.imwarp import syn_setting
+
+    assert syn_setting(fastsyn.CCMetric, "coarse_moving_share") is None
+    pair = load_pair("pair3d")
+    reach, forward_steps = [], []
+
+    def watch(sdr, stage):
+        if stage == RegistrationStages.ITER_END:
+            reach.append((sdr.current_level, np.abs(sdr.static_to_ref.forward).max()))
+
+    def run(threads, skip=True, callback=None, **kwargs):
+        metric = fastsyn.MIMetric(3)
+        if not skip:
+            metric.energy_at_initialization = False  # every side's step computed
+        compute_forward = metric.compute_forward
+
+        def counted():
+            forward_steps.append(skip)
+            return compute_forward()
+        metric.compute_forward = counted
+        return register(pair, fastsyn.SymmetricDiffeomorphicRegistration, metric,
+                        num_threads=threads, callback=callback, **kwargs)
+
+    sdr, alone = run(2, callback=watch, coarse_moving_share=1.0)
+    # the static side stays the identity on the coarse levels, then moves
+    assert all(r == 0 for level, r in reach if level > 0)
+    assert reach[-1][0] == 0 and reach[-1][1] > 0
+    # ... and its step is not computed there: one per finest-level iteration
+    finest = sum(1 for level, _ in reach if level == 0)
+    assert forward_steps.count(True) == finest < len(reach)
+    # skipping it is exactly the zero-length step it replaces, on any thread count
+    _, computed = run(2, skip=False, coarse_moving_share=1.0)
+    _, serial = run(1, coarse_moving_share=1.0)
+    for other in (computed, serial):
+        assert np.array_equal(alone.forward, other.forward)
+        assert np.array_equal(alone.backward, other.backward)
+    # None is moving_share on every level
+    _, default = run(2)
+    _, same = run(2, coarse_moving_share=fastsyn.MIMetric.syn_defaults["moving_share"])
+    assert np.array_equal(default.forward, same.forward)
+    assert not np.array_equal(default.forward, alone.forward)
+    for bad, exc in ((-0.1, ValueError), (1.5, ValueError), ("1", TypeError)):
+        with pytest.raises(exc, match="coarse_moving_share"):
+            fastsyn.SymmetricDiffeomorphicRegistration(fastsyn.MIMetric(3),
+                                                       coarse_moving_share=bad)

@@ -297,13 +297,34 @@ def _robust_step_norm(step, inv_spacing, percentile):
     return math.sqrt(float(np.percentile(squared, percentile)))
 
 
+def _moving_share_at_level(self):
+    """The moving image's share of this level's motion: ``coarse_moving_share``
+    on every level but the finest where it is set, else ``moving_share``."""
+    coarse = getattr(self, "coarse_moving_share", None)
+    if coarse is not None and self.current_level > 0:
+        return coarse
+    return getattr(self, "moving_share", 0.5)
+
+
+def _side_idle_so_far(self, forward):
+    """Whether one side (``forward``: the static one) has a zero share of the
+    motion on this level and on every level before it."""
+    idle = 1.0 if forward else 0.0  # the moving share that leaves that side still
+    moving = getattr(self, "moving_share", 0.5)
+    coarse = getattr(self, "coarse_moving_share", None)
+    coarse = moving if coarse is None else coarse
+    if self.current_level > 0:  # the coarse levels come first
+        return coarse == idle
+    return moving == idle and (self.levels == 1 or coarse == idle)
+
+
 def _apply_step(self, field, step, world2grid, spacing, nthreads, direction):
     """Zero the step's boundary, scale it to unit maximum norm (in voxels;
     with ``step_percentile`` below 100, unit norm at that percentile) and
     compose it into ``field`` in place, as DIPY's ``_iterate`` does.  With
-    ``moving_share`` other than 0.5 the two sides' step lengths are
-    ``2 * (1 - moving_share) * step_length`` (the static side, ``forward``)
-    and ``2 * moving_share * step_length`` (the moving side).
+    a moving share (:func:`_moving_share_at_level`) other than 0.5 the two
+    sides' step lengths are ``2 * (1 - share) * step_length`` (the static
+    side, ``forward``) and ``2 * share * step_length`` (the moving side).
 
     The metric's array is only read (DIPY copies it too): the boundary is
     zeroed in a buffer owned by the optimizer.
@@ -332,7 +353,7 @@ def _apply_step(self, field, step, world2grid, spacing, nthreads, direction):
     percentile = getattr(self, "step_percentile", 100.0)
     if percentile < 100 and nrm > 0:
         nrm = _robust_step_norm(buf, inv_spacing, percentile) or nrm
-    share = getattr(self, "moving_share", 0.5)
+    share = _moving_share_at_level(self)
     # 2 * 0.5 is exactly 1: DIPY's symmetric split keeps its step bitwise
     length = self.step_length * 2.0 * (share if direction == "backward" else 1.0 - share)
     # DIPY divides the step by its norm and then composes with step_length;
@@ -433,19 +454,26 @@ def _iterate(self):
     if self.callback is not None:
         self.callback(self, RegistrationStages.ITER_START)
 
-    fw_step = _metric_step(self, clock, True)
-    fw_energy = self.metric.get_energy()
-    with clock("update"):
-        _apply_step(self, self.static_to_ref.forward, fw_step, disp_world2grid,
-                    disp_spacing, nthreads, "forward")
-    del fw_step
-
-    bw_step = _metric_step(self, clock, False)
-    bw_energy = self.metric.get_energy()
-    with clock("update"):
-        _apply_step(self, self.moving_to_ref.forward, bw_step, disp_world2grid,
-                    disp_spacing, nthreads, "backward")
-    del bw_step
+    # A side that has not moved on any level yet and does not move on this
+    # one is skipped where the metric's energy does not come from the step
+    # (MI's comes from the histogram): composing a zero-length step into a
+    # zero field, and smoothing that field, would leave it as it is.
+    skip = getattr(self.metric, "energy_at_initialization", False)
+    for forward, field, direction in ((True, self.static_to_ref.forward, "forward"),
+                                      (False, self.moving_to_ref.forward, "backward")):
+        if skip and _side_idle_so_far(self, forward):
+            energy = self.metric.get_energy()
+        else:
+            step = _metric_step(self, clock, forward)
+            energy = self.metric.get_energy()
+            with clock("update"):
+                _apply_step(self, field, step, disp_world2grid, disp_spacing, nthreads,
+                            direction)
+            del step
+        if forward:
+            fw_energy = energy
+        else:
+            bw_energy = energy
 
     n_iter = len(self.energy_list)
     if getattr(self, "convergence", "dipy") == "ants":
@@ -706,7 +734,8 @@ def check_syn_options(*, pyramid="dipy", flow_sigma=None, total_sigma=0.0,
 #: (``syn_defaults``, e.g. :attr:`fastsyn.MIMetric.syn_defaults`).
 DIPY_SYN_SETTINGS = {"step_length": 0.25, "pyramid": "dipy", "total_sigma": 0.0,
                      "reinvert": True, "inversion_sweeps": 0, "fused_inversion": False,
-                     "repair_folds": False, "step_percentile": 100.0, "moving_share": 0.5}
+                     "repair_folds": False, "step_percentile": 100.0, "moving_share": 0.5,
+                     "coarse_moving_share": None}
 
 
 def _metric_preferences(metric):
@@ -871,6 +900,15 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
         rule) moves both images to the midpoint alike; 1 moves the moving
         image alone, as greedy does, and 0 the static image alone.  None:
         the metric's preference, else 0.5.
+    coarse_moving_share : float or None, optional
+        The moving image's share on every pyramid level but the finest, 0 to
+        1 (``moving_share`` then applies to the finest level only): 1 moves
+        the moving image alone where the large deformation is made, as
+        greedy does, and both images on the finest level.  A side that has
+        not moved yet and has no share of a level is not computed there
+        (with a metric whose energy does not depend on the step, such as
+        ``MIMetric``).  None: the metric's preference, else
+        ``moving_share`` on every level.
 
     Attributes
     ----------
@@ -889,7 +927,8 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
     -----
     ``step_length``, ``pyramid``, ``total_sigma``, ``reinvert``,
     ``inversion_sweeps``, ``fused_inversion``, ``repair_folds``,
-    ``step_percentile`` and ``moving_share`` left at None take the
+    ``step_percentile``, ``moving_share`` and ``coarse_moving_share`` left
+    at None take the
     metric's ``syn_defaults``
     (a dict; :attr:`fastsyn.MIMetric.syn_defaults` holds the settings the
     real-anatomy study chose for MI), else DIPY's values
@@ -902,7 +941,7 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
                  callback=None, num_threads=None, pyramid=None, flow_sigma=None,
                  total_sigma=None, convergence="dipy", reinvert=None,
                  inversion_sweeps=None, fused_inversion=None, repair_folds=None,
-                 step_percentile=None, moving_share=None):
+                 step_percentile=None, moving_share=None, coarse_moving_share=None):
         resolve_num_threads(num_threads)
         if not isinstance(metric, SimilarityMetric):
             raise TypeError("metric must be a SimilarityMetric (e.g. fastsyn.CCMetric or "
@@ -929,6 +968,9 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
                                      low=50, high=100)
         moving_share = check_real("moving_share", prefer("moving_share", moving_share),
                                   low=0, high=1)
+        coarse_moving_share = check_real(
+            "coarse_moving_share", prefer("coarse_moving_share", coarse_moving_share),
+            low=0, high=1, allow_none=True)
         check_bool("fused_inversion", fused_inversion)
         check_bool("repair_folds", repair_folds)
         step_length = check_real("step_length", step_length, low=0, low_inclusive=False)
@@ -954,6 +996,7 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
         self.repair_folds = bool(repair_folds)
         self.step_percentile = step_percentile
         self.moving_share = moving_share
+        self.coarse_moving_share = coarse_moving_share
         self.folds_repaired = {}
         for name, value in options.items():
             setattr(self, name, value)
@@ -1043,10 +1086,11 @@ def ants_like(metric, level_iters=(40, 20, 0), *, num_threads=None, **overrides)
     ==================  ======================  =====================================
     """
     # ANTs scales each update to its largest voxel norm (step_percentile=100)
-    # and moves both images alike (moving_share=0.5), whatever the metric
-    # prefers.
+    # and moves both images alike on every level (moving_share and
+    # coarse_moving_share 0.5), whatever the metric prefers.
     settings = dict(pyramid="ants", flow_sigma=3.0, total_sigma=0.0, convergence="ants",
-                    step_length=0.2, step_percentile=100.0, moving_share=0.5)
+                    step_length=0.2, step_percentile=100.0, moving_share=0.5,
+                    coarse_moving_share=0.5)
     settings.update(overrides)
     return SymmetricDiffeomorphicRegistration(metric, level_iters=list(level_iters),
                                               num_threads=num_threads, **settings)

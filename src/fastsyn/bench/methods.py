@@ -414,9 +414,9 @@ class FastsynMethod(Method):
     label = "fastsyn"
     package = "fastsyn"
     # clip and sampling are MIMetric's (its defaults); MI also takes sigma_diff
-    # step_length, pyramid, total_sigma, reinvert, repair_folds, step_percentile
-    # and moving_share are SymmetricDiffeomorphicRegistration's (None: the metric's syn_defaults,
-    # else DIPY's value); mi_inversion_sweeps is its inversion_sweeps and
+    # step_length, pyramid, total_sigma, reinvert, repair_folds, step_percentile,
+    # moving_share and coarse_moving_share are SymmetricDiffeomorphicRegistration's (None: the
+    # metric's syn_defaults, else DIPY's value); mi_inversion_sweeps is its inversion_sweeps and
     # mi_fused_inversion its fused_inversion, for MI (MIMetric.syn_defaults;
     # CC keeps DIPY's rule); mask_rule, mask_margin and auto_masks are
     # MIMetric's (how two masks combine, the voxels of background kept around
@@ -425,13 +425,14 @@ class FastsynMethod(Method):
     defaults = {**DipyMethod.defaults, "clip": (0.5, 99.5), "sampling": None,
                 "step_length": None, "pyramid": "dipy", "total_sigma": None,
                 "reinvert": None, "repair_folds": None, "step_percentile": None,
-                "moving_share": None, "mi_inversion_sweeps": 1, "mi_fused_inversion": True,
+                "moving_share": None, "coarse_moving_share": None,
+                "mi_inversion_sweeps": 1, "mi_fused_inversion": True,
                 "mask_rule": "either", "mask_margin": 1, "auto_masks": True,
                 "partial_volume": "coarse"}
     mask_metrics = ("mi",)
     #: Options whose None means "the metric's syn_defaults"
     resolved_options = ("step_length", "total_sigma", "reinvert", "repair_folds",
-                        "step_percentile", "moving_share")
+                        "step_percentile", "moving_share", "coarse_moving_share")
 
     def configuration(self, metric, levels, threads):
         # Record the values a None resolves to: a record made under other
@@ -440,6 +441,10 @@ class FastsynMethod(Method):
         for name in self.resolved_options:
             if name in cfg and cfg[name] is None:
                 cfg[name] = syn_default(metric, name)
+        if cfg.get("coarse_moving_share", 0) is None:
+            # moving_share on every level: the registrations recorded before
+            # this option existed, under the same key
+            del cfg["coarse_moving_share"]
         if metric == "mi" and cfg.get("auto_masks"):
             from fastsyn.metrics.mi import AUTO_MASK_RULES
 
@@ -485,7 +490,7 @@ class FastsynMethod(Method):
             inv_iter=o["inv_iter"], inv_tol=o["inv_tol"], num_threads=threads,
             pyramid=o["pyramid"], total_sigma=o["total_sigma"], reinvert=o["reinvert"],
             repair_folds=o["repair_folds"], step_percentile=o["step_percentile"],
-            moving_share=o["moving_share"],
+            moving_share=o["moving_share"], coarse_moving_share=o["coarse_moving_share"],
             inversion_sweeps=o["mi_inversion_sweeps"] if metric == "mi" else None,
             fused_inversion=o["mi_fused_inversion"] if metric == "mi" else None)
         return _run_syn(reg, fixed, moving, fixed_affine, moving_affine, labels, threads)

@@ -76,6 +76,7 @@ FACTORS = {
     "repair_folds": (True, False),
     "step_percentile": (100.0, 99.5, 99.0),
     "moving_share": (0.5, 0.65, 0.75),
+    "coarse_moving_share": (None, 1.0),
     "partial_volume": (False, True, "coarse"),
 }
 #: Factors the sweep changes, per grid name (``none``: the default only).
@@ -86,7 +87,7 @@ GRIDS = {"default": tuple(f for f in FACTORS if f not in _MASK_ONLY),
          "quick": ("nbins", "masks"), "none": (),
          "syn": ("sigma_diff", "step_length", "pyramid", "ss_sigma_factor", "total_sigma",
                  "reinvert", "inversion_sweeps", "fused_inversion", "repair_folds",
-                 "step_percentile", "moving_share")}
+                 "step_percentile", "moving_share", "coarse_moving_share")}
 #: The quick grid's levels (a first look: the two factors that moved most).
 _QUICK_LEVELS = {"nbins": (16,), "masks": ("brain",)}
 #: Factors a combination of winners may take (the MIMetric and SDR defaults;
@@ -94,7 +95,7 @@ _QUICK_LEVELS = {"nbins": (16,), "masks": ("brain",)}
 _COMBINABLE = ("nbins", "clip", "sigma_diff", "step_length", "sampling", "pyramid",
                "ss_sigma_factor", "total_sigma", "inv_iter", "reinvert", "inversion_sweeps",
                "fused_inversion", "repair_folds", "step_percentile", "moving_share",
-               "partial_volume")
+               "coarse_moving_share", "partial_volume")
 NOT_STUDIED = ("Parzen window on the static side (cubic vs box as in Mattes/ITK): "
                "needs a change of the MI kernel (fastsyn/_kernels/mi.pyx)")
 #: Harness option of a factor where the names differ (CC has its own sigma_diff).
@@ -168,6 +169,7 @@ def current_defaults():
             "repair_folds": bool(d["repair_folds"]),
             "step_percentile": float(d["step_percentile"]),
             "moving_share": float(d["moving_share"]),
+            "coarse_moving_share": _normal("coarse_moving_share", d["coarse_moving_share"]),
             "partial_volume": _normal("partial_volume", d["partial_volume"])}
 
 
@@ -203,7 +205,7 @@ def _normal(factor, value):
         if not 0 <= lo < hi <= 100:
             raise ValueError(f"clip must be percentiles 0 <= lo < hi <= 100, got {value!r}")
         return (lo, hi)
-    if factor == "sampling":
+    if factor in ("sampling", "coarse_moving_share"):
         return None if value is None else float(value)
     if factor == "inversion_sweeps":
         return 0 if value is None else int(value)
@@ -252,7 +254,7 @@ def _parse_value(factor, text):
         if flag is None:
             raise ValueError(f"bad value {text!r} for {factor} (true or false)")
         return flag
-    if factor == "sampling" and text.lower() == "none":
+    if factor in ("sampling", "coarse_moving_share") and text.lower() == "none":
         return None
     try:
         if factor == "clip":

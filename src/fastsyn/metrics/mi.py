@@ -675,6 +675,10 @@ class MIMetric(MetricInputs, SimilarityMetric):
     syn_defaults = {"inversion_sweeps": 1, "fused_inversion": True, "reinvert": "coarse",
                     "total_sigma": 0.3, "repair_folds": True, "step_length": 0.4,
                     "step_percentile": 99.5, "moving_share": 0.65}
+    #: The energy is the histogram's MI, set by :meth:`initialize_iteration`;
+    #: neither step changes it, so an optimizer may skip the step of a side
+    #: that does not move (see ``coarse_moving_share``).
+    energy_at_initialization = True
 
     def __init__(self, dim, *, nbins=32, sigma_diff=2.0, smooth=None,
                  sampling=None, seed=0, clip=(0.5, 99.5), static_mask=None,
