@@ -268,7 +268,7 @@ def test_coarse_moving_share_moves_the_moving_image_alone_on_the_coarse_levels()
         return register(pair, fastsyn.SymmetricDiffeomorphicRegistration, metric,
                         num_threads=threads, callback=callback, **kwargs)
 
-    sdr, alone = run(2, callback=watch, coarse_moving_share=1.0)
+    _, alone = run(2, callback=watch, coarse_moving_share=1.0)
     # the static side stays the identity on the coarse levels, then moves
     assert all(r == 0 for level, r in reach if level > 0)
     assert reach[-1][0] == 0 and reach[-1][1] > 0

@@ -310,12 +310,13 @@ def _side_idle_so_far(self, forward):
     """Whether one side (``forward``: the static one) has a zero share of the
     motion on this level and on every level before it."""
     idle = 1.0 if forward else 0.0  # the moving share that leaves that side still
-    moving = getattr(self, "moving_share", 0.5)
+    if _moving_share_at_level(self) != idle:
+        return False
+    # the coarse levels come first and share one value
+    if self.current_level > 0 or self.levels == 1:
+        return True
     coarse = getattr(self, "coarse_moving_share", None)
-    coarse = moving if coarse is None else coarse
-    if self.current_level > 0:  # the coarse levels come first
-        return coarse == idle
-    return moving == idle and (self.levels == 1 or coarse == idle)
+    return coarse is None or coarse == idle
 
 
 def _apply_step(self, field, step, world2grid, spacing, nthreads, direction):
