@@ -56,9 +56,12 @@ def test_configuration_records_what_the_syn_defaults_resolve_to(monkeypatch):
     for name in FastsynMethod.resolved_options:
         for cfg, value in ((mi, MIMetric.syn_defaults.get(name, DIPY_SYN_SETTINGS[name])),
                            (cc, DIPY_SYN_SETTINGS[name])):
-            # None (coarse_moving_share: moving_share on every level) is left
-            # out, so that the records made before the option keep their key
-            assert cfg.get(name) == value and (name in cfg) == (value is not None)
+            # coarse_moving_share is left out where it is moving_share on
+            # every level, so that the records made before the option keep
+            # their key
+            kept = value is not None and not (
+                name == "coarse_moving_share" and value == cfg["moving_share"])
+            assert cfg.get(name) == (value if kept else None) and (name in cfg) == kept
     monkeypatch.setattr(MIMetric, "syn_defaults",
                         {**MIMetric.syn_defaults, "total_sigma": 0.7, "reinvert": False})
     moved = method.configuration("mi", LEVELS, 1)
@@ -68,8 +71,11 @@ def test_configuration_records_what_the_syn_defaults_resolve_to(monkeypatch):
     # an explicit value is kept as given
     explicit = FastsynMethod(total_sigma=0.0).configuration("mi", LEVELS, 1)
     assert explicit["total_sigma"] == 0.0
-    coarse = FastsynMethod(coarse_moving_share=1.0).configuration("mi", LEVELS, 1)
-    assert coarse["coarse_moving_share"] == 1.0 and config_hash(coarse) != config_hash(moved)
+    one_share = FastsynMethod(coarse_moving_share=0.65).configuration("mi", LEVELS, 1)
+    assert "coarse_moving_share" not in one_share
+    assert config_hash(one_share) != config_hash(moved)
+    explicit_default = FastsynMethod(coarse_moving_share=1.0).configuration("mi", LEVELS, 1)
+    assert config_hash(explicit_default) == config_hash(moved)
 
 
 def test_parse_setting_canonical_names_and_errors():
@@ -94,7 +100,8 @@ def test_parse_setting_canonical_names_and_errors():
         assert study.parse_setting(f"{factor}=true").options == {factor: True}
     assert study.parse_setting("mask_margin=1").name == "default"
     assert study.parse_setting("coarse_moving_share=none").name == "default"
-    assert study.parse_setting("coarse_moving_share=1").options == {"coarse_moving_share": 1.0}
+    assert study.parse_setting("coarse_moving_share=1").name == "default"
+    assert study.parse_setting("coarse_moving_share=0.65").options == {"coarse_moving_share": 0.65}
     bare = study.parse_setting("masks=brain+mask_margin=0")
     assert bare.name == "masks=brain+mask_margin=0" and bare.options == {"mask_margin": 0}
     for bad in ("nbins", "bins=16", "nbins=x", "clip=50:10", "masks=skull", "nbins=16+nbins=24",

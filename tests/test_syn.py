@@ -226,7 +226,7 @@ def test_moving_share_splits_each_step_between_the_sides():
     for share, threads in ((0.5, 2), (0.65, 1), (0.65, 2), (1.0, 2)):
         sdrs[share, threads] = register(pair, fastsyn.SymmetricDiffeomorphicRegistration,
                                         fastsyn.MIMetric(3), num_threads=threads,
-                                        moving_share=share)[0]
+                                        moving_share=share, coarse_moving_share=share)[0]
     maps = {k: s.static_to_moving for k, s in sdrs.items()}
     assert np.array_equal(maps[0.65, 1].forward, maps[0.65, 2].forward)
     assert not np.array_equal(maps[0.65, 2].forward, maps[0.5, 2].forward)
@@ -281,11 +281,17 @@ def test_coarse_moving_share_moves_the_moving_image_alone_on_the_coarse_levels()
     for other in (computed, serial):
         assert np.array_equal(alone.forward, other.forward)
         assert np.array_equal(alone.backward, other.backward)
-    # None is moving_share on every level
+    # None is MI's preference, the moving image alone on the coarse levels
+    assert fastsyn.MIMetric.syn_defaults["coarse_moving_share"] == 1.0
     _, default = run(2)
-    _, same = run(2, coarse_moving_share=fastsyn.MIMetric.syn_defaults["moving_share"])
-    assert np.array_equal(default.forward, same.forward)
-    assert not np.array_equal(default.forward, alone.forward)
+    assert np.array_equal(default.forward, alone.forward)
+    # moving_share's own value is one share on every level: the static side
+    # moves on the coarse levels too
+    reach.clear()
+    share = fastsyn.MIMetric.syn_defaults["moving_share"]
+    _, same = run(2, callback=watch, coarse_moving_share=share)
+    assert any(r > 0 for level, r in reach if level > 0)
+    assert not np.array_equal(same.forward, alone.forward)
     for bad, exc in ((-0.1, ValueError), (1.5, ValueError), ("1", TypeError)):
         with pytest.raises(exc, match="coarse_moving_share"):
             fastsyn.SymmetricDiffeomorphicRegistration(fastsyn.MIMetric(3),

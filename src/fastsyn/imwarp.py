@@ -908,8 +908,9 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
         greedy does, and both images on the finest level.  A side that has
         not moved yet and has no share of a level is not computed there
         (with a metric whose energy does not depend on the step, such as
-        ``MIMetric``).  None: the metric's preference, else
-        ``moving_share`` on every level.
+        ``MIMetric``).  None: the metric's preference (``MIMetric``: 1),
+        else ``moving_share`` on every level; give it the value of
+        ``moving_share`` for one share on every level.
 
     Attributes
     ----------

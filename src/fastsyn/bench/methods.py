@@ -441,7 +441,8 @@ class FastsynMethod(Method):
         for name in self.resolved_options:
             if name in cfg and cfg[name] is None:
                 cfg[name] = syn_default(metric, name)
-        if cfg.get("coarse_moving_share", 0) is None:
+        if "coarse_moving_share" in cfg and cfg["coarse_moving_share"] in (
+                None, cfg.get("moving_share")):
             # moving_share on every level: the registrations recorded before
             # this option existed, under the same key
             del cfg["coarse_moving_share"]

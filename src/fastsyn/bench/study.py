@@ -76,7 +76,8 @@ FACTORS = {
     "repair_folds": (True, False),
     "step_percentile": (100.0, 99.5, 99.0),
     "moving_share": (0.5, 0.65, 0.75),
-    "coarse_moving_share": (None, 1.0),
+    # 0.65: the default moving_share on every level (one share throughout)
+    "coarse_moving_share": (0.65, 1.0),
     "partial_volume": (False, True, "coarse"),
 }
 #: Factors the sweep changes, per grid name (``none``: the default only).
@@ -205,7 +206,13 @@ def _normal(factor, value):
         if not 0 <= lo < hi <= 100:
             raise ValueError(f"clip must be percentiles 0 <= lo < hi <= 100, got {value!r}")
         return (lo, hi)
-    if factor in ("sampling", "coarse_moving_share"):
+    if factor == "sampling":
+        return None if value is None else float(value)
+    if factor == "coarse_moving_share":
+        if value is None:  # the registration's own default for MI
+            from .methods import syn_default
+
+            value = syn_default("mi", factor)
         return None if value is None else float(value)
     if factor == "inversion_sweeps":
         return 0 if value is None else int(value)
