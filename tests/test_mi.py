@@ -800,6 +800,31 @@ def test_auto_masks_compare_the_images_where_dipy_would_resample_them(monkeypatc
     assert not expected.all() and np.array_equal(seen["covered"], expected)
 
 
+def test_a_stripped_moving_image_facing_a_head_moves_with_it_on_the_coarse_levels():
+    head, brain = _head_and_brain()
+    share = MIMetric.syn_defaults["moving_share"]
+
+    def run(static, moving, **kwargs):
+        reg = fastsyn.SymmetricDiffeomorphicRegistration(
+            MIMetric(3, nbins=16), level_iters=[4, 3], num_threads=2, **kwargs)
+        return reg, reg.optimize(static, moving)
+
+    # the stripped image moving towards the head: one share on every level,
+    # exactly as if coarse_moving_share were moving_share's value
+    reg, default = run(head, brain)
+    assert reg.metric.auto_masked == ("moving",) and reg.coarse_moving_share_used is None
+    assert reg.coarse_moving_share == MIMetric.syn_defaults["coarse_moving_share"]
+    _, one_share = run(head, brain, coarse_moving_share=share)
+    assert np.array_equal(default.forward, one_share.forward)
+    # a coarse share that is given is kept
+    reg, alone = run(head, brain, coarse_moving_share=1.0)
+    assert reg.coarse_moving_share_used == 1.0
+    assert not np.array_equal(default.forward, alone.forward)
+    # the head moving towards the stripped image keeps the preference
+    reg, _ = run(brain, head)
+    assert reg.metric.auto_masked == ("static",) and reg.coarse_moving_share_used == 1.0
+
+
 def test_auto_masks_mask_a_stripped_image_for_one_run():
     head, brain = _head_and_brain()
     runs = {}

@@ -74,8 +74,15 @@ def test_configuration_records_what_the_syn_defaults_resolve_to(monkeypatch):
     one_share = FastsynMethod(coarse_moving_share=0.65).configuration("mi", LEVELS, 1)
     assert "coarse_moving_share" not in one_share
     assert config_hash(one_share) != config_hash(moved)
-    explicit_default = FastsynMethod(coarse_moving_share=1.0).configuration("mi", LEVELS, 1)
-    assert config_hash(explicit_default) == config_hash(moved)
+    # the default's coarse share yields to the auto masks (a stripped moving
+    # image facing a head); one that is given does not, so it has its own key
+    from fastsyn.imwarp import COARSE_SHARE_RULE
+
+    assert moved["coarse_share_rule"] == COARSE_SHARE_RULE
+    explicit = FastsynMethod(coarse_moving_share=1.0).configuration("mi", LEVELS, 1)
+    assert "coarse_share_rule" not in explicit and config_hash(explicit) != config_hash(moved)
+    for cfg in (one_share, cc, FastsynMethod(auto_masks=False).configuration("mi", LEVELS, 1)):
+        assert "coarse_share_rule" not in cfg
 
 
 def test_parse_setting_canonical_names_and_errors():

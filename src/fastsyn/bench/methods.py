@@ -438,6 +438,7 @@ class FastsynMethod(Method):
         # Record the values a None resolves to: a record made under other
         # defaults then has another key and is rerun, never taken for these.
         cfg = super().configuration(metric, levels, threads)
+        coarse_share_given = cfg.get("coarse_moving_share") is not None
         for name in self.resolved_options:
             if name in cfg and cfg[name] is None:
                 cfg[name] = syn_default(metric, name)
@@ -450,6 +451,11 @@ class FastsynMethod(Method):
             from fastsyn.metrics.mi import AUTO_MASK_RULES
 
             cfg["auto_mask_rules"] = list(AUTO_MASK_RULES)
+            if "coarse_moving_share" in cfg and not coarse_share_given:
+                # the metric's preferred coarse share yields to the auto masks
+                from fastsyn.imwarp import COARSE_SHARE_RULE
+
+                cfg["coarse_share_rule"] = COARSE_SHARE_RULE
         return cfg
 
     def available(self, metric=None):
