@@ -464,14 +464,14 @@ def test_fused_inversions_follow_dipys_rule_at_the_shipped_step_scaling():
     # The comparison below pins DIPY's step scaling; with MI's own
     # (step_percentile=99.5, larger deformations) the shipped fused sweeps
     # must stay close to DIPY's inversions (both re-inverting at every level).
-    # Measured: 0.10 of the largest displacement at the shipped defaults
-    # (0.12 with moving_share=0.5, 0.08 with step_percentile=100 as well);
-    # without re-inversion 0.78 (moving_share=0.5).
-    # One share on every level (coarse_moving_share=moving_share): the
-    # shipped moving image alone on the coarse levels doubles its steps
-    # there, and one sweep lags them further (0.44 here); on the real tune
-    # pairs that costs no Dice (docs/mi-study.md, "The moving image alone
-    # on the coarse levels").
+    # Measured when written: 0.10 of the largest displacement (0.12 with
+    # moving_share=0.5); without re-inversion 0.78.  With one share on every
+    # level (coarse_moving_share=moving_share, as here) 0.247 at the defaults
+    # of 2026-12-07.  The shipped moving image alone on the coarse levels
+    # doubles its steps there, and one sweep lags them further (0.44); on
+    # the 30 real tune pairs that costs no Dice: DIPY's inversions at every
+    # level give 0.6845 there against the shipped 0.6910 (docs/mi-study.md,
+    # "The moving image alone on the coarse levels").
     static, moving, _, _ = _synthetic_pair_3d()
     share = MIMetric.syn_defaults["moving_share"]
     fields = []
