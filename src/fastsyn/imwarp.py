@@ -298,9 +298,10 @@ def _robust_step_norm(step, inv_spacing, percentile):
 
 
 def _moving_share_at_level(self):
-    """The moving image's share of this level's motion: ``coarse_moving_share``
-    on every level but the finest where it is set, else ``moving_share``."""
-    coarse = getattr(self, "coarse_moving_share", None)
+    """The moving image's share of this level's motion: the run's coarse share
+    (``coarse_moving_share_used``) on every level but the finest where it is
+    set, else ``moving_share``."""
+    coarse = getattr(self, "coarse_moving_share_used", None)
     if coarse is not None and self.current_level > 0:
         return coarse
     return getattr(self, "moving_share", 0.5)
@@ -315,7 +316,7 @@ def _side_idle_so_far(self, forward):
     # the coarse levels come first and share one value
     if self.current_level > 0 or self.levels == 1:
         return True
-    coarse = getattr(self, "coarse_moving_share", None)
+    coarse = getattr(self, "coarse_moving_share_used", None)
     return coarse is None or coarse == idle
 
 
@@ -781,22 +782,16 @@ def _metric_threads(metric, num_threads):
 COARSE_SHARE_RULE = "stripped-moving-image-facing-a-head-keeps-moving_share-on-coarse-levels"
 
 
-@contextmanager
 def _coarse_share_for_run(sdr):
     """The coarse levels' moving share for one run (:data:`COARSE_SHARE_RULE`),
-    entered after the metric's automatic masks are chosen."""
-    preferred = sdr.coarse_moving_share
-    if (preferred is not None and not sdr._coarse_share_given
+    once the metric's automatic masks are chosen; None: ``moving_share``."""
+    if (sdr.coarse_moving_share is not None and not sdr._coarse_share_given
             and "moving" in getattr(sdr.metric, "auto_masked", ())):
-        sdr.coarse_moving_share = None  # moving_share on every level
         logger.info("SyN: the moving image is skull-stripped and faces a whole head; "
                     "both images move on the coarse levels too (give coarse_moving_share "
                     "to choose)")
-    sdr.coarse_moving_share_used = sdr.coarse_moving_share
-    try:
-        yield
-    finally:
-        sdr.coarse_moving_share = preferred
+        return None
+    return sdr.coarse_moving_share
 
 
 @contextmanager
@@ -955,8 +950,9 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
         left), "backward": (rounds, left)}``, the rounds of averaging each
         field took and its points still folded (0 unless the rounds ran out).
     coarse_moving_share_used : float or None
-        After :meth:`optimize`: the moving share the coarse levels took in
-        that run (None: ``moving_share``, as on the finest level).
+        During and after :meth:`optimize`: the moving share the coarse
+        levels take in that run (None: ``moving_share``, as on the finest
+        level).
 
     Notes
     -----
@@ -1071,7 +1067,8 @@ class SymmetricDiffeomorphicRegistration(_DIPY_SDR):
         start = time.perf_counter()
         with _metric_threads(self.metric, self.num_threads), _zero_background_masks(
                 self.metric, static, moving, static_grid2world, moving_grid2world,
-                prealign) as (static, moving), _coarse_share_for_run(self):
+                prealign) as (static, moving):
+            self.coarse_moving_share_used = _coarse_share_for_run(self)
             result = _DIPY_SDR_OPTIMIZE(self, static, moving,
                                         static_grid2world=static_grid2world,
                                         moving_grid2world=moving_grid2world,
