@@ -641,8 +641,12 @@ class MIMetric(MetricInputs, SimilarityMetric):
       (:data:`fastsyn.imwarp.COARSE_SHARE_RULE`): moved alone it is drawn
       to the scalp (-0.008 to -0.019 a pair on the whole heads' 10 such
       pairs per half).  With that rule the whole heads without masks gain
-      +0.0047 (tune) and +0.0048 (held out) at 2 mm.  Time at 128^3 0.89x
-      the previous default's, 0.85x greedy NMI's (0.81x at 1 mm).
+      +0.0047 (tune) and +0.0048 (held out) at 2 mm and +0.0022 at 1 mm
+      (held out); with brain masks they are level at 2 mm and lose 0.0046
+      held out at 1 mm (0.720 against 0.724; greedy NMI 0.647).  Time at
+      128^3 0.89x the previous default's, 0.85x greedy NMI's (0.81x at
+      1 mm).
+
     * ``mask_rule="either"`` (ITK's and ANTs' rule is "both"): on the set
       with the SPM subjects' whole heads (``--dataset real-heads``) and brain
       masks, 0.631 against 0.618 on the 30 tune pairs and 0.645 against 0.620
